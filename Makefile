@@ -1,0 +1,30 @@
+# Set-up and the two commands of the README. `make demo` and `make test` install what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint bench
+
+# torch is installed on its own first, pinned: on CPU machines of this project pip finds a local CPU wheel
+# of exactly 2.13.0; letting the resolver pick torch would pull several GB of CUDA packages.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/labeler demo
+
+lint: install
+	$(BIN)/ruff check labeler tests benchmarks
+	$(BIN)/ruff format --check labeler tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python benchmarks/engine_throughput.py
