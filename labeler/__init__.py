@@ -1,0 +1,9 @@
+"""labeler: name sparse-autoencoder features by token-space gradient descent.
+
+Data flow: exemplars (exemplars.py) -> a discriminator that scores a soft label against examples
+(discriminators/) -> the batched optimiser (engine.py) -> scored label records (results.py) ->
+a Parquet dataset (results.py). labelling.py ties those together for one chunk of features; cli.py is
+the only entry point.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,127 @@
+"""The exemplar contract: the input of labelling.
+
+One row per example: `feature` (int), `context` (str: the text), `target` (str: the word or token in
+that text whose activation this is), `activation` (float). Extra columns are kept but not required.
+This module reads and validates exemplar files (JSONL or Parquet) and groups them per feature; it
+knows nothing about models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+EXEMPLAR_SCHEMA = pa.schema(
+    [
+        pa.field("feature", pa.int64(), nullable=False),
+        pa.field("context", pa.string(), nullable=False),
+        pa.field("target", pa.string(), nullable=False),
+        pa.field("activation", pa.float64(), nullable=False),
+    ]
+)
+REQUIRED_COLUMNS = tuple(EXEMPLAR_SCHEMA.names)
+
+
+class ExemplarError(ValueError):
+    """The exemplar input breaks the contract; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class FeatureExemplars:
+    """All examples of one feature."""
+
+    feature: int
+    contexts: tuple[str, ...]
+    targets: tuple[str, ...]
+    activations: np.ndarray
+    """float64, one per example."""
+
+    def __len__(self) -> int:
+        return len(self.contexts)
+
+
+def read_exemplars(path: str | Path) -> pa.Table:
+    """Read an exemplar file (`.jsonl`/`.json` or `.parquet`, or a folder of Parquet files) and validate it."""
+    path = Path(path)
+    if not path.exists():
+        raise ExemplarError(f"exemplar file not found: {path}")
+    try:
+        if path.is_dir() or path.suffix == ".parquet":
+            table = pq.read_table(path)
+        elif path.suffix in (".jsonl", ".json", ".ndjson"):
+            table = pa_json.read_json(path)
+        else:
+            raise ExemplarError(f"unknown exemplar format {path.suffix!r} for {path}; use .jsonl or .parquet")
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ExemplarError(f"cannot read exemplars from {path}: {err}") from err
+    return validate_exemplars(table, source=str(path))
+
+
+def validate_exemplars(table: pa.Table, source: str = "exemplars") -> pa.Table:
+    """Check the contract and cast the required columns to their declared types."""
+    missing = [name for name in REQUIRED_COLUMNS if name not in table.column_names]
+    if missing:
+        raise ExemplarError(
+            f"{source}: missing column(s) {missing}; the exemplar contract needs {list(REQUIRED_COLUMNS)} "
+            f"(found {table.column_names})"
+        )
+    if table.num_rows == 0:
+        raise ExemplarError(f"{source}: no rows")
+    columns = {}
+    for field in EXEMPLAR_SCHEMA:
+        column = table.column(field.name)
+        if column.null_count:
+            raise ExemplarError(f"{source}: column {field.name!r} has {column.null_count} null value(s)")
+        try:
+            columns[field.name] = column.cast(field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            raise ExemplarError(f"{source}: column {field.name!r} cannot be read as {field.type}: {err}") from err
+    activation = columns["activation"]
+    bad = pc.sum(pc.invert(pc.is_finite(activation))).as_py()
+    if bad:
+        first = pc.index(pc.is_finite(activation), False).as_py()
+        raise ExemplarError(
+            f"{source}: column 'activation' has {bad} NaN or infinite value(s) (first at row {first}); "
+            "every activation must be a finite number"
+        )
+    negative = pc.sum(pc.less(columns["feature"], 0)).as_py()
+    if negative:
+        raise ExemplarError(f"{source}: column 'feature' has {negative} negative id(s); feature ids must be >= 0")
+    extra = [name for name in table.column_names if name not in columns]
+    return pa.table({**columns, **{name: table.column(name) for name in extra}})
+
+
+def group_by_feature(table: pa.Table) -> Iterator[FeatureExemplars]:
+    """Yield each feature's examples, in ascending feature order, keeping the file's row order within a feature."""
+    features = table.column("feature").to_numpy()
+    order = np.argsort(features, kind="stable")
+    contexts = table.column("context").to_pylist()
+    targets = table.column("target").to_pylist()
+    activations = table.column("activation").to_numpy()
+    boundaries = np.flatnonzero(np.diff(features[order])) + 1
+    for rows in np.split(order, boundaries):
+        yield FeatureExemplars(
+            feature=int(features[rows[0]]),
+            contexts=tuple(contexts[i] for i in rows),
+            targets=tuple(targets[i] for i in rows),
+            activations=activations[rows].astype(np.float64),
+        )
+
+
+def unlabelable_reason(examples: FeatureExemplars, active_threshold: float) -> str | None:
+    """Why a feature cannot be labelled (too few active or inactive examples to train and hold out), or None."""
+    active = int(np.sum(examples.activations > active_threshold))
+    inactive = len(examples) - active
+    if active < 2 or inactive < 2:
+        return (
+            f"needs at least 2 active and 2 inactive examples (activation > {active_threshold} counts as "
+            f"active) for a train and a held-out split; has {active} active and {inactive} inactive"
+        )
+    return None

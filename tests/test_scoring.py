@@ -1,0 +1,44 @@
+"""Scoring functions against brute-force definitions."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from labeler.scoring import auroc, balanced_accuracy, rank_labels
+
+
+def brute_auroc(scores: np.ndarray, active: np.ndarray) -> float:
+    pairs = list(itertools.product(scores[active], scores[~active]))
+    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+
+
+def test_auroc_matches_pair_counting_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        scores = rng.integers(0, 5, size=20).astype(float)  # many ties
+        active = rng.random(20) < 0.4
+        if active.all() or not active.any():
+            continue
+        assert abs(auroc(scores, active) - brute_auroc(scores, active)) < 1e-12
+
+
+def test_auroc_extremes_and_empty_class() -> None:
+    active = np.array([True, True, False, False])
+    assert auroc(np.array([3.0, 2.0, 1.0, 0.0]), active) == 1.0
+    assert auroc(np.array([0.0, 1.0, 2.0, 3.0]), active) == 0.0
+    assert np.isnan(auroc(np.array([1.0, 2.0]), np.array([True, True])))
+
+
+def test_balanced_accuracy() -> None:
+    active = np.array([True, True, False, False, False, False])
+    scores = np.array([1.0, -1.0, -1.0, -1.0, -1.0, 1.0])
+    assert balanced_accuracy(scores, active) == (0.5 + 0.75) / 2
+
+
+def test_rank_labels_breaks_auroc_ties_by_confidence() -> None:
+    active = np.array([True, False])
+    scores = np.array([[1.0, -1.0], [5.0, -5.0], [-1.0, 1.0]])
+    order, aurocs = rank_labels(scores, active)
+    assert order == [1, 0, 2] and aurocs == [1.0, 1.0, 0.0]
