@@ -1,0 +1,268 @@
+"""A causal LM asked, per example, "is the word W in this text an example of the concept LABEL?".
+
+The prompt is split at the label slot. Everything before it (system text, the example's text and word)
+is run once per example in `encode`, keeping its key/value cache and the LM's next-token distribution
+at the slot (the reference q of the KL prior). Each `score` then runs only the suffix: the L label
+embeddings, the rest of the question and the start of the answer, attending to the cached prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from labeler.discriminators.base import Scored
+from labeler.prompt import PromptTemplate
+from labeler.vocab import VocabFilter, allowed_token_ids
+
+# log q below this is clamped: a reference probability of exactly 0 would make KL(p || q) infinite.
+MIN_REFERENCE_LOGPROB = -100.0
+_SLOT = "\x00LABEL\x00"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class CausalLMConfig:
+    """How to build and ask a causal-LM discriminator."""
+
+    model: str = ""
+    """A local folder with a Hugging Face causal LM and its tokenizer (or a hub id where a network allows)."""
+    template: PromptTemplate = field(default_factory=PromptTemplate)
+    """The question; the default is the paper's."""
+    chat: Literal["auto", "always", "never"] = "auto"
+    """Format the prompt with the tokenizer's chat template ("auto": when it has one)."""
+    yes_token: str = "1"
+    """The answer token meaning "yes, the word is an example of the label"; must be one token."""
+    no_token: str = "0"
+    """The answer token meaning "no"; must be one token."""
+    readout: Literal["answer_ce", "logit_diff"] = "answer_ce"
+    """answer_ce: cross-entropy of the right answer token over the whole vocabulary (the paper's);
+    logit_diff: logistic loss on logit(yes) - logit(no)."""
+    vocab: VocabFilter = field(default_factory=VocabFilter)
+    """Which tokens a label may use."""
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
+    """Weights and activations dtype."""
+    device: str = "auto"
+    """torch device; "auto" takes CUDA when present."""
+    prefix_batch: int = 64
+    """Examples per forward pass when encoding prefixes."""
+
+
+@dataclass(frozen=True)
+class EncodedPrefixes:
+    """The cached prefixes of a set of examples (duplicates of a (text, word) pair share one row)."""
+
+    row: Tensor
+    """Int[E]: example -> row of the cache below."""
+    keys: tuple[Tensor, ...]
+    """Per layer, Float[U heads P head_dim], left-padded to a common length P."""
+    values: tuple[Tensor, ...]
+    mask: Tensor
+    """Int[U P]: 1 where the prefix has a real token."""
+    length: Tensor
+    """Int[U]: real prefix length."""
+    first_slot_logprobs: Tensor
+    """Float[U V]: log q of the first label slot over the allowed tokens."""
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+
+class CausalLMDiscriminator:
+    """The paper's discriminator over any Hugging Face causal LM, with the prefix computed once."""
+
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: CausalLMConfig, name: str = ""
+    ) -> None:
+        self.config = config
+        self.name = name or f"hf:{config.model}"
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        embeddings: Tensor = model.get_input_embeddings().weight
+        self._embeddings = embeddings
+        self.allowed_ids = torch.tensor(
+            allowed_token_ids(tokenizer, embeddings.shape[0], config.vocab), device=self.device
+        )
+        # The optimiser works in at least float32 even when the model runs in half precision.
+        self.label_embeddings = (
+            embeddings[self.allowed_ids].detach().to(torch.promote_types(embeddings.dtype, torch.float32))
+        )
+        self.use_chat = config.chat == "always" or (config.chat == "auto" and bool(tokenizer.chat_template))
+        if config.chat == "always" and not tokenizer.chat_template:
+            raise ValueError("chat='always' but the tokenizer has no chat template")
+        self.yes_id = self._single_token(config.yes_token, "yes_token")
+        self.no_id = self._single_token(config.no_token, "no_token")
+        _, suffix = self._split_prompt("text", "word")
+        self.suffix_ids = torch.tensor(self._ids(suffix, first=False), device=self.device)
+
+    @classmethod
+    def from_config(cls, config: CausalLMConfig) -> CausalLMDiscriminator:
+        """Load the model and tokenizer named by `config.model`; errors say what failed to load."""
+        if not config.model:
+            raise ValueError("no discriminator model given: pass a folder with a Hugging Face causal LM")
+        local = Path(config.model)
+        if config.model.startswith((".", "/", "~")) and not local.expanduser().is_dir():
+            raise ValueError(f"discriminator model folder not found: {config.model}")
+        device = torch.device(
+            "cuda"
+            if config.device == "auto" and torch.cuda.is_available()
+            else "cpu"
+            if config.device == "auto"
+            else config.device
+        )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(local.expanduser()) if local.is_dir() else config.model)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(local.expanduser()) if local.is_dir() else config.model,
+                dtype=DTYPES[config.dtype],
+                use_safetensors=True,
+            )
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(
+                f"cannot load a causal LM and tokenizer from {config.model!r}: {err}. The discriminator needs a "
+                "folder holding config.json, safetensors weights and a tokenizer (save_pretrained output)."
+            ) from err
+        return cls(model.to(device), tokenizer, config)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), clean_up_tokenization_spaces=False).strip()
+
+    def prompt_ids(self, context: str, target: str) -> tuple[list[int], list[int]]:
+        """Token ids of the prompt before and after the label slot, for one example."""
+        prefix, _ = self._split_prompt(context, target)
+        return self._ids(prefix, first=True), self.suffix_ids.tolist()
+
+    @torch.no_grad()
+    def encode(self, contexts: Sequence[str], targets: Sequence[str]) -> EncodedPrefixes:
+        """Run every distinct (text, word) prefix once; keep its KV cache and the first slot's log q."""
+        if len(contexts) != len(targets):
+            raise ValueError(f"{len(contexts)} contexts but {len(targets)} targets")
+        distinct: dict[tuple[str, str], int] = {}
+        row = [distinct.setdefault(pair, len(distinct)) for pair in zip(contexts, targets, strict=True)]
+        prefixes = [self.prompt_ids(context, target)[0] for context, target in distinct]
+        width = max(len(ids) for ids in prefixes)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes], device=self.device)
+        mask = (
+            torch.arange(width, device=self.device)
+            >= width - torch.tensor([len(p) for p in prefixes], device=self.device)[:, None]
+        ).long()
+        keys: list[list[Tensor]] = []
+        values: list[list[Tensor]] = []
+        first_slot: list[Tensor] = []
+        for start in range(0, len(prefixes), self.config.prefix_batch):
+            part = slice(start, start + self.config.prefix_batch)
+            out = self.model(
+                input_ids=ids[part],
+                attention_mask=mask[part],
+                position_ids=_positions(mask[part]),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            for layer, cached in enumerate(out.past_key_values.layers):
+                if start == 0:
+                    keys.append([])
+                    values.append([])
+                keys[layer].append(cached.keys)
+                values[layer].append(cached.values)
+            first_slot.append(self._reference_logprobs(out.logits[:, -1]))
+        return EncodedPrefixes(
+            row=torch.tensor(row, device=self.device),
+            keys=tuple(torch.cat(k) for k in keys),
+            values=tuple(torch.cat(v) for v in values),
+            mask=mask,
+            length=mask.sum(1),
+            first_slot_logprobs=torch.cat(first_slot),
+        )
+
+    def score(self, examples: EncodedPrefixes, example: Tensor, label: Tensor) -> Scored:
+        """Run the suffix for every (feature, restart, example) against the cached prefixes."""
+        n_feature, n_restart, n_slot, _ = label.shape
+        n_example = example.shape[1]
+        cache_row: Tensor = examples.row[example]  # [F N]
+        row = cache_row[:, None, :].expand(n_feature, n_restart, n_example).reshape(-1)  # [B], B = F*R*N
+        batch = row.shape[0]
+        # Each suffix attends to its example's prefix: gather that cache for every row.
+        cache = DynamicCache(
+            ddp_cache_data=[(k[row], v[row]) for k, v in zip(examples.keys, examples.values, strict=True)],
+            config=self.model.config,
+        )
+        label_rows = label[:, :, None].expand(n_feature, n_restart, n_example, n_slot, label.shape[-1])
+        tail = self._embeddings[self.suffix_ids]
+        inputs = torch.cat(
+            [label_rows.reshape(batch, n_slot, -1).to(tail.dtype), tail[None].expand(batch, *tail.shape)], dim=1
+        )
+        suffix_len = inputs.shape[1]
+        attention = torch.cat([examples.mask[row], examples.mask.new_ones(batch, suffix_len)], dim=1)
+        positions = examples.length[row][:, None] + torch.arange(suffix_len, device=self.device)
+        # Logits are needed only where the next token is a label slot (for q) and at the answer.
+        keep = torch.tensor([*range(n_slot - 1), suffix_len - 1], device=self.device)
+        logits = self.model(
+            inputs_embeds=inputs,
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=False,
+            logits_to_keep=keep,
+        ).logits.to(self.label_embeddings.dtype)
+        answer = logits[:, -1]
+        score = answer[:, self.yes_id] - answer[:, self.no_id]
+        if self.config.readout == "answer_ce":
+            logp = answer.log_softmax(-1)
+            nll = torch.stack([-logp[:, self.no_id], -logp[:, self.yes_id]], dim=-1)
+        else:
+            nll = torch.stack([F.softplus(score), F.softplus(-score)], dim=-1)
+        grid = (n_feature, n_restart, n_example)
+        first = examples.first_slot_logprobs[cache_row][:, None]  # [F 1 N V]
+        later = [self._reference_logprobs(logits[:, slot]).view(*grid, -1) for slot in range(n_slot - 1)]
+        return Scored(score=score.view(grid), answer_nll=nll.view(*grid, 2), reference_logprobs=(first, *later))
+
+    def _reference_logprobs(self, logits: Tensor) -> Tensor:
+        """log q over the allowed tokens (renormalised among them)."""
+        logprobs = logits[:, self.allowed_ids].to(self.label_embeddings.dtype).log_softmax(-1)
+        return logprobs.clamp_min(MIN_REFERENCE_LOGPROB)
+
+    def _split_prompt(self, context: str, target: str) -> tuple[str, str]:
+        """The prompt's text before and after the label slot."""
+        template = self.config.template
+        if not self.use_chat:
+            prompt = template.render_plain(context, target, _SLOT)
+        else:
+            before, after = template.split_user(context, target)
+            user = f"{before}{_SLOT}{after}"
+            messages = [{"role": "system", "content": template.system}, {"role": "user", "content": user}]
+            try:
+                prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except Exception:
+                merged = [{"role": "user", "content": f"{template.system}\n\n{user}"}]
+                prompt = self.tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+            prompt = f"{prompt}{template.assistant_prefix}"
+        prefix, suffix = prompt.split(_SLOT)
+        return prefix, suffix
+
+    def _ids(self, text: str, first: bool) -> list[int]:
+        """Tokenize a piece of the prompt; the first piece starts with the BOS token when the model has one."""
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False).input_ids
+        bos = self.tokenizer.bos_token_id
+        if first and not self.use_chat and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        return ids
+
+    def _single_token(self, text: str, what: str) -> int:
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise ValueError(f"{what} {text!r} must be exactly one token of this tokenizer; it is {len(ids)}: {ids}")
+        return int(ids[0])
+
+
+def _positions(mask: Tensor) -> Tensor:
+    """Position ids that start at 0 on the first real token of a left-padded row."""
+    return (mask.cumsum(1) - 1).clamp_min(0)
