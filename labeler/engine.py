@@ -1,0 +1,324 @@
+"""The batched optimiser: F features x R restarts of token-space gradient descent in one forward pass.
+
+Each restart owns logits v over the allowed tokens for each of L label slots; the soft label is
+p = softmax(v) and enters the discriminator as p @ E. One step samples a balanced batch of training
+examples per feature (shared by its restarts), scores every (feature, restart, example) at once and
+minimises, per restart,
+
+    answer cross-entropy + c_kl * KL(p || q) + c_entropy * H(p),
+
+with AdamW. A restart stops when its label has converged; a feature leaves the batch when all its
+restarts have. At the end each restart's argmax label is scored on the feature's held-out examples and
+the best restart wins. The engine knows nothing about tokenization, files or metrics.
+
+Randomness is per feature (example sampling) and per (feature, restart) (initial v), seeded from the
+run seed and the feature id, so a feature gets the same label whether it runs alone or in a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from labeler.discriminators.base import Discriminator, EncodedExamples, Scored
+from labeler.scoring import balanced_accuracy, rank_labels
+
+
+@dataclass(frozen=True)
+class OptimiserConfig:
+    """Token-space gradient descent settings (defaults follow the paper where it gives one)."""
+
+    restarts: int = 4
+    """Random restarts per feature; the best on held-out examples wins."""
+    max_steps: int = 100
+    """Optimisation steps at most per restart."""
+    label_tokens: int = 1
+    """L, the number of tokens in a label (the paper uses 1)."""
+    examples_per_step: int = 32
+    """Training examples per feature per step, half active and half inactive."""
+    lr: float = 0.2
+    """AdamW learning rate on v (the paper: 0.1 to 0.5)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW moment decay rates."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay on v."""
+    c_kl: float = 0.1
+    """Weight of KL(p || q), q being the discriminator's own next-token distribution (the paper: 0.05 to 0.2)."""
+    c_entropy: float = 0.2
+    """Weight of the entropy H(p), pushing p towards one token (the paper: 0.1 to 0.3)."""
+    init_std: float = 1.0
+    """v starts as N(0, init_std^2)."""
+    converge_prob: float = 0.9
+    """A restart has converged when every slot's largest probability exceeds this ..."""
+    converge_patience: int = 5
+    """... for this many consecutive steps."""
+    top_k: int = 5
+    """Top tokens per slot recorded with their probabilities."""
+    score_batch: int = 256
+    """Held-out examples scored per forward pass at the end."""
+    seed: int = 0
+    """Run seed; each feature's randomness derives from it and the feature id."""
+
+    def __post_init__(self) -> None:
+        for name in ("restarts", "max_steps", "label_tokens", "top_k", "score_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.examples_per_step < 2 or self.examples_per_step % 2:
+            raise ValueError(f"examples_per_step must be even and at least 2, got {self.examples_per_step}")
+        if not 0 < self.converge_prob <= 1:
+            raise ValueError(f"converge_prob must lie in (0, 1], got {self.converge_prob}")
+
+
+@dataclass(frozen=True)
+class FeatureTask:
+    """One feature's examples, as rows of the chunk's encoded examples, already split."""
+
+    feature: int
+    train_active: np.ndarray
+    train_inactive: np.ndarray
+    heldout: np.ndarray
+    heldout_active: np.ndarray
+    """bool, one per held-out row."""
+
+
+@dataclass(frozen=True)
+class FeatureLabel:
+    """The engine's answer for one feature: the winning restart's discrete label and how it scored."""
+
+    feature: int
+    status: str
+    """"labelled" or "failed"."""
+    error: str | None
+    label_ids: tuple[int, ...]
+    top_ids: tuple[tuple[int, ...], ...]
+    """Per slot, the winning restart's top-k token ids ..."""
+    top_probs: tuple[tuple[float, ...], ...]
+    """... and their probabilities under its final soft label."""
+    heldout_auroc: float
+    heldout_balanced_accuracy: float
+    restart_aurocs: tuple[float, ...]
+    loss_answer: float
+    loss_kl: float
+    loss_entropy: float
+    steps: int
+    """Steps the winning restart ran."""
+    converged: bool
+
+
+def optimise(
+    disc: Discriminator, examples: EncodedExamples, tasks: list[FeatureTask], config: OptimiserConfig
+) -> list[FeatureLabel]:
+    """Label every task's feature; one batched forward/backward per step over all live features."""
+    n_feature, n_restart = len(tasks), config.restarts
+    vocab = disc.label_embeddings.shape[0]
+    device = disc.device
+    samplers = [torch.Generator().manual_seed(_seed(config.seed, task.feature, 1)) for task in tasks]
+    v = torch.stack([_initial_logits(config, task.feature, vocab) for task in tasks])  # [F R L V]
+    v = v.to(device=device, dtype=disc.label_embeddings.dtype)
+    adam_m, adam_s = torch.zeros_like(v), torch.zeros_like(v)
+    done = torch.zeros(n_feature, n_restart, dtype=torch.bool, device=device)
+    failed: dict[int, str] = {}
+    streak = torch.zeros(n_feature, n_restart, dtype=torch.long, device=device)
+    steps = torch.zeros(n_feature, n_restart, dtype=torch.long, device=device)
+    last_terms = torch.zeros(n_feature, n_restart, 3, device=device)  # answer, kl, entropy at the last step
+
+    for step in range(1, config.max_steps + 1):
+        live = [f for f in range(n_feature) if f not in failed and not bool(done[f].all())]
+        if not live:
+            break
+        idx = torch.tensor(live, device=device)
+        example, target = _sample(tasks, samplers, live, config.examples_per_step, device)  # [F' N]
+        logits = v[idx].requires_grad_(True)
+        loss, terms, p = objective(disc, examples, example, target, logits, config)  # [F' R], [F' R 3]
+        (grad,) = torch.autograd.grad(loss.sum(), logits)
+
+        # A feature whose loss is not finite fails alone; the others go on.
+        bad = ~torch.isfinite(loss).all(1)
+        for i in torch.nonzero(bad).flatten().tolist():
+            failed[live[i]] = f"loss became non-finite at step {step}"
+        moving = ~done[idx] & ~bad[:, None]  # [F' R]: restarts that take this step
+        _adamw(v, adam_m, adam_s, grad, idx, moving, step, config)
+        steps[idx] += moving.long()
+        last_terms[idx] = torch.where(moving[..., None], terms.detach(), last_terms[idx])
+
+        # Converged: every slot's top probability above the threshold, for `patience` steps in a row.
+        peaked = (p.detach().amax(-1) > config.converge_prob).all(-1)  # [F' R]
+        streak[idx] = torch.where(moving & peaked, streak[idx] + 1, torch.where(moving, 0, streak[idx]))
+        done[idx] |= streak[idx] >= config.converge_patience
+
+    return [
+        _failed(task.feature, failed[f])
+        if f in failed
+        else _pick_best(disc, examples, task, v[f], last_terms[f], steps[f], done[f], config)
+        for f, task in enumerate(tasks)
+    ]
+
+
+def objective(
+    disc: Discriminator,
+    examples: EncodedExamples,
+    example: Tensor,
+    target: Tensor,
+    logits: Tensor,
+    config: OptimiserConfig,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Each restart's loss for label logits v (Float[F R L V]) on examples (Int[F N]) with answers (Bool[F N]).
+
+    Returns the loss Float[F R], its terms Float[F R 3] (answer, KL, entropy) and p = softmax(v).
+    """
+    p = logits.softmax(-1)
+    scored = disc.score(examples, example, p @ disc.label_embeddings)
+    terms = _loss_terms(scored, p, logits.log_softmax(-1), target)
+    loss = terms[..., 0] + config.c_kl * terms[..., 1] + config.c_entropy * terms[..., 2]
+    return loss, terms, p
+
+
+def _loss_terms(scored: Scored, p: Tensor, log_p: Tensor, target: Tensor) -> Tensor:
+    """Per restart: mean answer loss, mean KL(p || q) over slots and examples, mean entropy over slots."""
+    answer = scored.answer_nll.gather(-1, target[:, None, :, None].expand(*scored.score.shape, 1).long())
+    answer = answer.squeeze(-1).mean(-1)  # [F R]
+    neg_entropy = (p * log_p).sum(-1)  # [F R L]
+    kl = torch.zeros_like(answer)
+    for slot, log_q in enumerate(scored.reference_logprobs):
+        # sum_v p log q for every example, without expanding q over restarts when it does not depend on them.
+        cross = (p[:, :, slot, None, :] @ log_q.transpose(-1, -2)).squeeze(-2)  # [F R N]
+        kl = kl + (neg_entropy[:, :, slot, None] - cross).mean(-1)
+    kl = kl / max(len(scored.reference_logprobs), 1)
+    return torch.stack([answer, kl, -neg_entropy.mean(-1)], dim=-1)
+
+
+def _adamw(
+    v: Tensor, m: Tensor, s: Tensor, grad: Tensor, idx: Tensor, moving: Tensor, step: int, config: OptimiserConfig
+) -> None:
+    """AdamW on the rows `idx` of v, only for the restarts that are `moving` (the others stay frozen)."""
+    beta1, beta2 = config.betas
+    mask = moving[..., None, None]
+    new_m = torch.where(mask, beta1 * m[idx] + (1 - beta1) * grad, m[idx])
+    new_s = torch.where(mask, beta2 * s[idx] + (1 - beta2) * grad * grad, s[idx])
+    # Every moving restart has moved on every step so far, so one bias correction fits all.
+    update = (new_m / (1 - beta1**step)) / ((new_s / (1 - beta2**step)).sqrt() + 1e-8)
+    decayed = v[idx] * (1 - config.lr * config.weight_decay)
+    v[idx] = torch.where(mask, decayed - config.lr * update, v[idx])
+    m[idx], s[idx] = new_m, new_s
+
+
+def _sample(
+    tasks: list[FeatureTask], samplers: list[torch.Generator], live: list[int], n: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Half active, half inactive training examples per live feature (with replacement only when too few)."""
+    rows = [
+        np.concatenate(
+            [_draw(tasks[f].train_active, n // 2, samplers[f]), _draw(tasks[f].train_inactive, n // 2, samplers[f])]
+        )
+        for f in live
+    ]
+    example = torch.from_numpy(np.stack(rows)).to(device)
+    target = torch.zeros(len(live), n, dtype=torch.bool, device=device)
+    target[:, : n // 2] = True
+    return example, target
+
+
+def _draw(pool: np.ndarray, k: int, generator: torch.Generator) -> np.ndarray:
+    if len(pool) >= k:
+        return pool[torch.randperm(len(pool), generator=generator)[:k].numpy()]
+    return pool[torch.randint(len(pool), (k,), generator=generator).numpy()]
+
+
+@torch.no_grad()
+def _pick_best(
+    disc: Discriminator,
+    examples: EncodedExamples,
+    task: FeatureTask,
+    v: Tensor,
+    last_terms: Tensor,
+    steps: Tensor,
+    done: Tensor,
+    config: OptimiserConfig,
+) -> FeatureLabel:
+    """Discretise each restart (argmax per slot), score it on held-out examples, keep the best."""
+    label_ids = v.argmax(-1)  # [R L]
+    scores = heldout_scores(disc, examples, task.heldout, label_ids[None], config.score_batch)[0]  # [R N]
+    order, aurocs = rank_labels(scores, task.heldout_active)
+    best = order[0]
+    top = v[best].softmax(-1).topk(config.top_k, dim=-1)
+    allowed = disc.allowed_ids
+    return FeatureLabel(
+        feature=task.feature,
+        status="labelled",
+        error=None,
+        label_ids=tuple(allowed[label_ids[best]].tolist()),
+        top_ids=tuple(tuple(allowed[slot].tolist()) for slot in top.indices),
+        top_probs=tuple(tuple(slot.tolist()) for slot in top.values),
+        heldout_auroc=aurocs[best],
+        heldout_balanced_accuracy=balanced_accuracy(scores[best], task.heldout_active),
+        restart_aurocs=tuple(aurocs),
+        loss_answer=float(last_terms[best, 0]),
+        loss_kl=float(last_terms[best, 1]),
+        loss_entropy=float(last_terms[best, 2]),
+        steps=int(steps[best]),
+        converged=bool(done[best]),
+    )
+
+
+@torch.no_grad()
+def heldout_scores(
+    disc: Discriminator, examples: EncodedExamples, rows: np.ndarray, label_ids: Tensor, batch: int
+) -> np.ndarray:
+    """Scores of discrete labels (Int[F C L], positions in the allowed vocabulary) on the same example rows.
+
+    Runs at most about `batch` (label, example) pairs per forward pass. Returns Float[F C N] as numpy.
+    """
+    n_feature, n_candidate, _ = label_ids.shape
+    per_pass = max(1, batch // max(1, n_feature * len(rows)))  # candidates per pass when all rows fit
+    rows_per_pass = min(len(rows), max(1, batch // max(1, n_feature)))
+    out = np.empty((n_feature, n_candidate, len(rows)), dtype=np.float64)
+    for c in range(0, n_candidate, per_pass):
+        label = disc.label_embeddings[label_ids[:, c : c + per_pass]]  # [F C' L d]
+        for start in range(0, len(rows), rows_per_pass):
+            example = torch.from_numpy(rows[start : start + rows_per_pass]).to(disc.device)
+            scored = disc.score(examples, example[None].expand(n_feature, -1), label)
+            out[:, c : c + per_pass, start : start + rows_per_pass] = scored.score.double().cpu().numpy()
+    return out
+
+
+def _initial_logits(config: OptimiserConfig, feature: int, vocab: int) -> Tensor:
+    """v ~ N(0, init_std^2) for each restart and slot, from the restart's own generator."""
+    return torch.stack(
+        [
+            torch.randn(
+                config.label_tokens,
+                vocab,
+                generator=torch.Generator().manual_seed(_seed(config.seed, feature, 2, restart)),
+            )
+            * config.init_std
+            for restart in range(config.restarts)
+        ]
+    )
+
+
+def _failed(feature: int, error: str) -> FeatureLabel:
+    nan = float("nan")
+    return FeatureLabel(
+        feature=feature,
+        status="failed",
+        error=error,
+        label_ids=(),
+        top_ids=(),
+        top_probs=(),
+        heldout_auroc=nan,
+        heldout_balanced_accuracy=nan,
+        restart_aurocs=(),
+        loss_answer=nan,
+        loss_kl=nan,
+        loss_entropy=nan,
+        steps=0,
+        converged=False,
+    )
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (run seed, feature id, stream, restart)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))

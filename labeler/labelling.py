@@ -1,0 +1,154 @@
+"""Label a chunk of features with one discriminator: split, encode, optimise, record.
+
+This is the unit of work that the CLI runs locally and that distributed workers run per chunk. A
+feature that cannot be labelled becomes a record with a status and a reason; it never takes the other
+features of its chunk down with it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from labeler.discriminators.base import Discriminator
+from labeler.engine import FeatureLabel, FeatureTask, OptimiserConfig, optimise
+from labeler.exemplars import FeatureExemplars, unlabelable_reason
+from labeler.results import LabelRecord, TopToken
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """How features are prepared and batched for the optimiser."""
+
+    optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
+    heldout_fraction: float = 0.3
+    """Share of each feature's active and of its inactive examples held out for scoring the final label."""
+    active_threshold: float = 0.0
+    """An example is active when its activation exceeds this."""
+    features_per_batch: int = 64
+    """F: features optimised together in one batch."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heldout_fraction < 1:
+            raise ValueError(f"heldout_fraction must lie strictly between 0 and 1, got {self.heldout_fraction}")
+        if self.features_per_batch < 1:
+            raise ValueError(f"features_per_batch must be at least 1, got {self.features_per_batch}")
+
+
+def split_examples(examples: FeatureExemplars, config: LabelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified train/held-out split: (train active, train inactive, held-out) indices into the feature's rows.
+
+    At least one active and one inactive example land on each side. Seeded by the run seed and feature id.
+    """
+    rng = np.random.default_rng([config.optimiser.seed, examples.feature, 0])
+    active = examples.activations > config.active_threshold
+    sides = []
+    for pool in (np.flatnonzero(active), np.flatnonzero(~active)):
+        pool = rng.permutation(pool)
+        n_heldout = min(max(1, round(len(pool) * config.heldout_fraction)), len(pool) - 1)
+        sides.append((pool[n_heldout:], pool[:n_heldout]))
+    (train_active, heldout_active), (train_inactive, heldout_inactive) = sides
+    return train_active, train_inactive, np.sort(np.concatenate([heldout_active, heldout_inactive]))
+
+
+def label_chunk(disc: Discriminator, features: Sequence[FeatureExemplars], config: LabelConfig) -> list[LabelRecord]:
+    """Label a chunk of features in one batch; records come back in the order of `features`."""
+    records: dict[int, LabelRecord] = {}
+    runnable = []
+    for examples in features:
+        reason = unlabelable_reason(examples, config.active_threshold)
+        if reason is None:
+            runnable.append(examples)
+        else:
+            records[examples.feature] = _record(examples, config, disc.name, status="skipped", error=reason)
+    if runnable:
+        for record in _label_batch(disc, runnable, config):
+            records[record.feature] = record
+    return [records[examples.feature] for examples in features]
+
+
+def _label_batch(disc: Discriminator, features: Sequence[FeatureExemplars], config: LabelConfig) -> list[LabelRecord]:
+    """Optimise features together; if the batch breaks, retry each alone so the failure stays with its feature."""
+    start = time.perf_counter()
+    try:
+        contexts, targets, tasks = prepare_tasks(features, config)
+        encoded = disc.encode(contexts, targets)
+        labels = optimise(disc, encoded, tasks, config.optimiser)
+    except (RuntimeError, ValueError, IndexError) as err:
+        if len(features) == 1:
+            return [_record(features[0], config, disc.name, status="failed", error=f"{type(err).__name__}: {err}")]
+        return [record for examples in features for record in _label_batch(disc, [examples], config)]
+    seconds = (time.perf_counter() - start) / len(features)
+    return [_labelled(examples, label, disc, config, seconds) for examples, label in zip(features, labels, strict=True)]
+
+
+def prepare_tasks(
+    features: Sequence[FeatureExemplars], config: LabelConfig
+) -> tuple[list[str], list[str], list[FeatureTask]]:
+    """All examples of the chunk in one list, and each feature's split as rows of it."""
+    contexts: list[str] = []
+    targets: list[str] = []
+    tasks = []
+    for examples in features:
+        offset = len(contexts)
+        contexts.extend(examples.contexts)
+        targets.extend(examples.targets)
+        train_active, train_inactive, heldout = split_examples(examples, config)
+        tasks.append(
+            FeatureTask(
+                feature=examples.feature,
+                train_active=train_active + offset,
+                train_inactive=train_inactive + offset,
+                heldout=heldout + offset,
+                heldout_active=examples.activations[heldout] > config.active_threshold,
+            )
+        )
+    return contexts, targets, tasks
+
+
+def _labelled(
+    examples: FeatureExemplars, label: FeatureLabel, disc: Discriminator, config: LabelConfig, seconds: float
+) -> LabelRecord:
+    if label.status != "labelled":
+        return _record(examples, config, disc.name, status="failed", error=label.error, seconds=seconds)
+    top = tuple(
+        tuple(TopToken(disc.decode([i]), i, p) for i, p in zip(ids, probs, strict=True))
+        for ids, probs in zip(label.top_ids, label.top_probs, strict=True)
+    )
+    return _record(
+        examples,
+        config,
+        disc.name,
+        status="labelled",
+        label=disc.decode(label.label_ids),
+        label_ids=label.label_ids,
+        top_tokens=top,
+        heldout_auroc=label.heldout_auroc,
+        heldout_balanced_accuracy=label.heldout_balanced_accuracy,
+        restart_aurocs=label.restart_aurocs,
+        loss_answer=label.loss_answer,
+        loss_kl=label.loss_kl,
+        loss_entropy=label.loss_entropy,
+        steps=label.steps,
+        converged=label.converged,
+        seconds=seconds,
+    )
+
+
+def _record(examples: FeatureExemplars, config: LabelConfig, discriminator: str, **fields: object) -> LabelRecord:
+    """A record with the fields every status shares filled in from the feature's examples."""
+    n_active = int(np.sum(examples.activations > config.active_threshold))
+    n_heldout = 0 if fields.get("status") == "skipped" else len(split_examples(examples, config)[2])
+    return LabelRecord(
+        feature=examples.feature,
+        n_examples=len(examples),
+        n_active=n_active,
+        n_heldout=n_heldout,
+        restarts=config.optimiser.restarts,
+        discriminator=discriminator,
+        seed=config.optimiser.seed,
+        **fields,  # type: ignore[arg-type]
+    )
