@@ -61,7 +61,7 @@ def word_tokenizer(extra_words: list[str] | tuple[str, ...] = WORDS) -> PreTrain
     """A word-level tokenizer holding the default template's words, digits and `extra_words`."""
     template = PromptTemplate()
     text = " ".join([template.system, template.user, template.assistant_prefix])
-    pieces = re.findall(r"\w+|[^\w\s]", text) + ["0", "1"] + list(extra_words)
+    pieces = [*re.findall(r"\w+|[^\w\s]", text), "0", "1", *list(extra_words)]
     vocab = {tok: i for i, tok in enumerate(["<unk>", "<pad>", "<bos>", "<eos>", *dict.fromkeys(pieces)])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Sequence(

@@ -67,7 +67,7 @@ def test_one_hot_label_scores_like_the_discrete_prompt(builder: str, tokenizer: 
         token = int(disc.allowed_ids[position])
         for n, (context, target) in enumerate(zip(CONTEXTS, TARGETS, strict=True)):
             prefix, suffix = disc.prompt_ids(context, target)
-            logits = disc.model(input_ids=torch.tensor([prefix + [token] + suffix])).logits[0, -1]
+            logits = disc.model(input_ids=torch.tensor([[*prefix, token, *suffix]])).logits[0, -1]
             want = logits[disc.yes_id] - logits[disc.no_id]
             torch.testing.assert_close(scored.score[0, r, n], want, atol=1e-5, rtol=0)
 
@@ -115,7 +115,7 @@ def test_chat_template_prompt_splits_at_the_label(tokenizer: PreTrainedTokenizer
     token = int(disc.allowed_ids[3])
     label = disc.label_embeddings[3][None, None, None]
     got = disc.score(encoded, torch.tensor([[0]]), label).score[0, 0, 0]
-    logits = disc.model(input_ids=torch.tensor([prefix + [token] + suffix])).logits[0, -1]
+    logits = disc.model(input_ids=torch.tensor([[*prefix, token, *suffix]])).logits[0, -1]
     torch.testing.assert_close(got, logits[disc.yes_id] - logits[disc.no_id], atol=1e-5, rtol=0)
 
 

@@ -60,7 +60,7 @@ def test_bad_rows_are_named(tmp_path: Path, rows: list[dict[str, object]], messa
 def test_nan_activation_is_refused(tmp_path: Path) -> None:
     table = pa.Table.from_pylist([*ROWS, {**ROWS[0], "activation": math.nan}])
     pq.write_table(table, tmp_path / "e.parquet")
-    with pytest.raises(ExemplarError, match="NaN or infinite value.*first at row 4"):
+    with pytest.raises(ExemplarError, match=r"NaN or infinite value.*first at row 4"):
         read_exemplars(tmp_path / "e.parquet")
 
 

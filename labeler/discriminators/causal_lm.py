@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from labeler.discriminators.base import Scored
+from labeler.discriminators.base import EncodedExamples, Scored
 from labeler.prompt import PromptTemplate
 from labeler.vocab import VocabFilter, allowed_token_ids
 
@@ -86,7 +86,7 @@ class CausalLMDiscriminator:
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        embeddings: Tensor = model.get_input_embeddings().weight
+        embeddings = cast(Tensor, model.get_input_embeddings().weight)
         self._embeddings = embeddings
         self.allowed_ids = torch.tensor(
             allowed_token_ids(tokenizer, embeddings.shape[0], config.vocab), device=self.device
@@ -130,10 +130,10 @@ class CausalLMDiscriminator:
                 f"cannot load a causal LM and tokenizer from {config.model!r}: {err}. The discriminator needs a "
                 "folder holding config.json, safetensors weights and a tokenizer (save_pretrained output)."
             ) from err
-        return cls(model.to(device), tokenizer, config)
+        return cls(model.to(device), tokenizer, config)  # type: ignore[arg-type]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), clean_up_tokenization_spaces=False).strip()
+        return str(self.tokenizer.decode(list(ids), clean_up_tokenization_spaces=False)).strip()
 
     def prompt_ids(self, context: str, target: str) -> tuple[list[int], list[int]]:
         """Token ids of the prompt before and after the label slot, for one example."""
@@ -183,8 +183,10 @@ class CausalLMDiscriminator:
             first_slot_logprobs=torch.cat(first_slot),
         )
 
-    def score(self, examples: EncodedPrefixes, example: Tensor, label: Tensor) -> Scored:
+    def score(self, examples: EncodedExamples, example: Tensor, label: Tensor) -> Scored:
         """Run the suffix for every (feature, restart, example) against the cached prefixes."""
+        if not isinstance(examples, EncodedPrefixes):
+            raise TypeError(f"expected examples encoded by this discriminator, got {type(examples).__name__}")
         n_feature, n_restart, n_slot, _ = label.shape
         n_example = example.shape[1]
         cache_row: Tensor = examples.row[example]  # [F N]
@@ -240,10 +242,10 @@ class CausalLMDiscriminator:
             user = f"{before}{_SLOT}{after}"
             messages = [{"role": "system", "content": template.system}, {"role": "user", "content": user}]
             try:
-                prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                prompt = str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
             except Exception:
                 merged = [{"role": "user", "content": f"{template.system}\n\n{user}"}]
-                prompt = self.tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+                prompt = str(self.tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True))
             prompt = f"{prompt}{template.assistant_prefix}"
         prefix, suffix = prompt.split(_SLOT)
         return prefix, suffix

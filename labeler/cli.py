@@ -1,0 +1,279 @@
+"""The `labeler` command line: the only place that parses arguments and prints progress."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from labeler import __version__
+from labeler.discriminators import CausalLMConfig, build_discriminator
+from labeler.engine import OptimiserConfig
+from labeler.exemplars import ExemplarError, group_by_feature, read_exemplars, unlabelable_reason
+from labeler.labelling import LabelConfig, label_chunk
+from labeler.prompt import PromptTemplate
+from labeler.results import LabelRecord, write_part
+from labeler.vocab import VocabFilter
+
+
+class UsageError(Exception):
+    """Bad input found before work starts; printed without a traceback, exit status 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (UsageError, ExemplarError, ValueError) as err:
+        print(f"labeler: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("labeler: interrupted; parts written so far are complete and kept", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="labeler", description="Label sparse-autoencoder features by token-space gradient descent."
+    )
+    parser.add_argument("--version", action="version", version=f"labeler {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    label = commands.add_parser(
+        "label",
+        help="label every feature of an exemplar file",
+        description="Label every feature of an exemplar file and write the labels as a Parquet dataset "
+        "under OUT/labels/. Exemplars: JSONL or Parquet with columns feature, context, target, "
+        "activation (see README).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    label.add_argument("--exemplars", required=True, type=Path, help="exemplar file (.jsonl or .parquet)")
+    label.add_argument("--discriminator", required=True, help="hf:MODEL_DIR, a folder with a Hugging Face causal LM")
+    label.add_argument("--out", required=True, type=Path, help="output folder (must not hold labels yet)")
+    add_label_options(label)
+    label.set_defaults(run=run_label)
+
+    demo = commands.add_parser(
+        "demo",
+        help="train a tiny LM on a synthetic language, then label its concept features (offline, CPU)",
+        description="The embedded-defaults job: builds (once, cached) a tiny causal LM that knows five concepts "
+        "of a synthetic language, writes exemplars of five features, one per concept, and labels "
+        "them with `labeler label`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    demo.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".cache" / "labeler" / "demo",
+        help="where the demo model and exemplars are kept between runs",
+    )
+    demo.add_argument("--out", type=Path, default=Path("labeler-demo-out"), help="output folder (replaced)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the demo world, model and labelling")
+    demo.set_defaults(run=run_demo)
+    return parser
+
+
+def add_label_options(parser: argparse.ArgumentParser) -> None:
+    opt = parser.add_argument_group("optimiser")
+    defaults = OptimiserConfig()
+    opt.add_argument("--restarts", type=int, default=defaults.restarts, help="random restarts per feature")
+    opt.add_argument("--steps", type=int, default=defaults.max_steps, help="optimisation steps at most")
+    opt.add_argument("--label-tokens", type=int, default=defaults.label_tokens, help="tokens per label (L)")
+    opt.add_argument(
+        "--examples-per-step",
+        type=int,
+        default=defaults.examples_per_step,
+        help="training examples per feature per step, half active",
+    )
+    opt.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate")
+    opt.add_argument("--c-kl", type=float, default=defaults.c_kl, help="weight of KL(p || q)")
+    opt.add_argument("--c-entropy", type=float, default=defaults.c_entropy, help="weight of the entropy H(p)")
+    opt.add_argument("--seed", type=int, default=defaults.seed, help="run seed")
+    data = parser.add_argument_group("data")
+    label_defaults = LabelConfig()
+    data.add_argument(
+        "--features-per-batch",
+        type=int,
+        default=label_defaults.features_per_batch,
+        help="features optimised together (F)",
+    )
+    data.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=label_defaults.heldout_fraction,
+        help="share of examples held out to score labels",
+    )
+    data.add_argument(
+        "--active-threshold",
+        type=float,
+        default=label_defaults.active_threshold,
+        help="an example is active when its activation exceeds this",
+    )
+    data.add_argument(
+        "--skip-unlabelable",
+        action="store_true",
+        help="record features without enough active or inactive examples as skipped instead of stopping with an error",
+    )
+    disc = parser.add_argument_group("discriminator")
+    model_defaults = CausalLMConfig()
+    disc.add_argument(
+        "--readout",
+        choices=["answer_ce", "logit_diff"],
+        default=model_defaults.readout,
+        help="answer_ce: cross-entropy of the answer token (paper); logit_diff: logistic loss "
+        "on logit(yes) - logit(no)",
+    )
+    disc.add_argument("--yes-token", default=model_defaults.yes_token, help="answer token meaning yes")
+    disc.add_argument("--no-token", default=model_defaults.no_token, help="answer token meaning no")
+    disc.add_argument(
+        "--chat",
+        choices=["auto", "always", "never"],
+        default=model_defaults.chat,
+        help="use the tokenizer's chat template",
+    )
+    disc.add_argument(
+        "--template",
+        type=Path,
+        default=None,
+        help="JSON file with keys system, user, assistant_prefix; user holds {text}, {word} "
+        "and {label} (default: the paper's prompt)",
+    )
+    disc.add_argument(
+        "--vocab-min-chars", type=int, default=VocabFilter.min_chars, help="shortest label token, in characters"
+    )
+    disc.add_argument(
+        "--vocab-any-chars", action="store_true", help="allow label tokens that are not purely alphabetic"
+    )
+    disc.add_argument("--device", default=model_defaults.device, help="torch device (auto: CUDA when present)")
+    disc.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16", "float64"],
+        default=model_defaults.dtype,
+        help="model dtype",
+    )
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[LabelConfig, CausalLMConfig]:
+    optimiser = OptimiserConfig(
+        restarts=args.restarts,
+        max_steps=args.steps,
+        label_tokens=args.label_tokens,
+        examples_per_step=args.examples_per_step,
+        lr=args.lr,
+        c_kl=args.c_kl,
+        c_entropy=args.c_entropy,
+        seed=args.seed,
+    )
+    label = LabelConfig(
+        optimiser=optimiser,
+        heldout_fraction=args.heldout_fraction,
+        active_threshold=args.active_threshold,
+        features_per_batch=args.features_per_batch,
+    )
+    template = PromptTemplate() if args.template is None else _read_template(args.template)
+    causal_lm = CausalLMConfig(
+        template=template,
+        chat=args.chat,
+        yes_token=args.yes_token,
+        no_token=args.no_token,
+        readout=args.readout,
+        vocab=VocabFilter(alphabetic=not args.vocab_any_chars, min_chars=args.vocab_min_chars),
+        dtype=args.dtype,
+        device=args.device,
+    )
+    return label, causal_lm
+
+
+def run_label(args: argparse.Namespace) -> int:
+    label_config, causal_lm = configs_from_args(args)
+    labels_dir = args.out / "labels"
+    if labels_dir.exists() and any(labels_dir.iterdir()):
+        raise UsageError(f"{labels_dir} already holds labels; choose a new --out or remove it")
+    table = read_exemplars(args.exemplars)
+    features = list(group_by_feature(table))
+    problems = [(f.feature, r) for f in features if (r := unlabelable_reason(f, label_config.active_threshold))]
+    if problems and not args.skip_unlabelable:
+        listed = "\n".join(f"  feature {feature}: {reason}" for feature, reason in problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise UsageError(
+            f"{len(problems)} feature(s) of {args.exemplars} cannot be labelled:\n{listed}{more}\n"
+            "Fix the exemplars, or pass --skip-unlabelable to record them as skipped."
+        )
+    disc = build_discriminator(args.discriminator, causal_lm)
+    print(
+        f"labelling {len(features)} features ({table.num_rows} examples) with {disc.name}, "
+        f"{len(disc.allowed_ids)} allowed label tokens",
+        file=sys.stderr,
+    )
+    records = label_all(disc, features, label_config, args.out)
+    write_manifest(args.out, args, disc.name, records)
+    counts = Counter(record.status for record in records)
+    print(f"done: {dict(counts)}; labels in {labels_dir}", file=sys.stderr)
+    print_labels(records)
+    return 1 if counts["failed"] == len(records) else 0
+
+
+def label_all(disc: Any, features: list[Any], config: LabelConfig, out: Path) -> list[LabelRecord]:
+    """Label in chunks, writing one Parquet part per chunk as it completes."""
+    records: list[LabelRecord] = []
+    size = config.features_per_batch
+    with tqdm(total=len(features), unit="feature", desc="labelling", file=sys.stderr) as bar:
+        for part, start in enumerate(range(0, len(features), size)):
+            chunk = label_chunk(disc, features[start : start + size], config)
+            write_part(chunk, out, part)
+            records.extend(chunk)
+            bar.update(len(chunk))
+            bar.set_postfix(
+                failed=sum(r.status == "failed" for r in records), skipped=sum(r.status == "skipped" for r in records)
+            )
+    return records
+
+
+def print_labels(records: list[LabelRecord], limit: int = 50) -> None:
+    print(f"{'feature':>8}  {'status':<9} {'auroc':>6}  label / reason")
+    for record in records[:limit]:
+        auroc = f"{record.heldout_auroc:.3f}" if record.heldout_auroc is not None else "-"
+        print(f"{record.feature:>8}  {record.status:<9} {auroc:>6}  {record.label or record.error}")
+    if len(records) > limit:
+        print(f"... {len(records) - limit} more in the Parquet dataset")
+
+
+def write_manifest(out: Path, args: argparse.Namespace, discriminator: str, records: list[LabelRecord]) -> None:
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("run",)}
+    manifest = {
+        "labeler_version": __version__,
+        "discriminator": discriminator,
+        "settings": settings,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "features": len(records),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def _read_template(path: Path) -> PromptTemplate:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UsageError(f"cannot read the template file {path}: {err}") from err
+    known = {f.name for f in fields(PromptTemplate)}
+    if not isinstance(raw, dict) or set(raw) - known:
+        raise UsageError(f"template file {path} must be a JSON object with keys among {sorted(known)}")
+    return PromptTemplate(**{**asdict(PromptTemplate()), **raw})
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from labeler import demo  # the demo pulls in training code only when asked for
+
+    return demo.run(args.cache, args.out, args.seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""`labeler label` end to end: the convergence test on the synthetic world, and errors that name the problem."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from labeler.cli import main
+from labeler.results import read_labels
+from labeler.synthetic import default_world, feature_exemplars
+
+
+def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def exemplars(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_jsonl(
+        tmp_path_factory.mktemp("ex") / "exemplars.jsonl", feature_exemplars(default_world(), 80, seed=7)
+    )
+
+
+@pytest.mark.slow
+def test_label_recovers_the_concepts(trained_lm: Path, exemplars: Path, tmp_path: Path) -> None:
+    """The honest convergence test: each feature fires on one concept's members; the label should name it."""
+    out = tmp_path / "run"
+    status = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "labeler.cli",
+            "label",
+            "--exemplars",
+            str(exemplars),
+            "--discriminator",
+            f"hf:{trained_lm}",
+            "--out",
+            str(out),
+            "--seed",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert status.returncode == 0, status.stderr
+    concepts = list(default_world().categories)
+    rows = duckdb.sql(
+        f"SELECT feature, label, status, heldout_auroc FROM read_parquet('{out}/labels/*.parquet') ORDER BY feature"
+    ).fetchall()
+    assert [row[0] for row in rows] == list(range(len(concepts)))
+    assert all(row[2] == "labelled" for row in rows)
+    recovered = [row[1] for row in rows if row[1] == concepts[row[0]]]
+    assert len(recovered) >= 4, rows
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["features"] == len(concepts) and manifest["discriminator"] == f"hf:{trained_lm}"
+    assert read_labels(out).num_rows == len(concepts)
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+def test_missing_column_is_an_error_before_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_jsonl(tmp_path / "e.jsonl", [{"feature": 0, "context": "a dog", "activation": 1.0}])
+    code, err = run_cli(
+        ["label", "--exemplars", str(path), "--discriminator", "hf:/nowhere", "--out", str(tmp_path / "o")], capsys
+    )
+    assert code == 2 and "missing column(s) ['target']" in err
+
+
+def test_unlabelable_feature_is_named_or_skipped(
+    trained_lm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = feature_exemplars(default_world(), 30, seed=1)
+    rows = [row for row in rows if not (row["feature"] == 2 and row["activation"] == 0.0)]  # feature 2: all active
+    path = write_jsonl(tmp_path / "e.jsonl", rows)
+    args = ["label", "--exemplars", str(path), "--discriminator", f"hf:{trained_lm}", "--steps", "2"]
+    code, err = run_cli([*args, "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and "feature 2: needs at least 2 active and 2 inactive" in err and "and 0 inactive" in err
+    assert "--skip-unlabelable" in err and not (tmp_path / "a" / "labels").exists()
+    code, err = run_cli([*args, "--out", str(tmp_path / "b"), "--skip-unlabelable"], capsys)
+    assert code == 0, err
+    statuses = dict(duckdb.sql(f"SELECT feature, status FROM read_parquet('{tmp_path}/b/labels/*.parquet')").fetchall())
+    assert statuses == {0: "labelled", 1: "labelled", 2: "skipped", 3: "labelled", 4: "labelled"}
+
+
+def test_model_folder_that_does_not_load(exemplars: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "model").mkdir()
+    code, err = run_cli(
+        [
+            "label",
+            "--exemplars",
+            str(exemplars),
+            "--discriminator",
+            f"hf:{tmp_path / 'model'}",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
+    assert code == 2 and "cannot load a causal LM" in err
+
+
+def test_unknown_discriminator_and_bad_template(
+    exemplars: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = run_cli(
+        ["label", "--exemplars", str(exemplars), "--discriminator", "gpt4", "--out", str(tmp_path / "o")], capsys
+    )
+    assert code == 2 and "unknown discriminator 'gpt4'" in err
+    template = tmp_path / "t.json"
+    template.write_text(json.dumps({"user": 'Is "{word}" in "{text}" a thing?'}))
+    code, err = run_cli(
+        [
+            "label",
+            "--exemplars",
+            str(exemplars),
+            "--discriminator",
+            "hf:/x",
+            "--out",
+            str(tmp_path / "o"),
+            "--template",
+            str(template),
+        ],
+        capsys,
+    )
+    assert code == 2 and "label slot {label}" in err
+
+
+def test_help_lists_the_options() -> None:
+    out = subprocess.run([sys.executable, "-m", "labeler.cli", "label", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for option in ("--exemplars", "--discriminator", "--out", "--restarts", "--steps", "--label-tokens", "--seed"):
+        assert option in out.stdout

@@ -1,0 +1,74 @@
+"""The optimiser against references, on a tiny LM trained in the session on a synthetic language."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
+from labeler.engine import OptimiserConfig
+from labeler.exemplars import FeatureExemplars, group_by_feature, validate_exemplars
+from labeler.exhaustive import exhaustive_search
+from labeler.labelling import LabelConfig, label_chunk, prepare_tasks
+from labeler.synthetic import default_world, feature_exemplars
+
+CONFIG = LabelConfig(optimiser=OptimiserConfig(max_steps=60, restarts=3, seed=1))
+
+
+@pytest.fixture(scope="session")
+def disc(trained_lm: Path) -> CausalLMDiscriminator:
+    return CausalLMDiscriminator.from_config(CausalLMConfig(model=str(trained_lm)))
+
+
+@pytest.fixture(scope="session")
+def features() -> list[FeatureExemplars]:
+    table = validate_exemplars(pa.Table.from_pylist(feature_exemplars(default_world(), 60, seed=3)))
+    return list(group_by_feature(table))
+
+
+@pytest.mark.slow
+def test_batched_engine_gives_the_labels_of_the_one_feature_loop(
+    disc: CausalLMDiscriminator, features: list[FeatureExemplars]
+) -> None:
+    together = label_chunk(disc, features, CONFIG)
+    alone = [label_chunk(disc, [examples], CONFIG)[0] for examples in features]
+    assert [r.label_ids for r in together] == [r.label_ids for r in alone]
+    assert [r.steps for r in together] == [r.steps for r in alone]
+    np.testing.assert_allclose([r.restart_aurocs for r in together], [r.restart_aurocs for r in alone], atol=1e-9)
+
+
+@pytest.mark.slow
+def test_optimiser_finds_the_exhaustive_optimum(disc: CausalLMDiscriminator, features: list[FeatureExemplars]) -> None:
+    """Over the whole (small) vocabulary of the synthetic language, GD's label is exhaustive search's best token."""
+    records = label_chunk(disc, features, CONFIG)
+    contexts, targets, tasks = prepare_tasks(features, CONFIG)
+    encoded = disc.encode(contexts, targets)
+    assert len(disc.allowed_ids) > 50
+    for record, task in zip(records, tasks, strict=True):
+        search = exhaustive_search(disc, encoded, task)
+        assert record.status == "labelled"
+        assert record.label_ids == (search.token_ids[0],), (record.label, disc.decode(search.token_ids[:3]))
+        assert record.heldout_auroc == pytest.approx(search.aurocs[0])
+
+
+def test_a_feature_that_breaks_fails_alone(tokenizer: object) -> None:
+    """A text too long for the model raises inside the batch; only its feature is recorded as failed."""
+    from conftest import tiny_gpt2, word_tokenizer
+
+    tok = word_tokenizer()
+    disc = CausalLMDiscriminator(tiny_gpt2(len(tok)), tok, CausalLMConfig(model="tiny"))
+    texts = ("the dog ran", "a red apple", "the big hammer", "a cow")
+    words = ("dog", "apple", "hammer", "cow")
+    good = [FeatureExemplars(f, texts, words, np.array([1.0, 1.0, 0.0, 0.0])) for f in (0, 2)]
+    long_text = " ".join(["the dog"] * 200)
+    bad = FeatureExemplars(1, (*texts[:3], long_text), words, np.array([1.0, 1.0, 0.0, 0.0]))
+    config = LabelConfig(optimiser=replace(OptimiserConfig(), max_steps=3, examples_per_step=4), heldout_fraction=0.4)
+    records = label_chunk(disc, [good[0], bad, good[1]], config)
+    assert [r.feature for r in records] == [0, 1, 2]
+    assert [r.status for r in records] == ["labelled", "failed", "labelled"]
+    assert records[1].error and "IndexError" in records[1].error
+    assert records[1].label is None
