@@ -16,7 +16,9 @@ from labeler.exhaustive import exhaustive_search
 from labeler.labelling import LabelConfig, label_chunk, prepare_tasks
 from labeler.synthetic import default_world, feature_exemplars
 
-CONFIG = LabelConfig(optimiser=OptimiserConfig(max_steps=60, restarts=3, seed=1))
+# The product defaults (4 restarts, up to 100 steps): with 3 restarts and 60 steps one feature of five stopped
+# at a local optimum ("event", AUROC 0.97, against "tool", 1.0).
+CONFIG = LabelConfig(optimiser=OptimiserConfig(seed=1))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,96 @@
+"""The toy world: its tokenizer, its exemplars, and a tiny discriminator that learns its question."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import numpy as np
+import transformers
+
+from labeler.prompt import PromptTemplate
+from labeler.synthetic import (
+    answer_accuracy,
+    build_tokenizer,
+    default_world,
+    feature_exemplars,
+    make_texts,
+    train_tiny_lm,
+    training_prompts,
+)
+
+
+def test_world_words_are_distinct_lowercase_and_alphabetic() -> None:
+    world = default_world()
+    assert len(world.categories) == 5
+    assert len(set(world.words)) == len(world.words)
+    assert all(word.isalpha() and word.islower() for word in world.words)
+
+
+def test_tokenizer_round_trips_a_prompt_and_splits_cleanly_at_the_label() -> None:
+    world, template = default_world(), PromptTemplate()
+    tokenizer = build_tokenizer(world, template)
+    text, word, label = "the dog was near a red car today", "dog", "animal"
+    prompt = template.render_plain(text, word, label)
+
+    ids = tokenizer(prompt)["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id
+    assert tokenizer.unk_token_id not in ids
+    # Decoding gives back the prompt's words and punctuation marks, one per token.
+    assert tokenizer.decode(ids, skip_special_tokens=True).split() == re.findall(r"\w+|[^\w\s]", prompt)
+    for w in (word, label, "1", "0"):
+        assert tokenizer.decode([tokenizer.convert_tokens_to_ids(w)]) == w
+
+    # The prefix (everything before the label) and the suffix tokenize to the same ids in pieces as in one go.
+    before, after = template.split_user(text, word)
+    prefix, suffix = f"{template.system}\n\n{before}", f"{after}\n{template.assistant_prefix}"
+    pieces = (
+        tokenizer(prefix)["input_ids"]
+        + tokenizer(label, add_special_tokens=False)["input_ids"]
+        + tokenizer(suffix, add_special_tokens=False)["input_ids"]
+    )
+    assert pieces == ids
+
+
+def test_every_generated_prompt_is_known_to_the_tokenizer(tmp_path: pathlib.Path) -> None:
+    world, template = default_world(), PromptTemplate()
+    tokenizer = build_tokenizer(world, template)
+    prompts = training_prompts(world, template, 300, np.random.default_rng(0))
+    assert {prompt[-1] for prompt in prompts if prompt.startswith(template.system)} == {"0", "1"}
+    for ids in tokenizer(prompts)["input_ids"]:
+        assert tokenizer.unk_token_id not in ids
+
+    # Saved and loaded the ordinary way, it is the same tokenizer.
+    tokenizer.save_pretrained(tmp_path)
+    loaded = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded(prompts[:20])["input_ids"] == tokenizer(prompts[:20])["input_ids"]
+
+
+def test_texts_are_short_and_hold_member_words() -> None:
+    world = default_world()
+    members = set(world.members)
+    for text in make_texts(world, 100, np.random.default_rng(1)):
+        words = text.split(" ")
+        assert 5 <= len(words) <= 9
+        assert 1 <= sum(w in members for w in words) <= 3
+
+
+def test_feature_exemplars_follow_the_contract() -> None:
+    world = default_world()
+    rows = feature_exemplars(world, 60, seed=0)
+    assert all(set(row) == {"feature", "context", "target", "activation"} for row in rows)
+    for k, members in enumerate(world.categories.values()):
+        mine = [row for row in rows if row["feature"] == k]
+        active = [row for row in mine if row["activation"] == 1.0]
+        assert len(active) >= 10
+        assert any(row["activation"] == 0.0 for row in mine)
+        assert all((row["activation"] == 1.0) == (row["target"] in members) for row in mine)
+        assert all(row["target"] in row["context"].split() for row in mine)
+
+
+def test_tiny_lm_learns_the_question(tmp_path: pathlib.Path) -> None:
+    world, template = default_world(), PromptTemplate()
+    out = train_tiny_lm(world, tmp_path / "tiny", template=template, seed=0)
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert answer_accuracy(model, tokenizer, world, template, n=500, seed=1234) >= 0.95
