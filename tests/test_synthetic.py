@@ -6,6 +6,8 @@ import pathlib
 import re
 
 import numpy as np
+import pytest
+import torch
 import transformers
 
 from labeler.prompt import PromptTemplate
@@ -88,9 +90,22 @@ def test_feature_exemplars_follow_the_contract() -> None:
         assert all(row["target"] in row["context"].split() for row in mine)
 
 
-def test_tiny_lm_learns_the_question(tmp_path: pathlib.Path) -> None:
+def test_training_is_deterministic_and_leaves_torch_seeding_alone(tmp_path: pathlib.Path) -> None:
+    world = default_world()
+    state = torch.random.get_rng_state()
+    first = train_tiny_lm(world, tmp_path / "a", steps=3, seed=5)
+    second = train_tiny_lm(world, tmp_path / "b", steps=3, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    a = transformers.AutoModelForCausalLM.from_pretrained(first).state_dict()
+    b = transformers.AutoModelForCausalLM.from_pretrained(second).state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.slow
+def test_tiny_lm_learns_the_question(trained_lm: pathlib.Path) -> None:
+    # `trained_lm` (conftest.py) is `train_tiny_lm(default_world(), <tmp dir>, seed=0)`, shared by the session.
     world, template = default_world(), PromptTemplate()
-    out = train_tiny_lm(world, tmp_path / "tiny", template=template, seed=0)
-    model = transformers.AutoModelForCausalLM.from_pretrained(out)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    model = transformers.AutoModelForCausalLM.from_pretrained(trained_lm)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(trained_lm)
     assert answer_accuracy(model, tokenizer, world, template, n=500, seed=1234) >= 0.95
