@@ -19,13 +19,14 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import LlamaForCausalLM
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
 from labeler.engine import OptimiserConfig, optimise
 from labeler.exemplars import FeatureExemplars
 from labeler.labelling import LabelConfig, prepare_tasks
-from labeler.synthetic import build_tokenizer, default_world, make_texts
+from labeler.runtime import keep_freed_memory
+from labeler.synthetic import build_tokenizer, default_world, make_texts, model_config
 from labeler.vocab import VocabFilter
 
 
@@ -70,17 +71,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--examples", type=int, default=48, help="examples per feature")
     parser.add_argument("--examples-per-step", type=int, default=32)
-    parser.add_argument("--d-model", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=64, help="hidden size (the MLP is 4x as wide)")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator settings alone")
     args = parser.parse_args()
 
+    allocator_tuned = False if args.default_malloc else keep_freed_memory()
     torch.manual_seed(args.seed)
     tokenizer = build_tokenizer(default_world())
-    model = GPT2LMHeadModel(
-        GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=args.d_model, n_layer=args.layers, n_head=4)
-    )
-    disc = CausalLMDiscriminator(model, tokenizer, CausalLMConfig(model="random-gpt2", vocab=VocabFilter(min_chars=2)))
+    # The synthetic language's tiny Llama (random weights: speed does not depend on them), resized on request.
+    config = model_config(tokenizer)
+    config.update({"hidden_size": args.hidden, "intermediate_size": 4 * args.hidden, "num_hidden_layers": args.layers})
+    model = LlamaForCausalLM(config)
+    disc = CausalLMDiscriminator(model, tokenizer, CausalLMConfig(model="random-llama", vocab=VocabFilter(min_chars=2)))
     # converge_prob above 1 can never be reached: every restart runs all steps in both methods.
     optimiser = OptimiserConfig(
         restarts=args.restarts,
@@ -98,12 +102,15 @@ def main() -> None:
         "restarts": args.restarts,
         "steps": args.steps,
         "examples_per_step": args.examples_per_step,
-        "model": f"gpt2 d={args.d_model} layers={args.layers}",
+        "model": f"llama hidden={args.hidden} layers={args.layers}",
+        "prompt_tokens": len(disc.prompt_ids(features[0].contexts[0], features[0].targets[0])[0])
+        + len(disc.suffix_ids),
         "vocab": len(tokenizer),
         "allowed_tokens": len(disc.allowed_ids),
         "device": str(disc.device),
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
+        "allocator_tuned": allocator_tuned,
         "date": time.strftime("%Y-%m-%d"),
     }
     results = {}

@@ -20,6 +20,7 @@ from labeler.exemplars import ExemplarError, group_by_feature, read_exemplars, u
 from labeler.labelling import LabelConfig, label_chunk
 from labeler.prompt import PromptTemplate
 from labeler.results import LabelRecord, write_part
+from labeler.runtime import keep_freed_memory
 from labeler.vocab import VocabFilter
 
 
@@ -208,6 +209,8 @@ def run_label(args: argparse.Namespace) -> int:
             "Fix the exemplars, or pass --skip-unlabelable to record them as skipped."
         )
     disc = build_discriminator(args.discriminator, causal_lm)
+    if disc.device.type == "cpu":
+        keep_freed_memory()
     print(
         f"labelling {len(features)} features ({table.num_rows} examples) with {disc.name}, "
         f"{len(disc.allowed_ids)} allowed label tokens",

@@ -196,7 +196,8 @@ def _eval_questions(world: SyntheticWorld, n: int, rng: np.random.Generator) -> 
     return questions
 
 
-def _model_config(tokenizer: transformers.PreTrainedTokenizerFast) -> transformers.LlamaConfig:
+def model_config(tokenizer: transformers.PreTrainedTokenizerFast) -> transformers.LlamaConfig:
+    """The tiny LM that learns the synthetic language (benchmarks time the same architecture)."""
     # A Llama rather than a GPT-2: the answer depends on two tokens at fixed distances from the end of the
     # prompt (the word and the label), which rotary position embeddings make easy to find; with learned
     # absolute positions the tiny model did not learn the task in the same time.
@@ -292,7 +293,7 @@ def train_tiny_lm(
         return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / steps)))
 
     with _seeded(seed):
-        model = transformers.LlamaForCausalLM(_model_config(tokenizer))
+        model = transformers.LlamaForCausalLM(model_config(tokenizer))
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

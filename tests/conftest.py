@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from labeler.prompt import PromptTemplate
 
@@ -98,6 +106,25 @@ def tiny_llama(vocab_size: int, dtype: torch.dtype = torch.float32) -> LlamaForC
         max_position_embeddings=256,
     )
     return LlamaForCausalLM(config).to(dtype).eval()
+
+
+def tiny_gemma2(vocab_size: int, dtype: torch.dtype = torch.float32) -> Gemma2ForCausalLM:
+    """Gemma-2's attention: grouped kv heads, logit soft-capping, a sliding window on alternate layers."""
+    config = Gemma2Config(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        query_pre_attn_scalar=8,
+        attn_logit_softcapping=5.0,
+        final_logit_softcapping=30.0,
+        sliding_window=128,
+        max_position_embeddings=256,
+    )
+    return Gemma2ForCausalLM(config).to(dtype).eval()
 
 
 @pytest.fixture(scope="session")

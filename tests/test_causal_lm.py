@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import WORDS, tiny_gpt2, tiny_llama, word_tokenizer
+from conftest import WORDS, tiny_gemma2, tiny_gpt2, tiny_llama, word_tokenizer
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
@@ -16,7 +17,7 @@ from labeler.vocab import VocabFilter
 
 CONTEXTS = ["the dog ran near the cat", "a red apple", "the big hammer saw a small green bird today", "a cow"]
 TARGETS = ["dog", "apple", "bird", "cow"]
-BUILDERS: dict[str, Callable[..., PreTrainedModel]] = {"gpt2": tiny_gpt2, "llama": tiny_llama}
+BUILDERS: dict[str, Callable[..., PreTrainedModel]] = {"gpt2": tiny_gpt2, "llama": tiny_llama, "gemma2": tiny_gemma2}
 
 
 def make_disc(
@@ -34,29 +35,31 @@ def full_forward_logits(disc: CausalLMDiscriminator, context: str, target: str, 
     return disc.model(inputs_embeds=inputs[None]).logits[0].float()
 
 
-@pytest.mark.parametrize("builder", ["gpt2", "llama"])
+@pytest.mark.parametrize("builder", ["gpt2", "llama", "gemma2"])
 def test_cached_suffix_matches_full_forward(builder: str, tokenizer: PreTrainedTokenizerFast) -> None:
     disc = make_disc(builder, tokenizer)
     encoded = disc.encode(CONTEXTS, TARGETS)  # prefixes of different lengths: left padding is exercised
     n_slot, vocab = 2, len(disc.allowed_ids)
-    p = torch.randn(1, 3, n_slot, vocab).softmax(-1)  # [F R L V]
+    p = torch.randn(2, 3, n_slot, vocab).softmax(-1)  # [F R L V]
     label = p @ disc.label_embeddings
-    example = torch.tensor([[0, 1, 2, 3]])
+    example = torch.tensor([[0, 1, 2, 3], [2, 2, 3, 0]])  # features share some examples and repeat one
     scored = disc.score(encoded, example, label)
-    for r in range(3):
-        for n, (context, target) in enumerate(zip(CONTEXTS, TARGETS, strict=True)):
-            logits = full_forward_logits(disc, context, target, label[0, r])
-            prefix_len = len(disc.prompt_ids(context, target)[0])
-            want = logits[-1, disc.yes_id] - logits[-1, disc.no_id]
-            torch.testing.assert_close(scored.score[0, r, n], want, atol=1e-4, rtol=0)
-            # The KL references: q at slot 1 comes from the prefix, q at slot 2 from the first label position.
-            for slot in range(n_slot):
-                q = logits[prefix_len - 1 + slot, disc.allowed_ids].log_softmax(-1)
-                got = scored.reference_logprobs[slot][0, 0 if slot == 0 else r, n]
-                torch.testing.assert_close(got, q, atol=1e-4, rtol=0)
+    for f, r, n in itertools.product(range(2), range(3), range(4)):
+        context, target = CONTEXTS[example[f, n]], TARGETS[example[f, n]]
+        logits = full_forward_logits(disc, context, target, label[f, r])
+        prefix_len = len(disc.prompt_ids(context, target)[0])
+        want = logits[-1, disc.yes_id] - logits[-1, disc.no_id]
+        torch.testing.assert_close(scored.score[f, r, n], want, atol=1e-4, rtol=0)
+        answer = logits[-1].log_softmax(-1)
+        torch.testing.assert_close(scored.answer_nll[f, r, n, 1], -answer[disc.yes_id], atol=1e-4, rtol=0)
+        # The KL references: q at slot 1 comes from the prefix, q at slot 2 from the first label position.
+        for slot in range(n_slot):
+            q = logits[prefix_len - 1 + slot, disc.allowed_ids].log_softmax(-1)
+            got = scored.reference_logprobs[slot][f, 0 if slot == 0 else r, n]
+            torch.testing.assert_close(got, q, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("builder", ["gpt2", "llama"])
+@pytest.mark.parametrize("builder", ["gpt2", "llama", "gemma2"])
 def test_one_hot_label_scores_like_the_discrete_prompt(builder: str, tokenizer: PreTrainedTokenizerFast) -> None:
     disc = make_disc(builder, tokenizer)
     encoded = disc.encode(CONTEXTS, TARGETS)

@@ -4,6 +4,7 @@ The prompt is split at the label slot. Everything before it (system text, the ex
 is run once per example in `encode`, keeping its key/value cache and the LM's next-token distribution
 at the slot (the reference q of the KL prior). Each `score` then runs only the suffix: the L label
 embeddings, the rest of the question and the start of the answer, attending to the cached prefix.
+The restarts of an example share its prefix without copying it (see prefix_attention.py).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Literal, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from labeler.discriminators.base import EncodedExamples, Scored
+from labeler.discriminators.prefix_attention import NAME as SHARED_PREFIX_ATTENTION
+from labeler.discriminators.prefix_attention import SharedPrefix
 from labeler.prompt import PromptTemplate
 from labeler.vocab import VocabFilter, allowed_token_ids
 
@@ -64,8 +67,8 @@ class EncodedPrefixes:
     keys: tuple[Tensor, ...]
     """Per layer, Float[U heads P head_dim], left-padded to a common length P."""
     values: tuple[Tensor, ...]
-    mask: Tensor
-    """Int[U P]: 1 where the prefix has a real token."""
+    valid: Tensor
+    """Bool[U P]: where the prefix has a real token (it is left-padded)."""
     length: Tensor
     """Int[U]: real prefix length."""
     first_slot_logprobs: Tensor
@@ -84,17 +87,18 @@ class CausalLMDiscriminator:
         self.config = config
         self.name = name or f"hf:{config.model}"
         self.model = model.eval().requires_grad_(False)
+        self.model.set_attn_implementation(SHARED_PREFIX_ATTENTION)
+        self.n_layers = int(model.config.get_text_config().num_hidden_layers)
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        embeddings = cast(Tensor, model.get_input_embeddings().weight)
-        self._embeddings = embeddings
-        self.allowed_ids = torch.tensor(
-            allowed_token_ids(tokenizer, embeddings.shape[0], config.vocab), device=self.device
-        )
+        self.embed = model.get_input_embeddings()
+        vocab_size = cast(Tensor, self.embed.weight).shape[0]
+        self.allowed_ids = torch.tensor(allowed_token_ids(tokenizer, vocab_size, config.vocab), device=self.device)
+        # What the model's embedding layer outputs (Gemma's scales the table), so a one-hot p is the token.
         # The optimiser works in at least float32 even when the model runs in half precision.
-        self.label_embeddings = (
-            embeddings[self.allowed_ids].detach().to(torch.promote_types(embeddings.dtype, torch.float32))
-        )
+        with torch.no_grad():
+            embedded = self.embed(self.allowed_ids)
+        self.label_embeddings = embedded.to(torch.promote_types(embedded.dtype, torch.float32))
         self.use_chat = config.chat == "always" or (config.chat == "auto" and bool(tokenizer.chat_template))
         if config.chat == "always" and not tokenizer.chat_template:
             raise ValueError("chat='always' but the tokenizer has no chat template")
@@ -178,43 +182,41 @@ class CausalLMDiscriminator:
             row=torch.tensor(row, device=self.device),
             keys=tuple(torch.cat(k) for k in keys),
             values=tuple(torch.cat(v) for v in values),
-            mask=mask,
+            valid=mask.bool(),
             length=mask.sum(1),
             first_slot_logprobs=torch.cat(first_slot),
         )
 
     def score(self, examples: EncodedExamples, example: Tensor, label: Tensor) -> Scored:
-        """Run the suffix for every (feature, restart, example) against the cached prefixes."""
+        """Run the suffix for every (feature, example, restart) against the cached prefixes."""
         if not isinstance(examples, EncodedPrefixes):
             raise TypeError(f"expected examples encoded by this discriminator, got {type(examples).__name__}")
-        n_feature, n_restart, n_slot, _ = label.shape
+        n_feature, n_restart, n_slot, width = label.shape
         n_example = example.shape[1]
         cache_row: Tensor = examples.row[example]  # [F N]
-        row = cache_row[:, None, :].expand(n_feature, n_restart, n_example).reshape(-1)  # [B], B = F*R*N
-        batch = row.shape[0]
-        # Each suffix attends to its example's prefix: gather that cache for every row.
-        cache = DynamicCache(
-            ddp_cache_data=[(k[row], v[row]) for k, v in zip(examples.keys, examples.values, strict=True)],
-            config=self.model.config,
-        )
-        label_rows = label[:, :, None].expand(n_feature, n_restart, n_example, n_slot, label.shape[-1])
-        tail = self._embeddings[self.suffix_ids]
-        inputs = torch.cat(
-            [label_rows.reshape(batch, n_slot, -1).to(tail.dtype), tail[None].expand(batch, *tail.shape)], dim=1
-        )
+        group = cache_row.reshape(-1)  # one group per (feature, example); its R restarts are consecutive rows
+        batch = group.shape[0] * n_restart
+        prefix = SharedPrefix(examples.keys, examples.values, examples.valid, group, group_size=n_restart)
+        label_rows = label.transpose(1, 2)[:, :, None].expand(n_feature, n_slot, n_example, n_restart, width)
+        label_rows = label_rows.permute(0, 2, 3, 1, 4).reshape(batch, n_slot, width)  # rows in (F, N, R) order
+        with torch.no_grad():
+            tail = self.embed(self.suffix_ids)
+        inputs = torch.cat([label_rows.to(tail.dtype), tail[None].expand(batch, *tail.shape)], dim=1)
         suffix_len = inputs.shape[1]
-        attention = torch.cat([examples.mask[row], examples.mask.new_ones(batch, suffix_len)], dim=1)
-        positions = examples.length[row][:, None] + torch.arange(suffix_len, device=self.device)
+        positions = examples.length[group].repeat_interleave(n_restart)[:, None] + torch.arange(
+            suffix_len, device=self.device
+        )
         # Logits are needed only where the next token is a label slot (for q) and at the answer.
         keep = torch.tensor([*range(n_slot - 1), suffix_len - 1], device=self.device)
         logits = self.model(
-            inputs_embeds=inputs,
-            attention_mask=attention,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=False,
-            logits_to_keep=keep,
+            inputs_embeds=inputs, position_ids=positions, shared_prefix=prefix, use_cache=False, logits_to_keep=keep
         ).logits.to(self.label_embeddings.dtype)
+        if prefix.calls != self.n_layers:
+            raise RuntimeError(
+                f"{type(self.model).__name__} ran {prefix.calls} of {self.n_layers} attention layers over the cached "
+                "prefix: its attention does not take keyword arguments through ALL_ATTENTION_FUNCTIONS, which the "
+                "causal-LM discriminator needs"
+            )
         answer = logits[:, -1]
         score = answer[:, self.yes_id] - answer[:, self.no_id]
         if self.config.readout == "answer_ce":
@@ -222,10 +224,14 @@ class CausalLMDiscriminator:
             nll = torch.stack([-logp[:, self.no_id], -logp[:, self.yes_id]], dim=-1)
         else:
             nll = torch.stack([F.softplus(score), F.softplus(-score)], dim=-1)
-        grid = (n_feature, n_restart, n_example)
+        grid = (n_feature, n_example, n_restart)
         first = examples.first_slot_logprobs[cache_row][:, None]  # [F 1 N V]
-        later = [self._reference_logprobs(logits[:, slot]).view(*grid, -1) for slot in range(n_slot - 1)]
-        return Scored(score=score.view(grid), answer_nll=nll.view(*grid, 2), reference_logprobs=(first, *later))
+        later = [_by_restart(self._reference_logprobs(logits[:, slot]).view(*grid, -1)) for slot in range(n_slot - 1)]
+        return Scored(
+            score=_by_restart(score.view(grid)),
+            answer_nll=_by_restart(nll.view(*grid, 2)),
+            reference_logprobs=(first, *later),
+        )
 
     def _reference_logprobs(self, logits: Tensor) -> Tensor:
         """log q over the allowed tokens (renormalised among them)."""
@@ -263,6 +269,11 @@ class CausalLMDiscriminator:
         if len(ids) != 1:
             raise ValueError(f"{what} {text!r} must be exactly one token of this tokenizer; it is {len(ids)}: {ids}")
         return int(ids[0])
+
+
+def _by_restart(x: Tensor) -> Tensor:
+    """[F N R ...] -> [F R N ...]."""
+    return x.transpose(1, 2)
 
 
 def _positions(mask: Tensor) -> Tensor:
