@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64, help="hidden size (the MLP is 4x as wide)")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator settings alone")
     args = parser.parse_args()
 
@@ -83,7 +84,7 @@ def main() -> None:
     # The synthetic language's tiny Llama (random weights: speed does not depend on them), resized on request.
     config = model_config(tokenizer)
     config.update({"hidden_size": args.hidden, "intermediate_size": 4 * args.hidden, "num_hidden_layers": args.layers})
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config).to(args.device)
     disc = CausalLMDiscriminator(model, tokenizer, CausalLMConfig(model="random-llama", vocab=VocabFilter(min_chars=2)))
     # converge_prob above 1 can never be reached: every restart runs all steps in both methods.
     optimiser = OptimiserConfig(
@@ -108,7 +109,9 @@ def main() -> None:
         "vocab": len(tokenizer),
         "allowed_tokens": len(disc.allowed_ids),
         "device": str(disc.device),
-        "cpu": platform.processor() or platform.machine(),
+        "processor": torch.cuda.get_device_name()
+        if disc.device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "allocator_tuned": allocator_tuned,
         "date": time.strftime("%Y-%m-%d"),
