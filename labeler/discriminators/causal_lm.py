@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from labeler.discriminators.base import EncodedExamples, Scored
+from labeler.discriminators.base import EncodedExamples, Scored, score_discrete_by_embedding
 from labeler.discriminators.prefix_attention import NAME as SHARED_PREFIX_ATTENTION
 from labeler.discriminators.prefix_attention import SharedPrefix
 from labeler.prompt import PromptTemplate
@@ -56,6 +57,8 @@ class CausalLMConfig:
     """torch device; "auto" takes CUDA when present."""
     prefix_batch: int = 64
     """Examples per forward pass when encoding prefixes."""
+    score_batch: int = 1024
+    """(label, example) pairs per forward pass when scoring discrete labels."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class CausalLMDiscriminator:
         self.n_layers = int(model.config.get_text_config().num_hidden_layers)
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
+        self.head_init = torch.zeros(0, device=self.device)
         self.embed = model.get_input_embeddings()
         vocab_size = cast(Tensor, self.embed.weight).shape[0]
         self.allowed_ids = torch.tensor(allowed_token_ids(tokenizer, vocab_size, config.vocab), device=self.device)
@@ -187,8 +191,13 @@ class CausalLMDiscriminator:
             first_slot_logprobs=torch.cat(first_slot),
         )
 
-    def score(self, examples: EncodedExamples, example: Tensor, label: Tensor) -> Scored:
-        """Run the suffix for every (feature, example, restart) against the cached prefixes."""
+    def score_discrete(
+        self, examples: EncodedExamples, rows: np.ndarray, label_ids: Tensor, head: Tensor | None = None
+    ) -> np.ndarray:
+        return score_discrete_by_embedding(self, examples, rows, label_ids, head, self.config.score_batch)
+
+    def score(self, examples: EncodedExamples, example: Tensor, label: Tensor, head: Tensor | None = None) -> Scored:
+        """Run the suffix for every (feature, example, restart) against the cached prefixes (no head)."""
         if not isinstance(examples, EncodedPrefixes):
             raise TypeError(f"expected examples encoded by this discriminator, got {type(examples).__name__}")
         n_feature, n_restart, n_slot, width = label.shape
