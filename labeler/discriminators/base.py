@@ -120,3 +120,10 @@ def label_vocabulary(
     with torch.no_grad():
         embedded = embed(allowed)
     return embed, allowed, embedded.to(torch.promote_types(embedded.dtype, torch.float32))
+
+
+def resolve_device(name: str) -> torch.device:
+    """A torch device from a config's name; "auto" is CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

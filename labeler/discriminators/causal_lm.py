@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from labeler.discriminators.base import EncodedExamples, Scored, label_vocabulary, score_discrete_by_embedding
+from labeler.discriminators.base import (
+    EncodedExamples,
+    Scored,
+    label_vocabulary,
+    resolve_device,
+    score_discrete_by_embedding,
+)
 from labeler.discriminators.prefix_attention import NAME as SHARED_PREFIX_ATTENTION
 from labeler.discriminators.prefix_attention import SharedPrefix
 from labeler.prompt import PromptTemplate
@@ -112,13 +118,7 @@ class CausalLMDiscriminator:
         local = Path(config.model)
         if config.model.startswith((".", "/", "~")) and not local.expanduser().is_dir():
             raise ValueError(f"discriminator model folder not found: {config.model}")
-        device = torch.device(
-            "cuda"
-            if config.device == "auto" and torch.cuda.is_available()
-            else "cpu"
-            if config.device == "auto"
-            else config.device
-        )
+        device = resolve_device(config.device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(local.expanduser()) if local.is_dir() else config.model)
             model = AutoModelForCausalLM.from_pretrained(

