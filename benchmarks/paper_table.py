@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -189,7 +191,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     header = {
         "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/paper_table.py",
+        "command": shlex.join(["python", *sys.argv]),
         "commit": commit or "unknown",
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "total_seconds": time.perf_counter() - start,
