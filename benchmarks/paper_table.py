@@ -135,6 +135,8 @@ def markdown(rows: list[dict], header: dict) -> str:
     ]
     for variant in VARIANTS:
         mine = [row for row in rows if row["variant"] == variant.name]
+        if not mine:
+            continue
         lines += [
             f"## {variant.name}: label `{variant.label_template}`, example `{variant.example_template}`, "
             f"L = {variant.label_tokens}, re-scoring top-k = {variant.rescore_top_k}, vocabulary "
