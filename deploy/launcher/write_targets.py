@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -50,7 +51,7 @@ def main() -> None:
 
     import ray  # here, not at import time: the target logic above is tested without Ray
 
-    ray.init(address=args.address, logging_level="ERROR")
+    ray.init(address=args.address, logging_level=logging.ERROR)
     while True:
         write_atomically(args.out, target_groups(ray.nodes(), tuple(args.ports)))
         if not args.every:
