@@ -4,12 +4,21 @@ promtool for the Prometheus config and the dashboard's PromQL, python-hcl2 for t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
+import os
 import re
+import secrets
+import shlex
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +26,7 @@ from typing import Any
 import hcl2
 import jsonschema
 import kubernetes_validate
+import pyarrow.parquet as pq
 import pytest
 import ray
 import yaml
@@ -605,3 +615,103 @@ def test_runbook_commands_use_the_committed_files() -> None:
     )
     assert local in runbook
     assert "kubectl apply -f deploy/kuberay/rayjob.yaml" in runbook.replace("\\\n", "")
+
+
+# ---------------------------------------------------------------------------------------------- local cluster
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [int(sock.getsockname()[1]) for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def processes_mentioning(marker: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.fixture
+def local_ray_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """`ray start --head` on 127.0.0.1 as the runbook's local path does, on free ports and a private temp
+    folder, with token auth (Ray's default for local clusters); yields the job API address and the
+    environment for `ray job submit`. Stopped by killing its own processes: `ray stop` would stop every
+    Ray cluster of the machine."""
+    bin_dir = Path(sys.executable).parent
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-labeler-deploy-", dir="/tmp"))  # short: Ray's socket paths
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics, node_manager, object_manager = free_ports(9)
+    start = [
+        str(bin_dir / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={runtime_env}",
+        f"--metrics-export-port={metrics}",
+        f"--node-manager-port={node_manager}",
+        f"--object-manager-port={object_manager}",
+        f"--temp-dir={temp_dir}",
+        "--num-cpus=2",
+        "--disable-usage-stats",
+    ]
+    try:
+        subprocess.run(start, env=env, capture_output=True, text=True, check=True, timeout=120)
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        for signal_number in (signal.SIGTERM, signal.SIGKILL):
+            for pid in processes_mentioning(str(temp_dir)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal_number)
+            time.sleep(3)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_local_cluster_runs_a_job_submitted_as_the_runbook_does(
+    local_ray_cluster: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """The runbook's local path up to the command that needs the service: a job submitted with
+    `ray job submit --address ... --working-dir . -- labeler ...` runs labeler on the cluster and
+    writes its labels. (`labeler run` itself is the service issue's; see the report.)"""
+    address, env = local_ray_cluster
+    rows = [
+        {"feature": f, "context": f"the {word} is here", "target": word, "activation": float(active)}
+        for f, members in enumerate([("dog", "cat", "horse"), ("red", "blue", "green")])
+        for word in ("dog", "cat", "horse", "red", "blue", "green", "table", "chair")
+        for active in [word in members]
+    ]
+    exemplars = tmp_path / "exemplars.jsonl"
+    exemplars.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    label = f"labeler label --exemplars {exemplars} --discriminator minilm --steps 5 --restarts 2 --out {out}"
+    submit = f"ray job submit --address {address} --working-dir . -- {label}"
+    result = subprocess.run(
+        shlex.split(submit), cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "succeeded" in result.stdout + result.stderr
+    labels = pq.read_table(out / "labels").to_pylist()
+    assert sorted(row["feature"] for row in labels) == [0, 1]
+    assert all(row["status"] == "labelled" and row["label"] for row in labels)
