@@ -67,7 +67,7 @@ data "aws_iam_policy_document" "bucket_tls_only" {
   statement {
     sid       = "DenyInsecureTransport"
     effect    = "Deny"
-    actions   = ["s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:DeleteObject"]
+    actions   = ["s3:*"] # a Deny: every request without TLS is refused
     resources = [aws_s3_bucket.labels.arn, "${aws_s3_bucket.labels.arn}/*"]
     principals {
       type        = "*"
