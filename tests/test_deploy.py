@@ -459,6 +459,11 @@ def test_bucket_is_private_versioned_encrypted_and_aborts_multipart_uploads() ->
     ]
     assert aborts, "no enabled rule aborts incomplete multipart uploads"
     assert aborts[0]["filter"] == [{}], "the abort rule must cover the whole bucket"
+    days = aborts[0]["abort_incomplete_multipart_upload"][0]["days_after_initiation"]
+    if isinstance(days, str):  # a variable: its default
+        variables = {k: v for block in terraform("variables.tf")["variable"] for k, v in block.items()}
+        days = variables[re.fullmatch(r"\$\{var\.(\w+)\}", days).group(1)]["default"]  # type: ignore[union-attr]
+    assert 1 <= days <= 7, f"incomplete uploads kept {days} days"
     # No ACL or policy anywhere grants public access.
     text = "\n".join(path.read_text() for path in INFRA.glob("*.tf"))
     assert "public-read" not in text and "aws_s3_bucket_acl" not in text
