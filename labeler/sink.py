@@ -86,6 +86,9 @@ class PartSink:
         data = buffer.getvalue()
         return self._retry(lambda: self._create(self.part_path(index), data), f"commit part {index}")
 
+    def is_committed(self, index: int) -> bool:
+        return bool(self._retry(lambda: self.fs.exists(self.part_path(index)), f"look for part {index}"))
+
     def committed(self) -> set[int]:
         """Indices of the committed parts."""
         folder = f"{self.root}/labels"

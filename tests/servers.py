@@ -5,6 +5,7 @@ Each is started as its own process with its own port and temporary folder, and a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -118,7 +119,44 @@ class RayCluster:
         # `ray stop` would stop every cluster of this user; this one's processes are found by its temp folder.
         out = subprocess.run(["pgrep", "-f", str(self.folder)], capture_output=True, text=True).stdout
         for pid in (int(p) for p in out.split()):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
+
+
+def tiny_model(folder: Path) -> Path:
+    """A random tiny Llama and its word tokenizer saved to `folder` (for `--discriminator hf:FOLDER`)."""
+    import torch
+    import transformers
+
+    from labeler.synthetic import build_tokenizer, default_world, model_config
+
+    tokenizer = build_tokenizer(default_world())
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(model_config(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def exemplar_parts(folder: Path, n_features: int, parts: int = 3, rows: int = 8) -> Path:
+    """A folder of Parquet parts with `rows` examples per feature (half active), features 0..n-1 spread over parts."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from labeler.synthetic import default_world, make_texts
+
+    world = default_world()
+    texts = make_texts(world, 64, np.random.default_rng(0))
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in range(parts):
+        features = list(range(part, n_features, parts))
+        table = pa.table(
+            {
+                "feature": [f for f in features for _ in range(rows)],
+                "context": [texts[(f + r) % len(texts)] for f in features for r in range(rows)],
+                "target": [texts[(f + r) % len(texts)].split()[0] for f in features for r in range(rows)],
+                "activation": [float(r % 2) for _ in features for r in range(rows)],
+            }
+        )
+        pq.write_table(table, folder / f"part-{part:05d}.parquet")
+    return folder
