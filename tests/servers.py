@@ -92,7 +92,8 @@ class RayCluster:
         self.num_gpus = num_gpus
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "RAY_ADDRESS": self.address}
+        """The environment of this cluster's processes and clients (token auth off: a throwaway local cluster)."""
+        return {**os.environ, "RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "disabled"}
 
     def start(self) -> None:
         subprocess.run(
@@ -108,11 +109,20 @@ class RayCluster:
                 f"--num-cpus={self.num_cpus}",
                 f"--num-gpus={self.num_gpus}",
                 f"--temp-dir={self.folder}",
+                # Every port of its own, so this cluster never collides with another on the machine.
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--dashboard-agent-grpc-port={free_port()}",
+                f"--runtime-env-agent-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
+                f"--node-manager-port={free_port()}",
+                f"--object-manager-port={free_port()}",
+                f"--ray-client-server-port={free_port()}",
                 "--disable-usage-stats",
             ],
             check=True,
             capture_output=True,
             timeout=180,
+            env=self.env(),
         )
 
     def stop(self) -> None:
