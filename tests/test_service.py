@@ -12,11 +12,11 @@ import pytest
 from servers import exemplar_parts
 
 from labeler.cli import main
+from labeler.results import LabelRecord
 from labeler.runconfig import ConfigError, RunConfig, load_config
 from labeler.scheduler import Chunk, Completion
 from labeler.service import execute, prepare, resume_config
 from labeler.sink import PartSink, SinkConfig
-from labeler.results import LabelRecord
 from labeler.work import ChunkWorker, SourceConfig, plan_features, read_chunk_exemplars, records_table
 
 
@@ -88,7 +88,7 @@ def test_resume_refuses_a_changed_input(tmp_path: Path) -> None:
     config = _config(tmp_path)
     prepare(config)
     exemplar_parts(tmp_path / "ex", 60)
-    with pytest.raises(ConfigError, match="input of .* changed since the run started"):
+    with pytest.raises(ConfigError, match=r"input of .* changed since the run started"):
         prepare(config, resume=True)
 
 
