@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -91,13 +92,28 @@ class RayPool:
             actor.remote(spec, sink_url, sink_config, config.metrics_port) for _ in range(config.count)
         ]
         self._refs: dict[Any, tuple[int, Chunk]] = {}
-        self._down: set[int] = set()
+        self._down: dict[int, Any] = {}  # worker -> a ping sent to it, answered once Ray has restarted it
 
     def size(self) -> int:
         return len(self.actors)
 
     def alive(self) -> int:
         return len(self.actors) - len(self._down)
+
+    def available(self, worker: int) -> bool:
+        ping = self._down.get(worker)
+        if ping is None:
+            return True
+        ready, _ = ray.wait([ping], timeout=0)
+        if not ready:
+            return False
+        try:
+            ray.get(ping)
+        except RayError:  # still restarting (or gone for good): ask again
+            self._down[worker] = self.actors[worker].endpoint.remote()
+            return False
+        del self._down[worker]
+        return True
 
     def ready(self, timeout: float = 600) -> list[str]:
         """Wait for every worker to have loaded its discriminator; their metrics endpoints."""
@@ -121,6 +137,7 @@ class RayPool:
 
     def poll(self, timeout: float) -> list[Completion]:
         if not self._refs:
+            time.sleep(min(timeout, 0.2))  # only restarting workers: wait a little before asking again
             return []
         ready, _ = ray.wait(list(self._refs), num_returns=1, timeout=timeout)
         if ready:
@@ -131,9 +148,8 @@ class RayPool:
             worker, chunk = self._refs.pop(ref)
             try:
                 completions.append(Completion(worker, chunk, outcome=ray.get(ref)))
-                self._down.discard(worker)
             except RayActorError as err:
-                self._down.add(worker)
+                self._down.setdefault(worker, self.actors[worker].endpoint.remote())
                 completions.append(Completion(worker, chunk, error=f"WorkerDied: {_first_line(err)}"))
             except RayError as err:
                 cause = getattr(err, "cause", None)

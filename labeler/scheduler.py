@@ -39,8 +39,12 @@ class SchedulerConfig:
     """Chunks sent to one worker and not yet finished (backpressure; 2 keeps a worker busy between chunks)."""
     max_attempts: int = 3
     """Times a chunk is tried before its features are recorded as failed with the last error."""
+    stall_seconds: float = 900.0
+    """Stop the run (committed parts are kept for --resume) when no worker takes a chunk for this long."""
 
     def __post_init__(self) -> None:
+        if self.stall_seconds <= 0:
+            raise ValueError(f"scheduler.stall_seconds must be positive, got {self.stall_seconds}")
         for name in ("features_per_chunk", "max_in_flight_per_worker", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"scheduler.{name} must be at least 1, got {getattr(self, name)}")
@@ -87,6 +91,10 @@ class Pool(Protocol):
 
     def alive(self) -> int:
         """Workers currently alive and holding a discriminator."""
+        ...
+
+    def available(self, worker: int) -> bool:
+        """Whether `worker` takes chunks now (False while a dead worker is being restarted)."""
         ...
 
     def submit(self, worker: int, chunk: Chunk) -> None:
@@ -279,11 +287,12 @@ def drive(
     for _ in scheduler.skip_committed():
         pass
     on_progress(scheduler.progress)
+    stalled_since: float | None = None
     while True:
         if stopping():
             scheduler.abandon_unsent()
         for worker, held in enumerate(per_worker):
-            while len(held) < scheduler.config.max_in_flight_per_worker:
+            while len(held) < scheduler.config.max_in_flight_per_worker and pool.available(worker):
                 chunk = scheduler.next_chunk()
                 if chunk is None:
                     break
@@ -294,6 +303,15 @@ def drive(
         metrics.WORKERS.set(pool.alive())
         if scheduler.done():
             break
+        if scheduler.in_flight:
+            stalled_since = None
+        elif stalled_since is None:
+            stalled_since = time.monotonic()
+        elif time.monotonic() - stalled_since > scheduler.config.stall_seconds:
+            raise RuntimeError(
+                f"no worker has taken a chunk for {scheduler.config.stall_seconds:.0f} s ({pool.alive()} alive); "
+                "the committed parts are kept: fix the workers and continue with --resume"
+            )
         for done in pool.poll(poll_seconds):
             per_worker[done.worker].remove(done.chunk.index)
             if done.outcome is not None:

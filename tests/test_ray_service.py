@@ -193,9 +193,9 @@ class Job:
 
     def status(self) -> str:
         done = self._ray("status", self.id)
-        out = done.stdout + done.stderr
+        out = (done.stdout + done.stderr).lower()  # "Job 'id' succeeded", "... is currently running"
         for state in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-            if state in out:
+            if state.lower() in out:
                 return state
         return "UNKNOWN"
 

@@ -40,6 +40,9 @@ class ScriptedPool:
     def alive(self) -> int:
         return self.workers
 
+    def available(self, worker: int) -> bool:
+        return True
+
     def submit(self, worker: int, chunk: Chunk) -> None:
         self.in_flight[worker] += 1
         assert self.in_flight[worker] <= self.max_in_flight, "more chunks in flight on a worker than configured"
@@ -154,3 +157,14 @@ def test_a_million_features_pass_with_bounded_memory() -> None:
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert progress.statuses["labelled"] == 1_000_000 and progress.finished == 1_000_000
     assert grown_mb < 100, f"the driver's peak memory grew by {grown_mb:.0f} MB for a million features"
+
+
+def test_a_run_without_any_available_worker_stops_with_a_clear_error() -> None:
+    class DownPool(ScriptedPool):
+        def available(self, worker: int) -> bool:
+            return False
+
+    plan = make_plan(np.arange(10), np.array([], dtype=np.int64), features_per_chunk=5)
+    scheduler = Scheduler(plan, SchedulerConfig(features_per_chunk=5, stall_seconds=0.2))
+    with pytest.raises(RuntimeError, match="no worker has taken a chunk for 0 s"):
+        drive(scheduler, DownPool(workers=2), give_up=lambda c, e: pytest.fail("none"), poll_seconds=0.05)

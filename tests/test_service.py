@@ -34,6 +34,9 @@ class InlinePool:
     def alive(self) -> int:
         return 1
 
+    def available(self, worker: int) -> bool:
+        return True
+
     def submit(self, worker: int, chunk: Chunk) -> None:
         if chunk.index in self.fail_first:
             self.fail_first.discard(chunk.index)
