@@ -77,7 +77,12 @@ def main() -> None:
             },
         )
         rss_before = peak_rss_mb()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            _temp_dir=tempfile.mkdtemp(prefix="lrb", dir="/tmp"),
+        )
         try:
             start = time.perf_counter()
             run = prepare(config)
