@@ -252,17 +252,28 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def test_a_killed_driver_resumes_without_rewriting_committed_parts(
+def test_ctrl_c_drains_and_a_killed_driver_resumes_without_rewriting_committed_parts(
     cluster: RayCluster, data: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    driver = _driver(cluster, "--config", str(_config(data, str(out), tmp_path, steps=20)))
     sink = PartSink(str(out))
-    _wait_for_parts(sink, 2, driver)
+    # Ctrl-C: the chunks in flight finish and are committed, nothing else is sent; exit status 130.
+    driver = _driver(cluster, "--config", str(_config(data, str(out), tmp_path, steps=20)))
+    _wait_for_parts(sink, 1, driver)
+    driver.send_signal(signal.SIGINT)
+    output = driver.communicate(timeout=300)[0]
+    assert driver.returncode == 130, output[-3000:]
+    assert f"continue with: labeler run --resume {out}" in output
+    drained = len(sink.committed())
+    assert 1 <= drained < N_FEATURES // 20
+    assert sorted(p.name for p in (out / "labels").iterdir() if not p.name.startswith("part-")) == []
+    # SIGKILL of a resumed driver mid-run, then a second resume finishes the run.
+    driver = _driver(cluster, "--resume", str(out))
+    _wait_for_parts(sink, drained + 1, driver)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "labels").glob("part-*.parquet")}
-    assert 2 <= len(before) < N_FEATURES // 20
+    assert drained < len(before) < N_FEATURES // 20
     resumed = _driver(cluster, "--resume", str(out))
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output[-3000:]
