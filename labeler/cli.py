@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("labeler-demo-out"), help="output folder (replaced)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the demo world, model and labelling")
     demo.set_defaults(run=run_demo)
+    add_run_command(commands)
     return parser
 
 
@@ -315,6 +317,137 @@ def run_demo(args: argparse.Namespace) -> int:
     from labeler import demo  # the demo pulls in training code only when asked for
 
     return demo.run(args.cache, args.out, args.seed)
+
+
+def add_run_command(commands: Any) -> None:
+    run = commands.add_parser(
+        "run",
+        help="label every feature of a run config on Ray (a local Ray, or a cluster), resumable",
+        description="Label every feature of the exemplars named in a run config (YAML or TOML; see README and "
+        "--print-config-help) with worker actors on Ray, writing one committed Parquet part per chunk to the run "
+        "folder (a local folder or s3://...). Without --address (or RAY_ADDRESS, as inside `ray job submit`) a "
+        "local Ray is started in this process. Ctrl-C drains: chunks in flight finish, the rest stays for --resume.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    run.add_argument("--config", type=Path, default=None, help="run config file, .yaml/.yml or .toml")
+    run.add_argument("--resume", metavar="RUN_URL", default=None, help="continue the run in this run folder")
+    run.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--exemplars", default=None, help="overrides source.exemplars: URL of the exemplar rows")
+    run.add_argument("--features", default=None, help="overrides source.features: URL of a harvest's features.parquet")
+    run.add_argument("--out", default=None, help="overrides out: the run folder URL")
+    run.add_argument("--discriminator", default=None, help="overrides discriminator (hf:DIR, embedding:DIR, minilm)")
+    run.add_argument("--workers", type=int, default=None, help="overrides workers.count")
+    run.add_argument("--num-gpus", type=float, default=None, help="overrides workers.num_gpus (GPUs per worker)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any setting, e.g. --set label.optimiser.restarts=8 (repeatable; VALUE is read as YAML)",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
+    run.add_argument("--print-config-help", action="store_true", help="print every setting with its default and exit")
+    run.set_defaults(run=run_service)
+
+
+def run_service(args: argparse.Namespace) -> int:
+    """`labeler run`: connect to Ray (or start it here), then plan, label and commit every feature."""
+    import signal
+    import socket
+
+    import ray
+
+    from labeler import metrics, service
+    from labeler.ray_workers import RayPool
+    from labeler.runconfig import describe, load_config, parse_override, to_dict
+    from labeler.service import resume_config
+
+    if args.print_config_help:
+        print("\n".join(describe()))
+        return 0
+    overrides = dict(parse_override(item) for item in args.set)
+    for flag, key in (
+        ("exemplars", "source.exemplars"),
+        ("features", "source.features"),
+        ("out", "out"),
+        ("discriminator", "discriminator"),
+        ("workers", "workers.count"),
+        ("num_gpus", "workers.num_gpus"),
+    ):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    if args.resume is not None:
+        if args.config is not None:
+            raise UsageError("--resume continues a run with the config in its manifest; leave out --config")
+        base = resume_config(args.resume, load_config(None, overrides).sink)
+        config = load_config(None, {**_flatten(to_dict(base)), **overrides, "out": args.resume})
+    else:
+        config = load_config(args.config, overrides)
+    prepared = service.prepare(config, resume=args.resume is not None)
+    todo = prepared.plan.n_features
+    print(
+        f"run {config.out}: {prepared.plan.n_features} features in {prepared.plan.n_chunks} chunks, "
+        f"{len(prepared.committed)} chunks already committed; discriminator {config.discriminator}",
+        file=sys.stderr,
+    )
+    started_here = not (args.address or os.environ.get("RAY_ADDRESS"))
+    ray.init(address=args.address, log_to_driver=True, include_dashboard=False if started_here else None)
+    try:
+        driver_port = metrics.serve(config.metrics.port) if config.metrics.port is not None else None
+        host = ray.util.get_node_ip_address() or socket.gethostname()
+        pool = RayPool(config.workers, prepared.spec(), config.out, config.sink)
+        endpoints = pool.ready()
+        driver = [f"{host}:{driver_port}"] if driver_port is not None else []
+        where = service.write_targets(prepared, driver + endpoints)
+        print(f"metrics: driver {driver or '-'}, workers {endpoints}; Prometheus targets in {where}", file=sys.stderr)
+        stop = {"asked": False}
+
+        def on_sigint(signum: int, frame: object) -> None:
+            if stop["asked"]:
+                raise KeyboardInterrupt
+            stop["asked"] = True
+            print("\nlabeler: draining (chunks in flight finish; Ctrl-C again to abandon them)", file=sys.stderr)
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        bar = tqdm(total=todo, unit="feature", desc="labelling", file=sys.stderr, disable=args.no_progress)
+        last_targets = [time.monotonic(), pool.alive()]
+
+        def on_progress(progress: service.Progress) -> None:
+            bar.n = progress.finished
+            bar.set_postfix(failed=progress.statuses["failed"], dead=progress.statuses["dead"], refresh=False)
+            bar.refresh()
+            if time.monotonic() - last_targets[0] > 30 or pool.alive() != last_targets[1]:
+                last_targets[:] = [time.monotonic(), pool.alive()]
+                service.write_targets(prepared, driver + pool.endpoints())
+
+        try:
+            progress = service.execute(prepared, pool, on_progress, stopping=lambda: stop["asked"])
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            bar.close()
+    finally:
+        if started_here:
+            ray.shutdown()
+    print(
+        f"done: {dict(progress.statuses)}; {progress.finished} of {progress.total} features committed", file=sys.stderr
+    )
+    labels = f"{config.out}/labels"
+    print(f"labels: {labels}/part-*.parquet (one part per chunk)")
+    print(f"query:  duckdb -c \"SELECT feature, status, label, heldout_auroc FROM read_parquet('{labels}/*.parquet')\"")
+    if progress.finished < progress.total:
+        print(f"stopped early; continue with: labeler run --resume {config.out}", file=sys.stderr)
+        return 130
+    return 1 if progress.statuses["failed"] == progress.total else 0
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key not in ("storage_options", "harvest"):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
-Status = Literal["labelled", "skipped", "failed"]
+Status = Literal["labelled", "skipped", "failed", "dead"]
 
 TOP_TOKEN = pa.struct([("token", pa.string()), ("token_id", pa.int64()), ("prob", pa.float64())])
 LABEL_SCHEMA = pa.schema(

@@ -1,0 +1,167 @@
+"""The Ray adapter: worker actors that each load a discriminator once and run chunks, as a scheduler Pool.
+
+Each actor holds one `ChunkWorker` (work.py) built in its `__init__`, serves its own metrics and reports
+the endpoint. Resources come from `WorkersConfig`: CPUs and GPUs per actor (a fraction shares a GPU
+between small models). Ray restarts a dead actor (`max_restarts`); the chunk it held comes back to the
+scheduler as an error and is retried there. This module never calls `ray.init`: the CLI connects first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayError
+
+from labeler import metrics
+from labeler.scheduler import Chunk, ChunkOutcome, Completion
+from labeler.sink import PartSink, SinkConfig
+from labeler.work import ChunkWorker, LabellerSpec
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    """How many worker actors a run starts and what each one gets."""
+
+    count: int = 1
+    """Worker actors (each loads the discriminator once)."""
+    num_cpus: float = 1.0
+    """CPUs reserved per worker."""
+    num_gpus: float = 0.0
+    """GPUs per worker: 0 for CPU, a fraction (e.g. 0.25) to pack small models on one GPU, 1 or more whole."""
+    max_restarts: int = 3
+    """Times Ray restarts a worker that died (its chunk is retried by the scheduler)."""
+    metrics_port: int = 0
+    """Port each worker serves /metrics on: 0 picks a free one (several per node); fix it for one worker per pod."""
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"workers.count must be at least 1, got {self.count}")
+        if self.num_gpus < 0 or self.num_cpus < 0:
+            raise ValueError("workers.num_cpus and workers.num_gpus must be >= 0")
+        if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
+            raise ValueError(f"workers.num_gpus above 1 must be whole, got {self.num_gpus}")
+
+
+class LabelActor:
+    """One worker process: builds its labeller once, then runs chunks (wrapped by `ray.remote` at start)."""
+
+    def __init__(self, spec: LabellerSpec, sink_url: str, sink_config: SinkConfig, metrics_port: int) -> None:
+        self.worker = ChunkWorker(spec, PartSink(sink_url, sink_config))
+        self.port = metrics.serve(metrics_port)
+        self.host = ray.util.get_node_ip_address() if ray.is_initialized() else socket.gethostname()
+
+    def run(self, chunk: Chunk) -> ChunkOutcome:
+        return self.worker.run(chunk)
+
+    def endpoint(self) -> str:
+        """host:port of this worker's /metrics."""
+        return f"{self.host}:{self.port}"
+
+    def placement(self) -> dict[str, Any]:
+        """Where Ray put this worker: node, process and the GPU ids it was given."""
+        import os
+
+        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "gpu_ids": ray.get_gpu_ids()}
+
+
+class RayPool:
+    """Worker actors as the scheduler's Pool."""
+
+    def __init__(
+        self,
+        config: WorkersConfig,
+        spec: LabellerSpec,
+        sink_url: str,
+        sink_config: SinkConfig,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        actor: Any = ray.remote(LabelActor).options(
+            num_cpus=config.num_cpus,
+            num_gpus=config.num_gpus,
+            max_restarts=config.max_restarts,
+            max_task_retries=0,  # the scheduler retries, so it can count attempts and give up
+            runtime_env={"env_vars": dict(env)} if env else None,
+        )
+        self.actors: list[Any] = [
+            actor.remote(spec, sink_url, sink_config, config.metrics_port) for _ in range(config.count)
+        ]
+        self._refs: dict[Any, tuple[int, Chunk]] = {}
+        self._down: dict[int, Any] = {}  # worker -> a ping sent to it, answered once Ray has restarted it
+
+    def size(self) -> int:
+        return len(self.actors)
+
+    def alive(self) -> int:
+        return len(self.actors) - len(self._down)
+
+    def available(self, worker: int) -> bool:
+        ping = self._down.get(worker)
+        if ping is None:
+            return True
+        ready, _ = ray.wait([ping], timeout=0)
+        if not ready:
+            return False
+        try:
+            ray.get(ping)
+        except RayError:  # still restarting (or gone for good): ask again
+            self._down[worker] = self.actors[worker].endpoint.remote()
+            return False
+        del self._down[worker]
+        return True
+
+    def ready(self, timeout: float = 600) -> list[str]:
+        """Wait for every worker to have loaded its discriminator; their metrics endpoints."""
+        return list(ray.get([a.endpoint.remote() for a in self.actors], timeout=timeout))
+
+    def endpoints(self) -> list[str]:
+        """Metrics endpoints of the workers alive now (a restarted worker may have a new port)."""
+        refs = [a.endpoint.remote() for a in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=5)
+        found = []
+        for ref in ready:
+            with contextlib.suppress(RayError):
+                found.append(str(ray.get(ref)))
+        return found
+
+    def placements(self) -> list[dict[str, Any]]:
+        return list(ray.get([a.placement.remote() for a in self.actors]))
+
+    def submit(self, worker: int, chunk: Chunk) -> None:
+        self._refs[self.actors[worker].run.remote(chunk)] = (worker, chunk)
+
+    def poll(self, timeout: float) -> list[Completion]:
+        if not self._refs:
+            time.sleep(min(timeout, 0.2))  # only restarting workers: wait a little before asking again
+            return []
+        ready, _ = ray.wait(list(self._refs), num_returns=1, timeout=timeout)
+        if ready:
+            more, _ = ray.wait(list(self._refs), num_returns=len(self._refs), timeout=0)
+            ready = list(dict.fromkeys([*ready, *more]))
+        completions = []
+        for ref in ready:
+            worker, chunk = self._refs.pop(ref)
+            try:
+                completions.append(Completion(worker, chunk, outcome=ray.get(ref)))
+            except RayActorError as err:
+                self._down.setdefault(worker, self.actors[worker].endpoint.remote())
+                completions.append(Completion(worker, chunk, error=f"WorkerDied: {_first_line(err)}"))
+            except RayError as err:
+                cause = getattr(err, "cause", None)
+                kind = type(cause).__name__ if cause is not None else type(err).__name__
+                completions.append(Completion(worker, chunk, error=f"{kind}: {_first_line(cause or err)}"))
+        return completions
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[-1][:300] if text else type(err).__name__

@@ -1,0 +1,141 @@
+"""A labelling run as the driver sees it: check the input, plan, write the manifest, drive the pool, resume.
+
+Given a RunConfig and a pool of workers (the Ray adapter's in production), it plans chunks from feature
+ids, writes the run folder's manifest once, skips the parts an earlier run committed, and drives the
+scheduler until every feature has a committed record. It imports no Ray: the CLI builds the pool.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from labeler import __version__
+from labeler.runconfig import ConfigError, RunConfig, build, to_dict
+from labeler.scheduler import Plan, Pool, Progress, Scheduler, drive, make_plan
+from labeler.sink import PartSink, SinkConfig
+from labeler.work import LabellerSpec, give_up_chunk, plan_features
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run ready to drive: its plan, sink, manifest and the chunks already committed."""
+
+    config: RunConfig
+    plan: Plan
+    sink: PartSink
+    manifest: dict[str, Any]
+    committed: frozenset[int]
+
+    def spec(self) -> LabellerSpec:
+        c = self.config
+        return LabellerSpec(c.discriminator, c.label, c.causal_lm, c.embedding, c.source, c.engine)
+
+
+def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
+    """Check the input and the run folder, plan the chunks, and write (or, resuming, check) the manifest."""
+    if config.source.exemplars is None:
+        if config.harvest is not None:
+            raise ConfigError(
+                "harvest: is set but this build has no harvest stage yet; harvest first and set source.exemplars "
+                "(and source.features) to its exemplars/ folder and features.parquet"
+            )
+        raise ConfigError("no exemplars: set source.exemplars (or --exemplars) to a URL of exemplar rows")
+    sink = PartSink(config.out, config.sink)
+    label_ids, dead_ids = plan_features(config.source)
+    plan = make_plan(label_ids, dead_ids, config.scheduler.features_per_chunk)
+    if plan.n_features == 0:
+        raise ConfigError(f"{config.source.exemplars} holds no features")
+    shape = {
+        "features": plan.n_features,
+        "dead": len(plan.dead_ids),
+        "chunks": plan.n_chunks,
+        "features_per_chunk": plan.features_per_chunk,
+    }
+    existing = sink.read_manifest()
+    if existing is not None and not resume:
+        raise ConfigError(
+            f"{config.out} already holds a run (manifest.json); continue it with `labeler run --resume {config.out}` "
+            "or choose a new out"
+        )
+    if existing is None and resume:
+        raise ConfigError(f"nothing to resume at {config.out}: it has no manifest.json")
+    if existing is not None:
+        if existing.get("plan") != shape:
+            raise ConfigError(
+                f"the input of {config.out} changed since the run started: planned {existing.get('plan')}, "
+                f"now {shape}; a resumed run must see the same features"
+            )
+        manifest = existing
+    else:
+        manifest = {
+            "labeler_version": __version__,
+            "code_version": _code_version(),
+            "discriminator": config.discriminator,
+            "model": config.discriminator.partition(":")[2] or config.discriminator,
+            "sae": (config.harvest or {}).get("sae"),
+            "exemplars": config.source.exemplars,
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "plan": shape,
+            "config": to_dict(config),
+        }
+        if not sink.write_manifest(manifest):
+            raise ConfigError(f"another driver started a run at {config.out} at the same time")
+    return PreparedRun(config, plan, sink, manifest, frozenset(sink.committed()))
+
+
+def execute(
+    run: PreparedRun,
+    pool: Pool,
+    on_progress: Callable[[Progress], None] = lambda progress: None,
+    stopping: Callable[[], bool] = lambda: False,
+) -> Progress:
+    """Drive the run on `pool` until every feature is committed, or until `stopping()` and a drain."""
+    scheduler = Scheduler(run.plan, run.config.scheduler, committed=run.committed)
+    return drive(scheduler, pool, lambda chunk, error: give_up_chunk(run.sink, chunk, error), on_progress, stopping)
+
+
+def resume_config(url: str, sink: SinkConfig) -> RunConfig:
+    """The config a run at `url` was started with (from its manifest), to continue it."""
+    manifest = PartSink(url, sink).read_manifest()
+    if manifest is None:
+        raise ConfigError(f"nothing to resume at {url}: it has no manifest.json")
+    raw = dict(manifest["config"])
+    raw["out"] = url
+    config: RunConfig = build(RunConfig, raw, "")
+    return config
+
+
+def write_targets(run: PreparedRun, endpoints: list[str]) -> str:
+    """Write the Prometheus file_sd targets (driver and workers); returns where."""
+    groups = [{"targets": endpoints, "labels": {"job": "labeler", "run": run.config.out}}]
+    data = (json.dumps(groups, indent=2) + "\n").encode()
+    target = run.config.metrics.targets_file
+    if target is None:
+        run.sink.write_file("prometheus_targets.json", data)
+        return f"{run.config.out}/prometheus_targets.json"
+    with fsspec.open(target, "wb") as f:
+        f.write(data)
+    return target
+
+
+def _code_version() -> str:
+    """labeler's version and, from a git checkout, the commit (with +dirty when it has changes)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty=+dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__

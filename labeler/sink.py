@@ -1,0 +1,184 @@
+"""Exactly-once Parquet parts on any fsspec URL: a local folder, `s3://` through s3fs, or others.
+
+A run folder holds `manifest.json` and `labels/part-NNNNNNNN.parquet`, one part per chunk, named by the
+chunk's index (deterministic). Committing a part is one create-only write of the whole object:
+- object stores (s3): a single PUT with `If-None-Match: *` (s3fs `mode="create"`); the object appears
+  whole or not at all, and a second attempt at the same chunk is refused by the store;
+- local folders: the bytes go to a hidden temporary file, which is then hard-linked to the part's name
+  (`link` fails if the name exists) and removed.
+So the part is its own commit marker: readers that glob `labels/*.parquet` see only committed parts,
+the first attempt to commit a chunk wins, and a retried or resumed chunk never rewrites or duplicates
+one. Storage errors are retried with exponential backoff. This module knows nothing about labels: it
+commits Arrow tables.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+T = TypeVar("T")
+PART_NAME = re.compile(r"^part-(\d{8})\.parquet$")
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    kinds: list[type[BaseException]] = [OSError, TimeoutError, ConnectionError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        kinds += [BotoCoreError, ClientError]
+    except ImportError:  # s3fs is optional for local folders
+        pass
+    return tuple(kinds)
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """Where parts go and how storage errors are retried."""
+
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    """Passed to fsspec for the URL, e.g. {"endpoint_url": "http://127.0.0.1:5000"} for s3 (s3fs options)."""
+    retries: int = 10
+    """Attempts of one storage operation before the error is raised."""
+    backoff_seconds: float = 0.2
+    """Wait after the first failed attempt; doubled after each further one."""
+    max_backoff_seconds: float = 10.0
+    """Longest wait between two attempts."""
+
+    def __post_init__(self) -> None:
+        if self.retries < 1:
+            raise ValueError(f"sink.retries must be at least 1, got {self.retries}")
+        if self.backoff_seconds < 0 or self.max_backoff_seconds < self.backoff_seconds:
+            raise ValueError("sink.backoff_seconds must be >= 0 and at most sink.max_backoff_seconds")
+
+
+class PartSink:
+    """The parts and manifest of one run folder at `url`."""
+
+    def __init__(self, url: str, config: SinkConfig = SinkConfig()) -> None:
+        self.url = url.rstrip("/")
+        self.config = config
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **dict(config.storage_options))
+        self._local = "file" in _protocols(self.fs)
+
+    @property
+    def labels_url(self) -> str:
+        return f"{self.url}/labels"
+
+    def part_path(self, index: int) -> str:
+        return f"{self.root}/labels/part-{index:08d}.parquet"
+
+    def commit(self, index: int, table: pa.Table) -> bool:
+        """Write chunk `index`'s part unless one is committed already; True when this call committed it."""
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        data = buffer.getvalue()
+        return self._retry(lambda: self._create(self.part_path(index), data), f"commit part {index}")
+
+    def is_committed(self, index: int) -> bool:
+        return bool(self._retry(lambda: self.fs.exists(self.part_path(index)), f"look for part {index}"))
+
+    def committed(self) -> set[int]:
+        """Indices of the committed parts."""
+        folder = f"{self.root}/labels"
+
+        def listing() -> list[str]:
+            self.fs.invalidate_cache(folder)
+            try:
+                return [str(p) for p in self.fs.ls(folder, detail=False)]
+            except FileNotFoundError:
+                return []
+
+        names = self._retry(listing, "list parts")
+        return {int(m.group(1)) for name in names if (m := PART_NAME.match(name.rsplit("/", 1)[-1]))}
+
+    def read_part(self, index: int) -> pa.Table:
+        def read() -> pa.Table:
+            with self.fs.open(self.part_path(index), "rb") as f:
+                return pq.read_table(f)
+
+        return self._retry(read, f"read part {index}")
+
+    def part_info(self, index: int) -> dict[str, Any]:
+        """Storage metadata of a committed part (size, mtime or ETag), to show it was not rewritten."""
+        return dict(self._retry(lambda: self.fs.info(self.part_path(index)), f"stat part {index}"))
+
+    def write_manifest(self, manifest: Mapping[str, Any]) -> bool:
+        """Write manifest.json once; False when the run folder already has one (a resumed run keeps it)."""
+        data = (json.dumps(manifest, indent=2, default=str) + "\n").encode()
+        return self._retry(lambda: self._create(f"{self.root}/manifest.json", data), "write the manifest")
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        def read() -> dict[str, Any] | None:
+            try:
+                with self.fs.open(f"{self.root}/manifest.json", "rb") as f:
+                    return dict(json.loads(f.read()))
+            except FileNotFoundError:
+                return None
+
+        return self._retry(read, "read the manifest")
+
+    def write_file(self, name: str, data: bytes) -> None:
+        """Overwrite a small side file of the run folder (e.g. the Prometheus targets list)."""
+        self._retry(lambda: self.fs.pipe_file(f"{self.root}/{name}", data), f"write {name}")
+
+    def _create(self, path: str, data: bytes) -> bool:
+        if self._local:
+            return _create_local(path, data)
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as err:
+            if "PreconditionFailed" in str(err) or "412" in str(err):
+                return False
+            raise
+        return True
+
+    def _retry(self, operation: Callable[[], T], what: str) -> T:
+        wait = self.config.backoff_seconds
+        transient = _transient_errors()
+        for attempt in range(1, self.config.retries + 1):
+            try:
+                return operation()
+            except FileExistsError:
+                raise
+            except transient as err:
+                if attempt == self.config.retries:
+                    raise OSError(f"{what} at {self.url} failed {attempt} times; last error: {err!r}") from err
+                time.sleep(wait)
+                wait = min(max(wait * 2, 0.01), self.config.max_backoff_seconds)
+        raise AssertionError("unreachable")
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def _create_local(path: str, data: bytes) -> bool:
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    partial = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.partial")
+    with open(partial, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(partial, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(partial)
+    return True

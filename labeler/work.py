@@ -1,0 +1,237 @@
+"""One chunk of a distributed run, end to end on a worker: read its exemplars, label, commit its part.
+
+Also the driver's side of the same data: which features a run has (planned from feature ids alone, never
+from all exemplar rows) and the part written for a chunk that was given up. The exemplars are read from
+any fsspec URL (a folder of Parquet parts, e.g. a harvest's `exemplars/`, a Parquet file, or a local
+JSONL file); a worker reads only its chunk's rows, with a filter on `feature`. This module knows nothing
+about Ray: the Ray adapter (ray_workers.py) holds a `ChunkWorker` per actor.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from labeler import metrics
+from labeler.discriminators import CausalLMConfig, EmbeddingConfig, build_discriminator
+from labeler.exemplars import (
+    REQUIRED_COLUMNS,
+    ExemplarError,
+    FeatureExemplars,
+    group_by_feature,
+    read_exemplars,
+    validate_exemplars,
+)
+from labeler.labelling import LabelConfig, label_chunk
+from labeler.results import LabelRecord, to_table
+from labeler.scheduler import Chunk, ChunkOutcome, outcome_counts
+from labeler.sink import PartSink
+
+Engine = Literal["optimise", "noop"]
+DEAD_REASON = "dead: never active in the harvest, so there is nothing to label"
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where a run's exemplars (and optionally its per-feature harvest statistics) are read from."""
+
+    exemplars: str | None = None
+    """fsspec URL of the exemplars: a folder of Parquet parts, a .parquet file, or a local .jsonl file."""
+    features: str | None = None
+    """fsspec URL of a harvest's features.parquet (columns feature, status): which features exist and which
+    are dead. Without it the features are the distinct ids in the exemplars."""
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    """fsspec options for both URLs (e.g. {"endpoint_url": ...} for s3)."""
+
+
+def records_table(records: Sequence[LabelRecord]) -> pa.Table:
+    """A chunk's records as the table its part holds: the one place records become a part (run info goes here)."""
+    return to_table(records)
+
+
+def _is_jsonl(url: str) -> bool:
+    return url.endswith((".jsonl", ".json", ".ndjson"))
+
+
+def _dataset(url: str, storage_options: Mapping[str, Any]) -> ds.Dataset:
+    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options))
+    if not fs.exists(path):
+        raise ExemplarError(f"not found: {url}")
+    return ds.dataset(path, filesystem=fs, format="parquet")
+
+
+def plan_features(source: SourceConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(ids to label, ids that are dead), sorted; reads only the `feature` (and `status`) column."""
+    if source.exemplars is None:
+        raise ExemplarError(
+            "no exemplars: set `exemplars:` to a URL (a harvest's exemplars/ folder, a Parquet file or a JSONL file)"
+        )
+    if source.features is not None:
+        table = _dataset(source.features, source.storage_options).to_table(columns=["feature", "status"])
+        ids = table.column("feature").to_numpy().astype(np.int64)
+        dead = pc.equal(table.column("status"), "dead").to_numpy(zero_copy_only=False)
+        return np.unique(ids[~dead]), np.unique(ids[dead])
+    if _is_jsonl(source.exemplars):
+        return np.unique(read_exemplars(source.exemplars).column("feature").to_numpy()), np.array([], np.int64)
+    dataset = _dataset(source.exemplars, source.storage_options)
+    missing = [name for name in REQUIRED_COLUMNS if name not in dataset.schema.names]
+    if missing:
+        raise ExemplarError(
+            f"{source.exemplars}: missing column(s) {missing}; the exemplar contract needs "
+            f"{list(REQUIRED_COLUMNS)} (found {dataset.schema.names})"
+        )
+    pieces: list[np.ndarray] = []
+    held = 0
+    for batch in dataset.to_batches(columns=["feature"]):
+        pieces.append(np.unique(batch.column(0).to_numpy().astype(np.int64)))
+        held += len(pieces[-1])
+        if held > 4_000_000:  # merge now and then, so memory follows the distinct features, not the rows
+            pieces = [np.unique(np.concatenate(pieces))]
+            held = len(pieces[0])
+    unique = np.unique(np.concatenate(pieces)) if pieces else np.array([], dtype=np.int64)
+    if len(unique) and unique[0] < 0:
+        raise ExemplarError(f"{source.exemplars}: column 'feature' has negative ids; feature ids must be >= 0")
+    return unique, np.array([], dtype=np.int64)
+
+
+def read_chunk_exemplars(source: SourceConfig, features: np.ndarray) -> list[FeatureExemplars]:
+    """The examples of `features`, validated against the contract, grouped per feature in ascending order."""
+    assert source.exemplars is not None, "plan_features refuses a run without exemplars"
+    wanted = pa.array(features, type=pa.int64())
+    if _is_jsonl(source.exemplars):
+        table = read_exemplars(source.exemplars)
+        table = table.filter(pc.is_in(table.column("feature"), value_set=wanted))
+    else:
+        dataset = _dataset(source.exemplars, source.storage_options)
+        lo, hi = int(features.min()), int(features.max())
+        bounds = (ds.field("feature") >= lo) & (ds.field("feature") <= hi)
+        table = dataset.to_table(columns=list(REQUIRED_COLUMNS), filter=bounds & ds.field("feature").isin(wanted))
+        table = validate_exemplars(table, source=f"{source.exemplars} (features {lo}..{hi})")
+    return list(group_by_feature(table))
+
+
+class ChunkLabeller(Protocol):
+    """Turns a chunk's feature ids into one record per feature."""
+
+    def label(self, features: np.ndarray) -> list[LabelRecord]: ...
+
+
+@dataclass(frozen=True)
+class LabellerSpec:
+    """Everything a worker needs to build its labeller once (sent to each worker process)."""
+
+    discriminator: str
+    label: LabelConfig
+    causal_lm: CausalLMConfig
+    embedding: EmbeddingConfig
+    source: SourceConfig
+    engine: Engine = "optimise"
+
+
+class EngineLabeller:
+    """The real engine: a discriminator loaded once, chunks read from the source and labelled in batches."""
+
+    def __init__(self, spec: LabellerSpec) -> None:
+        self.spec = spec
+        self.disc = build_discriminator(spec.discriminator, spec.causal_lm, spec.embedding)
+
+    def label(self, features: np.ndarray) -> list[LabelRecord]:
+        exemplars = read_chunk_exemplars(self.spec.source, features)
+        found = {examples.feature for examples in exemplars}
+        records = [
+            LabelRecord(feature=int(f), status="skipped", error="no exemplars: the feature has no rows in the input")
+            for f in features
+            if int(f) not in found
+        ]
+        size = self.spec.label.features_per_batch
+        for start in range(0, len(exemplars), size):
+            batch = label_chunk(self.disc, exemplars[start : start + size], self.spec.label)
+            records.extend(batch)
+            for record in batch:
+                if record.status == "labelled":
+                    # The engine reports the winning restart's steps; every restart ran at most that many.
+                    metrics.RESTARTS.inc(record.restarts)
+                    metrics.STEPS.inc(record.steps * record.restarts)
+        return sorted(records, key=lambda record: record.feature)
+
+
+class NoopLabeller:
+    """No model and no reading: every feature comes back `skipped` (measures scheduling and the sink alone)."""
+
+    def label(self, features: np.ndarray) -> list[LabelRecord]:
+        return [
+            LabelRecord(feature=int(f), status="skipped", error="noop: the no-op engine labels nothing")
+            for f in features
+        ]
+
+
+def build_labeller(spec: LabellerSpec) -> ChunkLabeller:
+    return NoopLabeller() if spec.engine == "noop" else EngineLabeller(spec)
+
+
+class ChunkWorker:
+    """What one worker holds: a labeller built once and the run's sink."""
+
+    def __init__(self, spec: LabellerSpec, sink: PartSink) -> None:
+        self.labeller = build_labeller(spec)
+        self.sink = sink
+        self.device = getattr(getattr(self.labeller, "disc", None), "device", None)
+
+    def run(self, chunk: Chunk) -> ChunkOutcome:
+        """Label and commit `chunk`, or report the part an earlier attempt committed."""
+        start = time.perf_counter()
+        if chunk.attempt > 1 and self.sink.is_committed(chunk.index):  # an earlier attempt got as far as commit
+            return committed_outcome(self.sink, chunk.index)
+        if chunk.kind == "dead":
+            records = [LabelRecord(feature=int(f), status="dead", error=DEAD_REASON) for f in chunk.features]
+        else:
+            records = self.labeller.label(chunk.features)
+        table = records_table(records)
+        if not self.sink.commit(chunk.index, table):
+            return committed_outcome(self.sink, chunk.index)
+        metrics.CHUNK_SECONDS.observe(time.perf_counter() - start)
+        self.record_memory()
+        return ChunkOutcome(
+            chunk.index, outcome_counts(table.column("status").to_pylist(), table.column("error").to_pylist())
+        )
+
+    def record_memory(self) -> None:
+        device = self.device
+        if device is not None and device.type == "cuda":
+            import torch
+
+            metrics.DEVICE_MEMORY.labels(device=str(device), kind="allocated").set(torch.cuda.memory_allocated(device))
+            metrics.DEVICE_MEMORY.labels(device=str(device), kind="peak").set(torch.cuda.max_memory_allocated(device))
+            return
+        # On CPU the device's memory is the process's: resident now (Linux /proc) and peak (getrusage).
+        with open("/proc/self/statm") as f:
+            resident_pages = int(f.read().split()[1])
+        metrics.DEVICE_MEMORY.labels(device="cpu", kind="allocated").set(resident_pages * resource.getpagesize())
+        metrics.DEVICE_MEMORY.labels(device="cpu", kind="peak").set(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        )
+
+
+def committed_outcome(sink: PartSink, index: int) -> ChunkOutcome:
+    """The outcome of a part committed earlier (read back, so final counts stay exact)."""
+    table = sink.read_part(index)
+    counts = outcome_counts(table.column("status").to_pylist(), table.column("error").to_pylist())
+    return ChunkOutcome(index, counts, committed_now=False)
+
+
+def give_up_chunk(sink: PartSink, chunk: Chunk, error: str) -> ChunkOutcome:
+    """Record every feature of a chunk whose attempts ran out as failed with the last error (driver side)."""
+    reason = f"{error} (chunk {chunk.index} failed {chunk.attempt} times)"
+    records = [LabelRecord(feature=int(f), status="failed", error=reason) for f in chunk.features]
+    if not sink.commit(chunk.index, records_table(records)):
+        return committed_outcome(sink, chunk.index)
+    return ChunkOutcome(chunk.index, outcome_counts(["failed"] * len(records), [reason] * len(records)))

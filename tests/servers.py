@@ -1,0 +1,172 @@
+"""Real servers for the service's tests: moto's S3 server and a local Ray cluster, both on 127.0.0.1.
+
+Each is started as its own process with its own port and temporary folder, and always stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class MotoS3:
+    """`moto_server` on 127.0.0.1 that records its requests, so a restart can replay them (moto keeps
+    state in memory; replaying the recording is how its state survives a stop)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.recording = folder / "moto_recording"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, replay: bool = False) -> None:
+        env = {
+            **os.environ,
+            "MOTO_ENABLE_RECORDING": "True",
+            "MOTO_RECORDER_FILEPATH": str(self.recording),
+        }
+        exe = shutil.which("moto_server", path=str(BIN)) or shutil.which("moto_server") or "moto_server"
+        log = open(self.folder / "moto.log", "ab")  # noqa: SIM115 - held by the child process
+        self.process = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)], env=env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"moto_server did not start; see {self.folder / 'moto.log'}") from None
+                time.sleep(0.1)
+        if replay:
+            request = urllib.request.Request(f"{self.endpoint}/moto-api/recorder/replay-recording", method="POST")
+            urllib.request.urlopen(request, timeout=120).read()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        self.process = None
+
+    def storage_options(self) -> dict[str, object]:
+        return {"endpoint_url": self.endpoint, "key": "testing", "secret": "testing", "skip_instance_cache": True}
+
+    def make_bucket(self, name: str) -> None:
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+        client.create_bucket(Bucket=name)
+
+
+class RayCluster:
+    """`ray start --head` on 127.0.0.1 with its own temp folder and ports; `stop` ends only this cluster."""
+
+    def __init__(self, folder: Path, num_cpus: int = 2, num_gpus: int = 0) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.dashboard_port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+
+    def env(self) -> dict[str, str]:
+        """The environment of this cluster's processes and clients (token auth off: a throwaway local cluster)."""
+        return {**os.environ, "RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "disabled"}
+
+    def start(self) -> None:
+        subprocess.run(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--node-ip-address=127.0.0.1",
+                f"--port={self.port}",
+                f"--dashboard-port={self.dashboard_port}",
+                "--dashboard-host=127.0.0.1",
+                "--include-dashboard=true",
+                f"--num-cpus={self.num_cpus}",
+                f"--num-gpus={self.num_gpus}",
+                f"--temp-dir={self.folder}",
+                # Every port of its own, so this cluster never collides with another on the machine.
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--dashboard-agent-grpc-port={free_port()}",
+                f"--runtime-env-agent-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
+                f"--node-manager-port={free_port()}",
+                f"--object-manager-port={free_port()}",
+                f"--ray-client-server-port={free_port()}",
+                "--disable-usage-stats",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=180,
+            env=self.env(),
+        )
+
+    def stop(self) -> None:
+        # `ray stop` would stop every cluster of this user; this one's processes are found by its temp folder.
+        out = subprocess.run(["pgrep", "-f", str(self.folder)], capture_output=True, text=True).stdout
+        for pid in (int(p) for p in out.split()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+
+
+def tiny_model(folder: Path) -> Path:
+    """A random tiny Llama and its word tokenizer saved to `folder` (for `--discriminator hf:FOLDER`)."""
+    import torch
+    import transformers
+
+    from labeler.synthetic import build_tokenizer, default_world, model_config
+
+    tokenizer = build_tokenizer(default_world())
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(model_config(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def exemplar_parts(folder: Path, n_features: int, parts: int = 3, rows: int = 8) -> Path:
+    """A folder of Parquet parts with `rows` examples per feature (half active), features 0..n-1 spread over parts."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from labeler.synthetic import default_world, make_texts
+
+    world = default_world()
+    texts = make_texts(world, 64, np.random.default_rng(0))
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in range(parts):
+        features = list(range(part, n_features, parts))
+        table = pa.table(
+            {
+                "feature": [f for f in features for _ in range(rows)],
+                "context": [texts[(f + r) % len(texts)] for f in features for r in range(rows)],
+                "target": [texts[(f + r) % len(texts)].split()[0] for f in features for r in range(rows)],
+                "activation": [float(r % 2) for _ in features for r in range(rows)],
+            }
+        )
+        pq.write_table(table, folder / f"part-{part:05d}.parquet")
+    return folder

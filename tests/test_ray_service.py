@@ -1,0 +1,306 @@
+"""The service on real Ray: fake-GPU placement, `ray job submit` end to end with metrics, and chaos.
+
+One local cluster (`ray start --head` on 127.0.0.1, its own ports and temp folder, 2 CPUs) serves the
+module; drivers run as `labeler run` subprocesses so they can be killed. Each test checks that every
+feature appears exactly once in the committed output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+import yaml
+from servers import BIN, MotoS3, RayCluster, exemplar_parts, tiny_model
+
+from labeler import metrics
+from labeler.discriminators import CausalLMConfig, EmbeddingConfig
+from labeler.labelling import LabelConfig
+from labeler.ray_workers import RayPool, WorkersConfig
+from labeler.scheduler import Scheduler, SchedulerConfig, drive, make_plan
+from labeler.sink import PartSink, SinkConfig
+from labeler.work import LabellerSpec, SourceConfig, give_up_chunk
+
+ROOT = Path(__file__).resolve().parent.parent
+N_FEATURES = 240
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("service-data")
+    return {"model": tiny_model(folder / "model"), "exemplars": exemplar_parts(folder / "exemplars", N_FEATURES)}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RayCluster]:
+    # Ray's socket paths must stay short, so its temp folder is not under pytest's tmp_path.
+    folder = Path(tempfile.mkdtemp(prefix="lrt", dir="/tmp"))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    ray_cluster = RayCluster(folder)
+    ray_cluster.start()
+    yield ray_cluster
+    ray_cluster.stop()
+
+
+def _config(data: dict[str, Path], out: str, tmp: Path, steps: int = 4, **extra: object) -> Path:
+    config = {
+        "discriminator": f"hf:{data['model']}",
+        "out": out,
+        "source": {"exemplars": str(data["exemplars"])},
+        "label": {"features_per_batch": 20, "optimiser": {"restarts": 2, "max_steps": steps, "examples_per_step": 4}},
+        "scheduler": {"features_per_chunk": 20},
+        "workers": {"count": 2},
+        **extra,
+    }
+    path = tmp / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _driver(cluster: RayCluster, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "labeler.cli", "run", "--address", cluster.address, "--no-progress", *args],
+        env=cluster.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _features(sink: PartSink) -> Counter[int]:
+    found: Counter[int] = Counter()
+    for index in sink.committed():
+        found.update(sink.read_part(index).column("feature").to_pylist())
+    return found
+
+
+def _assert_exactly_once(sink: PartSink) -> None:
+    found = _features(sink)
+    assert sorted(found) == list(range(N_FEATURES)), f"missing: {sorted(set(range(N_FEATURES)) - set(found))[:10]}"
+    assert set(found.values()) == {1}, f"duplicated: {[f for f, n in found.items() if n > 1][:10]}"
+
+
+def _wait_for_parts(sink: PartSink, n: int, process: subprocess.Popen[str], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while len(sink.committed()) < n:
+        assert process.poll() is None, f"the driver ended early:\n{process.communicate()[0][-3000:]}"
+        assert time.monotonic() < deadline, "no parts were committed in time"
+        time.sleep(0.2)
+
+
+def test_fractional_gpus_land_as_configured(tmp_path: Path) -> None:
+    """Ray advertises two fake GPUs; four workers at 0.5 GPU pack two per GPU, and a no-op run completes."""
+    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="lrg", dir="/tmp"))
+    try:
+        spec = LabellerSpec("noop", LabelConfig(), CausalLMConfig(), EmbeddingConfig(), SourceConfig(), "noop")
+        sink = PartSink(str(tmp_path / "run"))
+        pool = RayPool(WorkersConfig(count=4, num_cpus=0.5, num_gpus=0.5), spec, sink.url, SinkConfig())
+        pool.ready()
+        gpus = Counter(gpu for placement in pool.placements() for gpu in placement["gpu_ids"])
+        assert gpus == Counter({0: 2, 1: 2})
+        waiting = RayPool(WorkersConfig(count=1, num_cpus=0.5, num_gpus=1), spec, sink.url, SinkConfig())
+        with pytest.raises(ray.exceptions.GetTimeoutError):  # no whole GPU is left
+            waiting.ready(timeout=3)
+        waiting.shutdown()
+        plan = make_plan(np.arange(1000), np.array([2000, 2001]), 64)
+        progress = drive(
+            Scheduler(plan, SchedulerConfig(features_per_chunk=64)), pool, lambda c, e: give_up_chunk(sink, c, e)
+        )
+        assert progress.statuses == Counter({"skipped": 1000, "dead": 2})
+        assert len(sink.committed()) == plan.n_chunks
+        pool.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def test_job_submit_labels_every_feature_once_and_workers_export_metrics(
+    cluster: RayCluster, data: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    config = _config(data, str(out), tmp_path, steps=30)
+    command = [sys.executable, "-m", "labeler.cli", "run", "--no-progress", "--config", str(config)]
+    job = Job(cluster, command)
+    # While the job runs, scrape a worker's /metrics from the Prometheus targets the driver wrote.
+    sink = PartSink(str(out))
+    scraped = ""
+    deadline = time.monotonic() + 300
+    while job.running() and time.monotonic() < deadline:
+        targets = out / "prometheus_targets.json"
+        if targets.exists() and sink.committed():
+            endpoints = json.loads(targets.read_text())[0]["targets"]
+            for endpoint in endpoints[1:]:  # the first is the driver
+                try:
+                    text = urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=5).read().decode()
+                except OSError:
+                    continue
+                if _sample(text, "labeler_chunk_seconds_count") > 0:
+                    scraped = text
+            if scraped:
+                break
+        time.sleep(0.2)
+    while job.running() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert job.status() == "SUCCEEDED", job.logs()[-3000:]
+    _assert_exactly_once(sink)
+    labels = pq.read_table(out / "labels")
+    assert set(labels.column("status").to_pylist()) == {"labelled"}
+    assert scraped, "no worker endpoint with a finished chunk was scraped during the run"
+    assert _sample(scraped, "labeler_optimisation_steps_total") >= _sample(scraped, "labeler_restarts_total") > 0
+    assert _sample(scraped, 'labeler_device_memory_bytes{device="cpu",kind="peak"}') > 10_000_000
+    assert 0 < _sample(scraped, "labeler_chunk_seconds_sum") < 600
+    names = {line.split("{")[0].split(" ")[0] for line in scraped.splitlines() if line and not line.startswith("#")}
+    assert {"labeler_restarts_total", "labeler_chunk_seconds_bucket", "labeler_device_memory_bytes"} <= names
+    assert names <= metrics.exported_series()
+
+
+class Job:
+    """A job submitted with `ray job submit --no-wait`, once the head's job agent is up (it comes up a few
+    seconds after `ray start`; until then submission answers 'No available agent')."""
+
+    def __init__(self, cluster: RayCluster, command: list[str]) -> None:
+        self.cluster = cluster
+        self.id = f"labeler-test-{time.time_ns()}"
+        deadline = time.monotonic() + 120
+        while True:
+            submit = self._ray("submit", "--no-wait", "--submission-id", self.id, "--", *command)
+            if submit.returncode == 0:
+                break
+            assert time.monotonic() < deadline, f"ray job submit failed:\n{submit.stdout[-2000:]}"
+            time.sleep(2)
+
+    def _ray(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "ray"), "job", args[0], "--address", self.cluster.dashboard, *args[1:]],
+            env=self.cluster.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def status(self) -> str:
+        done = self._ray("status", self.id)
+        out = (done.stdout + done.stderr).lower()  # "Job 'id' succeeded", "... is currently running"
+        for state in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
+            if state.lower() in out:
+                return state
+        return "UNKNOWN"
+
+    def running(self) -> bool:
+        return self.status() in ("RUNNING", "PENDING", "UNKNOWN")
+
+    def logs(self) -> str:
+        return self._ray("logs", self.id).stdout
+
+
+def _sample(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " ") or (("{" in series) and line.startswith(series)):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _label_actor_pids(cluster: RayCluster) -> list[int]:
+    import psutil
+
+    pids = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if cmdline and cmdline[0].startswith("ray::LabelActor"):
+            parent = process.parent()
+            if parent is not None and str(cluster.folder) in " ".join(parent.cmdline()):
+                pids.append(process.pid)
+    return pids
+
+
+def test_a_killed_worker_is_restarted_and_its_chunk_retried(
+    cluster: RayCluster, data: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    driver = _driver(cluster, "--config", str(_config(data, str(out), tmp_path, steps=20)))
+    sink = PartSink(str(out))
+    _wait_for_parts(sink, 1, driver)
+    busy = [pid for pid in _label_actor_pids(cluster) if "LabelActor.run" in " ".join(_cmdline(pid))]
+    victims = busy or _label_actor_pids(cluster)
+    assert victims, "no worker process found"
+    os.kill(victims[0], signal.SIGKILL)
+    output = driver.communicate(timeout=600)[0]
+    assert driver.returncode == 0, output[-3000:]
+    _assert_exactly_once(sink)
+    assert set(pq.read_table(out / "labels").column("status").to_pylist()) == {"labelled"}
+
+
+def _cmdline(pid: int) -> list[str]:
+    import psutil
+
+    try:
+        return list(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return []
+
+
+def test_ctrl_c_drains_and_a_killed_driver_resumes_without_rewriting_committed_parts(
+    cluster: RayCluster, data: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    sink = PartSink(str(out))
+    # Ctrl-C: the chunks in flight finish and are committed, nothing else is sent; exit status 130.
+    driver = _driver(cluster, "--config", str(_config(data, str(out), tmp_path, steps=20)))
+    _wait_for_parts(sink, 1, driver)
+    driver.send_signal(signal.SIGINT)
+    output = driver.communicate(timeout=300)[0]
+    assert driver.returncode == 130, output[-3000:]
+    assert f"continue with: labeler run --resume {out}" in output
+    drained = len(sink.committed())
+    assert 1 <= drained < N_FEATURES // 20
+    assert sorted(p.name for p in (out / "labels").iterdir() if not p.name.startswith("part-")) == []
+    # SIGKILL of a resumed driver mid-run, then a second resume finishes the run.
+    driver = _driver(cluster, "--resume", str(out))
+    _wait_for_parts(sink, drained + 1, driver)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "labels").glob("part-*.parquet")}
+    assert drained < len(before) < N_FEATURES // 20
+    resumed = _driver(cluster, "--resume", str(out))
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output[-3000:]
+    assert f"{len(before)} chunks already committed" in output
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "labels").glob("part-*.parquet")}
+    assert {name: after[name] for name in before} == before  # no committed part was rewritten
+    _assert_exactly_once(sink)
+
+
+def test_an_s3_server_stop_and_restart_mid_run_loses_nothing(
+    cluster: RayCluster, data: dict[str, Path], tmp_path: Path
+) -> None:
+    moto = MotoS3(tmp_path)
+    moto.start()
+    try:
+        moto.make_bucket("runs")
+        options = moto.storage_options()
+        sink_config = {"storage_options": options, "retries": 40, "backoff_seconds": 0.1, "max_backoff_seconds": 1.0}
+        config = _config(data, "s3://runs/chaos", tmp_path, steps=20, sink=sink_config)
+        driver = _driver(cluster, "--config", str(config))
+        sink = PartSink("s3://runs/chaos", SinkConfig(storage_options=options))
+        _wait_for_parts(sink, 1, driver)
+        moto.stop()
+        time.sleep(3)
+        moto.start(replay=True)
+        output = driver.communicate(timeout=600)[0]
+        assert driver.returncode == 0, output[-3000:]
+        _assert_exactly_once(sink)
+    finally:
+        moto.stop()

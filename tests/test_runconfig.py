@@ -1,0 +1,62 @@
+"""The run config: YAML and TOML files, overrides, clear errors, and a round trip through the manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from labeler.runconfig import ConfigError, RunConfig, build, describe, load_config, parse_override, to_dict
+
+
+def test_yaml_and_toml_fill_nested_stages_and_overrides_win(tmp_path: Path) -> None:
+    (tmp_path / "run.yaml").write_text(
+        "out: s3://bucket/run1\nsource: {exemplars: /data/ex}\nlabel: {optimiser: {restarts: 8}}\n"
+        "workers: {count: 4, num_gpus: 0.25}\nsink: {storage_options: {endpoint_url: 'http://127.0.0.1:5000'}}\n"
+    )
+    config = load_config(tmp_path / "run.yaml", {"workers.count": 2})
+    assert config.out == "s3://bucket/run1" and config.source.exemplars == "/data/ex"
+    assert config.label.optimiser.restarts == 8 and config.label.optimiser.max_steps == 100
+    assert config.workers.count == 2 and config.workers.num_gpus == 0.25
+    assert config.sink.storage_options == {"endpoint_url": "http://127.0.0.1:5000"}
+    (tmp_path / "run.toml").write_text('discriminator = "minilm"\n[scheduler]\nfeatures_per_chunk = 128\n')
+    assert load_config(tmp_path / "run.toml").scheduler.features_per_chunk == 128
+    assert load_config(None) == RunConfig()
+
+
+def test_manifest_round_trip_gives_the_same_config() -> None:
+    config = load_config(None, {"label.optimiser.betas": [0.8, 0.9], "causal_lm.template.system": "S"})
+    assert build(RunConfig, to_dict(config), "") == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"workers.cuont": 2}, r"unknown setting\(s\) \['workers.cuont'\]; workers accepts"),
+        ({"workers.count": "two"}, "workers.count must be int"),
+        ({"workers.count": 0}, "workers.count must be at least 1"),
+        ({"engine": "fast"}, r"engine must be one of \['optimise', 'noop'\]"),
+        ({"scheduler.max_attempts": 0}, "scheduler.max_attempts must be at least 1"),
+        ({"label": 3}, "label must be a mapping"),
+    ],
+)
+def test_bad_settings_are_named(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_unreadable_files_and_bad_overrides(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping of settings at the top level"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="--set takes KEY=VALUE"):
+        parse_override("workers.count")
+    assert parse_override("workers.num_gpus=0.5") == ("workers.num_gpus", 0.5)
+
+
+def test_every_setting_is_described() -> None:
+    lines = describe()
+    assert any(line.startswith("workers.num_gpus: 0.0  # GPUs per worker") for line in lines)
+    assert any(line.startswith("source.exemplars: null  # fsspec URL") for line in lines)
