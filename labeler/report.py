@@ -153,10 +153,13 @@ def _examples_by_feature(exemplars: pa.Table | None) -> dict[tuple[str, int], li
 def _examples_html(rows: list[dict[str, Any]], limit: int) -> str:
     """The contexts with the highest activations, each target word highlighted by its activation."""
     if not rows:
-        return '<p class="note">No exemplars stored with this run.</p>'
+        return '<p class="note">No exemplars stored for this feature.</p>'
     by_context: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_context[row["context"]].append(row)
+    by_context = {c: t for c, t in by_context.items() if max(r["activation"] for r in t) > 0}
+    if not by_context:
+        return '<p class="note">No active examples stored for this feature.</p>'
     peak = max(max(r["activation"] for r in rows), 1e-12)
     contexts = sorted(by_context.items(), key=lambda kv: -max(r["activation"] for r in kv[1]))[:limit]
     items = []
