@@ -16,6 +16,7 @@ import resource
 import shutil
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 import ray
 
 from labeler.ray_workers import RayPool
+from labeler.results import RunInfo, config_hash
 from labeler.runconfig import load_config
 from labeler.scheduler import Chunk
 from labeler.service import execute, prepare
@@ -55,10 +57,11 @@ def main() -> None:
         # Baseline: the sink alone, in this process.
         sink = PartSink(str(scratch / "baseline"))
         noop = NoopLabeller()
+        info = RunInfo("baseline", "noop", config_hash("noop"), 0, datetime.now(UTC).isoformat())
         start = time.perf_counter()
         for index in range(args.baseline_chunks):
             features = ids[index * args.features_per_chunk : (index + 1) * args.features_per_chunk]
-            sink.commit(index, records_table(noop.label(Chunk(index, features).features)))
+            sink.commit(index, records_table(noop.label(Chunk(index, features).features), info))
         baseline = args.baseline_chunks * args.features_per_chunk / (time.perf_counter() - start)
         print(json.dumps({"measure": "sink_alone_features_per_s", "value": round(baseline, 1)}))
 

@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import asdict, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from labeler.engine import OptimiserConfig
 from labeler.exemplars import ExemplarError, group_by_feature, read_exemplars, unlabelable_reason
 from labeler.labelling import LabelConfig, label_chunk
 from labeler.prompt import PromptTemplate
-from labeler.results import LabelRecord, write_part
+from labeler.results import LabelRecord, RunInfo, config_hash, with_activation_frequency, write_part
 from labeler.runtime import keep_freed_memory
 from labeler.vocab import VocabFilter, read_word_list
 
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the demo world, model and labelling")
     demo.set_defaults(run=run_demo)
     add_run_command(commands)
+    add_dataset_commands(commands)
     return parser
 
 
@@ -112,6 +114,13 @@ def add_label_options(parser: argparse.ArgumentParser) -> None:
         help="also score the k most probable tokens of every restart's soft label exactly and keep the best on the "
         "training examples (0: each restart's argmax, as in the paper)",
     )
+    opt.add_argument(
+        "--baseline",
+        choices=["none", "exhaustive"],
+        default=LabelConfig().baseline,
+        help="exhaustive: also record the best single-token label found by scoring every allowed token on the "
+        "held-out examples (the baseline_* columns)",
+    )
     data = parser.add_argument_group("data")
     label_defaults = LabelConfig()
     data.add_argument(
@@ -132,6 +141,18 @@ def add_label_options(parser: argparse.ArgumentParser) -> None:
         default=label_defaults.active_threshold,
         help="an example is active when its activation exceeds this",
     )
+    data.add_argument(
+        "--activation-frequency",
+        type=Path,
+        default=None,
+        help="Parquet file (e.g. the SAE harvest's features.parquet) with columns feature and activation_frequency, "
+        "recorded with each label",
+    )
+    prov = parser.add_argument_group("provenance (stored on every label row)")
+    prov.add_argument("--run-id", default=None, help="name of this run (default: the --out folder's name and the time)")
+    prov.add_argument("--sae-id", default=None, help="the SAE the features belong to")
+    prov.add_argument("--model", default=None, help="the model the SAE reads")
+    prov.add_argument("--hook-point", default=None, help="where in the model the SAE reads")
     data.add_argument(
         "--skip-unlabelable",
         action="store_true",
@@ -211,6 +232,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[LabelConfig, CausalLMCo
         heldout_fraction=args.heldout_fraction,
         active_threshold=args.active_threshold,
         features_per_batch=args.features_per_batch,
+        baseline=args.baseline,
     )
     template = PromptTemplate() if args.template is None else _read_template(args.template)
     vocab = VocabFilter(
@@ -249,7 +271,9 @@ def run_label(args: argparse.Namespace) -> int:
             f"{len(problems)} feature(s) of {args.exemplars} cannot be labelled:\n{listed}{more}\n"
             "Fix the exemplars, or pass --skip-unlabelable to record them as skipped."
         )
+    frequency = _read_frequency(args.activation_frequency) if args.activation_frequency else {}
     disc = build_discriminator(args.discriminator, causal_lm, embedding)
+    run = run_info(args, disc.name, label_config, causal_lm, embedding)
     if disc.device.type == "cpu":
         keep_freed_memory()
     print(
@@ -257,22 +281,69 @@ def run_label(args: argparse.Namespace) -> int:
         f"{len(disc.allowed_ids)} allowed label tokens",
         file=sys.stderr,
     )
-    records = label_all(disc, features, label_config, args.out)
-    write_manifest(args.out, args, disc.name, records)
+    records = label_all(disc, features, label_config, args.out, run, frequency)
+    write_manifest(args.out, args, run, records)
     counts = Counter(record.status for record in records)
     print(f"done: {dict(counts)}; labels in {labels_dir}", file=sys.stderr)
     print_labels(records)
     return 1 if counts["failed"] == len(records) else 0
 
 
-def label_all(disc: Any, features: list[Any], config: LabelConfig, out: Path) -> list[LabelRecord]:
+def run_info(
+    args: argparse.Namespace,
+    discriminator: str,
+    label: LabelConfig,
+    causal_lm: CausalLMConfig,
+    embedding: EmbeddingConfig,
+) -> RunInfo:
+    """The provenance of a `labeler label` run, from its arguments and settings."""
+    started = datetime.now(UTC)
+    is_embedding = not args.discriminator.startswith("hf:")
+    return RunInfo(
+        run_id=args.run_id or f"{args.out.resolve().name}-{started:%Y%m%dT%H%M%SZ}",
+        discriminator=discriminator,
+        config_hash=config_hash(label, embedding if is_embedding else causal_lm, args.discriminator),
+        seed=label.optimiser.seed,
+        started_at=started.isoformat(),
+        code_version=f"labeler {__version__}",
+        sae_id=args.sae_id,
+        model=args.model,
+        hook_point=args.hook_point,
+        prompt_template=embedding.example_template if is_embedding else causal_lm.template.user,
+        label_template=embedding.label_template if is_embedding else None,
+    )
+
+
+def _read_frequency(path: Path) -> dict[int, float]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, columns=["feature", "activation_frequency"])
+    except (OSError, ValueError) as err:
+        raise UsageError(
+            f"cannot read --activation-frequency {path}: {err} (a Parquet file with columns feature and "
+            "activation_frequency is needed)"
+        ) from err
+    return dict(zip(table.column("feature").to_pylist(), table.column("activation_frequency").to_pylist(), strict=True))
+
+
+def label_all(
+    disc: Any,
+    features: list[Any],
+    config: LabelConfig,
+    out: Path,
+    run: RunInfo,
+    frequency: dict[int, float] | None = None,
+) -> list[LabelRecord]:
     """Label in chunks, writing one Parquet part per chunk as it completes."""
     records: list[LabelRecord] = []
     size = config.features_per_batch
     with tqdm(total=len(features), unit="feature", desc="labelling", file=sys.stderr) as bar:
         for part, start in enumerate(range(0, len(features), size)):
-            chunk = label_chunk(disc, features[start : start + size], config)
-            write_part(chunk, out, part)
+            chunk = with_activation_frequency(
+                label_chunk(disc, features[start : start + size], config), frequency or {}
+            )
+            write_part(chunk, run, out, part)
             records.extend(chunk)
             bar.update(len(chunk))
             bar.set_postfix(
@@ -290,11 +361,12 @@ def print_labels(records: list[LabelRecord], limit: int = 50) -> None:
         print(f"... {len(records) - limit} more in the Parquet dataset")
 
 
-def write_manifest(out: Path, args: argparse.Namespace, discriminator: str, records: list[LabelRecord]) -> None:
+def write_manifest(out: Path, args: argparse.Namespace, run: RunInfo, records: list[LabelRecord]) -> None:
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("run",)}
     manifest = {
         "labeler_version": __version__,
-        "discriminator": discriminator,
+        "discriminator": run.discriminator,
+        "run": asdict(run),
         "settings": settings,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "features": len(records),
@@ -448,6 +520,90 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def add_dataset_commands(commands: Any) -> None:
+    """`query`, `export` and `report`: the label dataset of runs at URLs (folders or s3://bucket/prefix)."""
+    data_help = (
+        "a run: a local folder or s3://bucket/prefix holding labels/ (repeat to read several runs together; "
+        "S3 settings come from the usual AWS variables, e.g. AWS_ENDPOINT_URL)"
+    )
+    query = commands.add_parser(
+        "query",
+        help="run SQL (DuckDB) over the labels of one or several runs",
+        description="Run one SQL statement over the committed labels of the runs, exposed as the table `labels` "
+        "(and `exemplars` where a run stores them); `run_id` tells runs apart. Columns: docs/schema.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    query.add_argument("--data", action="append", required=True, metavar="URL", help=data_help)
+    query.add_argument("sql", help='the SQL statement, e.g. "SELECT feature, label FROM labels LIMIT 5"')
+    query.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+    query.set_defaults(run=run_query)
+
+    export = commands.add_parser(
+        "export",
+        help="export labels as Neuronpedia explanations or JSON lines",
+        description="neuronpedia: OUT/{modelId}/{layer}/explanations/batch-N.jsonl.gz, the layout and fields of "
+        "Neuronpedia's explanation exports, labelled features only. jsonl: OUT is one file, every row and column.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    export.add_argument("--data", action="append", required=True, metavar="URL", help=data_help)
+    export.add_argument("--format", choices=["neuronpedia", "jsonl"], required=True, help="output format")
+    export.add_argument("--out", required=True, type=Path, help="output folder (neuronpedia) or file (jsonl)")
+    export.add_argument("--model-id", default=None, help="Neuronpedia modelId (default: the run's model)")
+    export.add_argument("--source-id", default=None, help="Neuronpedia source id, e.g. 6-res-jb (default: sae_id)")
+    export.add_argument("--author-id", default="labeler", help="Neuronpedia authorId of the explanations")
+    export.set_defaults(run=run_export)
+
+    report = commands.add_parser(
+        "report",
+        help="write a static HTML page about a run",
+        description="One self-contained HTML file: run summary, histograms of held-out AUROC and activation "
+        "frequency, and the best and worst labelled features next to their top activating examples.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    report.add_argument("run_url", metavar="RUN_URL", help="the run: a local folder or s3://bucket/prefix")
+    report.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file to write")
+    report.add_argument("--top", type=int, default=10, help="best and worst features listed, each")
+    report.set_defaults(run=run_report)
+
+
+def run_query(args: argparse.Namespace) -> int:
+    from labeler.dataset import read_runs
+    from labeler.query import render
+    from labeler.query import run_query as query
+
+    result = query(read_runs(args.data), args.sql)
+    sys.stdout.write(render(result, args.format))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from labeler.dataset import read_runs
+    from labeler.export import neuronpedia_explanations, write_jsonl, write_neuronpedia
+
+    labels = read_runs(args.data).labels
+    if args.format == "jsonl":
+        print(f"wrote {labels.num_rows} rows to {write_jsonl(labels, args.out)}", file=sys.stderr)
+        return 0
+    rows = neuronpedia_explanations(labels, args.author_id, args.model_id, args.source_id)
+    paths = write_neuronpedia(rows, args.out)
+    print(f"wrote {len(rows)} explanations in {len(paths)} batch file(s) under {args.out}", file=sys.stderr)
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from labeler.dataset import read_runs
+    from labeler.report import render_report
+
+    if args.top < 1:
+        raise UsageError(f"--top must be at least 1, got {args.top}")
+    data = read_runs([args.run_url])
+    page = render_report(data.labels, data.exemplars, title=f"labeler run {args.run_url}", top_n=args.top)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(page)
+    print(f"wrote {args.out} ({data.labels.num_rows} features)", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

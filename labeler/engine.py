@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from labeler.discriminators.base import Discriminator, EncodedExamples, Scored
-from labeler.scoring import auroc, balanced_accuracy, rank_labels
+from labeler.scoring import auroc, balanced_accuracy, f1, rank_labels
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ class FeatureLabel:
     """... and their probabilities under its final soft label."""
     heldout_auroc: float
     heldout_balanced_accuracy: float
+    heldout_f1: float
     restart_aurocs: tuple[float, ...]
     loss_answer: float
     loss_kl: float
@@ -286,6 +287,7 @@ def _pick_best(
         top_probs=tuple(tuple(slot.tolist()) for slot in top.values),
         heldout_auroc=auroc(best_scores, task.heldout_active),
         heldout_balanced_accuracy=balanced_accuracy(best_scores, task.heldout_active),
+        heldout_f1=f1(best_scores, task.heldout_active),
         restart_aurocs=tuple(aurocs),
         loss_answer=float(last_terms[best, 0]),
         loss_kl=float(last_terms[best, 1]),
@@ -341,6 +343,7 @@ def _failed(feature: int, error: str) -> FeatureLabel:
         top_probs=(),
         heldout_auroc=nan,
         heldout_balanced_accuracy=nan,
+        heldout_f1=nan,
         restart_aurocs=(),
         loss_answer=nan,
         loss_kl=nan,

@@ -10,12 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-from labeler.discriminators.base import Discriminator
+from labeler.discriminators.base import Discriminator, EncodedExamples
 from labeler.engine import FeatureLabel, FeatureTask, OptimiserConfig, optimise
 from labeler.exemplars import FeatureExemplars, unlabelable_reason
+from labeler.exhaustive import exhaustive_search
 from labeler.results import LabelRecord, TopToken
 
 
@@ -30,6 +32,8 @@ class LabelConfig:
     """An example is active when its activation exceeds this."""
     features_per_batch: int = 64
     """F: features optimised together in one batch."""
+    baseline: Literal["none", "exhaustive"] = "none"
+    """Also find the best single-token label by exhaustive search (held out) and record it as the baseline."""
 
     def __post_init__(self) -> None:
         if not 0 < self.heldout_fraction < 1:
@@ -62,8 +66,10 @@ def label_chunk(disc: Discriminator, features: Sequence[FeatureExemplars], confi
         reason = unlabelable_reason(examples, config.active_threshold)
         if reason is None:
             runnable.append(examples)
+        elif not np.any(examples.activations > config.active_threshold):
+            records[examples.feature] = _record(examples, config, status="dead", error=f"never active: {reason}")
         else:
-            records[examples.feature] = _record(examples, config, disc.name, status="skipped", error=reason)
+            records[examples.feature] = _record(examples, config, status="skipped", error=reason)
     if runnable:
         for record in _label_batch(disc, runnable, config):
             records[record.feature] = record
@@ -77,12 +83,31 @@ def _label_batch(disc: Discriminator, features: Sequence[FeatureExemplars], conf
         contexts, targets, tasks = prepare_tasks(features, config)
         encoded = disc.encode(contexts, targets)
         labels = optimise(disc, encoded, tasks, config.optimiser)
+        baselines = [_baseline(disc, encoded, task, config) for task in tasks]
     except (RuntimeError, ValueError, IndexError) as err:
         if len(features) == 1:
-            return [_record(features[0], config, disc.name, status="failed", error=f"{type(err).__name__}: {err}")]
+            return [_record(features[0], config, status="failed", error=f"{type(err).__name__}: {err}")]
         return [record for examples in features for record in _label_batch(disc, [examples], config)]
     seconds = (time.perf_counter() - start) / len(features)
-    return [_labelled(examples, label, disc, config, seconds) for examples, label in zip(features, labels, strict=True)]
+    return [
+        _labelled(examples, label, baseline, disc, config, seconds)
+        for examples, label, baseline in zip(features, labels, baselines, strict=True)
+    ]
+
+
+def _baseline(
+    disc: Discriminator, encoded: EncodedExamples, task: FeatureTask, config: LabelConfig
+) -> dict[str, object]:
+    """The baseline columns: the best single token by exhaustive held-out search, when the config asks for it."""
+    if config.baseline == "none":
+        return {}
+    found = exhaustive_search(disc, encoded, task)
+    return {
+        "baseline_method": "exhaustive",
+        "baseline_label": disc.decode([found.token_ids[0]]),
+        "baseline_label_ids": (found.token_ids[0],),
+        "baseline_auroc": found.aurocs[0],
+    }
 
 
 def prepare_tasks(
@@ -110,10 +135,15 @@ def prepare_tasks(
 
 
 def _labelled(
-    examples: FeatureExemplars, label: FeatureLabel, disc: Discriminator, config: LabelConfig, seconds: float
+    examples: FeatureExemplars,
+    label: FeatureLabel,
+    baseline: dict[str, object],
+    disc: Discriminator,
+    config: LabelConfig,
+    seconds: float,
 ) -> LabelRecord:
     if label.status != "labelled":
-        return _record(examples, config, disc.name, status="failed", error=label.error, seconds=seconds)
+        return _record(examples, config, status="failed", error=label.error, device_seconds=seconds)
     top = tuple(
         tuple(TopToken(disc.decode([i]), i, p) for i, p in zip(ids, probs, strict=True))
         for ids, probs in zip(label.top_ids, label.top_probs, strict=True)
@@ -121,34 +151,33 @@ def _labelled(
     return _record(
         examples,
         config,
-        disc.name,
         status="labelled",
         label=disc.decode(label.label_ids),
         label_ids=label.label_ids,
         top_tokens=top,
         heldout_auroc=label.heldout_auroc,
         heldout_balanced_accuracy=label.heldout_balanced_accuracy,
+        heldout_f1=label.heldout_f1,
         restart_aurocs=label.restart_aurocs,
         loss_answer=label.loss_answer,
         loss_kl=label.loss_kl,
         loss_entropy=label.loss_entropy,
         steps=label.steps,
         converged=label.converged,
-        seconds=seconds,
+        device_seconds=seconds,
+        **baseline,
     )
 
 
-def _record(examples: FeatureExemplars, config: LabelConfig, discriminator: str, **fields: object) -> LabelRecord:
+def _record(examples: FeatureExemplars, config: LabelConfig, **fields: object) -> LabelRecord:
     """A record with the fields every status shares filled in from the feature's examples."""
     n_active = int(np.sum(examples.activations > config.active_threshold))
-    n_heldout = 0 if fields.get("status") == "skipped" else len(split_examples(examples, config)[2])
+    n_heldout = 0 if fields.get("status") in ("skipped", "dead") else len(split_examples(examples, config)[2])
     return LabelRecord(
         feature=examples.feature,
         n_examples=len(examples),
         n_active=n_active,
         n_heldout=n_heldout,
         restarts=config.optimiser.restarts,
-        discriminator=discriminator,
-        seed=config.optimiser.seed,
         **fields,  # type: ignore[arg-type]
     )

@@ -1,51 +1,79 @@
-"""Label records: one row per feature, its Arrow schema, and writing them as a Parquet dataset.
+"""Label records: one row per feature per run, their Arrow schema (version 2), and writing them as Parquet.
 
 A record says what happened to a feature: `labelled` (with the label and its scores), `skipped` (the
-input cannot support a label, e.g. no inactive examples) or `failed` (an error while labelling it),
-with the reason in `error`. A failure is never stored as if it were a label.
+input cannot support a label, e.g. no inactive examples), `dead` (the feature never fired in its
+examples) or `failed` (an error while labelling it), with the reason in `error`. A failure is never
+stored as if it were a label. Where the label came from (run, SAE, model, discriminator, prompt,
+config, code) is a `RunInfo`, stored on every row so that rows of several runs can sit in one table.
+The columns are documented one by one in docs/schema.md. This module knows nothing about where a run
+is stored; labeler/dataset.py reads and writes runs at a URL.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
-Status = Literal["labelled", "skipped", "failed", "dead"]
+SCHEMA_VERSION = 2
+Status = Literal["labelled", "skipped", "dead", "failed"]
+STATUSES: tuple[str, ...] = ("labelled", "skipped", "dead", "failed")
 
 TOP_TOKEN = pa.struct([("token", pa.string()), ("token_id", pa.int64()), ("prob", pa.float64())])
-LABEL_SCHEMA = pa.schema(
-    [
-        pa.field("schema_version", pa.int32(), nullable=False),
-        pa.field("feature", pa.int64(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("error", pa.string()),
-        pa.field("label", pa.string()),
-        pa.field("label_ids", pa.list_(pa.int64())),
-        pa.field("top_tokens", pa.list_(pa.list_(TOP_TOKEN))),
-        pa.field("heldout_auroc", pa.float64()),
-        pa.field("heldout_balanced_accuracy", pa.float64()),
-        pa.field("restart_aurocs", pa.list_(pa.float64())),
-        pa.field("loss_answer", pa.float64()),
-        pa.field("loss_kl", pa.float64()),
-        pa.field("loss_entropy", pa.float64()),
-        pa.field("steps", pa.int64()),
-        pa.field("restarts", pa.int64()),
-        pa.field("converged", pa.bool_()),
-        pa.field("n_examples", pa.int64()),
-        pa.field("n_active", pa.int64()),
-        pa.field("n_heldout", pa.int64()),
-        pa.field("seconds", pa.float64()),
-        pa.field("discriminator", pa.string()),
-        pa.field("seed", pa.int64()),
-    ]
-)
+RUN_FIELDS = [
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("sae_id", pa.string()),
+    pa.field("model", pa.string()),
+    pa.field("hook_point", pa.string()),
+    pa.field("discriminator", pa.string(), nullable=False),
+    pa.field("prompt_template", pa.string()),
+    pa.field("label_template", pa.string()),
+    pa.field("config_hash", pa.string(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("code_version", pa.string(), nullable=False),
+    pa.field("started_at", pa.timestamp("us", tz="UTC"), nullable=False),
+]
+RECORD_FIELDS = [
+    pa.field("schema_version", pa.int32(), nullable=False),
+    pa.field("feature", pa.int64(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("label", pa.string()),
+    pa.field("label_ids", pa.list_(pa.int64())),
+    pa.field("top_tokens", pa.list_(pa.list_(TOP_TOKEN))),
+    pa.field("heldout_auroc", pa.float64()),
+    pa.field("heldout_balanced_accuracy", pa.float64()),
+    pa.field("heldout_f1", pa.float64()),
+    pa.field("restart_aurocs", pa.list_(pa.float64())),
+    pa.field("baseline_method", pa.string()),
+    pa.field("baseline_label", pa.string()),
+    pa.field("baseline_label_ids", pa.list_(pa.int64())),
+    pa.field("baseline_auroc", pa.float64()),
+    pa.field("activation_frequency", pa.float64()),
+    pa.field("loss_answer", pa.float64()),
+    pa.field("loss_kl", pa.float64()),
+    pa.field("loss_entropy", pa.float64()),
+    pa.field("steps", pa.int64()),
+    pa.field("restarts", pa.int64()),
+    pa.field("converged", pa.bool_()),
+    pa.field("n_examples", pa.int64()),
+    pa.field("n_active", pa.int64()),
+    pa.field("n_heldout", pa.int64()),
+    pa.field("device_seconds", pa.float64()),
+]
+LABEL_SCHEMA = pa.schema(RECORD_FIELDS + RUN_FIELDS, metadata={b"labeler_schema_version": str(SCHEMA_VERSION).encode()})
+
+
+class SchemaVersionError(ValueError):
+    """A label dataset written with a schema version this labeler does not read."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +85,7 @@ class TopToken:
 
 @dataclass(frozen=True)
 class LabelRecord:
-    """What labelling produced for one feature (the columns of LABEL_SCHEMA)."""
+    """What labelling produced for one feature (the per-feature columns of LABEL_SCHEMA)."""
 
     feature: int
     status: Status
@@ -71,7 +99,17 @@ class LabelRecord:
     """AUROC of the discrete label's scores against the feature's activity, on held-out examples."""
     heldout_balanced_accuracy: float | None = None
     """Balanced accuracy of the discriminator's yes/no answers under the discrete label, held out."""
+    heldout_f1: float | None = None
+    """F1 of the discriminator's yes/no answers under the discrete label (active = positive), held out."""
     restart_aurocs: tuple[float, ...] = ()
+    baseline_method: str | None = None
+    """How the baseline label was found ("exhaustive": the best single allowed token), or None if not computed."""
+    baseline_label: str | None = None
+    baseline_label_ids: tuple[int, ...] | None = None
+    baseline_auroc: float | None = None
+    """Held-out AUROC of the baseline label, on the same held-out examples as heldout_auroc."""
+    activation_frequency: float | None = None
+    """Share of tokens on which the feature fires, from the SAE harvest; None when unknown."""
     loss_answer: float | None = None
     loss_kl: float | None = None
     loss_entropy: float | None = None
@@ -82,36 +120,125 @@ class LabelRecord:
     n_examples: int = 0
     n_active: int = 0
     n_heldout: int = 0
-    seconds: float = 0.0
-    """Wall time of the batch the feature ran in, divided by the features in it."""
-    discriminator: str = ""
-    seed: int = 0
+    device_seconds: float = 0.0
+    """Time on the labelling device: the wall time of the batch the feature ran in, divided by its features."""
     schema_version: int = field(default=SCHEMA_VERSION)
 
 
-def to_table(records: Sequence[LabelRecord]) -> pa.Table:
-    """Records as an Arrow table with LABEL_SCHEMA."""
-    return pa.Table.from_pylist([asdict(record) for record in records], schema=LABEL_SCHEMA)
+@dataclass(frozen=True)
+class RunInfo:
+    """Where a run's labels came from; stored on every row of the run (the provenance columns of LABEL_SCHEMA)."""
+
+    run_id: str
+    """Unique name of the run; the key to compare or join runs."""
+    discriminator: str
+    """The discriminator's name, e.g. hf:/models/gemma-2-2b or minilm."""
+    config_hash: str
+    """Hash of the run's settings (config_hash()); equal hashes mean equal settings."""
+    seed: int
+    """The run seed."""
+    started_at: str
+    """When the run started, ISO 8601 with a time zone, e.g. 2026-11-21T05:00:00+00:00."""
+    code_version: str = ""
+    """labeler's version (and git commit where known) that made the labels."""
+    sae_id: str | None = None
+    """The SAE the features belong to (e.g. a SAELens release/id), or None for exemplars without one."""
+    model: str | None = None
+    """The model the SAE reads, e.g. gpt2-small."""
+    hook_point: str | None = None
+    """Where in the model the SAE reads, e.g. blocks.6.hook_resid_pre."""
+    prompt_template: str | None = None
+    """The discriminator's question with its {text}, {word} and {label} slots."""
+    label_template: str | None = None
+    """Embedding discriminators: the text standing for the label; None for causal LMs."""
+
+    def __post_init__(self) -> None:
+        if not self.run_id:
+            raise ValueError("RunInfo.run_id must be a non-empty string naming the run")
+        if _timestamp(self.started_at).tzinfo is None:
+            raise ValueError(f"RunInfo.started_at must carry a time zone (e.g. +00:00), got {self.started_at!r}")
 
 
-def write_part(records: Sequence[LabelRecord], out_dir: str | Path, part: int) -> Path:
-    """Write one part of the label dataset, `OUT/labels/part-NNNNN.parquet`, atomically (write, then rename)."""
+def config_hash(*configs: Any) -> str:
+    """A short stable hash of settings (dataclasses, dicts, strings, ...): 16 hex digits of SHA-256 of their JSON."""
+    payload = json.dumps(
+        [asdict(c) if hasattr(c, "__dataclass_fields__") else c for c in configs], sort_keys=True, default=str
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def with_activation_frequency(records: Sequence[LabelRecord], frequency: Mapping[int, float]) -> list[LabelRecord]:
+    """Records with activation_frequency filled in from `frequency` (feature -> share of tokens); others kept None."""
+    return [
+        replace(record, activation_frequency=frequency.get(record.feature, record.activation_frequency))
+        for record in records
+    ]
+
+
+def to_table(records: Sequence[LabelRecord], run: RunInfo) -> pa.Table:
+    """Records as an Arrow table with LABEL_SCHEMA, the run's provenance on every row."""
+    provenance = asdict(run)
+    provenance["started_at"] = _timestamp(run.started_at)
+    rows = [{**asdict(record), **provenance} for record in records]
+    return pa.Table.from_pylist(rows, schema=LABEL_SCHEMA)
+
+
+def write_part(records: Sequence[LabelRecord], run: RunInfo, out_dir: str | Path, part: int) -> Path:
+    """Write one part of a local label dataset, `OUT/labels/part-NNNNN.parquet`, atomically (write, then rename)."""
     folder = Path(out_dir) / "labels"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"part-{part:05d}.parquet"
     partial = folder / f".{path.name}.partial"
-    pq.write_table(to_table(records), partial)
+    pq.write_table(to_table(records, run), partial)
     os.replace(partial, path)
     return path
 
 
-def read_labels(out_dir: str | Path) -> pa.Table:
-    """The label dataset under OUT, refusing schema versions this code does not know."""
-    table = pq.read_table(Path(out_dir) / "labels", schema=LABEL_SCHEMA)
-    versions = set(table.column("schema_version").to_pylist())
-    if versions - {SCHEMA_VERSION}:
-        raise ValueError(
-            f"label dataset at {out_dir} has schema version(s) {sorted(versions)}; "
-            f"this labeler reads version {SCHEMA_VERSION}"
+def check_schema(table: pa.Table, where: str) -> pa.Table:
+    """The table cast to LABEL_SCHEMA, or a SchemaVersionError/ValueError that says what is wrong with it."""
+    if "schema_version" not in table.column_names:
+        raise SchemaVersionError(
+            f"{where} has no schema_version column: it is not a labeler label dataset, or one from before "
+            f"versioning; this labeler reads schema version {SCHEMA_VERSION}"
         )
-    return table
+    versions = sorted(set(table.column("schema_version").to_pylist()))
+    if versions != [SCHEMA_VERSION] and table.num_rows:
+        older = [v for v in versions if v is not None and v < SCHEMA_VERSION]
+        advice = (
+            "it was written by an older labeler; relabel with this one, or read it with the labeler release "
+            "that wrote it"
+            if older
+            else "it was written by a newer labeler; upgrade labeler to read it"
+        )
+        raise SchemaVersionError(
+            f"{where} has label schema version {', '.join(map(str, versions))}, but this labeler reads only "
+            f"version {SCHEMA_VERSION}: {advice}"
+        )
+    missing = [name for name in LABEL_SCHEMA.names if name not in table.column_names]
+    extra = [name for name in table.column_names if name not in LABEL_SCHEMA.names]
+    if missing or extra:
+        raise SchemaVersionError(
+            f"{where} claims schema version {SCHEMA_VERSION} but its columns differ: missing {missing}, unknown {extra}"
+        )
+    try:
+        return table.select(LABEL_SCHEMA.names).cast(LABEL_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        raise SchemaVersionError(
+            f"{where} has columns of the wrong type for schema version {SCHEMA_VERSION}: {err}"
+        ) from err
+
+
+def read_labels(out_dir: str | Path) -> pa.Table:
+    """The label dataset of one local run, refusing schema versions this code does not know."""
+    from labeler.dataset import read_runs  # the dataset module reads any URL; this is the local shortcut
+
+    return read_runs([str(out_dir)]).labels
+
+
+def _timestamp(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError as err:
+        raise ValueError(
+            f"started_at must be an ISO 8601 time such as 2026-11-21T05:00:00+00:00, not {value!r}"
+        ) from err

@@ -31,6 +31,22 @@ def balanced_accuracy(scores: np.ndarray, active: np.ndarray, threshold: float =
     return float((said_yes[active].mean() + (~said_yes[~active]).mean()) / 2)
 
 
+def f1(scores: np.ndarray, active: np.ndarray, threshold: float = 0.0) -> float:
+    """F1 of answering "yes" for scores above `threshold`, active examples being the positives.
+
+    NaN when there are no active examples; 0 when no active example gets a "yes".
+    """
+    active = active.astype(bool)
+    said_yes = np.asarray(scores) > threshold
+    if not active.any():
+        return float("nan")
+    true_pos = int((said_yes & active).sum())
+    if true_pos == 0:
+        return 0.0
+    precision, recall = true_pos / int(said_yes.sum()), true_pos / int(active.sum())
+    return float(2 * precision * recall / (precision + recall))
+
+
 def _midranks(values: np.ndarray) -> np.ndarray:
     """1-based ranks, ties given the mean of the ranks they span."""
     order = np.argsort(values, kind="stable")

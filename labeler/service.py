@@ -18,6 +18,7 @@ from typing import Any
 import fsspec
 
 from labeler import __version__
+from labeler.results import RunInfo, config_hash
 from labeler.runconfig import ConfigError, RunConfig, build, to_dict
 from labeler.scheduler import Plan, Pool, Progress, Scheduler, drive, make_plan
 from labeler.sink import PartSink, SinkConfig
@@ -36,7 +37,25 @@ class PreparedRun:
 
     def spec(self) -> LabellerSpec:
         c = self.config
-        return LabellerSpec(c.discriminator, c.label, c.causal_lm, c.embedding, c.source, c.engine)
+        return LabellerSpec(c.discriminator, c.label, c.causal_lm, c.embedding, c.source, self.run_info(), c.engine)
+
+    def run_info(self) -> RunInfo:
+        """The provenance stored on every row, from the manifest (so a resumed run writes the same)."""
+        c, m = self.config, self.manifest
+        is_lm = c.discriminator.startswith("hf:")
+        return RunInfo(
+            run_id=str(m["run_id"]),
+            discriminator=c.discriminator,
+            config_hash=str(m["config_hash"]),
+            seed=c.label.optimiser.seed,
+            started_at=str(m["started"]),
+            code_version=str(m["code_version"]),
+            sae_id=m.get("sae"),
+            model=m.get("subject_model"),
+            hook_point=m.get("hook_point"),
+            prompt_template=c.causal_lm.template.user if is_lm else c.embedding.example_template,
+            label_template=None if is_lm else c.embedding.label_template,
+        )
 
 
 def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
@@ -75,14 +94,19 @@ def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
             )
         manifest = existing
     else:
+        started = datetime.datetime.now(datetime.UTC)
         manifest = {
+            "run_id": f"{config.out.rstrip('/').rsplit('/', 1)[-1]}-{started:%Y%m%dT%H%M%SZ}",
+            "config_hash": config_hash(
+                config.discriminator, config.label, config.causal_lm, config.embedding, config.source.exemplars
+            ),
             "labeler_version": __version__,
             "code_version": _code_version(),
             "discriminator": config.discriminator,
             "model": config.discriminator.partition(":")[2] or config.discriminator,
             "sae": (config.harvest or {}).get("sae"),
             "exemplars": config.source.exemplars,
-            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "started": started.isoformat(timespec="seconds"),
             "plan": shape,
             "config": to_dict(config),
         }
@@ -99,7 +123,10 @@ def execute(
 ) -> Progress:
     """Drive the run on `pool` until every feature is committed, or until `stopping()` and a drain."""
     scheduler = Scheduler(run.plan, run.config.scheduler, committed=run.committed)
-    return drive(scheduler, pool, lambda chunk, error: give_up_chunk(run.sink, chunk, error), on_progress, stopping)
+    info = run.run_info()
+    return drive(
+        scheduler, pool, lambda chunk, error: give_up_chunk(run.sink, info, chunk, error), on_progress, stopping
+    )
 
 
 def resume_config(url: str, sink: SinkConfig) -> RunConfig:

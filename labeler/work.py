@@ -32,7 +32,7 @@ from labeler.exemplars import (
     validate_exemplars,
 )
 from labeler.labelling import LabelConfig, label_chunk
-from labeler.results import LabelRecord, to_table
+from labeler.results import LabelRecord, RunInfo, to_table, with_activation_frequency
 from labeler.scheduler import Chunk, ChunkOutcome, outcome_counts
 from labeler.sink import PartSink
 
@@ -53,9 +53,9 @@ class SourceConfig:
     """fsspec options for both URLs (e.g. {"endpoint_url": ...} for s3)."""
 
 
-def records_table(records: Sequence[LabelRecord]) -> pa.Table:
-    """A chunk's records as the table its part holds: the one place records become a part (run info goes here)."""
-    return to_table(records)
+def records_table(records: Sequence[LabelRecord], run: RunInfo) -> pa.Table:
+    """A chunk's records as the table its part holds, with the run's provenance on every row."""
+    return to_table(records, run)
 
 
 def _is_jsonl(url: str) -> bool:
@@ -119,6 +119,19 @@ def read_chunk_exemplars(source: SourceConfig, features: np.ndarray) -> list[Fea
     return list(group_by_feature(table))
 
 
+def read_frequency(source: SourceConfig, features: np.ndarray) -> dict[int, float]:
+    """The harvest's activation frequency of `features` (its features.parquet `frequency`), {} without one."""
+    if source.features is None:
+        return {}
+    dataset = _dataset(source.features, source.storage_options)
+    if "frequency" not in dataset.schema.names:
+        return {}
+    table = dataset.to_table(
+        columns=["feature", "frequency"], filter=ds.field("feature").isin(pa.array(features, type=pa.int64()))
+    )
+    return dict(zip(table.column("feature").to_pylist(), table.column("frequency").to_pylist(), strict=True))
+
+
 class ChunkLabeller(Protocol):
     """Turns a chunk's feature ids into one record per feature."""
 
@@ -134,6 +147,8 @@ class LabellerSpec:
     causal_lm: CausalLMConfig
     embedding: EmbeddingConfig
     source: SourceConfig
+    run: RunInfo
+    """The run's provenance, stored on every row of its parts."""
     engine: Engine = "optimise"
 
 
@@ -161,6 +176,7 @@ class EngineLabeller:
                     # The engine reports the winning restart's steps; every restart ran at most that many.
                     metrics.RESTARTS.inc(record.restarts)
                     metrics.STEPS.inc(record.steps * record.restarts)
+        records = with_activation_frequency(records, read_frequency(self.spec.source, features))
         return sorted(records, key=lambda record: record.feature)
 
 
@@ -184,6 +200,7 @@ class ChunkWorker:
     def __init__(self, spec: LabellerSpec, sink: PartSink) -> None:
         self.labeller = build_labeller(spec)
         self.sink = sink
+        self.run_info = spec.run
         self.device = getattr(getattr(self.labeller, "disc", None), "device", None)
 
     def run(self, chunk: Chunk) -> ChunkOutcome:
@@ -195,7 +212,7 @@ class ChunkWorker:
             records = [LabelRecord(feature=int(f), status="dead", error=DEAD_REASON) for f in chunk.features]
         else:
             records = self.labeller.label(chunk.features)
-        table = records_table(records)
+        table = records_table(records, self.run_info)
         if not self.sink.commit(chunk.index, table):
             return committed_outcome(self.sink, chunk.index)
         metrics.CHUNK_SECONDS.observe(time.perf_counter() - start)
@@ -228,10 +245,10 @@ def committed_outcome(sink: PartSink, index: int) -> ChunkOutcome:
     return ChunkOutcome(index, counts, committed_now=False)
 
 
-def give_up_chunk(sink: PartSink, chunk: Chunk, error: str) -> ChunkOutcome:
+def give_up_chunk(sink: PartSink, run: RunInfo, chunk: Chunk, error: str) -> ChunkOutcome:
     """Record every feature of a chunk whose attempts ran out as failed with the last error (driver side)."""
     reason = f"{error} (chunk {chunk.index} failed {chunk.attempt} times)"
     records = [LabelRecord(feature=int(f), status="failed", error=reason) for f in chunk.features]
-    if not sink.commit(chunk.index, records_table(records)):
+    if not sink.commit(chunk.index, records_table(records, run)):
         return committed_outcome(sink, chunk.index)
     return ChunkOutcome(chunk.index, outcome_counts(["failed"] * len(records), [reason] * len(records)))

@@ -152,3 +152,40 @@ def test_vocab_words_option(exemplars: Path, tmp_path: Path, capsys: pytest.Capt
     )
     assert causal_lm.vocab.words is embedding.vocab.words
     assert embedding.vocab.words is not None and "animal" in embedding.vocab.words
+
+
+def test_label_records_provenance_frequency_and_baseline(
+    trained_lm: Path, exemplars: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`labeler label` writes schema version 2 with the run's provenance on every row; `labeler query` reads it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frequency = tmp_path / "features.parquet"
+    pq.write_table(pa.table({"feature": [0, 1, 2], "activation_frequency": [0.01, 0.002, 0.3]}), frequency)
+    out = tmp_path / "run"
+    args = ["label", "--exemplars", str(exemplars), "--discriminator", f"hf:{trained_lm}", "--out", str(out)]
+    args += ["--steps", "2", "--restarts", "2", "--baseline", "exhaustive", "--activation-frequency", str(frequency)]
+    args += ["--run-id", "r1", "--sae-id", "toy-sae", "--model", "toy-lm", "--hook-point", "blocks.1.hook_resid_post"]
+    code, err = run_cli(args, capsys)
+    assert code == 0, err
+    sql = (
+        "SELECT feature, run_id, sae_id, model, hook_point, discriminator, activation_frequency, baseline_method, "
+        "baseline_label IS NOT NULL AS has_baseline, heldout_f1 BETWEEN 0 AND 1 AS f1_ok, seed, length(config_hash), "
+        "prompt_template LIKE '%{label}%' AS template_ok, code_version FROM labels ORDER BY feature"
+    )
+    assert main(["query", "--data", str(out), sql, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["feature"] for r in rows] == list(range(len(default_world().categories)))
+    assert [r["activation_frequency"] for r in rows][:4] == [0.01, 0.002, 0.3, None]
+    for row in rows:
+        assert (row["run_id"], row["sae_id"], row["model"], row["hook_point"]) == (
+            "r1",
+            "toy-sae",
+            "toy-lm",
+            "blocks.1.hook_resid_post",
+        )
+        assert row["discriminator"] == f"hf:{trained_lm}" and row["seed"] == 0 and row["length(config_hash)"] == 16
+        assert row["baseline_method"] == "exhaustive" and row["has_baseline"] and row["f1_ok"] and row["template_ok"]
+        assert row["code_version"].startswith("labeler ")
+    assert json.loads((out / "manifest.json").read_text())["run"]["run_id"] == "r1"

@@ -89,3 +89,31 @@ def test_rescoring_candidates_are_each_restarts_argmax_and_single_slot_swaps() -
     labels, owner = _candidates(v, k=2)
     got = {tuple(label): restart for label, restart in zip(labels.tolist(), owner.tolist(), strict=True)}
     assert got == {(1, 0): 0, (2, 0): 0, (1, 3): 0, (1, 2): 1, (2, 2): 1, (1, 1): 1}
+
+
+def test_records_carry_f1_dead_features_and_the_exhaustive_baseline(tokenizer: object) -> None:
+    """Status dead for a feature that never fires; with baseline=exhaustive, the best single token is recorded."""
+    from conftest import tiny_gpt2, word_tokenizer
+
+    tok = word_tokenizer()
+    disc = CausalLMDiscriminator(tiny_gpt2(len(tok)), tok, CausalLMConfig(model="tiny"))
+    texts = ("the dog ran", "a red apple", "the big hammer", "a cow")
+    words = ("dog", "apple", "hammer", "cow")
+    live = FeatureExemplars(0, texts, words, np.array([1.0, 1.0, 0.0, 0.0]))
+    dead = FeatureExemplars(1, texts, words, np.zeros(4))
+    config = LabelConfig(
+        optimiser=replace(OptimiserConfig(), max_steps=3, examples_per_step=4),
+        heldout_fraction=0.4,
+        baseline="exhaustive",
+    )
+    records = label_chunk(disc, [live, dead], config)
+    assert [r.status for r in records] == ["labelled", "dead"]
+    assert records[1].error and records[1].error.startswith("never active") and records[1].baseline_label is None
+    record = records[0]
+    assert record.heldout_f1 is not None and 0.0 <= record.heldout_f1 <= 1.0
+    contexts, targets, tasks = prepare_tasks([live], config)
+    search = exhaustive_search(disc, disc.encode(contexts, targets), tasks[0])
+    assert record.baseline_method == "exhaustive" and record.baseline_label_ids == (search.token_ids[0],)
+    assert record.baseline_label == disc.decode([search.token_ids[0]])
+    assert record.baseline_auroc == pytest.approx(search.aurocs[0])
+    assert record.device_seconds > 0

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import yaml
+from label_runs import run_info
 from servers import BIN, MotoS3, RayCluster, exemplar_parts, tiny_model
 
 from labeler import metrics
@@ -106,7 +107,8 @@ def test_fractional_gpus_land_as_configured(tmp_path: Path) -> None:
     """Ray advertises two fake GPUs; four workers at 0.5 GPU pack two per GPU, and a no-op run completes."""
     ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="lrg", dir="/tmp"))
     try:
-        spec = LabellerSpec("noop", LabelConfig(), CausalLMConfig(), EmbeddingConfig(), SourceConfig(), "noop")
+        info = run_info("fake-gpus")
+        spec = LabellerSpec("noop", LabelConfig(), CausalLMConfig(), EmbeddingConfig(), SourceConfig(), info, "noop")
         sink = PartSink(str(tmp_path / "run"))
         pool = RayPool(WorkersConfig(count=4, num_cpus=0.5, num_gpus=0.5), spec, sink.url, SinkConfig())
         pool.ready()
@@ -118,7 +120,7 @@ def test_fractional_gpus_land_as_configured(tmp_path: Path) -> None:
         waiting.shutdown()
         plan = make_plan(np.arange(1000), np.array([2000, 2001]), 64)
         progress = drive(
-            Scheduler(plan, SchedulerConfig(features_per_chunk=64)), pool, lambda c, e: give_up_chunk(sink, c, e)
+            Scheduler(plan, SchedulerConfig(features_per_chunk=64)), pool, lambda c, e: give_up_chunk(sink, info, c, e)
         )
         assert progress.statuses == Counter({"skipped": 1000, "dead": 2})
         assert len(sink.committed()) == plan.n_chunks

@@ -5,8 +5,9 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 
-from labeler.scoring import auroc, balanced_accuracy, rank_labels
+from labeler.scoring import auroc, balanced_accuracy, f1, rank_labels
 
 
 def brute_auroc(scores: np.ndarray, active: np.ndarray) -> float:
@@ -42,3 +43,13 @@ def test_rank_labels_breaks_auroc_ties_by_confidence() -> None:
     scores = np.array([[1.0, -1.0], [5.0, -5.0], [-1.0, 1.0]])
     order, aurocs = rank_labels(scores, active)
     assert order == [1, 0, 2] and aurocs == [1.0, 1.0, 0.0]
+
+
+def test_f1_against_counts() -> None:
+    scores = np.array([2.0, 1.0, -1.0, 0.5, -2.0, 3.0])
+    active = np.array([1, 1, 1, 0, 0, 0])
+    # yes on 0, 1, 3, 5: tp 2, fp 2, fn 1 -> precision 1/2, recall 2/3
+    assert f1(scores, active) == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    assert f1(scores, np.zeros(6)) != f1(scores, np.zeros(6))  # NaN without positives
+    assert f1(-np.ones(3), np.array([1, 0, 1])) == 0.0
+    assert f1(np.array([1.0, -1.0]), np.array([1, 0])) == 1.0

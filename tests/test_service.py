@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from label_runs import run_info
 from servers import exemplar_parts
 
 from labeler.cli import main
@@ -77,7 +78,9 @@ def test_a_second_run_in_the_same_folder_is_refused_and_resume_continues(tmp_pat
     config = _config(tmp_path)
     run = prepare(config)
     sink = PartSink(config.out)
-    sink.commit(0, records_table([LabelRecord(feature=f, status="labelled", label="x") for f in range(8)]))
+    sink.commit(
+        0, records_table([LabelRecord(feature=f, status="labelled", label="x") for f in range(8)], run_info("r"))
+    )
     with pytest.raises(ConfigError, match="already holds a run"):
         prepare(config)
     resumed = prepare(resume_config(config.out, SinkConfig()), resume=True)

@@ -1,0 +1,213 @@
+"""The label dataset of one or several runs, read from a URL: a local folder or s3://bucket/prefix.
+
+A run at RUN holds:
+  RUN/labels/part-<chunk>.parquet      label records (labeler/results.py, LABEL_SCHEMA)
+  RUN/labels/_committed/part-<chunk>   an empty object whose existence commits the part of the same name
+  RUN/manifest.json                    run info and settings
+  RUN/exemplars/*.parquet              optional: the exemplars labelled (the exemplar contract + `position`)
+A run folder with no `labels/_committed/` folder (what `labeler label` writes: parts are renamed into
+place whole) counts as all committed. Parts without a marker are being written and are never read.
+Every part's schema version is checked before anything is returned. Storage is reached through fsspec,
+so any filesystem it knows works; this module knows nothing about how labels are made.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from labeler.results import LABEL_SCHEMA, LabelRecord, RunInfo, check_schema, to_table
+
+COMMITTED = "_committed"
+PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
+EXEMPLAR_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("feature", pa.int64(), nullable=False),
+        pa.field("context", pa.string(), nullable=False),
+        pa.field("target", pa.string(), nullable=False),
+        pa.field("activation", pa.float64(), nullable=False),
+        pa.field("position", pa.int64()),
+    ]
+)
+
+
+class DatasetError(ValueError):
+    """A run URL that cannot be read as a label dataset; the message says what is missing or wrong."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The labels (and exemplars, where runs have them) of one or several runs, as Arrow tables."""
+
+    labels: pa.Table
+    """LABEL_SCHEMA rows of every committed part of every run; `run_id` tells the runs apart."""
+    exemplars: pa.Table | None
+    """EXEMPLAR_SCHEMA rows of the runs that have exemplars, or None when none has."""
+    runs: tuple[str, ...]
+    """The URLs read, in order."""
+
+
+def read_runs(urls: Sequence[str], storage_options: Mapping[str, Any] | None = None) -> Dataset:
+    """Read the committed labels (and exemplars) of every run URL, refusing unknown schema versions."""
+    if not urls:
+        raise DatasetError("no run given: pass at least one run URL (a folder or s3://bucket/prefix)")
+    labels, exemplars = [], []
+    for url in urls:
+        fs, root = _filesystem(url, storage_options)
+        run_labels = _read_labels(fs, root, url)
+        labels.append(run_labels)
+        found = _read_exemplars(fs, root, url, _run_ids(run_labels, fs, root), storage_options)
+        if found is not None:
+            exemplars.append(found)
+    return Dataset(
+        labels=pa.concat_tables(labels),
+        exemplars=pa.concat_tables(exemplars) if exemplars else None,
+        runs=tuple(urls),
+    )
+
+
+def committed_parts(url: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Paths (within the run's filesystem) of the run's committed label parts, sorted."""
+    fs, root = _filesystem(url, storage_options)
+    return _committed_parts(fs, root, url)
+
+
+def write_committed_part(
+    url: str,
+    records: Sequence[LabelRecord],
+    run: RunInfo,
+    chunk: int,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Write `RUN/labels/part-<chunk>.parquet`, then its commit marker; returns the part's path.
+
+    Until the marker exists, readers do not see the part, so a writer that dies halfway leaves no half part.
+    """
+    fs, root = _filesystem(url, storage_options)
+    name = f"{PART_PREFIX}{chunk:05d}"
+    path = posixpath.join(root, "labels", name + PART_SUFFIX)
+    fs.makedirs(posixpath.join(root, "labels", COMMITTED), exist_ok=True)
+    with fs.open(path, "wb") as out:
+        pq.write_table(to_table(records, run), out)
+    fs.pipe_file(posixpath.join(root, "labels", COMMITTED, name), b"")
+    return path
+
+
+def write_manifest(
+    url: str, run: RunInfo, extra: Mapping[str, Any] | None = None, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """`RUN/manifest.json`: the run info under "run", and anything else (settings, exemplars URL) beside it."""
+    fs, root = _filesystem(url, storage_options)
+    fs.makedirs(root, exist_ok=True)
+    manifest = {**(extra or {}), "run": asdict(run)}
+    fs.pipe_file(posixpath.join(root, "manifest.json"), (json.dumps(manifest, indent=2, default=str) + "\n").encode())
+
+
+def write_exemplars(url: str, table: pa.Table, storage_options: Mapping[str, Any] | None = None) -> str:
+    """Store a run's exemplars (the exemplar contract, optionally `position`) as `RUN/exemplars/part-00000.parquet`."""
+    fs, root = _filesystem(url, storage_options)
+    fs.makedirs(posixpath.join(root, "exemplars"), exist_ok=True)
+    path = posixpath.join(root, "exemplars", f"{PART_PREFIX}00000{PART_SUFFIX}")
+    with fs.open(path, "wb") as out:
+        pq.write_table(table, out)
+    return path
+
+
+def _filesystem(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    except (ImportError, ValueError) as err:
+        raise DatasetError(f"cannot open {url}: {err}") from err
+    fs.invalidate_cache()  # listings must be fresh: parts are committed while we read
+    return fs, root.rstrip("/")
+
+
+def _committed_parts(fs: Any, root: str, url: str) -> list[str]:
+    folder = posixpath.join(root, "labels")
+    try:
+        names = [posixpath.basename(p) for p in fs.ls(folder, detail=False)]
+    except FileNotFoundError:
+        raise DatasetError(f"{url} is not a labeler run: it has no labels/ folder") from None
+    except OSError as err:
+        raise DatasetError(f"cannot list {url}/labels: {err}") from err
+    parts = sorted(n for n in names if n.startswith(PART_PREFIX) and n.endswith(PART_SUFFIX))
+    if COMMITTED in names:
+        committed = {posixpath.basename(p) for p in fs.ls(posixpath.join(folder, COMMITTED), detail=False)}
+        parts = [n for n in parts if n.removesuffix(PART_SUFFIX) in committed]
+    return [posixpath.join(folder, n) for n in parts]
+
+
+def _read_labels(fs: Any, root: str, url: str) -> pa.Table:
+    tables = []
+    for path in _committed_parts(fs, root, url):
+        where = f"{url}/labels/{posixpath.basename(path)}"
+        try:
+            with fs.open(path, "rb") as part:
+                table = pq.read_table(part)
+        except (OSError, pa.ArrowInvalid) as err:
+            raise DatasetError(f"cannot read {where} as Parquet: {err}") from err
+        tables.append(check_schema(table, where))
+    if not tables:
+        return LABEL_SCHEMA.empty_table()
+    return pa.concat_tables(tables)
+
+
+def _run_ids(labels: pa.Table, fs: Any, root: str) -> list[str]:
+    """The run ids in the labels, or the manifest's when no part is committed yet."""
+    found = sorted(set(labels.column("run_id").to_pylist()))
+    run = _manifest(fs, root).get("run")
+    if not found and isinstance(run, dict) and isinstance(run.get("run_id"), str):
+        return [run["run_id"]]
+    return found
+
+
+def _read_exemplars(
+    fs: Any, root: str, url: str, run_ids: list[str], storage_options: Mapping[str, Any] | None
+) -> pa.Table | None:
+    """The run's exemplars: RUN/exemplars/, or the harvest output named by manifest.json's "exemplars"."""
+    folder = posixpath.join(root, "exemplars")
+    source_fs, files = fs, []
+    if fs.isdir(folder):
+        files = sorted(p for p in fs.ls(folder, detail=False) if p.endswith(PART_SUFFIX))
+    else:
+        pointer = _manifest(fs, root).get("exemplars")
+        if isinstance(pointer, str):
+            target = pointer if "://" in pointer or pointer.startswith("/") else posixpath.join(url, pointer)
+            source_fs, path = _filesystem(target, storage_options)
+            files = (
+                sorted(p for p in source_fs.ls(path, detail=False) if p.endswith(PART_SUFFIX))
+                if source_fs.isdir(path)
+                else [path]
+            )
+    if not files:
+        return None
+    if len(run_ids) != 1:
+        raise DatasetError(f"{url} has exemplars but its labels name {len(run_ids)} runs {run_ids}; expected one")
+    tables = []
+    for path in files:
+        with source_fs.open(path, "rb") as part:
+            table = pq.read_table(part)
+        missing = [c for c in ("feature", "context", "target", "activation") if c not in table.column_names]
+        if missing:
+            raise DatasetError(f"exemplars {path} of {url} lack the column(s) {missing} of the exemplar contract")
+        position = table.column("position") if "position" in table.column_names else pa.nulls(table.num_rows)
+        columns = [pa.array([run_ids[0]] * table.num_rows, pa.string())]
+        columns += [table.column(c) for c in ("feature", "context", "target", "activation")] + [position]
+        tables.append(pa.Table.from_arrays(columns, names=EXEMPLAR_SCHEMA.names).cast(EXEMPLAR_SCHEMA))
+    return pa.concat_tables(tables)
+
+
+def _manifest(fs: Any, root: str) -> dict[str, Any]:
+    path = posixpath.join(root, "manifest.json")
+    if not fs.exists(path):
+        return {}
+    loaded = json.loads(fs.cat_file(path))
+    return loaded if isinstance(loaded, dict) else {}

@@ -1,0 +1,88 @@
+"""SQL over label datasets with DuckDB: the tables `labels` and `exemplars`, results as Arrow or text.
+
+The tables are Arrow tables already read (labeler/dataset.py) and registered as DuckDB views, so DuckDB
+itself never touches storage (its httpfs extension is not needed). This module knows nothing about URLs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any, Literal
+
+import duckdb
+import pyarrow as pa
+
+from labeler.dataset import Dataset
+
+Format = Literal["table", "csv", "json"]
+
+
+class QueryError(ValueError):
+    """A SQL statement DuckDB refused (syntax, unknown table or column, ...); the message is DuckDB's."""
+
+
+def run_query(data: Dataset, sql: str) -> pa.Table:
+    """The result of one SQL statement over `labels` (and `exemplars`, where the runs have them)."""
+    con = duckdb.connect()
+    try:
+        con.register("labels", data.labels)
+        if data.exemplars is not None:
+            con.register("exemplars", data.exemplars)
+        try:
+            relation = con.sql(sql)
+            if relation is None:
+                raise QueryError("the statement returned no result: give a query such as SELECT ... FROM labels")
+            return relation.to_arrow_table()
+        except duckdb.Error as err:
+            tables = "labels and exemplars" if data.exemplars is not None else "labels (these runs have no exemplars)"
+            raise QueryError(f"the SQL statement failed: {err}\n(tables: {tables})") from err
+    finally:
+        con.close()
+
+
+def render(table: pa.Table, fmt: Format, max_width: int = 60) -> str:
+    """A query result as an aligned text table, CSV (nested values as JSON) or a JSON array of objects."""
+    rows = [{k: _plain(v) for k, v in row.items()} for row in table.to_pylist()]
+    if fmt == "json":
+        return json.dumps(rows, indent=1, ensure_ascii=False, default=str) + "\n"
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(table.column_names)
+        writer.writerows([_cell(row[name]) for name in table.column_names] for row in rows)
+        return out.getvalue()
+    cells = [[_cell(row[name], max_width) for name in table.column_names] for row in rows]
+    widths = [max([len(name)] + [len(r[i]) for r in cells]) for i, name in enumerate(table.column_names)]
+    lines = ["  ".join(name.ljust(w) for name, w in zip(table.column_names, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.append(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''})")
+    return "\n".join(lines) + "\n"
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: NaN and infinities become None, nested values recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _cell(value: Any, max_width: int | None = None) -> str:
+    if value is None:
+        text = ""
+    elif isinstance(value, list | dict):
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    elif isinstance(value, float):
+        text = f"{value:.6g}"
+    else:
+        text = str(value)
+    if max_width is not None and len(text) > max_width:
+        text = text[: max_width - 1] + "…"
+    return text

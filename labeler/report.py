@@ -1,0 +1,243 @@
+"""A static HTML page about one run: summary, score and frequency histograms, best and worst features.
+
+One self-contained file (inline CSS, inline SVG plots drawn here, a few lines of inline script that
+check the page) that a browser opens from disk; no server, no network. Each listed feature shows its
+label next to its top activating examples, the target words highlighted by activation. This module
+takes tables already read (labeler/dataset.py) and knows nothing about storage.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from labeler.results import STATUSES
+
+
+def render_report(labels: pa.Table, exemplars: pa.Table | None, title: str, top_n: int = 10, examples: int = 5) -> str:
+    """The report page as HTML text."""
+    rows = labels.to_pylist()
+    labelled = [r for r in rows if r["status"] == "labelled" and _finite(r["heldout_auroc"])]
+    ranked = sorted(labelled, key=lambda r: (-r["heldout_auroc"], r["feature"]))
+    best = ranked[:top_n]
+    worst = [r for r in reversed(ranked) if r not in best][:top_n]
+    by_feature = _examples_by_feature(exemplars)
+    listed = [*best, *worst]
+    frequencies = [r["activation_frequency"] for r in rows if _finite(r["activation_frequency"])]
+    body = [
+        f"<h1>{_e(title)}</h1>",
+        _summary(rows, labelled),
+        '<section class="plots">',
+        _figure(
+            "Held-out AUROC of the labels",
+            _histogram([r["heldout_auroc"] for r in labelled], 0.0, 1.0, 20, "AUROC"),
+            len(labelled),
+        ),
+        _figure(
+            "Activation frequency (log10 share of tokens)",
+            _histogram([math.log10(f) for f in frequencies if f > 0], *_log_range(frequencies), 20, "log10 frequency")
+            if frequencies
+            else '<p class="note">No activation frequencies recorded for this run (the harvest did not give them).</p>',
+            len(frequencies),
+        ),
+        "</section>",
+        f"<h2>Best {len(best)} labelled features</h2>",
+        *[_card(r, by_feature.get((r["run_id"], r["feature"]), []), examples) for r in best],
+        f"<h2>Worst {len(worst)} labelled features</h2>",
+        *[_card(r, by_feature.get((r["run_id"], r["feature"]), []), examples) for r in worst],
+    ]
+    return _PAGE.format(title=_e(title), expected=len(listed), body="\n".join(body))
+
+
+def _summary(rows: list[dict[str, Any]], labelled: list[dict[str, Any]]) -> str:
+    counts = Counter(r["status"] for r in rows)
+    runs = sorted({r["run_id"] for r in rows})
+    first = rows[0] if rows else {}
+    aurocs = sorted(r["heldout_auroc"] for r in labelled)
+    median = aurocs[len(aurocs) // 2] if aurocs else float("nan")
+    facts = [
+        ("run", ", ".join(runs) or "(no committed labels)"),
+        ("model", first.get("model") or "-"),
+        ("SAE", first.get("sae_id") or "-"),
+        ("hook point", first.get("hook_point") or "-"),
+        ("discriminator", first.get("discriminator") or "-"),
+        ("started", str(first.get("started_at") or "-")),
+        ("code", first.get("code_version") or "-"),
+        ("config hash", first.get("config_hash") or "-"),
+        ("features", f'<span id="feature-count">{len(rows)}</span>'),
+        ("by status", ", ".join(f"{s}: {counts[s]}" for s in STATUSES)),
+        ("median held-out AUROC", f"{median:.3f}" if aurocs else "-"),
+        ("device-seconds", f"{sum(r['device_seconds'] or 0.0 for r in rows):.1f}"),
+    ]
+    items = "".join(f"<dt>{_e(k)}</dt><dd>{v if k == 'features' else _e(str(v))}</dd>" for k, v in facts)
+    return f'<dl class="summary">{items}</dl>'
+
+
+def _figure(caption: str, content: str, n: int) -> str:
+    return f"<figure><figcaption>{_e(caption)} <small>(n = {n})</small></figcaption>{content}</figure>"
+
+
+def _histogram(values: Sequence[float], low: float, high: float, bins: int, x_label: str) -> str:
+    """An SVG bar chart of `values` in `bins` equal bins over [low, high]."""
+    if not values:
+        return '<p class="note">No values to plot.</p>'
+    width, height, pad = 420, 220, 36
+    counts = [0] * bins
+    span = (high - low) or 1.0
+    for v in values:
+        counts[min(bins - 1, max(0, int((v - low) / span * bins)))] += 1
+    top = max(counts)
+    bar_w = (width - 2 * pad) / bins
+    bars = []
+    for i, c in enumerate(counts):
+        h = (height - 2 * pad) * c / top
+        x, y = pad + i * bar_w, height - pad - h
+        bars.append(
+            f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{bar_w - 1:.1f}" height="{h:.1f}">'
+            f"<title>{low + i * span / bins:.3g} to {low + (i + 1) * span / bins:.3g}: {c}</title></rect>"
+        )
+    axis = (
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#333"/>'
+        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#333"/>'
+        f'<text x="{pad}" y="{height - pad + 14}" text-anchor="middle">{low:.3g}</text>'
+        f'<text x="{width - pad}" y="{height - pad + 14}" text-anchor="middle">{high:.3g}</text>'
+        f'<text x="{width / 2}" y="{height - 6}" text-anchor="middle">{_e(x_label)}</text>'
+        f'<text x="{pad - 4}" y="{pad + 4}" text-anchor="end">{top}</text>'
+        f'<text x="{pad - 4}" y="{height - pad}" text-anchor="end">0</text>'
+    )
+    size = f'width="{width}" height="{height}" viewBox="0 0 {width} {height}"'
+    return f'<svg class="hist" {size}>{axis}{"".join(bars)}</svg>'
+
+
+def _log_range(frequencies: list[float]) -> tuple[float, float]:
+    logs = [math.log10(f) for f in frequencies if f > 0] or [0.0]
+    return math.floor(min(logs)), max(math.ceil(max(logs)), math.floor(min(logs)) + 1)
+
+
+def _card(record: dict[str, Any], examples: list[dict[str, Any]], limit: int) -> str:
+    scores = [
+        ("AUROC", record["heldout_auroc"]),
+        ("bal. acc.", record["heldout_balanced_accuracy"]),
+        ("F1", record["heldout_f1"]),
+    ]
+    if record["baseline_label"] is not None:
+        scores.append((f"baseline “{record['baseline_label']}”", record["baseline_auroc"]))
+    score_text = " · ".join(f"{_e(name)} {value:.3f}" for name, value in scores if _finite(value))
+    tops = " ".join(
+        f"<span class=tok>{_e(t['token'])} {t['prob']:.2f}</span>"
+        for slot in (record["top_tokens"] or [])[:1]
+        for t in slot[:5]
+    )
+    return (
+        f'<article class="feature-card" data-feature="{record["feature"]}">'
+        f'<div class="label"><div class="fid">feature {record["feature"]}</div>'
+        f'<div class="name">{_e(record["label"] or "")}</div><div class="scores">{score_text}</div>'
+        f'<div class="tops">{tops}</div></div>'
+        f'<div class="examples">{_examples_html(examples, limit)}</div></article>'
+    )
+
+
+def _examples_by_feature(exemplars: pa.Table | None) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    grouped: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    if exemplars is not None:
+        for row in exemplars.to_pylist():
+            grouped[(row["run_id"], row["feature"])].append(row)
+    return grouped
+
+
+def _examples_html(rows: list[dict[str, Any]], limit: int) -> str:
+    """The contexts with the highest activations, each target word highlighted by its activation."""
+    if not rows:
+        return '<p class="note">No exemplars stored for this feature.</p>'
+    by_context: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_context[row["context"]].append(row)
+    by_context = {c: t for c, t in by_context.items() if max(r["activation"] for r in t) > 0}
+    if not by_context:
+        return '<p class="note">No active examples stored for this feature.</p>'
+    peak = max(max(r["activation"] for r in rows), 1e-12)
+    contexts = sorted(by_context.items(), key=lambda kv: -max(r["activation"] for r in kv[1]))[:limit]
+    items = []
+    for context, targets in contexts:
+        best = max(r["activation"] for r in targets)
+        items.append(f'<li><span class="act">{best:.2f}</span> {_highlight(context, targets, peak)}</li>')
+    return f'<ol class="ex">{"".join(items)}</ol>'
+
+
+def _highlight(context: str, targets: list[dict[str, Any]], peak: float) -> str:
+    """The context as HTML, each target shaded by its activation.
+
+    A target is found at `position` (a character offset) when the row gives one, else at its first occurrence.
+    """
+    spans: dict[int, tuple[int, float]] = {}
+    for row in targets:
+        target, position = row["target"], row.get("position")
+        start = position if isinstance(position, int) and context[position : position + len(target)] == target else -1
+        if start < 0:
+            start = context.find(target)
+        if start >= 0 and row["activation"] > 0:
+            spans[start] = (start + len(target), max(row["activation"], spans.get(start, (0, 0.0))[1]))
+    out, cursor = [], 0
+    for start in sorted(spans):
+        end, activation = spans[start]
+        if start < cursor:
+            continue
+        alpha = 0.15 + 0.85 * min(1.0, activation / peak)
+        out.append(_e(context[cursor:start]))
+        out.append(
+            f'<mark style="background: rgba(255,120,0,{alpha:.2f})" title="activation {activation:.3g}">'
+            f"{_e(context[start:end])}</mark>"
+        )
+        cursor = end
+    out.append(_e(context[cursor:]))
+    return "".join(out)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1100px; }}
+h1 {{ font-size: 22px; margin: 0 0 12px; }} h2 {{ font-size: 17px; margin: 24px 0 8px; }}
+dl.summary {{ display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 0; }}
+dl.summary dt {{ color: #666; }} dl.summary dd {{ margin: 0; font-family: monospace; }}
+.plots {{ display: flex; gap: 24px; flex-wrap: wrap; margin-top: 16px; }}
+figure {{ margin: 0; }} figcaption {{ font-weight: 600; margin-bottom: 4px; }}
+svg.hist text {{ font-size: 11px; fill: #333; }} svg.hist rect.bar {{ fill: #3b7dd8; }}
+.feature-card {{ display: grid; grid-template-columns: 260px 1fr; gap: 16px; border-top: 1px solid #ddd;
+  padding: 8px 0; }}
+.fid {{ color: #666; font-size: 12px; }} .name {{ font-size: 18px; font-weight: 600; }}
+.scores {{ font-size: 12px; color: #444; }} .tok {{ font-family: monospace; font-size: 11px; background: #eef;
+  padding: 0 3px; margin-right: 3px; }}
+ol.ex {{ margin: 0; padding-left: 20px; }} ol.ex li {{ margin-bottom: 3px; }}
+.act {{ font-family: monospace; font-size: 11px; color: #888; margin-right: 4px; }}
+mark {{ padding: 0 1px; border-radius: 2px; }} .note {{ color: #888; font-style: italic; }}
+#errors {{ color: #b00; }}
+</style></head>
+<body data-status="loading" data-expected-cards="{expected}">
+<div id="errors"></div>
+{body}
+<script>
+window.addEventListener("error", function (e) {{
+  document.body.dataset.status = "error";
+  document.getElementById("errors").textContent = "page error: " + e.message;
+}});
+var cards = document.querySelectorAll(".feature-card").length;
+var expected = Number(document.body.dataset.expectedCards);
+document.body.dataset.cards = String(cards);
+document.body.dataset.status = cards === expected ? "ok" : "error";
+</script>
+</body></html>
+"""

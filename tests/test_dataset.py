@@ -1,0 +1,104 @@
+"""Reading runs: committed parts only, both layouts, exemplars, and schema versions refused with a clear message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from label_runs import records, run_info, write_run
+
+from labeler.cli import main
+from labeler.dataset import DatasetError, committed_parts, read_runs
+from labeler.results import LABEL_SCHEMA, SCHEMA_VERSION, SchemaVersionError, read_labels, to_table, write_part
+
+
+def test_every_row_carries_the_run_and_the_schema_is_complete(tmp_path: Path) -> None:
+    recs = write_run(str(tmp_path / "run"), "run-a", n=25, chunk_size=10)
+    data = read_runs([str(tmp_path / "run")])
+    assert data.labels.schema.equals(LABEL_SCHEMA, check_metadata=False)
+    assert data.labels.num_rows == 25
+    rows = data.labels.to_pylist()
+    assert {r["run_id"] for r in rows} == {"run-a"} and {r["hook_point"] for r in rows} == {"blocks.6.hook_resid_pre"}
+    assert {r["schema_version"] for r in rows} == {SCHEMA_VERSION}
+    assert sorted(r["feature"] for r in rows) == [r.feature for r in recs]
+    assert {r["status"] for r in rows} == {"labelled", "dead", "failed"}
+    assert str(rows[0]["started_at"]) == "2026-11-21 05:00:00+00:00"
+    assert data.exemplars is not None and data.exemplars.num_rows == 25 * 4
+    assert set(data.exemplars.column("run_id").to_pylist()) == {"run-a"}
+
+
+def test_parts_without_a_commit_marker_are_not_read(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    write_run(str(run), "run-a", n=30, chunk_size=10, with_exemplars=False)
+    (run / "labels" / "_committed" / "part-00001").unlink()  # chunk 1 is still being written
+    (run / "labels" / "part-00009.parquet").write_bytes(b"half a parquet file")  # a writer that died mid-part
+    assert [Path(p).name for p in committed_parts(str(run))] == ["part-00000.parquet", "part-00002.parquet"]
+    features = sorted(read_runs([str(run)]).labels.column("feature").to_pylist())
+    assert features == [*range(0, 10), *range(20, 30)]
+
+
+def test_a_folder_written_by_labeler_label_without_markers_is_all_committed(tmp_path: Path) -> None:
+    info = run_info("local")
+    write_part(records(12, 0)[:6], info, tmp_path, 0)
+    write_part(records(12, 0)[6:], info, tmp_path, 1)
+    assert read_labels(tmp_path).num_rows == 12
+    assert read_runs([str(tmp_path)]).exemplars is None
+
+
+def test_not_a_run(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="has no labels/ folder"):
+        read_runs([str(tmp_path)])
+
+
+def write_version(folder: Path, version: int) -> None:
+    """A one-row part as another labeler version would write it: its own columns and schema_version."""
+    (folder / "labels").mkdir(parents=True)
+    columns = {"schema_version": pa.array([version], pa.int32()), "feature": [0], "status": ["labelled"]}
+    if version > SCHEMA_VERSION:
+        columns["a_future_column"] = [1.0]
+    pq.write_table(pa.table(columns), folder / "labels" / "part-00000.parquet")
+
+
+@pytest.mark.parametrize(("version", "says"), [(1, "written by an older labeler"), (3, "written by a newer labeler")])
+def test_other_schema_versions_are_refused_with_a_clear_message(
+    tmp_path: Path, version: int, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_version(tmp_path / "run", version)
+    with pytest.raises(SchemaVersionError, match=f"schema version {version}, but this labeler reads only version 2"):
+        read_runs([str(tmp_path / "run")])
+    code = main(["query", "--data", str(tmp_path / "run"), "SELECT count(*) FROM labels"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("labeler: error: ") and says in err and "Traceback" not in err
+
+
+def test_old_version_through_the_command_line_has_no_traceback(tmp_path: Path) -> None:
+    write_version(tmp_path / "run", 1)
+    done = subprocess.run(
+        [sys.executable, "-m", "labeler.cli", "report", str(tmp_path / "run"), "--out", str(tmp_path / "r.html")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "label schema version 1, but this labeler reads only version 2" in done.stderr
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_a_version_2_part_with_wrong_columns_is_named(tmp_path: Path) -> None:
+    (tmp_path / "labels").mkdir()
+    table = to_table(records(3, 0), run_info("r")).drop_columns(["heldout_f1"])
+    pq.write_table(table, tmp_path / "labels" / "part-00000.parquet")
+    with pytest.raises(
+        SchemaVersionError, match=r"part-00000.parquet claims schema version 2.*missing \['heldout_f1'\]"
+    ):
+        read_runs([str(tmp_path)])
+
+
+def test_run_info_needs_a_time_zone() -> None:
+    with pytest.raises(ValueError, match="time zone"):
+        run_info("r", started_at="2026-11-21T05:00:00")

@@ -1,0 +1,93 @@
+"""`labeler export`: Neuronpedia's explanation export, checked field by field, and plain JSON lines."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+from label_runs import write_run
+
+from labeler.cli import main
+from labeler.dataset import read_runs
+from labeler.export import ExportError, neuronpedia_explanations
+
+# Neuronpedia's explanation export, written down from its exporter (hijohnnylin/neuronpedia,
+# utils/neuronpedia-utils/neuronpedia_utils/export-data.py, export_explanations, and db_models/explanation.py):
+# {modelId}/{layer}/explanations/batch-{n}.jsonl.gz, 1024 rows per batch, rows in feature order, these columns.
+DOCUMENTED = [
+    ("id", str, False),
+    ("modelId", str, False),
+    ("layer", str, False),
+    ("index", str, False),
+    ("authorId", str, False),
+    ("description", str, False),
+    ("embedding", list, True),
+    ("typeName", str, True),
+    ("explanationModelName", str, True),
+    ("umap_x", float, True),
+    ("umap_y", float, True),
+    ("umap_cluster", int, True),
+    ("umap_log_feature_sparsity", float, True),
+]
+
+
+def read_batches(folder: Path) -> list[list[dict[str, object]]]:
+    paths = sorted(folder.glob("batch-*.jsonl.gz"), key=lambda p: int(p.name.split("-")[1].split(".")[0]))
+    return [[json.loads(line) for line in gzip.decompress(p.read_bytes()).decode().splitlines()] for p in paths]
+
+
+def test_neuronpedia_export_matches_the_documented_format_field_by_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recs = write_run(str(tmp_path / "run"), "run-a", n=1500, chunk_size=500, with_exemplars=False)
+    code = main(["export", "--data", str(tmp_path / "run"), "--format", "neuronpedia", "--out", str(tmp_path / "np")])
+    assert code == 0, capsys.readouterr().err
+    assert [p.relative_to(tmp_path / "np").parts[:3] for p in (tmp_path / "np").rglob("*.gz")] == [
+        ("gpt2-small", "6-res-jb", "explanations")
+    ] * 2
+    batches = read_batches(tmp_path / "np" / "gpt2-small" / "6-res-jb" / "explanations")
+    labelled = [r for r in recs if r.status == "labelled"]
+    assert [len(b) for b in batches] == [1024, len(labelled) - 1024]
+    rows = [row for batch in batches for row in batch]
+    for row, record in zip(rows, labelled, strict=True):
+        assert list(row) == [name for name, _, _ in DOCUMENTED]
+        for name, kind, nullable in DOCUMENTED:
+            assert isinstance(row[name], kind) or (nullable and row[name] is None), (name, row[name])
+        assert row["modelId"] == "gpt2-small" and row["layer"] == "6-res-jb"
+        assert row["index"] == str(record.feature) and row["description"] == record.label
+        assert row["authorId"] == "labeler" and row["explanationModelName"] == "minilm"
+        assert row["typeName"] == "labeler-token-space-gd"
+    assert [int(r["index"]) for r in rows] == sorted(int(r["index"]) for r in rows)
+    assert len({r["id"] for r in rows}) == len(rows)
+
+
+def test_neuronpedia_ids_and_source_options(tmp_path: Path) -> None:
+    write_run(str(tmp_path / "run"), "run-a", n=10, with_exemplars=False)
+    labels = read_runs([str(tmp_path / "run")]).labels
+    rows = neuronpedia_explanations(labels, "me", model_id="gemma-2-2b", source_id="20-gemmascope-res-16k")
+    assert {(r["modelId"], r["layer"], r["authorId"]) for r in rows} == {("gemma-2-2b", "20-gemmascope-res-16k", "me")}
+    assert rows == neuronpedia_explanations(labels, "me", model_id="gemma-2-2b", source_id="20-gemmascope-res-16k")
+    default = neuronpedia_explanations(labels, "me")[0]
+    assert (default["modelId"], default["layer"]) == ("gpt2-small", "6-res-jb")  # the run's model and sae_id
+
+
+def test_export_without_a_source_names_the_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pyarrow as pa
+
+    write_run(str(tmp_path / "run"), "run-a", n=3, with_exemplars=False)
+    labels = read_runs([str(tmp_path / "run")]).labels
+    labels = labels.set_column(labels.schema.get_field_index("sae_id"), "sae_id", pa.nulls(3, pa.string()))
+    with pytest.raises(ExportError, match="pass --source-id"):
+        neuronpedia_explanations(labels, "me")
+
+
+def test_jsonl_export_has_every_row_and_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recs = write_run(str(tmp_path / "run"), "run-a", n=15, with_exemplars=False)
+    out = tmp_path / "labels.jsonl"
+    assert main(["export", "--data", str(tmp_path / "run"), "--format", "jsonl", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["feature"] for r in rows) == [r.feature for r in recs]
+    assert rows[0]["started_at"] == "2026-11-21T05:00:00+00:00" and rows[0]["top_tokens"][0][0]["token"] == "animal"
+    assert {r["status"] for r in rows} == {"labelled", "dead", "failed"}

@@ -1,0 +1,198 @@
+"""`labeler query`: SQL over runs in a local folder and in a real S3 protocol server (moto, on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from label_runs import write_run
+
+from labeler.cli import main
+
+MOTO_SERVER = Path(sys.executable).with_name("moto_server")
+
+
+def query(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(["query", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_query_a_local_run_in_every_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recs = write_run(str(tmp_path / "run"), "run-a", n=30)
+    sql = "SELECT status, count(*) AS n FROM labels GROUP BY status ORDER BY status"
+    expected = {s: sum(r.status == s for r in recs) for s in ("dead", "failed", "labelled")}
+
+    code, out, _ = query(["--data", str(tmp_path / "run"), sql, "--format", "json"], capsys)
+    assert code == 0 and {row["status"]: row["n"] for row in json.loads(out)} == expected
+
+    code, out, _ = query(["--data", str(tmp_path / "run"), sql, "--format", "csv"], capsys)
+    assert out.splitlines() == ["status,n", *[f"{s},{n}" for s, n in expected.items()]]
+
+    code, out, _ = query(["--data", str(tmp_path / "run"), sql], capsys)
+    lines = out.splitlines()
+    assert lines[0].split() == ["status", "n"] and lines[2].split() == ["dead", str(expected["dead"])]
+    assert lines[-1] == "(3 rows)"
+
+
+def test_nested_columns_and_exemplars(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_run(str(tmp_path / "run"), "run-a", n=8)
+    sql = (
+        "SELECT l.feature, l.label, l.top_tokens[1][1].token AS top, max(e.activation) AS peak "
+        "FROM labels l JOIN exemplars e USING (run_id, feature) WHERE l.status = 'labelled' "
+        "GROUP BY ALL ORDER BY l.feature LIMIT 2"
+    )
+    code, out, err = query(["--data", str(tmp_path / "run"), sql, "--format", "json"], capsys)
+    assert code == 0, err
+    assert json.loads(out) == [
+        {"feature": 0, "label": "animal", "top": "animal", "peak": 3.0},
+        {"feature": 1, "label": "color", "top": "color", "peak": 3.0},
+    ]
+
+
+def test_join_across_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two runs of the same SAE, labels shifted by one word: compare them feature by feature."""
+    write_run(str(tmp_path / "a"), "run-a", n=20, seed=0)
+    write_run(str(tmp_path / "b"), "run-b", n=20, seed=1)
+    sql = (
+        "SELECT a.feature, a.label AS label_a, b.label AS label_b, b.heldout_auroc - a.heldout_auroc AS gain "
+        "FROM labels a JOIN labels b ON a.feature = b.feature AND a.run_id = 'run-a' AND b.run_id = 'run-b' "
+        "WHERE a.status = 'labelled' AND b.status = 'labelled' ORDER BY a.feature"
+    )
+    code, out, err = query(
+        ["--data", str(tmp_path / "a"), "--data", str(tmp_path / "b"), sql, "--format", "json"], capsys
+    )
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["feature"] for r in rows] == [f for f in range(20) if f % 7 != 6 and f % 11 != 10]
+    assert rows[0]["label_a"] == "animal" and rows[0]["label_b"] == "color"
+    assert all(isinstance(r["gain"], float) for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("sql", "says"),
+    [
+        ("SELEC feature FROM labels", "syntax error"),
+        ("SELECT nope FROM labels", "nope"),
+        ("SELECT * FROM exemplars", "exemplars"),
+    ],
+)
+def test_bad_sql_is_a_clear_error_with_exit_status_2(
+    tmp_path: Path, sql: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_run(str(tmp_path / "run"), "run-a", n=5, with_exemplars=False)
+    code, out, err = query(["--data", str(tmp_path / "run"), sql], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("labeler: error: the SQL statement failed:") and says in err
+    assert "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[str]:
+    """A real moto S3 server on 127.0.0.1, on a free port; stopped after the module."""
+    if not MOTO_SERVER.exists():
+        pytest.skip(f"moto_server not installed next to {sys.executable}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The AWS variables a user sets, pointing at the test server; a fresh bucket per test."""
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_server,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    return env
+
+
+def test_query_runs_in_s3_joined_with_a_local_run(
+    s3_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import s3fs
+
+    s3fs.S3FileSystem().mkdir("labels-bucket")
+    write_run("s3://labels-bucket/runs/a", "run-a", n=20, seed=0)
+    write_run(str(tmp_path / "b"), "run-b", n=20, seed=1)
+    s3fs.S3FileSystem().rm("labels-bucket/runs/a/labels/_committed/part-00001")  # chunk 1 uncommitted
+    sql = (
+        "SELECT run_id, count(DISTINCT feature) AS n, max(feature) AS last, count(e.context) AS exemplar_rows "
+        "FROM labels LEFT JOIN exemplars e USING (run_id, feature) GROUP BY run_id ORDER BY run_id"
+    )
+    code, out, err = query(
+        ["--data", "s3://labels-bucket/runs/a", "--data", str(tmp_path / "b"), sql, "--format", "json"], capsys
+    )
+    assert code == 0, err
+    assert json.loads(out) == [
+        {"run_id": "run-a", "n": 10, "last": 9, "exemplar_rows": 40},
+        {"run_id": "run-b", "n": 20, "last": 19, "exemplar_rows": 80},
+    ]
+
+
+def test_the_command_reads_s3_with_the_usual_aws_variables(s3_env: dict[str, str], tmp_path: Path) -> None:
+    """As a user runs it: a separate process, S3 settings from the environment only."""
+    import s3fs
+
+    s3fs.S3FileSystem().mkdir("cli-bucket")
+    recs = write_run("s3://cli-bucket/run", "run-s3", n=12, with_exemplars=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "labeler.cli",
+            "query",
+            "--data",
+            "s3://cli-bucket/run",
+            "SELECT feature, label FROM labels WHERE status = 'labelled' ORDER BY feature",
+            "--format",
+            "csv",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **s3_env, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert done.returncode == 0, done.stderr
+    expected = [f"{r.feature},{r.label}" for r in recs if r.status == "labelled"]
+    assert done.stdout.splitlines() == ["feature,label", *expected]
+    done = subprocess.run(
+        [sys.executable, "-m", "labeler.cli", "query", "--data", "s3://cli-bucket/missing", "SELECT 1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **s3_env, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert done.returncode == 2 and "s3://cli-bucket/missing is not a labeler run" in done.stderr

@@ -1,0 +1,103 @@
+"""`labeler report`: the static page, and the page as headless Chromium renders it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from label_runs import records, run_info, write_run
+
+from labeler.cli import main
+from labeler.report import render_report
+from labeler.results import to_table
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def test_best_and_worst_features_with_their_examples() -> None:
+    recs = records(40, 0)
+    labels = to_table(recs, run_info("r"))
+    labelled = sorted((r for r in recs if r.status == "labelled"), key=lambda r: -(r.heldout_auroc or 0))
+    best = labelled[0].feature
+    exemplars = pa.table(
+        {
+            "run_id": ["r"] * 3,
+            "feature": [best] * 3,
+            "context": ["a <cat> & a dog", "a <cat> & a dog", "nothing"],
+            "target": ["<cat>", "dog", "nothing"],
+            "activation": [4.0, 1.0, 0.0],
+            "position": [2, None, None],
+        }
+    )
+    page = render_report(labels, exemplars, title="t <run>", top_n=5)
+    shown = [int(f) for f in re.findall(r'class="feature-card" data-feature="(\d+)"', page)]
+    assert shown == [r.feature for r in labelled[:5]] + [r.feature for r in labelled[::-1][:5]]
+    assert '<span id="feature-count">40</span>' in page and "<title>t &lt;run&gt;</title>" in page
+    assert page.count("<svg") == 2
+    # The best feature's examples: the active context once, both targets shaded by activation, HTML escaped.
+    card = page[page.index(f'data-feature="{best}"') :].split("</article>")[0]
+    assert card.count("<li>") == 1 and "nothing" not in card
+    assert 'rgba(255,120,0,1.00)" title="activation 4">&lt;cat&gt;</mark>' in card
+    assert 'title="activation 1">dog</mark>' in card
+    other = page[page.index(f'data-feature="{labelled[1].feature}"') :].split("</article>")[0]
+    assert "No exemplars stored for this feature." in other
+
+
+def test_report_of_a_run_without_exemplars_or_frequencies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_run(str(tmp_path / "run"), "run-a", n=5, with_exemplars=False)
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "r.html"), "--top", "2"]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert page.count('class="feature-card"') == 4 and "No exemplars stored for this feature." in page
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The page loads with no script error, counts its feature cards itself, and shows the feature count."""
+    write_run(str(tmp_path / "run"), "run-a", n=60)
+    page = tmp_path / "report.html"
+    assert main(["report", str(tmp_path / "run"), "--out", str(page)]) == 0
+    url = page.as_uri()
+    assert CHROMIUM is not None
+    dom = subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, "--enable-logging=stderr", "--v=0", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r"<body[^>]*>", dom.stdout)
+    assert body, dom.stdout[:500]
+    assert 'data-status="ok"' in body.group(0) and 'data-cards="20"' in body.group(0), body.group(0)
+    assert '<span id="feature-count">60</span>' in dom.stdout
+    assert not [line for line in dom.stderr.splitlines() if ":CONSOLE" in line], dom.stderr[-2000:]
+
+    shot = tmp_path / "report.png"
+    done = subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, "--hide-scrollbars", "--window-size=1200,2400", f"--screenshot={shot}", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
+    assert png_size(shot) == (1200, 2400)
+    assert shot.stat().st_size > 50_000  # a blank page compresses to a few kB; this one has plots and text
