@@ -1,0 +1,233 @@
+"""Harvesting on a tiny GPT-2 and a random sae-lens SAE, checked against a brute-force pass."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import WORDS, tiny_gpt2, word_tokenizer
+from sae_lens import StandardSAE, StandardSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+from transformers import GPT2Model
+
+from labeler.corpus import iter_documents, iter_windows
+from labeler.exemplars import read_exemplars
+from labeler.harvest import EXEMPLAR_ROW_SCHEMA, FEATURE_SCHEMA, HarvestConfig, harvest
+from labeler.sae_source import SourceError, load_source
+
+D_SAE = 48
+DEAD = (3, 17)
+RARE = 5
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 (2 layers, width 32) and a word tokenizer, saved as a Hugging Face folder."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("gpt2")
+    tokenizer = word_tokenizer()
+    tiny_gpt2(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_sae(folder: Path, d_in: int = 32, hook: str = "blocks.0.hook_resid_post") -> Path:
+    torch.manual_seed(1)
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=D_SAE, metadata=SAEMetadata(hook_name=hook)))
+    with torch.no_grad():
+        sae.b_enc.fill_(-0.02)  # pre-activations have a spread of about 0.04 here
+        sae.b_enc[list(DEAD)] = -1e4  # never active
+        sae.b_enc[RARE] = -0.11
+    sae.save_model(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_sae(tmp_path_factory.mktemp("sae"))
+
+
+def write_corpus(path: Path, lines: int, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    words = [w for w in WORDS if w.isalpha()]
+    path.write_text("\n".join(" ".join(rng.choices(words, k=rng.randint(3, 30))) for _ in range(lines)) + "\n")
+    return path
+
+
+def config(tmp_path: Path, subject: Path, sae: Path, corpus: Path, **overrides: object) -> HarvestConfig:
+    settings: dict[str, object] = dict(
+        sae=str(sae), model=str(subject), corpus=str(corpus), out=str(tmp_path / "out"), context_len=16, batch_size=4
+    )
+    settings.update(overrides)
+    return HarvestConfig(**settings)  # type: ignore[arg-type]
+
+
+def brute_force(cfg: HarvestConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Latents of every window by a plain full forward (hidden_states[1] is block 0's output): Float[window token
+    feature], and the valid mask."""
+    source = load_source(cfg.sae, cfg.model, "cpu")
+    model = GPT2Model.from_pretrained(cfg.model).eval()
+    documents = iter_documents(cfg.corpus)
+    batches = list(iter_windows(documents, source.tokenizer, cfg.context_len, 1000, cfg.tokens))
+    ids = np.concatenate([b.ids for b in batches])
+    valid = np.concatenate([b.valid for b in batches])
+    attention = np.concatenate([b.attention for b in batches])
+    with torch.no_grad():
+        hidden = model(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(attention).long(),
+                       output_hidden_states=True).hidden_states[1]  # fmt: skip
+        latents = source.sae.encode(hidden).numpy()
+    return latents, valid
+
+
+def test_harvest_matches_brute_force(tmp_path: Path, subject: Path, sae: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus.txt", 60)
+    cfg = config(tmp_path, subject, sae, corpus, top_examples=5, features_per_part=20)
+    manifest = harvest(cfg)
+    latents, valid = brute_force(cfg)
+    acts = latents[valid]  # Float[token feature]
+    assert manifest.tokens == valid.sum() and manifest.d_sae == D_SAE and manifest.parts == 3
+
+    features = pq.read_table(tmp_path / "out" / "features.parquet")
+    assert features.schema.equals(FEATURE_SCHEMA)
+    rows = features.to_pylist()
+    assert [r["feature"] for r in rows] == list(range(D_SAE))
+    active = (acts > 0).sum(0)
+    np.testing.assert_array_equal([r["active_tokens"] for r in rows], active)
+    np.testing.assert_allclose([r["frequency"] for r in rows], active / len(acts))
+    np.testing.assert_allclose([r["max_activation"] for r in rows], acts.max(0).clip(min=0), rtol=1e-5, atol=1e-6)
+    assert {r["feature"] for r in rows if r["status"] == "dead"} == set(DEAD)
+    assert 0 < rows[RARE]["active_tokens"] < 10 and rows[RARE]["status"] == "ultra_rare"
+
+    exemplars = pq.read_table(tmp_path / "out" / "exemplars")
+    assert exemplars.schema.equals(EXEMPLAR_ROW_SCHEMA)
+    read_exemplars(tmp_path / "out" / "exemplars")  # the exemplar contract holds
+    table = exemplars.to_pylist()
+    flat_index = np.flatnonzero(valid.ravel())  # token -> window * context_len + position
+    for feature in range(D_SAE):
+        # The same word right after BOS has the same activation in every window: ties are real, so the top
+        # examples are checked as the five largest values, each at a token that really has that value.
+        expected = np.sort(acts[:, feature][acts[:, feature] > 0])[::-1][:5]
+        top = [r for r in table if r["feature"] == feature and r["sampling"] == "top"]
+        np.testing.assert_allclose([r["activation"] for r in top], expected, rtol=1e-5, err_msg=str(feature))
+        assert len({(r["window"], r["position"]) for r in top}) == len(top)
+        for r in top:
+            assert r["window"] * 16 + r["position"] in flat_index
+            assert latents[r["window"], r["position"], feature] == pytest.approx(r["activation"], rel=1e-5)
+    for row in table[:: max(1, len(table) // 200)]:  # every kind of row points at its real token and activation
+        assert row["activation"] == pytest.approx(float(latents[row["window"], row["position"], row["feature"]]),
+                                                  rel=1e-5, abs=1e-6)  # fmt: skip
+        assert row["target"] in row["context"]
+        assert len(row["window_ids"]) == 16 and row["target_id"] == row["window_ids"][row["position"]]
+    assert not any(r["feature"] in DEAD for r in table)
+    inactive = [r for r in table if r["sampling"] == "inactive"]
+    assert inactive and all(r["activation"] <= 0 for r in inactive)
+    quantile = [r for r in table if r["sampling"] == "quantile" and r["feature"] == 0]
+    assert 30 <= len(quantile) <= 40 and all(r["activation"] > 0 for r in quantile)
+    saved = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert saved["hook"] == "blocks.0.hook_resid_post" and saved["tokens"] == manifest.tokens
+
+
+def test_feature_selection_and_forward_stops_after_hook(tmp_path: Path, subject: Path, sae: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus.txt", 20)
+    source = load_source(str(sae), str(subject), "cpu")
+    ran: list[int] = []
+    for i, block in enumerate(source.model.h):
+        block.register_forward_hook(lambda _m, _a, _o, i=i: ran.append(i))
+    ids = torch.zeros((2, 8), dtype=torch.long)
+    assert source.latents(ids, torch.ones_like(ids)).shape == (2, 8, D_SAE)
+    assert ran == [0]  # block 1 never ran
+
+    cfg = config(tmp_path, subject, sae, corpus, features=(7, 1, 40))
+    harvest(cfg)
+    features = pq.read_table(tmp_path / "out" / "features.parquet").column("feature").to_pylist()
+    assert features == [1, 7, 40]
+
+
+def test_tokens_limit_and_more_tokens_than_corpus(tmp_path: Path, subject: Path, sae: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus.txt", 30)
+    limited = harvest(config(tmp_path, subject, sae, corpus, tokens=100))
+    assert limited.tokens == 100
+    whole = harvest(config(tmp_path, subject, sae, corpus, out=str(tmp_path / "whole")))
+    with pytest.warns(UserWarning, match="fewer than the 1,000,000 asked for"):
+        asked = harvest(config(tmp_path, subject, sae, corpus, out=str(tmp_path / "more"), tokens=1_000_000))
+    assert asked.tokens == whole.tokens > 100
+    a = pq.read_table(tmp_path / "whole" / "features.parquet")
+    b = pq.read_table(tmp_path / "more" / "features.parquet")
+    assert a.equals(b)
+
+
+def test_writes_to_an_fsspec_url(tmp_path: Path, subject: Path, sae: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus.txt", 10)
+    harvest(config(tmp_path, subject, sae, corpus, out="memory://harvest-test"))
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    assert fs.exists("/harvest-test/features.parquet") and fs.ls("/harvest-test/exemplars")
+
+
+def test_refuses_to_overwrite(tmp_path: Path, subject: Path, sae: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus.txt", 5)
+    harvest(config(tmp_path, subject, sae, corpus))
+    with pytest.raises(ValueError, match="already holds a harvest"):
+        harvest(config(tmp_path, subject, sae, corpus))
+
+
+# Bad input: each error names the problem.
+
+
+def test_d_in_mismatch(tmp_path: Path, subject: Path) -> None:
+    wrong = make_sae(tmp_path / "wrong", d_in=24)
+    corpus = write_corpus(tmp_path / "corpus.txt", 5)
+    with pytest.raises(SourceError, match=r"d_in=24 at hook blocks.0.hook_resid_post.*width 32"):
+        harvest(config(tmp_path, subject, wrong, corpus))
+
+
+def test_hook_out_of_range(tmp_path: Path, subject: Path) -> None:
+    sae = make_sae(tmp_path / "deep", hook="blocks.5.hook_resid_pre")
+    corpus = write_corpus(tmp_path / "corpus.txt", 5)
+    with pytest.raises(SourceError, match="needs layer 5, but GPT2Model has 2 layers"):
+        harvest(config(tmp_path, subject, sae, corpus))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "cfg.json").unlink(), "has no cfg.json"),
+        (lambda d: (d / "cfg.json").write_text("{not json"), "cfg.json is not valid JSON"),
+        (lambda d: (d / "sae_weights.safetensors").unlink(), "has no sae_weights.safetensors"),
+        (lambda d: (d / "sae_weights.safetensors").write_bytes(b"\x00garbage"), "cannot load the SAE from"),
+    ],
+)
+def test_broken_sae_folder(tmp_path: Path, subject: Path, damage: object, message: str) -> None:
+    folder = make_sae(tmp_path / "broken")
+    damage(folder)  # type: ignore[operator]
+    corpus = write_corpus(tmp_path / "corpus.txt", 5)
+    with pytest.raises(SourceError, match=message):
+        harvest(config(tmp_path, subject, folder, corpus))
+
+
+def test_empty_corpus(tmp_path: Path, subject: Path, sae: Path) -> None:
+    corpus = tmp_path / "empty.txt"
+    corpus.write_text("\n  \n\n")
+    with pytest.raises(ValueError, match="is empty"):
+        harvest(config(tmp_path, subject, sae, corpus))
+
+
+def test_invalid_utf8(tmp_path: Path, subject: Path, sae: Path) -> None:
+    corpus = tmp_path / "bad.txt"
+    corpus.write_bytes(b"the dog ran\nthe cat \xff\xfe ate\n")
+    with pytest.raises(ValueError, match=r"bad.txt, line 2: invalid UTF-8 at byte 8"):
+        harvest(config(tmp_path, subject, sae, corpus))
+    assert not (tmp_path / "out").exists()  # found before any work
+
+
+def test_enormous_line(tmp_path: Path, subject: Path, sae: Path) -> None:
+    corpus = tmp_path / "huge.txt"
+    corpus.write_text("the dog\n" + "cat " * 300_000 + "\n")
+    with pytest.raises(ValueError, match=r"huge.txt, line 2: longer than max_document_bytes=1,000,000"):
+        harvest(config(tmp_path, subject, sae, corpus))
