@@ -81,16 +81,19 @@ def iter_documents(path: str, text_column: str = "text", max_document_bytes: int
             yield from _line_documents(file, kind, text_column, max_document_bytes)
 
 
-def check_corpus(path: str, text_column: str = "text", max_document_bytes: int = 1_000_000) -> int:
-    """Read the whole corpus once, without tokenising, and return its number of documents.
+def check_corpus(path: str, text_column: str = "text", max_document_bytes: int = 1_000_000) -> tuple[int, int]:
+    """Read the whole corpus once, without tokenising; return its number of documents and characters.
 
     Run before any model is loaded, so that invalid UTF-8, an enormous line, bad JSON or an empty
     corpus stop the job before work starts.
     """
-    count = sum(1 for _ in iter_documents(path, text_column, max_document_bytes))
-    if count == 0:
+    documents = characters = 0
+    for document in iter_documents(path, text_column, max_document_bytes):
+        documents += 1
+        characters += len(document)
+    if documents == 0:
         raise CorpusError(f"corpus {path} is empty: it holds no non-empty document")
-    return count
+    return documents, characters
 
 
 def iter_windows(

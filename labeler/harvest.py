@@ -27,7 +27,7 @@ import math
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -82,8 +82,9 @@ FEATURE_SCHEMA = pa.schema(
 """One row per harvested feature; `status` is "alive", "ultra_rare" (fewer than `min_active_tokens`
 active tokens) or "dead" (never active: no exemplar rows)."""
 
-Progress = Callable[[int, int | None], None]
-"""Called after every batch with (corpus tokens done, tokens wanted or None for the whole corpus)."""
+Progress = Callable[[int, int], None]
+"""Called after every batch with (corpus tokens done, tokens expected in all): the expected total is
+`tokens` or, when the corpus is shorter or `tokens` is None, an estimate from the characters read so far."""
 
 
 @dataclass(frozen=True)
@@ -226,13 +227,13 @@ def harvest(config: HarvestConfig, progress: Progress | None = None) -> HarvestM
     fs, root = fsspec.core.url_to_fs(config.out)
     if fs.exists(f"{root}/manifest.json") or fs.exists(f"{root}/exemplars"):
         raise ValueError(f"{config.out} already holds a harvest; choose a new --out or remove it")
-    check_corpus(config.corpus, config.text_column, config.max_document_bytes)
+    _, characters = check_corpus(config.corpus, config.text_column, config.max_document_bytes)
     source = load_source(config.sae, config.model, config.device, config.dtype, config.hook)
     features = _selected(config, source.d_sae)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="labeler-harvest-") as scratch:
         window_file = Path(scratch) / "windows.int32"
-        stats, tokens, windows = _stream(config, source, features, window_file, progress)
+        stats, tokens, windows = _stream(config, source, features, window_file, characters, progress)
         if tokens == 0:
             raise ValueError(f"corpus {config.corpus} yields no tokens")
         if config.tokens is not None and tokens < config.tokens:
@@ -281,6 +282,7 @@ def _stream(
     source: FeatureSource,
     features: np.ndarray,
     window_file: Path,
+    characters: int,
     progress: Progress | None,
 ) -> tuple[FeatureStats, int, int]:
     """The one pass over the corpus: returns the state, the corpus tokens seen and the windows written."""
@@ -288,7 +290,14 @@ def _stream(
     stats = FeatureStats(len(features), config, device)
     select = None if len(features) == source.d_sae else torch.as_tensor(features, device=device)
     tokens = windows = 0
-    documents = iter_documents(config.corpus, config.text_column, config.max_document_bytes)
+    read = [0]  # characters handed to the tokenizer so far, for the progress estimate
+
+    def counted(documents: Iterator[str]) -> Iterator[str]:
+        for document in documents:
+            read[0] += len(document)
+            yield document
+
+    documents = counted(iter_documents(config.corpus, config.text_column, config.max_document_bytes))
     batches = iter_windows(documents, source.tokenizer, config.context_len, config.batch_size, config.tokens)
     with open(window_file, "wb") as sink:
         for batch in batches:
@@ -304,7 +313,8 @@ def _stream(
             tokens += int(batch.valid.sum())
             windows += len(batch.ids)
             if progress is not None:
-                progress(tokens, config.tokens)
+                expected = round(tokens * characters / max(read[0], 1))
+                progress(tokens, min(expected, config.tokens) if config.tokens else expected)
     return stats, tokens, windows
 
 

@@ -231,3 +231,20 @@ def test_enormous_line(tmp_path: Path, subject: Path, sae: Path) -> None:
     corpus.write_text("the dog\n" + "cat " * 300_000 + "\n")
     with pytest.raises(ValueError, match=r"huge.txt, line 2: longer than max_document_bytes=1,000,000"):
         harvest(config(tmp_path, subject, sae, corpus))
+
+
+def test_cli_harvest(tmp_path: Path, subject: Path, sae: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from labeler import cli
+
+    corpus = write_corpus(tmp_path / "corpus.txt", 20)
+    common = ["harvest", "--sae", str(sae), "--model", str(subject), "--context-len", "16"]
+    assert cli.main([*common, "--corpus", str(corpus), "--out", str(tmp_path / "a"), "--features", "0-8"]) == 0
+    features = pq.read_table(tmp_path / "a" / "features.parquet").column("feature").to_pylist()
+    assert features == list(range(8))
+    err = capsys.readouterr().err
+    assert "harvesting" in err and "tok/s" in err and "8 features" in err
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\n")
+    assert cli.main([*common, "--corpus", str(bad), "--out", str(tmp_path / "b")]) == 2
+    assert "bad.txt, line 1: invalid UTF-8" in capsys.readouterr().err
+    assert cli.main([*common, "--corpus", str(corpus), "--out", str(tmp_path / "c"), "--features", "x"]) == 2
