@@ -32,19 +32,19 @@ HOOK = "blocks.3.hook_resid_post"
 class DemoSAEConfig:
     """How the demo SAE is trained."""
 
-    d_sae: int = 1024
-    """Latents (about 2.7 times MiniLM's width of 384)."""
-    train_tokens: int = 120_000
+    d_sae: int = 768
+    """Latents (twice MiniLM's width of 384)."""
+    train_tokens: int = 60_000
     """Corpus tokens whose activations train the SAE."""
     context_len: int = 64
     """Tokens per window, CLS included."""
-    steps: int = 1500
+    steps: int = 600
     """Adam steps."""
-    batch_tokens: int = 1024
+    batch_tokens: int = 512
     """Activations per step."""
     lr: float = 1e-3
     """Adam learning rate."""
-    l1: float = 0.04
+    l1: float = 0.15
     """Weight of the L1 penalty (on inputs scaled to unit mean norm)."""
     seed: int = 0
     """Seed of the initialisation and the batches."""
@@ -126,7 +126,7 @@ def train_demo_sae(model_dir: Path, out: Path, config: DemoSAEConfig, log: Calla
         optimiser.step()
         with torch.no_grad():
             w_dec /= w_dec.norm(dim=1, keepdim=True)
-        if step % 500 == 0 or step == config.steps - 1:
+        if step % 200 == 0 or step == config.steps - 1:
             l0 = (f > 0).float().sum(1).mean().item()
             variance = (x - x.mean(0)).pow(2).sum(1).mean().item()
             log(f"  step {step}: mse {mse.item():.4f} (explained {1 - mse.item() / variance:.2f}), L0 {l0:.1f}")

@@ -207,14 +207,14 @@ class _TopK:
         self.act = torch.zeros((features, k), device=device)
 
     def update(self, score: Tensor, token: Tensor, act: Tensor) -> None:
+        """score, act: Float[feature token]; token: Int[token]. Keeps the k best of the old and the new."""
         if self.k == 0:
             return
-        k = min(self.k, self.k + score.shape[1])
-        best, where = torch.cat([self.score, score], 1).topk(k, dim=1)  # where: Int[feature k]
-        old = where < self.k
-        new = (where - self.k).clamp(min=0)
-        self.token = torch.where(old, self.token.gather(1, where.clamp(max=self.k - 1)), token[new])
-        self.act = torch.where(old, self.act.gather(1, where.clamp(max=self.k - 1)), act.gather(1, new))
+        # The batch's own top-k first (one pass over feature x token), then a merge of 2k per feature.
+        new_score, new_where = score.topk(min(self.k, score.shape[1]), dim=1)
+        best, where = torch.cat([self.score, new_score], 1).topk(self.k, dim=1)
+        self.token = torch.cat([self.token, token[new_where]], 1).gather(1, where)
+        self.act = torch.cat([self.act, act.gather(1, new_where)], 1).gather(1, where)
         self.score = best
 
     def kept(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
