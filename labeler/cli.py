@@ -337,7 +337,9 @@ def add_harvest_command(commands: Any) -> None:
         "--sae, --model, --corpus not given",
     )
     harvest.add_argument("--text-column", default=defaults.text_column, help="text field of JSONL/Parquet corpora")
-    harvest.add_argument("--tokens", type=int, default=None, help="corpus tokens to harvest at most (default: all)")
+    harvest.add_argument(
+        "--tokens", type=int, default=None, help="corpus tokens to harvest at most (None: the whole corpus)"
+    )
     harvest.add_argument("--context-len", type=int, default=defaults.context_len, help="tokens per window")
     harvest.add_argument("--batch-size", type=int, default=defaults.batch_size, help="windows per forward pass")
     harvest.add_argument("--per-feature", type=int, default=defaults.quantile_examples,
