@@ -194,9 +194,32 @@ class FeatureStats:
         self.top.update(torch.where(active, acts_ft, never), token, acts_ft)
         # One random key per token, shared by all features: for each feature on its own the keys are still
         # independent and uniform, so keeping the largest keys is an exact uniform sample per feature.
-        key = torch.rand(acts_ft.shape[1], generator=self.generator, device=acts.device).expand_as(acts_ft)
+        key = torch.rand(acts_ft.shape[1], generator=self.generator, device=acts.device)
         self.sample.update(torch.where(active, key, never), token, acts_ft)
-        self.inactive.update(torch.where(active, never, key), token, acts_ft)
+        self._update_inactive(acts_ft, active, key, token)
+
+    def _update_inactive(self, acts_ft: Tensor, active: Tensor, key: Tensor, token: Tensor) -> None:
+        """The inactive sample, mostly from the batch's tokens with the largest keys.
+
+        A feature's k largest-key inactive tokens lie among the batch's C largest-key tokens whenever at
+        least k of those C are inactive for it (any other inactive token has a smaller key); features
+        active on more of them (dense ones) are done over the whole batch. Exact either way, and most
+        features only cost C columns instead of the batch's width.
+        """
+        k = self.inactive.k
+        if k == 0:
+            return
+        never = torch.tensor(-math.inf, device=acts_ft.device)
+        head = key.argsort(descending=True)[: 2 * k + 64]
+        head_active = active[:, head]  # Bool[feature C]
+        is_dense = (~head_active).sum(1) < min(k, len(head))
+        if not is_dense.any():
+            self.inactive.update(torch.where(head_active, never, key[head]), token[head], acts_ft[:, head])
+            return
+        sparse, dense = (~is_dense).nonzero(as_tuple=True)[0], is_dense.nonzero(as_tuple=True)[0]
+        score = torch.where(head_active[sparse], never, key[head])
+        self.inactive.update(score, token[head], acts_ft[sparse][:, head], rows=sparse)
+        self.inactive.update(torch.where(active[dense], never, key), token, acts_ft[dense], rows=dense)
 
 
 class _TopK:
@@ -208,16 +231,24 @@ class _TopK:
         self.token = torch.full((features, k), -1, dtype=torch.int64, device=device)
         self.act = torch.zeros((features, k), device=device)
 
-    def update(self, score: Tensor, token: Tensor, act: Tensor) -> None:
-        """score, act: Float[feature token]; token: Int[token]. Keeps the k best of the old and the new."""
+    def update(self, score: Tensor, token: Tensor, act: Tensor, rows: Tensor | None = None) -> None:
+        """score, act: Float[feature token]; token: Int[token]. Keeps the k best of the old and the new.
+
+        With `rows` (Int[row]), score and act hold only those features' rows, and only they are updated."""
         if self.k == 0:
             return
+        old = (
+            (self.score, self.token, self.act) if rows is None else (self.score[rows], self.token[rows], self.act[rows])
+        )
         # The batch's own top-k first (one pass over feature x token), then a merge of 2k per feature.
         new_score, new_where = score.topk(min(self.k, score.shape[1]), dim=1)
-        best, where = torch.cat([self.score, new_score], 1).topk(self.k, dim=1)
-        self.token = torch.cat([self.token, token[new_where]], 1).gather(1, where)
-        self.act = torch.cat([self.act, act.gather(1, new_where)], 1).gather(1, where)
-        self.score = best
+        best, where = torch.cat([old[0], new_score], 1).topk(self.k, dim=1)
+        best_token = torch.cat([old[1], token[new_where]], 1).gather(1, where)
+        best_act = torch.cat([old[2], act.gather(1, new_where)], 1).gather(1, where)
+        if rows is None:
+            self.score, self.token, self.act = best, best_token, best_act
+        else:
+            self.score[rows], self.token[rows], self.act[rows] = best, best_token, best_act
 
     def kept(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per feature (numpy): scores, token indices, activations; unused slots have score -inf."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from labeler.sae_source import SourceError, load_source
 D_SAE = 48
 DEAD = (3, 17)
 RARE = 5
+DENSE = 9
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,7 @@ def make_sae(folder: Path, d_in: int = 32, hook: str = "blocks.0.hook_resid_post
         sae.b_enc.fill_(-0.02)  # pre-activations have a spread of about 0.04 here
         sae.b_enc[list(DEAD)] = -1e4  # never active
         sae.b_enc[RARE] = -0.11
+        sae.b_enc[DENSE] = 0.03  # active on most tokens: its inactive sample takes the whole-batch path
     sae.save_model(folder)
     return folder
 
@@ -128,6 +131,10 @@ def test_harvest_matches_brute_force(tmp_path: Path, subject: Path, sae: Path) -
     assert not any(r["feature"] in DEAD for r in table)
     inactive = [r for r in table if r["sampling"] == "inactive"]
     assert inactive and all(r["activation"] <= 0 for r in inactive)
+    dense_inactive = [r for r in inactive if r["feature"] == DENSE]
+    assert rows[DENSE]["frequency"] > 0.6
+    assert len(dense_inactive) == min(50, len(acts) - rows[DENSE]["active_tokens"])
+    assert len({(r["window"], r["position"]) for r in dense_inactive}) == len(dense_inactive)
     quantile = [r for r in table if r["sampling"] == "quantile" and r["feature"] == 0]
     assert 30 <= len(quantile) <= 40 and all(r["activation"] > 0 for r in quantile)
     saved = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -269,3 +276,27 @@ def test_hook_mapping_on_llama_and_module_paths() -> None:
     assert HookedActivations(model, mlp)(ids, torch.ones_like(ids)).shape == (2, 6, 32)
     with pytest.raises(SourceError, match=r"neither blocks\.N\.hook_resid_pre/post nor a module"):
         resolve_hook(model, "blocks.0.hook_attn_z")
+
+
+def test_samples_are_the_largest_keys_exactly() -> None:
+    """The reservoir samples equal a brute-force pick of the largest random keys (dense features included)."""
+    from labeler.harvest import FeatureStats
+
+    cfg = HarvestConfig(sae="", model="", corpus="", out="", reservoir=7, inactive_examples=5, top_examples=3)
+    features, batches, width = 12, 3, 100  # wider than the head of 2k + 64 largest keys
+    bias = torch.linspace(-2.5, 2.5, features)  # from rare to active on nearly every token
+    acts = [torch.relu(torch.randn(width, features) + bias) for _ in range(batches)]
+    stats = FeatureStats(features, cfg, torch.device("cpu"))
+    for b, a in enumerate(acts):
+        stats.update(a, torch.arange(b * width, (b + 1) * width))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    keys = torch.cat([torch.rand(width, generator=generator) for _ in range(batches)])
+    every = torch.cat(acts)  # Float[token feature]
+    for f in range(features):
+        active = every[:, f] > 0
+        for kept, mask, k in ((stats.sample, active, 7), (stats.inactive, ~active, 5)):
+            expected = set(torch.where(mask, keys, -1.0).topk(k).indices[: int(mask.sum())].tolist())
+            got = {int(t) for t, s in zip(kept.token[f], kept.score[f], strict=True) if s > -math.inf}
+            assert got == expected, (f, k)
+        top = set(torch.where(active, every[:, f], -1.0).topk(3).indices[: int(active.sum())].tolist())
+        assert {int(t) for t, s in zip(stats.top.token[f], stats.top.score[f], strict=True) if s > -math.inf} == top
