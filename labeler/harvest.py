@@ -11,8 +11,8 @@ per-feature state is updated in place. That state has a fixed size, whatever the
 The windows' token ids are appended to a temporary file on disk (not memory) so that the chosen
 examples can be written with their context without re-tokenising. At the end, per feature: the top
 examples; `quantile_examples` examples spread over `quantiles` equal-width bins of (0, max] (in the
-manner of delphi), drawn from the reservoir and the top-k; and the inactive sample. Bins above the
-reservoir's reach are filled from the top-k; a bin with no candidate is left short.
+manner of delphi), drawn from the reservoir and the top-k, one per bin in turn so that a bin short of
+candidates leaves its share to the others; and the inactive sample.
 
 Output under `out` (any fsspec URL): `exemplars/part-NNNNN.parquet` (EXEMPLAR_ROW_SCHEMA, features
 [k*features_per_part, (k+1)*features_per_part) in part k), `features.parquet` (FEATURE_SCHEMA: every
@@ -437,12 +437,15 @@ def _choose(
         edges = np.linspace(0.0, maximum, config.quantiles + 1)
         bins = np.clip(np.searchsorted(edges, acts, side="left") - 1, 0, config.quantiles - 1)
         rng = np.random.default_rng([config.seed, feature])
-        per_bin = math.ceil(config.quantile_examples / config.quantiles)
-        for b in range(config.quantiles):
-            members = np.flatnonzero(bins == b)
-            pick = rng.permutation(members)[:per_bin]
-            quantile.extend((int(tokens[j]), float(acts[j])) for j in sorted(pick))
-        quantile = quantile[: config.quantile_examples]
+        queues = [list(rng.permutation(np.flatnonzero(bins == b))) for b in range(config.quantiles)]
+        picked: list[int] = []
+        # Round robin over the bins, one example each per round, so that a bin short of candidates (often the
+        # top ones) leaves its share to the others instead of a shortfall.
+        while len(picked) < config.quantile_examples and any(queues):
+            for queue in queues:
+                if queue and len(picked) < config.quantile_examples:
+                    picked.append(int(queue.pop(0)))
+        quantile = [(int(tokens[j]), float(acts[j])) for j in sorted(picked)]
     return {"top": chosen_top, "quantile": quantile}
 
 
