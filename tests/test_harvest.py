@@ -300,3 +300,52 @@ def test_samples_are_the_largest_keys_exactly() -> None:
             assert got == expected, (f, k)
         top = set(torch.where(active, every[:, f], -1.0).topk(3).indices[: int(active.sum())].tolist())
         assert {int(t) for t, s in zip(stats.top.token[f], stats.top.score[f], strict=True) if s > -math.inf} == top
+
+
+def test_writes_to_s3_on_a_real_s3_server(
+    tmp_path: Path, subject: Path, sae: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The output URL on moto's S3 server (a real S3 protocol server on 127.0.0.1), read back with s3fs."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import fsspec
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        }.items():
+            monkeypatch.setenv(name, value)
+        for _ in range(100):
+            with socket.socket() as client:
+                if client.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fs.mkdir("harvest-bucket")
+        corpus = write_corpus(tmp_path / "corpus.txt", 10)
+        manifest = harvest(config(tmp_path, subject, sae, corpus, out="s3://harvest-bucket/run1"))
+        fs.invalidate_cache()
+        with fs.open("harvest-bucket/run1/features.parquet", "rb") as f:
+            assert pq.read_table(f).num_rows == D_SAE
+        with fs.open("harvest-bucket/run1/exemplars/part-00000.parquet", "rb") as f:
+            assert pq.read_table(f).num_rows == manifest.exemplar_rows
+        assert json.loads(fs.cat("harvest-bucket/run1/manifest.json"))["tokens"] == manifest.tokens
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        # harvest() made an s3fs instance bound to this server; later tests must not be handed it.
+        fsspec.get_filesystem_class("s3").clear_instance_cache()
