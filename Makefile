@@ -22,8 +22,8 @@ demo: install
 	$(BIN)/labeler demo
 
 lint: install
-	$(BIN)/ruff check labeler tests benchmarks
-	$(BIN)/ruff format --check labeler tests benchmarks
+	$(BIN)/ruff check labeler tests benchmarks deploy
+	$(BIN)/ruff format --check labeler tests benchmarks deploy
 	$(BIN)/mypy
 
 test: lint

@@ -21,7 +21,7 @@ from labeler.labelling import LabelConfig, label_chunk
 from labeler.prompt import PromptTemplate
 from labeler.results import LabelRecord, write_part
 from labeler.runtime import keep_freed_memory
-from labeler.vocab import VocabFilter
+from labeler.vocab import VocabFilter, read_word_list
 
 
 class UsageError(Exception):
@@ -166,6 +166,13 @@ def add_label_options(parser: argparse.ArgumentParser) -> None:
     disc.add_argument(
         "--vocab-any-chars", action="store_true", help="allow label tokens that are not purely alphabetic"
     )
+    disc.add_argument(
+        "--vocab-words",
+        metavar="LIST",
+        default=None,
+        help="keep only label tokens that are words of LIST: category-nouns (shipped: WordNet nouns with 5 or more "
+        "kinds) or a text file with one word per line",
+    )
     embedding_defaults = EmbeddingConfig()
     disc.add_argument(
         "--label-template",
@@ -205,7 +212,11 @@ def configs_from_args(args: argparse.Namespace) -> tuple[LabelConfig, CausalLMCo
         features_per_batch=args.features_per_batch,
     )
     template = PromptTemplate() if args.template is None else _read_template(args.template)
-    vocab = VocabFilter(alphabetic=not args.vocab_any_chars, min_chars=args.vocab_min_chars)
+    vocab = VocabFilter(
+        alphabetic=not args.vocab_any_chars,
+        min_chars=args.vocab_min_chars,
+        words=None if args.vocab_words is None else read_word_list(args.vocab_words),
+    )
     embedding = EmbeddingConfig(
         label_template=args.label_template, example_template=args.example_template, vocab=vocab, device=args.device
     )

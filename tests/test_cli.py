@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from labeler.cli import main
+from labeler.cli import build_parser, configs_from_args, main
 from labeler.results import read_labels
 from labeler.synthetic import default_world, feature_exemplars
 
@@ -141,3 +141,14 @@ def test_help_lists_the_options() -> None:
     assert out.returncode == 0
     for option in ("--exemplars", "--discriminator", "--out", "--restarts", "--steps", "--label-tokens", "--seed"):
         assert option in out.stdout
+
+
+def test_vocab_words_option(exemplars: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["label", "--exemplars", str(exemplars), "--discriminator", "minilm", "--out", str(tmp_path / "o")]
+    code, err = run_cli([*args, "--vocab-words", str(tmp_path / "no-such-list.txt")], capsys)
+    assert code == 2 and "cannot read the word list" in err
+    _label, causal_lm, embedding = configs_from_args(
+        build_parser().parse_args([*args, "--vocab-words", "category-nouns"])
+    )
+    assert causal_lm.vocab.words is embedding.vocab.words
+    assert embedding.vocab.words is not None and "animal" in embedding.vocab.words

@@ -6,9 +6,10 @@ embedded once by the encoder and kept. A label is the encoder's embedding of the
 encodes only F x R short label texts. The answer's log-odds are a * cos(label, example) + b, with a
 scale a > 0 and an offset b per restart: the discriminator's head, learned with the label.
 
-The naturalness prior is the vocabulary filter alone (whole alphabetic words of at least 3 letters):
-an encoder has no next-token distribution to take q from, and the label template already steers
-towards category words (see benchmarks/results for what the template choices did).
+The naturalness prior is the vocabulary filter alone (whole alphabetic words of at least 3 letters, or
+with `VocabFilter.words` a word list such as WordNet's category nouns): an encoder has no next-token
+distribution to take q from, and the label template steers towards category words (see
+benchmarks/results for what the template and vocabulary choices did).
 """
 
 from __future__ import annotations
