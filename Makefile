@@ -32,3 +32,5 @@ test: lint
 bench: install
 	$(BIN)/python benchmarks/engine_throughput.py
 	$(BIN)/python benchmarks/paper_table.py
+	$(BIN)/python benchmarks/harvest_memory.py
+	$(BIN)/python benchmarks/harvest_throughput.py

@@ -1,0 +1,484 @@
+"""Harvesting: one streaming pass over a corpus for all features at once, then exemplar rows per feature.
+
+Per batch of windows (on the device): the model runs up to the hook, the SAE encodes, and running
+per-feature state is updated in place. That state has a fixed size, whatever the corpus length:
+
+* counts of active tokens (latent > 0), the maximum and the sum of activations;
+* the exact top `top_examples` tokens by activation (a running top-k);
+* a uniform random sample of `reservoir` active tokens and of `inactive_examples` inactive tokens
+  (each token gets a random key per feature; the largest keys are kept: a reservoir sample, batched).
+
+The windows' token ids are appended to a temporary file on disk (not memory) so that the chosen
+examples can be written with their context without re-tokenising. At the end, per feature: the top
+examples; `quantile_examples` examples spread over `quantiles` equal-width bins of (0, max] (in the
+manner of delphi), drawn from the reservoir and the top-k, one per bin in turn so that a bin short of
+candidates leaves its share to the others; and the inactive sample.
+
+Output under `out` (any fsspec URL): `exemplars/part-NNNNN.parquet` (EXEMPLAR_ROW_SCHEMA, features
+[k*features_per_part, (k+1)*features_per_part) in part k), `features.parquet` (FEATURE_SCHEMA: every
+feature, dead ones included, with its status) and `manifest.json`. This module knows the SAE only
+through `FeatureSource.latents`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor
+
+from labeler import __version__
+from labeler.corpus import check_corpus, iter_documents, iter_windows
+from labeler.sae_source import FeatureSource, load_source
+
+SCHEMA_VERSION = 1
+
+EXEMPLAR_ROW_SCHEMA = pa.schema(
+    [
+        pa.field("feature", pa.int64(), nullable=False),
+        pa.field("context", pa.string(), nullable=False),
+        pa.field("target", pa.string(), nullable=False),
+        pa.field("activation", pa.float64(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),
+        pa.field("window", pa.int64(), nullable=False),
+        pa.field("window_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("target_id", pa.int32(), nullable=False),
+        pa.field("sampling", pa.string(), nullable=False),
+        pa.field("schema_version", pa.int32(), nullable=False),
+    ]
+)
+"""The exemplar contract (feature, context, target, activation) plus where the example came from.
+
+`position` indexes `window_ids` (the window's token ids, BOS included); `sampling` is "top",
+"quantile" or "inactive"."""
+
+FEATURE_SCHEMA = pa.schema(
+    [
+        pa.field("feature", pa.int64(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("active_tokens", pa.int64(), nullable=False),
+        pa.field("frequency", pa.float64(), nullable=False),
+        pa.field("max_activation", pa.float64(), nullable=False),
+        pa.field("mean_active_activation", pa.float64(), nullable=False),
+        pa.field("top_examples", pa.int32(), nullable=False),
+        pa.field("quantile_examples", pa.int32(), nullable=False),
+        pa.field("inactive_examples", pa.int32(), nullable=False),
+        pa.field("part", pa.int32(), nullable=False),
+        pa.field("schema_version", pa.int32(), nullable=False),
+    ]
+)
+"""One row per harvested feature; `status` is "alive", "ultra_rare" (fewer than `min_active_tokens`
+active tokens) or "dead" (never active: no exemplar rows)."""
+
+Progress = Callable[[int, int], None]
+"""Called after every batch with (corpus tokens done, tokens expected in all): the expected total is
+`tokens` or, when the corpus is shorter or `tokens` is None, an estimate from the characters read so far."""
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    """What to harvest, from where, and how many examples per feature."""
+
+    sae: str
+    """A sae-lens SAE folder (cfg.json, sae_weights.safetensors) or RELEASE:SAE_ID."""
+    model: str
+    """The subject model: a Hugging Face folder or hub id (AutoModel, safetensors)."""
+    corpus: str
+    """A .txt/.jsonl/.parquet file (optionally compressed), a folder of them, or a saved `datasets` folder."""
+    out: str
+    """Output folder or fsspec URL; must not hold a harvest yet."""
+    text_column: str = "text"
+    """The text field of JSONL, Parquet and `datasets` corpora."""
+    tokens: int | None = None
+    """Corpus tokens to harvest at most (None: the whole corpus)."""
+    context_len: int = 64
+    """Tokens per window, BOS/CLS included."""
+    batch_size: int = 32
+    """Windows per forward pass."""
+    top_examples: int = 10
+    """Exact top-activating examples per feature."""
+    quantile_examples: int = 40
+    """Further active examples per feature, spread over the activation quantile bins."""
+    quantiles: int = 10
+    """Equal-width bins of (0, max activation] the quantile examples are spread over."""
+    reservoir: int = 200
+    """Uniformly sampled active tokens kept per feature to draw the quantile examples from."""
+    inactive_examples: int = 50
+    """Random non-activating examples per feature."""
+    min_active_tokens: int = 10
+    """A feature active on fewer tokens is reported as ultra_rare (on none: dead)."""
+    features: tuple[int, ...] | None = None
+    """Harvest only these features (None: all of the SAE's)."""
+    features_per_part: int = 256
+    """Features per exemplar Parquet part."""
+    hook: str | None = None
+    """Override the SAE's hook name (a sae-lens hook name or an HF module path)."""
+    max_document_bytes: int = 1_000_000
+    """A longer corpus line is an error (it would have to be held in memory whole)."""
+    device: str = "auto"
+    """torch device; "auto" takes CUDA when present."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """The subject model's dtype."""
+    seed: int = 0
+    """Seed of the random samples."""
+
+    def __post_init__(self) -> None:
+        positive = ("context_len", "batch_size", "quantiles", "features_per_part", "max_document_bytes")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("top_examples", "quantile_examples", "reservoir", "inactive_examples", "min_active_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.tokens is not None and self.tokens < 1:
+            raise ValueError(f"tokens must be at least 1 (or None for the whole corpus), got {self.tokens}")
+        if self.features is not None and (not self.features or min(self.features) < 0):
+            raise ValueError("features must be a non-empty tuple of feature ids >= 0")
+
+
+@dataclass(frozen=True)
+class HarvestManifest:
+    """What was harvested; written as manifest.json next to the data."""
+
+    sae: str
+    model: str
+    hook: str
+    hook_module: str
+    corpus: str
+    tokens: int
+    windows: int
+    d_sae: int
+    features: int
+    dead: int
+    ultra_rare: int
+    exemplar_rows: int
+    parts: int
+    seconds: float
+    settings: dict[str, Any]
+    labeler_version: str = __version__
+    schema_version: int = SCHEMA_VERSION
+
+
+class FeatureStats:
+    """Fixed-size running state per feature, updated on the device (see the module docstring)."""
+
+    def __init__(self, features: int, config: HarvestConfig, device: torch.device) -> None:
+        self.count = torch.zeros(features, dtype=torch.int64, device=device)
+        self.max = torch.zeros(features, dtype=torch.float32, device=device)
+        self.sum = torch.zeros(features, dtype=torch.float64, device=device)
+        self.top = _TopK(features, config.top_examples, device)
+        self.sample = _TopK(features, config.reservoir, device)
+        self.inactive = _TopK(features, config.inactive_examples, device)
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+
+    def update(self, acts: Tensor, token: Tensor) -> None:
+        """acts: Float[token feature] of valid tokens only; token: Int[token], global token indices."""
+        acts_ft = acts.T.float().contiguous()  # Float[feature token]; contiguous rows make top-k several times faster
+        active = acts_ft > 0
+        self.count += active.sum(1)
+        self.max = torch.maximum(self.max, acts_ft.max(1).values.clamp(min=0))
+        self.sum += acts_ft.clamp(min=0).sum(1).double()
+        never = torch.tensor(-math.inf, device=acts.device)
+        self.top.update(torch.where(active, acts_ft, never), token, acts_ft)
+        # One random key per token, shared by all features: for each feature on its own the keys are still
+        # independent and uniform, so keeping the largest keys is an exact uniform sample per feature.
+        key = torch.rand(acts_ft.shape[1], generator=self.generator, device=acts.device)
+        self.sample.update(torch.where(active, key, never), token, acts_ft)
+        self._update_inactive(acts_ft, active, key, token)
+
+    def _update_inactive(self, acts_ft: Tensor, active: Tensor, key: Tensor, token: Tensor) -> None:
+        """The inactive sample, mostly from the batch's tokens with the largest keys.
+
+        A feature's k largest-key inactive tokens lie among the batch's C largest-key tokens whenever at
+        least k of those C are inactive for it (any other inactive token has a smaller key); features
+        active on more of them (dense ones) are done over the whole batch. Exact either way, and most
+        features only cost C columns instead of the batch's width.
+        """
+        k = self.inactive.k
+        if k == 0:
+            return
+        never = torch.tensor(-math.inf, device=acts_ft.device)
+        head = key.argsort(descending=True)[: 2 * k + 64]
+        head_active = active[:, head]  # Bool[feature C]
+        is_dense = (~head_active).sum(1) < min(k, len(head))
+        if not is_dense.any():
+            self.inactive.update(torch.where(head_active, never, key[head]), token[head], acts_ft[:, head])
+            return
+        sparse, dense = (~is_dense).nonzero(as_tuple=True)[0], is_dense.nonzero(as_tuple=True)[0]
+        score = torch.where(head_active[sparse], never, key[head])
+        self.inactive.update(score, token[head], acts_ft[sparse][:, head], rows=sparse)
+        self.inactive.update(torch.where(active[dense], never, key), token, acts_ft[dense], rows=dense)
+
+
+class _TopK:
+    """The k largest scores per feature seen so far, with their token indices and activations."""
+
+    def __init__(self, features: int, k: int, device: torch.device) -> None:
+        self.k = k
+        self.score = torch.full((features, k), -math.inf, device=device)
+        self.token = torch.full((features, k), -1, dtype=torch.int64, device=device)
+        self.act = torch.zeros((features, k), device=device)
+
+    def update(self, score: Tensor, token: Tensor, act: Tensor, rows: Tensor | None = None) -> None:
+        """score, act: Float[feature token]; token: Int[token]. Keeps the k best of the old and the new.
+
+        With `rows` (Int[row]), score and act hold only those features' rows, and only they are updated."""
+        if self.k == 0:
+            return
+        old = (
+            (self.score, self.token, self.act) if rows is None else (self.score[rows], self.token[rows], self.act[rows])
+        )
+        # The batch's own top-k first (one pass over feature x token), then a merge of 2k per feature.
+        new_score, new_where = score.topk(min(self.k, score.shape[1]), dim=1)
+        best, where = torch.cat([old[0], new_score], 1).topk(self.k, dim=1)
+        best_token = torch.cat([old[1], token[new_where]], 1).gather(1, where)
+        best_act = torch.cat([old[2], act.gather(1, new_where)], 1).gather(1, where)
+        if rows is None:
+            self.score, self.token, self.act = best, best_token, best_act
+        else:
+            self.score[rows], self.token[rows], self.act[rows] = best, best_token, best_act
+
+    def kept(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per feature (numpy): scores, token indices, activations; unused slots have score -inf."""
+        return self.score.cpu().numpy(), self.token.cpu().numpy(), self.act.cpu().numpy()
+
+
+def harvest(config: HarvestConfig, progress: Progress | None = None) -> HarvestManifest:
+    """Harvest exemplars of every (selected) feature and write them under `config.out`."""
+    fs, root = fsspec.core.url_to_fs(config.out)
+    if fs.exists(f"{root}/manifest.json") or fs.exists(f"{root}/exemplars"):
+        raise ValueError(f"{config.out} already holds a harvest; choose a new --out or remove it")
+    _, characters = check_corpus(config.corpus, config.text_column, config.max_document_bytes)
+    source = load_source(config.sae, config.model, config.device, config.dtype, config.hook)
+    features = _selected(config, source.d_sae)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="labeler-harvest-") as scratch:
+        window_file = Path(scratch) / "windows.int32"
+        stats, tokens, windows = _stream(config, source, features, window_file, characters, progress)
+        if tokens == 0:
+            raise ValueError(f"corpus {config.corpus} yields no tokens")
+        if config.tokens is not None and tokens < config.tokens:
+            warnings.warn(
+                f"the corpus holds only {tokens:,} tokens, fewer than the {config.tokens:,} asked for "
+                "(--tokens); harvested all of them",
+                stacklevel=2,
+            )
+        window_ids = np.memmap(window_file, dtype=np.int32, mode="r", shape=(windows, config.context_len))
+        table, rows, parts = _write(config, fs, root, source, features, stats, tokens, window_ids)
+        del window_ids
+    statuses = table.column("status").to_pylist()
+    manifest = HarvestManifest(
+        sae=config.sae,
+        model=config.model,
+        hook=source.hook.name,
+        hook_module=f"{source.hook.module} ({source.hook.side})",
+        corpus=config.corpus,
+        tokens=tokens,
+        windows=windows,
+        d_sae=source.d_sae,
+        features=len(features),
+        dead=statuses.count("dead"),
+        ultra_rare=statuses.count("ultra_rare"),
+        exemplar_rows=rows,
+        parts=parts,
+        seconds=round(time.perf_counter() - started, 3),
+        settings={k: v for k, v in asdict(config).items() if k not in ("sae", "model", "corpus", "out")},
+    )
+    with fs.open(f"{root}/manifest.json", "w") as f:
+        f.write(json.dumps(asdict(manifest), indent=2) + "\n")
+    return manifest
+
+
+def _selected(config: HarvestConfig, d_sae: int) -> np.ndarray:
+    if config.features is None:
+        return np.arange(d_sae)
+    bad = [f for f in config.features if f >= d_sae]
+    if bad:
+        raise ValueError(f"features {bad[:5]} do not exist: the SAE has {d_sae} features (0..{d_sae - 1})")
+    return np.array(sorted(set(config.features)))
+
+
+def _stream(
+    config: HarvestConfig,
+    source: FeatureSource,
+    features: np.ndarray,
+    window_file: Path,
+    characters: int,
+    progress: Progress | None,
+) -> tuple[FeatureStats, int, int]:
+    """The one pass over the corpus: returns the state, the corpus tokens seen and the windows written."""
+    device = source.device
+    stats = FeatureStats(len(features), config, device)
+    select = None if len(features) == source.d_sae else torch.as_tensor(features, device=device)
+    tokens = windows = 0
+    read = [0]  # characters handed to the tokenizer so far, for the progress estimate
+
+    def counted(documents: Iterator[str]) -> Iterator[str]:
+        for document in documents:
+            read[0] += len(document)
+            yield document
+
+    documents = counted(iter_documents(config.corpus, config.text_column, config.max_document_bytes))
+    batches = iter_windows(documents, source.tokenizer, config.context_len, config.batch_size, config.tokens)
+    with open(window_file, "wb") as sink:
+        for batch in batches:
+            ids = torch.as_tensor(batch.ids, device=device)
+            valid = torch.as_tensor(batch.valid, device=device)
+            attention = torch.as_tensor(batch.attention, device=device)
+            latents = source.latents(ids, attention.long())  # Float[window token feature]
+            if select is not None:
+                latents = latents.index_select(-1, select)
+            token_index = (batch.first * config.context_len + torch.arange(ids.numel(), device=device)).view_as(ids)
+            stats.update(latents[valid], token_index[valid])
+            batch.ids.astype(np.int32).tofile(sink)
+            tokens += int(batch.valid.sum())
+            windows += len(batch.ids)
+            if progress is not None:
+                expected = round(tokens * characters / max(read[0], 1))
+                progress(tokens, min(expected, config.tokens) if config.tokens else expected)
+    return stats, tokens, windows
+
+
+def _write(
+    config: HarvestConfig,
+    fs: Any,
+    root: str,
+    source: FeatureSource,
+    features: np.ndarray,
+    stats: FeatureStats,
+    tokens: int,
+    window_ids: np.ndarray,
+) -> tuple[pa.Table, int, int]:
+    """Pick each feature's examples and write the exemplar parts and features.parquet."""
+    count = stats.count.cpu().numpy()
+    maxima = stats.max.cpu().numpy().astype(np.float64)
+    sums = stats.sum.cpu().numpy()
+    top, sample, inactive = stats.top.kept(), stats.sample.kept(), stats.inactive.kept()
+    fs.makedirs(f"{root}/exemplars", exist_ok=True)
+    feature_rows: list[dict[str, Any]] = []
+    rows_written = 0
+    part_of = features // config.features_per_part
+    parts = sorted(set(part_of.tolist()))
+    for part in parts:
+        rows: list[dict[str, Any]] = []
+        for i in np.flatnonzero(part_of == part):
+            feature = int(features[i])
+            chosen = _choose(config, feature, maxima[i], [t[i] for t in top], [s[i] for s in sample])
+            n_top, n_quantile = len(chosen["top"]), len(chosen["quantile"])
+            score, token, act = (x[i] for x in inactive)
+            chosen["inactive"] = [
+                (int(t), float(a)) for s, t, a in zip(score, token, act, strict=True) if s > -math.inf
+            ]
+            if count[i] == 0:  # dead: reported in features.parquet, no examples to label it with
+                chosen = {"top": [], "quantile": [], "inactive": []}
+            for sampling, examples in chosen.items():
+                rows.extend(
+                    [{"feature": feature, "token": t, "activation": a, "sampling": sampling} for t, a in examples]
+                )
+            status = "dead" if count[i] == 0 else "ultra_rare" if count[i] < config.min_active_tokens else "alive"
+            feature_rows.append(
+                {
+                    "feature": feature,
+                    "status": status,
+                    "active_tokens": int(count[i]),
+                    "frequency": float(count[i]) / tokens,
+                    "max_activation": float(maxima[i]),
+                    "mean_active_activation": float(sums[i] / count[i]) if count[i] else 0.0,
+                    "top_examples": n_top,
+                    "quantile_examples": n_quantile,
+                    "inactive_examples": len(chosen["inactive"]),
+                    "part": part,
+                    "schema_version": SCHEMA_VERSION,
+                }
+            )
+        table = _exemplar_table(rows, source, window_ids, config.context_len)
+        with fs.open(f"{root}/exemplars/part-{part:05d}.parquet", "wb") as f:
+            pq.write_table(table, f)
+        rows_written += table.num_rows
+    feature_table = pa.Table.from_pylist(feature_rows, schema=FEATURE_SCHEMA)
+    with fs.open(f"{root}/features.parquet", "wb") as f:
+        pq.write_table(feature_table, f)
+    return feature_table, rows_written, len(parts)
+
+
+def _choose(
+    config: HarvestConfig,
+    feature: int,
+    maximum: float,
+    top: list[np.ndarray],
+    sample: list[np.ndarray],
+) -> dict[str, list[tuple[int, float]]]:
+    """One feature's top examples and its examples spread over the activation bins."""
+    top_score, top_token, _ = top
+    kept = top_score > -math.inf
+    chosen_top = [(int(t), float(a)) for t, a in zip(top_token[kept], top_score[kept], strict=True)]
+    taken = {t for t, _ in chosen_top}
+    candidates: dict[int, float] = {}
+    sample_score, sample_token, sample_act = sample
+    for s, t, a in zip(sample_score, sample_token, sample_act, strict=True):
+        if s > -math.inf and int(t) not in taken:
+            candidates[int(t)] = float(a)
+    quantile: list[tuple[int, float]] = []
+    if candidates and config.quantile_examples:
+        tokens = np.array(sorted(candidates))
+        acts = np.array([candidates[t] for t in tokens])
+        edges = np.linspace(0.0, maximum, config.quantiles + 1)
+        bins = np.clip(np.searchsorted(edges, acts, side="left") - 1, 0, config.quantiles - 1)
+        rng = np.random.default_rng([config.seed, feature])
+        queues = [list(rng.permutation(np.flatnonzero(bins == b))) for b in range(config.quantiles)]
+        picked: list[int] = []
+        # Round robin over the bins, one example each per round, so that a bin short of candidates (often the
+        # top ones) leaves its share to the others instead of a shortfall.
+        while len(picked) < config.quantile_examples and any(queues):
+            for queue in queues:
+                if queue and len(picked) < config.quantile_examples:
+                    picked.append(int(queue.pop(0)))
+        quantile = [(int(tokens[j]), float(acts[j])) for j in sorted(picked)]
+    return {"top": chosen_top, "quantile": quantile}
+
+
+def _exemplar_table(
+    rows: list[dict[str, Any]], source: FeatureSource, window_ids: np.ndarray, context_len: int
+) -> pa.Table:
+    """Exemplar rows with their text: each window decoded once, each target token once."""
+    tokenizer = source.tokenizer
+    windows = sorted({row["token"] // context_len for row in rows})
+    ids_of = {w: window_ids[w].tolist() for w in windows}
+    texts = dict(
+        zip(windows, tokenizer.batch_decode([ids_of[w] for w in windows], skip_special_tokens=True), strict=True)
+    )
+    target_ids = sorted({ids_of[row["token"] // context_len][row["token"] % context_len] for row in rows})
+    targets = {i: _token_text(str(tokenizer.decode([i]))) for i in target_ids}
+    columns: dict[str, list[Any]] = {name: [] for name in EXEMPLAR_ROW_SCHEMA.names}
+    for row in rows:
+        window, position = divmod(row["token"], context_len)
+        target_id = ids_of[window][position]
+        columns["feature"].append(row["feature"])
+        columns["context"].append(texts[window])
+        columns["target"].append(targets[target_id])
+        columns["activation"].append(row["activation"])
+        columns["position"].append(position)
+        columns["window"].append(window)
+        columns["window_ids"].append(ids_of[window])
+        columns["target_id"].append(target_id)
+        columns["sampling"].append(row["sampling"])
+        columns["schema_version"].append(SCHEMA_VERSION)
+    return pa.table(columns, schema=EXEMPLAR_ROW_SCHEMA)
+
+
+def _token_text(decoded: str) -> str:
+    """A token as a word: surrounding spaces and WordPiece's "##" continuation mark removed."""
+    text = decoded.strip()
+    return text[2:] if text.startswith("##") and len(text) > 2 else text or decoded

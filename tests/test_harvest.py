@@ -1,0 +1,351 @@
+"""Harvesting on a tiny GPT-2 and a random sae-lens SAE, checked against a brute-force pass."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import WORDS, tiny_gpt2, word_tokenizer
+from sae_lens import StandardSAE, StandardSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+from transformers import GPT2Model
+
+from labeler.corpus import iter_documents, iter_windows
+from labeler.exemplars import read_exemplars
+from labeler.harvest import EXEMPLAR_ROW_SCHEMA, FEATURE_SCHEMA, HarvestConfig, harvest
+from labeler.sae_source import SourceError, load_source
+
+D_SAE = 48
+DEAD = (3, 17)
+RARE = 5
+DENSE = 9
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 (2 layers, width 32) and a word tokenizer, saved as a Hugging Face folder."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("gpt2")
+    tokenizer = word_tokenizer()
+    tiny_gpt2(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_sae(folder: Path, d_in: int = 32, hook: str = "blocks.0.hook_resid_post") -> Path:
+    torch.manual_seed(1)
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=D_SAE, metadata=SAEMetadata(hook_name=hook)))
+    with torch.no_grad():
+        sae.b_enc.fill_(-0.02)  # pre-activations have a spread of about 0.04 here
+        sae.b_enc[list(DEAD)] = -1e4  # never active
+        sae.b_enc[RARE] = -0.11
+        sae.b_enc[DENSE] = 0.03  # active on most tokens: its inactive sample takes the whole-batch path
+    sae.save_model(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_sae(tmp_path_factory.mktemp("sae"))
+
+
+def write_corpus(path: Path, lines: int, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    words = [w for w in WORDS if w.isalpha()]
+    path.write_text("\n".join(" ".join(rng.choices(words, k=rng.randint(3, 30))) for _ in range(lines)) + "\n")
+    return path
+
+
+def config(tmp_path: Path, subject: Path, sae: Path, corpus: Path, **overrides: object) -> HarvestConfig:
+    settings: dict[str, object] = dict(
+        sae=str(sae), model=str(subject), corpus=str(corpus), out=str(tmp_path / "out"), context_len=16, batch_size=4
+    )
+    settings.update(overrides)
+    return HarvestConfig(**settings)  # type: ignore[arg-type]
+
+
+def brute_force(cfg: HarvestConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Latents of every window by a plain full forward (hidden_states[1] is block 0's output): Float[window token
+    feature], and the valid mask."""
+    source = load_source(cfg.sae, cfg.model, "cpu")
+    model = GPT2Model.from_pretrained(cfg.model).eval()
+    documents = iter_documents(cfg.corpus)
+    batches = list(iter_windows(documents, source.tokenizer, cfg.context_len, 1000, cfg.tokens))
+    ids = np.concatenate([b.ids for b in batches])
+    valid = np.concatenate([b.valid for b in batches])
+    attention = np.concatenate([b.attention for b in batches])
+    with torch.no_grad():
+        hidden = model(
+            input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(attention).long(), output_hidden_states=True
+        ).hidden_states[1]
+        latents = source.sae.encode(hidden).numpy()
+    return latents, valid
+
+
+def test_harvest_matches_brute_force(tmp_path: Path, subject: Path, sae: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus.txt", 60)
+    cfg = config(tmp_path, subject, sae, corpus, top_examples=5, features_per_part=20)
+    manifest = harvest(cfg)
+    latents, valid = brute_force(cfg)
+    acts = latents[valid]  # Float[token feature]
+    assert manifest.tokens == valid.sum() and manifest.d_sae == D_SAE and manifest.parts == 3
+
+    features = pq.read_table(tmp_path / "out" / "features.parquet")
+    assert features.schema.equals(FEATURE_SCHEMA)
+    rows = features.to_pylist()
+    assert [r["feature"] for r in rows] == list(range(D_SAE))
+    active = (acts > 0).sum(0)
+    np.testing.assert_array_equal([r["active_tokens"] for r in rows], active)
+    np.testing.assert_allclose([r["frequency"] for r in rows], active / len(acts))
+    np.testing.assert_allclose([r["max_activation"] for r in rows], acts.max(0).clip(min=0), rtol=1e-5, atol=1e-6)
+    assert {r["feature"] for r in rows if r["status"] == "dead"} == set(DEAD)
+    assert 0 < rows[RARE]["active_tokens"] < 10 and rows[RARE]["status"] == "ultra_rare"
+
+    exemplars = pq.read_table(tmp_path / "out" / "exemplars")
+    assert exemplars.schema.equals(EXEMPLAR_ROW_SCHEMA)
+    read_exemplars(tmp_path / "out" / "exemplars")  # the exemplar contract holds
+    table = exemplars.to_pylist()
+    flat_index = np.flatnonzero(valid.ravel())  # token -> window * context_len + position
+    for feature in range(D_SAE):
+        # The same word right after BOS has the same activation in every window: ties are real, so the top
+        # examples are checked as the five largest values, each at a token that really has that value.
+        expected = np.sort(acts[:, feature][acts[:, feature] > 0])[::-1][:5]
+        top = [r for r in table if r["feature"] == feature and r["sampling"] == "top"]
+        np.testing.assert_allclose([r["activation"] for r in top], expected, rtol=1e-5, err_msg=str(feature))
+        assert len({(r["window"], r["position"]) for r in top}) == len(top)
+        for r in top:
+            assert r["window"] * 16 + r["position"] in flat_index
+            assert latents[r["window"], r["position"], feature] == pytest.approx(r["activation"], rel=1e-5)
+    for row in table[:: max(1, len(table) // 200)]:  # every kind of row points at its real token and activation
+        assert row["activation"] == pytest.approx(
+            float(latents[row["window"], row["position"], row["feature"]]), rel=1e-5, abs=1e-6
+        )
+        assert row["target"] in row["context"]
+        assert len(row["window_ids"]) == 16 and row["target_id"] == row["window_ids"][row["position"]]
+    assert not any(r["feature"] in DEAD for r in table)
+    inactive = [r for r in table if r["sampling"] == "inactive"]
+    assert inactive and all(r["activation"] <= 0 for r in inactive)
+    dense_inactive = [r for r in inactive if r["feature"] == DENSE]
+    assert rows[DENSE]["frequency"] > 0.6
+    assert len(dense_inactive) == min(50, len(acts) - rows[DENSE]["active_tokens"])
+    assert len({(r["window"], r["position"]) for r in dense_inactive}) == len(dense_inactive)
+    quantile = [r for r in table if r["sampling"] == "quantile" and r["feature"] == 0]
+    assert len(quantile) == 40 and all(r["activation"] > 0 for r in quantile)
+    saved = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert saved["hook"] == "blocks.0.hook_resid_post" and saved["tokens"] == manifest.tokens
+
+
+def test_feature_selection_and_forward_stops_after_hook(tmp_path: Path, subject: Path, sae: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus.txt", 20)
+    source = load_source(str(sae), str(subject), "cpu")
+    ran: list[int] = []
+    for i, block in enumerate(source.model.h):
+        block.register_forward_hook(lambda _m, _a, _o, i=i: ran.append(i))
+    ids = torch.zeros((2, 8), dtype=torch.long)
+    assert source.latents(ids, torch.ones_like(ids)).shape == (2, 8, D_SAE)
+    assert ran == [0]  # block 1 never ran
+
+    cfg = config(tmp_path, subject, sae, corpus, features=(7, 1, 40))
+    harvest(cfg)
+    features = pq.read_table(tmp_path / "out" / "features.parquet").column("feature").to_pylist()
+    assert features == [1, 7, 40]
+
+
+def test_tokens_limit_and_more_tokens_than_corpus(tmp_path: Path, subject: Path, sae: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus.txt", 30)
+    limited = harvest(config(tmp_path, subject, sae, corpus, tokens=100))
+    assert limited.tokens == 100
+    whole = harvest(config(tmp_path, subject, sae, corpus, out=str(tmp_path / "whole")))
+    with pytest.warns(UserWarning, match="fewer than the 1,000,000 asked for"):
+        asked = harvest(config(tmp_path, subject, sae, corpus, out=str(tmp_path / "more"), tokens=1_000_000))
+    assert asked.tokens == whole.tokens > 100
+    a = pq.read_table(tmp_path / "whole" / "features.parquet")
+    b = pq.read_table(tmp_path / "more" / "features.parquet")
+    assert a.equals(b)
+
+
+def test_writes_to_an_fsspec_url(tmp_path: Path, subject: Path, sae: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus.txt", 10)
+    harvest(config(tmp_path, subject, sae, corpus, out="memory://harvest-test"))
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    assert fs.exists("/harvest-test/features.parquet") and fs.ls("/harvest-test/exemplars")
+
+
+def test_refuses_to_overwrite(tmp_path: Path, subject: Path, sae: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus.txt", 5)
+    harvest(config(tmp_path, subject, sae, corpus))
+    with pytest.raises(ValueError, match="already holds a harvest"):
+        harvest(config(tmp_path, subject, sae, corpus))
+
+
+# Bad input: each error names the problem.
+
+
+def test_d_in_mismatch(tmp_path: Path, subject: Path) -> None:
+    wrong = make_sae(tmp_path / "wrong", d_in=24)
+    corpus = write_corpus(tmp_path / "corpus.txt", 5)
+    with pytest.raises(SourceError, match=r"d_in=24 at hook blocks.0.hook_resid_post.*width 32"):
+        harvest(config(tmp_path, subject, wrong, corpus))
+
+
+def test_hook_out_of_range(tmp_path: Path, subject: Path) -> None:
+    sae = make_sae(tmp_path / "deep", hook="blocks.5.hook_resid_pre")
+    corpus = write_corpus(tmp_path / "corpus.txt", 5)
+    with pytest.raises(SourceError, match="needs layer 5, but GPT2Model has 2 layers"):
+        harvest(config(tmp_path, subject, sae, corpus))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "cfg.json").unlink(), "has no cfg.json"),
+        (lambda d: (d / "cfg.json").write_text("{not json"), "cfg.json is not valid JSON"),
+        (lambda d: (d / "sae_weights.safetensors").unlink(), "has no sae_weights.safetensors"),
+        (lambda d: (d / "sae_weights.safetensors").write_bytes(b"\x00garbage"), "cannot load the SAE from"),
+    ],
+)
+def test_broken_sae_folder(tmp_path: Path, subject: Path, damage: object, message: str) -> None:
+    folder = make_sae(tmp_path / "broken")
+    damage(folder)  # type: ignore[operator]
+    corpus = write_corpus(tmp_path / "corpus.txt", 5)
+    with pytest.raises(SourceError, match=message):
+        harvest(config(tmp_path, subject, folder, corpus))
+
+
+def test_empty_corpus(tmp_path: Path, subject: Path, sae: Path) -> None:
+    corpus = tmp_path / "empty.txt"
+    corpus.write_text("\n  \n\n")
+    with pytest.raises(ValueError, match="is empty"):
+        harvest(config(tmp_path, subject, sae, corpus))
+
+
+def test_invalid_utf8(tmp_path: Path, subject: Path, sae: Path) -> None:
+    corpus = tmp_path / "bad.txt"
+    corpus.write_bytes(b"the dog ran\nthe cat \xff\xfe ate\n")
+    with pytest.raises(ValueError, match=r"bad.txt, line 2: invalid UTF-8 at byte 8"):
+        harvest(config(tmp_path, subject, sae, corpus))
+    assert not (tmp_path / "out").exists()  # found before any work
+
+
+def test_enormous_line(tmp_path: Path, subject: Path, sae: Path) -> None:
+    corpus = tmp_path / "huge.txt"
+    corpus.write_text("the dog\n" + "cat " * 300_000 + "\n")
+    with pytest.raises(ValueError, match=r"huge.txt, line 2: longer than max_document_bytes=1,000,000"):
+        harvest(config(tmp_path, subject, sae, corpus))
+
+
+def test_cli_harvest(tmp_path: Path, subject: Path, sae: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from labeler import cli
+
+    corpus = write_corpus(tmp_path / "corpus.txt", 20)
+    common = ["harvest", "--sae", str(sae), "--model", str(subject), "--context-len", "16"]
+    assert cli.main([*common, "--corpus", str(corpus), "--out", str(tmp_path / "a"), "--features", "0-8"]) == 0
+    features = pq.read_table(tmp_path / "a" / "features.parquet").column("feature").to_pylist()
+    assert features == list(range(8))
+    err = capsys.readouterr().err
+    assert "harvesting" in err and "tok/s" in err and "8 features" in err
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\n")
+    assert cli.main([*common, "--corpus", str(bad), "--out", str(tmp_path / "b")]) == 2
+    assert "bad.txt, line 1: invalid UTF-8" in capsys.readouterr().err
+    assert cli.main([*common, "--corpus", str(corpus), "--out", str(tmp_path / "c"), "--features", "x"]) == 2
+
+
+def test_hook_mapping_on_llama_and_module_paths() -> None:
+    from conftest import tiny_llama
+
+    from labeler.sae_source import HookedActivations, resolve_hook
+
+    model = tiny_llama(40)
+    ids = torch.randint(0, 40, (2, 6))
+    hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+    pre = resolve_hook(model, "blocks.1.hook_resid_pre")
+    assert (pre.module, pre.side) == ("model.layers.1", "input")
+    torch.testing.assert_close(HookedActivations(model, pre)(ids, torch.ones_like(ids)), hidden[1])
+    post = resolve_hook(model, "blocks.0.hook_resid_post")
+    torch.testing.assert_close(HookedActivations(model, post)(ids, torch.ones_like(ids)), hidden[1])
+    mlp = resolve_hook(model, "model.layers.0.mlp")
+    assert HookedActivations(model, mlp)(ids, torch.ones_like(ids)).shape == (2, 6, 32)
+    with pytest.raises(SourceError, match=r"neither blocks\.N\.hook_resid_pre/post nor a module"):
+        resolve_hook(model, "blocks.0.hook_attn_z")
+
+
+def test_samples_are_the_largest_keys_exactly() -> None:
+    """The reservoir samples equal a brute-force pick of the largest random keys (dense features included)."""
+    from labeler.harvest import FeatureStats
+
+    cfg = HarvestConfig(sae="", model="", corpus="", out="", reservoir=7, inactive_examples=5, top_examples=3)
+    features, batches, width = 12, 3, 100  # wider than the head of 2k + 64 largest keys
+    bias = torch.linspace(-2.5, 2.5, features)  # from rare to active on nearly every token
+    acts = [torch.relu(torch.randn(width, features) + bias) for _ in range(batches)]
+    stats = FeatureStats(features, cfg, torch.device("cpu"))
+    for b, a in enumerate(acts):
+        stats.update(a, torch.arange(b * width, (b + 1) * width))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    keys = torch.cat([torch.rand(width, generator=generator) for _ in range(batches)])
+    every = torch.cat(acts)  # Float[token feature]
+    for f in range(features):
+        active = every[:, f] > 0
+        for kept, mask, k in ((stats.sample, active, 7), (stats.inactive, ~active, 5)):
+            expected = set(torch.where(mask, keys, -1.0).topk(k).indices[: int(mask.sum())].tolist())
+            got = {int(t) for t, s in zip(kept.token[f], kept.score[f], strict=True) if s > -math.inf}
+            assert got == expected, (f, k)
+        top = set(torch.where(active, every[:, f], -1.0).topk(3).indices[: int(active.sum())].tolist())
+        assert {int(t) for t, s in zip(stats.top.token[f], stats.top.score[f], strict=True) if s > -math.inf} == top
+
+
+def test_writes_to_s3_on_a_real_s3_server(
+    tmp_path: Path, subject: Path, sae: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The output URL on moto's S3 server (a real S3 protocol server on 127.0.0.1), read back with s3fs."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import fsspec
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        }.items():
+            monkeypatch.setenv(name, value)
+        for _ in range(100):
+            with socket.socket() as client:
+                if client.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fs.mkdir("harvest-bucket")
+        corpus = write_corpus(tmp_path / "corpus.txt", 10)
+        manifest = harvest(config(tmp_path, subject, sae, corpus, out="s3://harvest-bucket/run1"))
+        fs.invalidate_cache()
+        with fs.open("harvest-bucket/run1/features.parquet", "rb") as f:
+            assert pq.read_table(f).num_rows == D_SAE
+        with fs.open("harvest-bucket/run1/exemplars/part-00000.parquet", "rb") as f:
+            assert pq.read_table(f).num_rows == manifest.exemplar_rows
+        assert json.loads(fs.cat("harvest-bucket/run1/manifest.json"))["tokens"] == manifest.tokens
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        # harvest() made an s3fs instance bound to this server; later tests must not be handed it.
+        fsspec.get_filesystem_class("s3").clear_instance_cache()
