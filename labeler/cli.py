@@ -456,6 +456,13 @@ def run_service(args: argparse.Namespace) -> int:
         config = load_config(None, {**_flatten(to_dict(base)), **overrides, "out": args.resume})
     else:
         config = load_config(args.config, overrides)
+        with tqdm(unit="tok", unit_scale=True, desc="harvesting", file=sys.stderr, disable=args.no_progress) as bar:
+
+            def harvest_progress(done: int, expected: int) -> None:
+                bar.total = max(expected, done)
+                bar.update(done - bar.n)
+
+            config = service.harvest_stage(config, harvest_progress, log=lambda line: print(line, file=sys.stderr))
     prepared = service.prepare(config, resume=args.resume is not None)
     todo = prepared.plan.n_features
     print(
@@ -506,7 +513,8 @@ def run_service(args: argparse.Namespace) -> int:
     )
     labels = f"{config.out}/labels"
     print(f"labels: {labels}/part-*.parquet (one part per chunk)")
-    print(f"query:  duckdb -c \"SELECT feature, status, label, heldout_auroc FROM read_parquet('{labels}/*.parquet')\"")
+    print(f'query:  labeler query --data {config.out} "SELECT feature, status, label, heldout_auroc FROM labels"')
+    print(f"report: labeler report {config.out} --out report.html")
     if progress.finished < progress.total:
         print(f"stopped early; continue with: labeler run --resume {config.out}", file=sys.stderr)
         return 130

@@ -55,8 +55,9 @@ class RunConfig:
     """optimise: label with the engine; noop: record every feature as skipped without a model (benchmarks)."""
     source: SourceConfig = field(default_factory=SourceConfig)
     harvest: Mapping[str, Any] | None = None
-    """Settings of the harvest that produces the exemplars when source.exemplars is not given (HarvestConfig's
-    fields; run by the harvest stage, which this branch does not have yet)."""
+    """When source.exemplars is not given, the harvest that produces them into OUT/harvest: HarvestConfig's fields
+    (sae, model, corpus, tokens, features, ...; labeler/harvest.py), or {demo: true} for the demo SAE. Neither
+    exemplars nor harvest: the demo (service.DEMO_HARVEST)."""
     label: LabelConfig = field(default_factory=LabelConfig)
     causal_lm: CausalLMConfig = field(default_factory=CausalLMConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)

@@ -11,7 +11,7 @@ import datetime
 import json
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from labeler.results import RunInfo, config_hash
 from labeler.runconfig import ConfigError, RunConfig, build, to_dict
 from labeler.scheduler import Plan, Pool, Progress, Scheduler, drive, make_plan
 from labeler.sink import PartSink, SinkConfig
-from labeler.work import LabellerSpec, give_up_chunk, plan_features
+from labeler.work import LabellerSpec, SourceConfig, give_up_chunk, plan_features
 
 
 @dataclass(frozen=True)
@@ -58,15 +58,64 @@ class PreparedRun:
         )
 
 
+DEMO_HARVEST: dict[str, Any] = {"demo": True, "tokens": 20_000, "features": list(range(16))}
+"""The embedded default when a run names neither exemplars nor a harvest: the demo SAE on all-MiniLM-L6-v2 over
+WordNet glosses (trained once and cached), 20,000 tokens, its first 16 features."""
+DEMO_CACHE = Path.home() / ".cache" / "labeler" / "demo-sae"
+
+
+def harvest_stage(
+    config: RunConfig, progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = print
+) -> RunConfig:
+    """The run with its exemplars: as given, or harvested into OUT/harvest (kept there; a finished harvest is reused).
+
+    `harvest:` holds HarvestConfig's fields (sae, model, corpus, tokens, features, ...; not out), or `demo: true`
+    (or a cache folder) for the demo SAE. With neither exemplars nor harvest, the demo is the default.
+    """
+    if config.source.exemplars is not None:
+        return config
+    from labeler.harvest import HarvestConfig, harvest
+
+    settings = dict(DEMO_HARVEST if config.harvest is None else config.harvest)
+    if config.harvest is None:
+        log(f"no exemplars and no harvest given: harvesting the demo SAE ({DEMO_HARVEST})")
+    demo = settings.pop("demo", False)
+    if demo:
+        from labeler.demo_sae import build_demo
+
+        assets = build_demo(DEMO_CACHE if demo is True else Path(str(demo)), log=log)
+        settings = {"sae": str(assets.sae_dir), "model": str(assets.model_dir), "corpus": str(assets.corpus)} | settings
+    if "out" in settings:
+        raise ConfigError("harvest.out is set by the run: the harvest goes to OUT/harvest")
+    out = f"{config.out.rstrip('/')}/harvest"
+    harvest_config = build(HarvestConfig, {**settings, "out": out}, "harvest")
+    fs, root = fsspec.core.url_to_fs(out, **dict(config.source.storage_options))
+    if fs.exists(f"{root}/manifest.json"):
+        log(f"reusing the finished harvest in {out}")
+    else:
+        harvest(harvest_config, progress)
+    source = replace(config.source, exemplars=f"{out}/exemplars", features=f"{out}/features.parquet")
+    return replace(config, source=source)
+
+
+def _harvest_provenance(source: SourceConfig) -> dict[str, Any]:
+    """SAE, subject model and hook from the manifest.json next to a harvest's features.parquet, if there is one."""
+    if source.features is None:
+        return {}
+    folder = source.features.rstrip("/").rsplit("/", 1)[0]
+    fs, root = fsspec.core.url_to_fs(folder, **dict(source.storage_options))
+    try:
+        with fs.open(f"{root}/manifest.json", "rb") as f:
+            harvest = json.loads(f.read())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {"sae": harvest.get("sae"), "subject_model": harvest.get("model"), "hook_point": harvest.get("hook")}
+
+
 def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
     """Check the input and the run folder, plan the chunks, and write (or, resuming, check) the manifest."""
     if config.source.exemplars is None:
-        if config.harvest is not None:
-            raise ConfigError(
-                "harvest: is set but this build has no harvest stage yet; harvest first and set source.exemplars "
-                "(and source.features) to its exemplars/ folder and features.parquet"
-            )
-        raise ConfigError("no exemplars: set source.exemplars (or --exemplars) to a URL of exemplar rows")
+        raise ConfigError("no exemplars: set source.exemplars (or --exemplars), or run harvest_stage first")
     sink = PartSink(config.out, config.sink)
     label_ids, dead_ids = plan_features(config.source)
     plan = make_plan(label_ids, dead_ids, config.scheduler.features_per_chunk)
@@ -104,12 +153,12 @@ def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
             "code_version": _code_version(),
             "discriminator": config.discriminator,
             "model": config.discriminator.partition(":")[2] or config.discriminator,
-            "sae": (config.harvest or {}).get("sae"),
+            "sae": None,
             "exemplars": config.source.exemplars,
             "started": started.isoformat(timespec="seconds"),
             "plan": shape,
             "config": to_dict(config),
-        }
+        } | _harvest_provenance(config.source)
         if not sink.write_manifest(manifest):
             raise ConfigError(f"another driver started a run at {config.out} at the same time")
     return PreparedRun(config, plan, sink, manifest, frozenset(sink.committed()))

@@ -715,30 +715,34 @@ def local_ray_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def test_run_configs_are_valid_labeler_run_configs() -> None:
+    """Every run config deploy/ ships loads with `labeler run`'s own loader (unknown keys and wrong types fail)."""
+    from labeler.runconfig import load_config
+
+    example = load_config(DEPLOY / "config" / "run.example.yaml")
+    assert example.discriminator.startswith("hf:") and example.out.startswith("s3://BUCKET/")
+    assert example.workers.num_gpus == 1 and example.workers.metrics_port == example.metrics.port == 9310
+    local = load_config(DEPLOY / "config" / "run.local.yaml")
+    assert local.source.exemplars is None and local.harvest is not None and local.harvest["demo"] is True
+
+
 @pytest.mark.slow
-def test_local_cluster_runs_a_job_submitted_as_the_runbook_does(
+def test_local_cluster_runs_the_runbooks_job_on_the_demo(
     local_ray_cluster: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:
-    """The runbook's local path up to the command that needs the service: a job submitted with
-    `ray job submit --address ... --working-dir . -- labeler ...` runs labeler on the cluster and
-    writes its labels. (`labeler run` itself is the service issue's; see the report.)"""
+    """The runbook's local path: `ray job submit --address ... --working-dir . -- labeler run --config
+    deploy/config/run.local.yaml` (output moved to tmp) harvests the demo SAE and labels its features."""
     address, env = local_ray_cluster
-    rows = [
-        {"feature": f, "context": f"the {word} is here", "target": word, "activation": float(active)}
-        for f, members in enumerate([("dog", "cat", "horse"), ("red", "blue", "green")])
-        for word in ("dog", "cat", "horse", "red", "blue", "green", "table", "chair")
-        for active in [word in members]
-    ]
-    exemplars = tmp_path / "exemplars.jsonl"
-    exemplars.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    out = tmp_path / "out"
-    label = f"labeler label --exemplars {exemplars} --discriminator minilm --steps 5 --restarts 2 --out {out}"
-    submit = f"ray job submit --address {address} --working-dir . -- {label}"
+    out = tmp_path / "run"
+    run = f"labeler run --config deploy/config/run.local.yaml --out {out} --no-progress"
+    submit = f"ray job submit --address {address} --working-dir . -- {run}"
     result = subprocess.run(
-        shlex.split(submit), cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=600
+        shlex.split(submit), cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=1200
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "succeeded" in result.stdout + result.stderr
     labels = pq.read_table(out / "labels").to_pylist()
-    assert sorted(row["feature"] for row in labels) == [0, 1]
-    assert all(row["status"] == "labelled" and row["label"] for row in labels)
+    assert sorted(row["feature"] for row in labels) == list(range(8))
+    assert all(row["status"] in ("labelled", "dead") for row in labels)
+    assert any(row["status"] == "labelled" and row["label"] for row in labels)
+    assert {row["hook_point"] for row in labels} == {"blocks.3.hook_resid_post"}

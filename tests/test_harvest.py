@@ -142,7 +142,7 @@ def test_harvest_matches_brute_force(tmp_path: Path, subject: Path, sae: Path) -
 
 
 def test_feature_selection_and_forward_stops_after_hook(tmp_path: Path, subject: Path, sae: Path) -> None:
-    corpus = write_corpus(tmp_path / "corpus.txt", 20)
+    corpus = write_corpus(tmp_path / "corpus.txt", 40)
     source = load_source(str(sae), str(subject), "cpu")
     ran: list[int] = []
     for i, block in enumerate(source.model.h):
@@ -245,7 +245,7 @@ def test_enormous_line(tmp_path: Path, subject: Path, sae: Path) -> None:
 def test_cli_harvest(tmp_path: Path, subject: Path, sae: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from labeler import cli
 
-    corpus = write_corpus(tmp_path / "corpus.txt", 20)
+    corpus = write_corpus(tmp_path / "corpus.txt", 40)
     common = ["harvest", "--sae", str(sae), "--model", str(subject), "--context-len", "16"]
     assert cli.main([*common, "--corpus", str(corpus), "--out", str(tmp_path / "a"), "--features", "0-8"]) == 0
     features = pq.read_table(tmp_path / "a" / "features.parquet").column("feature").to_pylist()
@@ -349,3 +349,30 @@ def test_writes_to_s3_on_a_real_s3_server(
         server.wait(timeout=30)
         # harvest() made an s3fs instance bound to this server; later tests must not be handed it.
         fsspec.get_filesystem_class("s3").clear_instance_cache()
+
+
+def test_run_harvest_stage_harvests_once_and_records_provenance(tmp_path: Path, subject: Path, sae: Path) -> None:
+    """`labeler run` without exemplars harvests into OUT/harvest, reuses a finished harvest, and its manifest
+    names the SAE, subject model and hook (so every label row does)."""
+    from labeler.runconfig import ConfigError, load_config
+    from labeler.service import harvest_stage, prepare
+
+    corpus = write_corpus(tmp_path / "corpus.txt", 40)
+    settings = {"sae": str(sae), "model": str(subject), "corpus": str(corpus), "context_len": 16, "tokens": 400}
+    run = load_config(None, {"out": str(tmp_path / "run"), "harvest": settings})
+    lines: list[str] = []
+    harvested = harvest_stage(run, log=lines.append)
+    assert harvested.source.exemplars == f"{run.out}/harvest/exemplars"
+    assert harvested.source.features == f"{run.out}/harvest/features.parquet"
+    assert read_exemplars(harvested.source.exemplars).num_rows > 0
+    assert harvest_stage(run, log=lines.append) == harvested and lines == [
+        f"reusing the finished harvest in {run.out}/harvest"
+    ]
+    prepared = prepare(harvested)
+    info = prepared.run_info()
+    assert (info.sae_id, info.model, info.hook_point) == (str(sae), str(subject), "blocks.0.hook_resid_post")
+    assert prepared.plan.n_features == D_SAE and set(DEAD) <= set(prepared.plan.dead_ids)  # planned, not dropped
+
+    bad = load_config(None, {"out": str(tmp_path / "bad"), "harvest": {**settings, "top": 3}})
+    with pytest.raises(ConfigError, match=r"harvest\.top"):
+        harvest_stage(bad)
