@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -172,14 +173,18 @@ def _examples_html(rows: list[dict[str, Any]], limit: int) -> str:
 def _highlight(context: str, targets: list[dict[str, Any]], peak: float) -> str:
     """The context as HTML, each target shaded by its activation.
 
-    A target is found at `position` (a character offset) when the row gives one, else at its first occurrence.
+    A target is found at `position` (a character offset) when the row gives one, else at its first occurrence
+    as a whole word (a harvest's `position` is a token index, and "a" should not light up inside "many"),
+    else as the start of a word, else anywhere (a word piece inside a word).
     """
     spans: dict[int, tuple[int, float]] = {}
     for row in targets:
         target, position = row["target"], row.get("position")
         start = position if isinstance(position, int) and context[position : position + len(target)] == target else -1
         if start < 0:
-            start = context.find(target)
+            word = re.escape(target)
+            found = re.search(rf"(?<!\w){word}(?!\w)", context) or re.search(rf"(?<!\w){word}", context)
+            start = found.start() if found else context.find(target)
         if start >= 0 and row["activation"] > 0:
             spans[start] = (start + len(target), max(row["activation"], spans.get(start, (0, 0.0))[1]))
     out, cursor = [], 0

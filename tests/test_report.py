@@ -101,3 +101,15 @@ def test_report_renders_in_headless_chromium(tmp_path: Path, capsys: pytest.Capt
     assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
     assert png_size(shot) == (1200, 2400)
     assert shot.stat().st_size > 50_000  # a blank page compresses to a few kB; this one has plots and text
+
+
+def test_targets_are_highlighted_where_they_stand_as_words() -> None:
+    """Without a character offset, a target lights up as a whole word first, then as a word's start (a word
+    piece), never inside another word when it also stands alone."""
+    from labeler.report import _highlight
+
+    assert _highlight("many as is a full glass", [{"target": "a", "activation": 1.0}], 1.0).startswith(
+        "many as is <mark"
+    )
+    assert _highlight("trisect it", [{"target": "tri", "activation": 1.0}], 1.0).startswith("<mark")
+    assert "the <mark" in _highlight("xx the dog", [{"target": "dog", "activation": 0.5, "position": 7}], 1.0)
