@@ -13,13 +13,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from labeler.query import json_ready
 
 NEURONPEDIA_BATCH = 1024
 NEURONPEDIA_TYPE_NAME = "labeler-token-space-gd"
@@ -105,18 +106,8 @@ def write_jsonl(labels: pa.Table, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:
         for row in labels.to_pylist():
-            f.write(json.dumps(_plain(row), ensure_ascii=False, default=_iso) + "\n")
+            f.write(json.dumps(json_ready(row), ensure_ascii=False, default=_iso) + "\n")
     return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 def _iso(value: Any) -> str:

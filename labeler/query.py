@@ -45,7 +45,7 @@ def run_query(data: Dataset, sql: str) -> pa.Table:
 
 def render(table: pa.Table, fmt: Format, max_width: int = 60) -> str:
     """A query result as an aligned text table, CSV (nested values as JSON) or a JSON array of objects."""
-    rows = [{k: _plain(v) for k, v in row.items()} for row in table.to_pylist()]
+    rows = [{k: json_ready(v) for k, v in row.items()} for row in table.to_pylist()]
     if fmt == "json":
         return json.dumps(rows, indent=1, ensure_ascii=False, default=str) + "\n"
     if fmt == "csv":
@@ -63,14 +63,14 @@ def render(table: pa.Table, fmt: Format, max_width: int = 60) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plain(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """JSON-ready: NaN and infinities become None, nested values recursively."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     return value
 
 
