@@ -682,6 +682,7 @@ def local_ray_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
         "RAY_USAGE_STATS_ENABLED": "0",
+        "HOME": str(tmp_path / "home"),  # the demo SAE's cache (~/.cache/labeler) stays in the test's folder
     }
     gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics, node_manager, object_manager = free_ports(9)
     start = [

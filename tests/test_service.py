@@ -99,8 +99,8 @@ def test_resume_refuses_a_changed_input(tmp_path: Path) -> None:
 
 
 def test_bad_input_stops_before_ray_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", "--out", str(tmp_path / "r")]) == 2
-    assert "no exemplars: set source.exemplars" in capsys.readouterr().err
+    assert main(["run", "--out", str(tmp_path / "r"), "--set", "harvest={corpus: c.txt, bogus: 1}"]) == 2
+    assert "unknown setting(s) ['harvest.bogus']" in capsys.readouterr().err
     (tmp_path / "ex").mkdir()
     pq.write_table(pa.table({"feature": [1], "text": ["a"]}), tmp_path / "ex" / "p.parquet")
     assert main(["run", "--exemplars", str(tmp_path / "ex"), "--out", str(tmp_path / "r")]) == 2
