@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -182,6 +183,13 @@ def _read_exemplars(
         if isinstance(pointer, str):
             target = pointer if "://" in pointer or pointer.startswith("/") else posixpath.join(url, pointer)
             source_fs, path = _filesystem(target, storage_options)
+            if not source_fs.exists(path):
+                warnings.warn(
+                    f"{url}/manifest.json names exemplars at {pointer!r}, not found at {target}; "
+                    "the run's labels are read without them",
+                    stacklevel=2,
+                )
+                return None
             files = (
                 sorted(p for p in source_fs.ls(path, detail=False) if p.endswith(PART_SUFFIX))
                 if source_fs.isdir(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -87,7 +88,9 @@ def harvest_stage(
         settings = {"sae": str(assets.sae_dir), "model": str(assets.model_dir), "corpus": str(assets.corpus)} | settings
     if "out" in settings:
         raise ConfigError("harvest.out is set by the run: the harvest goes to OUT/harvest")
-    out = f"{config.out.rstrip('/')}/harvest"
+    # A local run folder is named absolutely in the manifest, so readers find the harvest from anywhere.
+    run_folder = config.out if "://" in config.out else os.path.abspath(config.out)
+    out = f"{run_folder.rstrip('/')}/harvest"
     harvest_config = build(HarvestConfig, {**settings, "out": out}, "harvest")
     fs, root = fsspec.core.url_to_fs(out, **dict(config.source.storage_options))
     if fs.exists(f"{root}/manifest.json"):

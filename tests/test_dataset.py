@@ -102,3 +102,14 @@ def test_a_version_2_part_with_wrong_columns_is_named(tmp_path: Path) -> None:
 def test_run_info_needs_a_time_zone() -> None:
     with pytest.raises(ValueError, match="time zone"):
         run_info("r", started_at="2026-11-21T05:00:00")
+
+
+def test_exemplars_named_by_the_manifest_but_missing_leave_the_labels_readable(tmp_path: Path) -> None:
+    from labeler.dataset import write_manifest
+
+    url = str(tmp_path / "run")
+    write_run(url, "r1", n=10, with_exemplars=False)
+    write_manifest(url, run_info("r1"), {"exemplars": "moved-away/exemplars"})
+    with pytest.warns(UserWarning, match="moved-away/exemplars"):
+        data = read_runs([url])
+    assert data.labels.num_rows == 10 and data.exemplars is None
