@@ -8,6 +8,8 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from labeler import __version__
-from labeler.discriminators import CausalLMConfig, EmbeddingConfig, build_discriminator
+from labeler.discriminators import CausalLMConfig, EmbeddingConfig, build_discriminator, templates_of
 from labeler.engine import OptimiserConfig
 from labeler.exemplars import ExemplarError, group_by_feature, read_exemplars, unlabelable_reason
 from labeler.labelling import LabelConfig, label_chunk
@@ -300,6 +302,7 @@ def run_info(
     """The provenance of a `labeler label` run, from its arguments and settings."""
     started = datetime.now(UTC)
     is_embedding = not args.discriminator.startswith("hf:")
+    prompt_template, label_template = templates_of(args.discriminator, causal_lm, embedding)
     return RunInfo(
         run_id=args.run_id or f"{args.out.resolve().name}-{started:%Y%m%dT%H%M%SZ}",
         discriminator=discriminator,
@@ -310,8 +313,8 @@ def run_info(
         sae_id=args.sae_id,
         model=args.model,
         hook_point=args.hook_point,
-        prompt_template=embedding.example_template if is_embedding else causal_lm.template.user,
-        label_template=embedding.label_template if is_embedding else None,
+        prompt_template=prompt_template,
+        label_template=label_template,
     )
 
 
@@ -456,13 +459,8 @@ def run_service(args: argparse.Namespace) -> int:
         config = load_config(None, {**_flatten(to_dict(base)), **overrides, "out": args.resume})
     else:
         config = load_config(args.config, overrides)
-        with tqdm(unit="tok", unit_scale=True, desc="harvesting", file=sys.stderr, disable=args.no_progress) as bar:
-
-            def harvest_progress(done: int, expected: int) -> None:
-                bar.total = max(expected, done)
-                bar.update(done - bar.n)
-
-            config = service.harvest_stage(config, harvest_progress, log=lambda line: print(line, file=sys.stderr))
+        with harvest_bar(None, disable=args.no_progress) as on_tokens:
+            config = service.harvest_stage(config, on_tokens, log=lambda line: print(line, file=sys.stderr))
     prepared = service.prepare(config, resume=args.resume is not None)
     todo = prepared.plan.n_features
     print(
@@ -701,12 +699,7 @@ def run_harvest(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         seed=args.seed,
     )
-    with tqdm(total=args.tokens, unit="tok", unit_scale=True, desc="harvesting", file=sys.stderr) as bar:
-
-        def progress(done: int, expected: int) -> None:
-            bar.total = max(expected, done)
-            bar.update(done - bar.n)
-
+    with harvest_bar(args.tokens) as progress:
         try:
             manifest = harvest(config, progress)
         except (SourceError, CorpusError) as err:
@@ -718,6 +711,18 @@ def run_harvest(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+@contextmanager
+def harvest_bar(total: int | None, disable: bool = False) -> Iterator[Callable[[int, int], None]]:
+    """A tokens progress bar (tokens/s, ETA) and the progress callback `harvest()` calls with (done, expected)."""
+    with tqdm(total=total, unit="tok", unit_scale=True, desc="harvesting", file=sys.stderr, disable=disable) as bar:
+
+        def progress(done: int, expected: int) -> None:
+            bar.total = max(expected, done)
+            bar.update(done - bar.n)
+
+        yield progress
 
 
 def _feature_list(text: str | None) -> tuple[int, ...] | None:

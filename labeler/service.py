@@ -19,6 +19,7 @@ from typing import Any
 import fsspec
 
 from labeler import __version__
+from labeler.discriminators import templates_of
 from labeler.results import RunInfo, config_hash
 from labeler.runconfig import ConfigError, RunConfig, build, to_dict
 from labeler.scheduler import Plan, Pool, Progress, Scheduler, drive, make_plan
@@ -43,7 +44,7 @@ class PreparedRun:
     def run_info(self) -> RunInfo:
         """The provenance stored on every row, from the manifest (so a resumed run writes the same)."""
         c, m = self.config, self.manifest
-        is_lm = c.discriminator.startswith("hf:")
+        prompt_template, label_template = templates_of(c.discriminator, c.causal_lm, c.embedding)
         return RunInfo(
             run_id=str(m["run_id"]),
             discriminator=c.discriminator,
@@ -54,8 +55,8 @@ class PreparedRun:
             sae_id=m.get("sae"),
             model=m.get("subject_model"),
             hook_point=m.get("hook_point"),
-            prompt_template=c.causal_lm.template.user if is_lm else c.embedding.example_template,
-            label_template=None if is_lm else c.embedding.label_template,
+            prompt_template=prompt_template,
+            label_template=label_template,
         )
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "EncodedExamples",
     "Scored",
     "build_discriminator",
+    "templates_of",
 ]
 
 
@@ -41,3 +42,11 @@ def build_discriminator(
         f"unknown discriminator {spec!r}; use hf:MODEL_DIR (a Hugging Face causal LM), embedding:MODEL_DIR "
         "(a sentence encoder) or minilm"
     )
+
+
+def templates_of(spec: str, causal_lm: CausalLMConfig, embedding: EmbeddingConfig) -> tuple[str, str | None]:
+    """The (prompt, label) templates the discriminator `spec` names uses, for provenance: a causal LM's question
+    and no label template, or an encoder's example and label templates."""
+    if spec.startswith("hf:"):
+        return causal_lm.template.user, None
+    return embedding.example_template, embedding.label_template
