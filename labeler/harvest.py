@@ -41,6 +41,7 @@ from torch import Tensor
 
 from labeler import __version__
 from labeler.corpus import check_corpus, iter_documents, iter_windows
+from labeler.runtime import keep_freed_memory
 from labeler.sae_source import FeatureSource, load_source
 
 SCHEMA_VERSION = 1
@@ -172,7 +173,12 @@ class HarvestManifest:
 
 
 class FeatureStats:
-    """Fixed-size running state per feature, updated on the device (see the module docstring)."""
+    """Fixed-size running state per feature, updated on the device (see the module docstring).
+
+    A batch is read sparsely: its active (token, feature) entries once, then each running top-k is offered
+    only the entries that beat its current k-th best, so after the first batches most of the batch's
+    feature x token matrix is never touched again (the counts, maxima and sums come from the same entries).
+    """
 
     def __init__(self, features: int, config: HarvestConfig, device: torch.device) -> None:
         self.count = torch.zeros(features, dtype=torch.int64, device=device)
@@ -185,45 +191,66 @@ class FeatureStats:
 
     def update(self, acts: Tensor, token: Tensor) -> None:
         """acts: Float[token feature] of valid tokens only; token: Int[token], global token indices."""
-        acts_ft = acts.T.float().contiguous()  # Float[feature token]; contiguous rows make top-k several times faster
-        active = acts_ft > 0
-        self.count += active.sum(1)
-        self.max = torch.maximum(self.max, acts_ft.max(1).values.clamp(min=0))
-        self.sum += acts_ft.clamp(min=0).sum(1).double()
-        never = torch.tensor(-math.inf, device=acts.device)
-        self.top.update(torch.where(active, acts_ft, never), token, acts_ft)
+        acts = acts.float()
+        features = self.count.shape[0]
+        at, feature = (acts > 0).nonzero(as_tuple=True)  # the active entries, in (token, feature) order
+        value = acts[at, feature]
+        self.count += torch.bincount(feature, minlength=features)
+        self.sum += torch.bincount(feature, weights=value.double(), minlength=features)
+        self.max.scatter_reduce_(0, feature, value, "amax")
+        self.top.offer(feature, value, token[at], value)
         # One random key per token, shared by all features: for each feature on its own the keys are still
         # independent and uniform, so keeping the largest keys is an exact uniform sample per feature.
-        key = torch.rand(acts_ft.shape[1], generator=self.generator, device=acts.device)
-        self.sample.update(torch.where(active, key, never), token, acts_ft)
-        self._update_inactive(acts_ft, active, key, token)
+        key = torch.rand(acts.shape[0], generator=self.generator, device=acts.device)
+        self.sample.offer(feature, key[at], token[at], value)
+        self._update_inactive(acts, key, token)
 
-    def _update_inactive(self, acts_ft: Tensor, active: Tensor, key: Tensor, token: Tensor) -> None:
-        """The inactive sample, mostly from the batch's tokens with the largest keys.
+    def _update_inactive(self, acts: Tensor, key: Tensor, token: Tensor) -> None:
+        """The inactive sample, mostly from the head of the batch's tokens by key.
 
-        A feature's k largest-key inactive tokens lie among the batch's C largest-key tokens whenever at
-        least k of those C are inactive for it (any other inactive token has a smaller key); features
-        active on more of them (dense ones) are done over the whole batch. Exact either way, and most
-        features only cost C columns instead of the batch's width.
+        The head is the batch's tokens with the largest keys: at most 2k + 64 of them, and only those above
+        the lowest k-th best key any feature holds (no other token can enter any feature's sample). A
+        feature's sample is exact from the head alone when the head holds k of its inactive tokens, or when
+        no token outside the head can beat its k-th best key; the others (dense features, active on most of
+        the head) are done over the whole batch.
         """
         k = self.inactive.k
         if k == 0:
             return
-        never = torch.tensor(-math.inf, device=acts_ft.device)
-        head = key.argsort(descending=True)[: 2 * k + 64]
-        head_active = active[:, head]  # Bool[feature C]
-        is_dense = (~head_active).sum(1) < min(k, len(head))
-        if not is_dense.any():
-            self.inactive.update(torch.where(head_active, never, key[head]), token[head], acts_ft[:, head])
+        floor = self.inactive.score[:, -1]  # Float[feature]: the k-th best key so far (-inf while filling)
+        sorted_key, order = key.sort(descending=True)
+        head = min(2 * k + 64, int((sorted_key > floor.min()).sum()))
+        if head == 0:
             return
-        sparse, dense = (~is_dense).nonzero(as_tuple=True)[0], is_dense.nonzero(as_tuple=True)[0]
-        score = torch.where(head_active[sparse], never, key[head])
-        self.inactive.update(score, token[head], acts_ft[sparse][:, head], rows=sparse)
-        self.inactive.update(torch.where(active[dense], never, key), token, acts_ft[dense], rows=dense)
+        # The best key left out of the head: no feature whose k-th best is at least that can gain from the rest.
+        outside = sorted_key[head] if head < len(key) else torch.tensor(-math.inf, device=key.device)
+        order = order[:head]
+        inactive = ~(acts[order] > 0).T  # Bool[feature head], head in decreasing key order
+        rank = inactive.cumsum(1) - 1
+        exact = (rank[:, -1] + 1 >= k) | (outside <= floor)
+        head_rows = exact.nonzero(as_tuple=True)[0]
+        if len(head_rows):
+            self.inactive.merge_ranked(
+                head_rows,
+                inactive[head_rows],
+                rank[head_rows],
+                key[order],
+                token[order],
+                acts[order][:, head_rows].T,
+            )
+        dense = (~exact).nonzero(as_tuple=True)[0]
+        if len(dense):
+            acts_dense = acts[:, dense].T  # Float[dense token]
+            keys = torch.where(acts_dense > 0, -math.inf, key)
+            score, where = keys.topk(min(k, keys.shape[1]), dim=1)
+            self.inactive.merge(dense, score, token[where], acts_dense.gather(1, where))
 
 
 class _TopK:
-    """The k largest scores per feature seen so far, with their token indices and activations."""
+    """The k largest scores per feature seen so far, with their token indices and activations.
+
+    Each feature's row is kept sorted, best first; unused slots have score -inf. Scores are >= 0
+    (activations of active tokens, or random keys in [0, 1))."""
 
     def __init__(self, features: int, k: int, device: torch.device) -> None:
         self.k = k
@@ -231,24 +258,56 @@ class _TopK:
         self.token = torch.full((features, k), -1, dtype=torch.int64, device=device)
         self.act = torch.zeros((features, k), device=device)
 
-    def update(self, score: Tensor, token: Tensor, act: Tensor, rows: Tensor | None = None) -> None:
-        """score, act: Float[feature token]; token: Int[token]. Keeps the k best of the old and the new.
-
-        With `rows` (Int[row]), score and act hold only those features' rows, and only they are updated."""
+    def offer(self, feature: Tensor, score: Tensor, token: Tensor, act: Tensor) -> None:
+        """Sparse candidates (Int/Float[entry]): each feature keeps the k best of its old and its new."""
         if self.k == 0:
             return
-        old = (
-            (self.score, self.token, self.act) if rows is None else (self.score[rows], self.token[rows], self.act[rows])
-        )
-        # The batch's own top-k first (one pass over feature x token), then a merge of 2k per feature.
-        new_score, new_where = score.topk(min(self.k, score.shape[1]), dim=1)
-        best, where = torch.cat([old[0], new_score], 1).topk(self.k, dim=1)
-        best_token = torch.cat([old[1], token[new_where]], 1).gather(1, where)
-        best_act = torch.cat([old[2], act.gather(1, new_where)], 1).gather(1, where)
-        if rows is None:
-            self.score, self.token, self.act = best, best_token, best_act
-        else:
-            self.score[rows], self.token[rows], self.act[rows] = best, best_token, best_act
+        beats = score > self.score[feature, -1]
+        feature, score, token, act = feature[beats], score[beats], token[beats], act[beats]
+        if len(feature) == 0:
+            return
+        # Sort by feature, then by score descending, with one int64 key: a float32 >= 0 orders like its bits.
+        bits = score.float().view(torch.int32).long()
+        order = (feature * 2**31 + (2**31 - 1 - bits)).sort().indices
+        feature, score, token, act = feature[order], score[order], token[order], act[order]
+        rows, inverse, counts = torch.unique_consecutive(feature, return_inverse=True, return_counts=True)
+        rank = torch.arange(len(feature), device=feature.device) - (counts.cumsum(0) - counts)[inverse]
+        keep = rank < self.k
+        width = int(min(int(counts.max()), self.k))
+        new_score = torch.full((len(rows), width), -math.inf, device=score.device)
+        new_token = torch.full((len(rows), width), -1, dtype=torch.int64, device=score.device)
+        new_act = torch.zeros((len(rows), width), device=score.device)
+        at = (inverse[keep], rank[keep])
+        new_score[at], new_token[at], new_act[at] = score[keep].float(), token[keep], act[keep].float()
+        self.merge(rows, new_score, new_token, new_act)
+
+    def merge_ranked(
+        self, rows: Tensor, chosen: Tensor, rank: Tensor, score: Tensor, token: Tensor, act: Tensor
+    ) -> None:
+        """Candidates shared by all `rows`: score/token (Float/Int[column], score decreasing), chosen and
+        rank (Bool/Int[row column]: which columns each row takes, and their order), act (Float[row column])."""
+        width = min(score.shape[0], self.k)
+        slot = torch.where(chosen & (rank < width), rank, width)  # the rest go to a spare column, dropped
+        new_score = torch.full((len(rows), width + 1), -math.inf, device=score.device)
+        new_token = torch.full((len(rows), width + 1), -1, dtype=torch.int64, device=score.device)
+        new_act = torch.zeros((len(rows), width + 1), device=score.device)
+        new_score.scatter_(1, slot, score.expand_as(slot).contiguous())
+        new_token.scatter_(1, slot, token.expand_as(slot).contiguous())
+        new_act.scatter_(1, slot, act.float())
+        self.merge(rows, new_score[:, :width], new_token[:, :width], new_act[:, :width])
+
+    def merge(self, rows: Tensor, score: Tensor, token: Tensor, act: Tensor) -> None:
+        """Merge sorted new rows (Float/Int[row m], best first) into `rows` of the state; old wins ties."""
+        old_score, old_token, old_act = self.score[rows], self.token[rows], self.act[rows]
+        k, m = self.k, score.shape[1]
+        # Merging two sorted lists: an entry's place is its own index plus how many of the other list go first.
+        new_at = torch.searchsorted(-old_score, -score, right=True) + torch.arange(m, device=score.device)
+        old_at = torch.searchsorted(-score, -old_score, right=False) + torch.arange(k, device=score.device)
+        merged = [torch.empty((len(rows), k + m), dtype=x.dtype, device=x.device) for x in (score, token, act)]
+        for out, old, new in zip(merged, (old_score, old_token, old_act), (score, token, act), strict=True):
+            out.scatter_(1, old_at, old)
+            out.scatter_(1, new_at, new)
+        self.score[rows], self.token[rows], self.act[rows] = (x[:, :k] for x in merged)
 
     def kept(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per feature (numpy): scores, token indices, activations; unused slots have score -inf."""
@@ -262,6 +321,8 @@ def harvest(config: HarvestConfig, progress: Progress | None = None) -> HarvestM
         raise ValueError(f"{config.out} already holds a harvest; choose a new --out or remove it")
     _, characters = check_corpus(config.corpus, config.text_column, config.max_document_bytes)
     source = load_source(config.sae, config.model, config.device, config.dtype, config.hook)
+    if source.device.type == "cpu":
+        keep_freed_memory()  # every batch allocates the same large tensors again: reuse, don't page-fault anew
     features = _selected(config, source.d_sae)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="labeler-harvest-") as scratch:
