@@ -283,7 +283,7 @@ def test_samples_are_the_largest_keys_exactly() -> None:
     from labeler.harvest import FeatureStats
 
     cfg = HarvestConfig(sae="", model="", corpus="", out="", reservoir=7, inactive_examples=5, top_examples=3)
-    features, batches, width = 12, 3, 100  # wider than the head of 2k + 64 largest keys
+    features, batches, width = 12, 6, 300  # wider than the head of 2k + 64 largest keys; later batches mostly lose
     bias = torch.linspace(-2.5, 2.5, features)  # from rare to active on nearly every token
     acts = [torch.relu(torch.randn(width, features) + bias) for _ in range(batches)]
     stats = FeatureStats(features, cfg, torch.device("cpu"))
@@ -298,6 +298,9 @@ def test_samples_are_the_largest_keys_exactly() -> None:
             expected = set(torch.where(mask, keys, -1.0).topk(k).indices[: int(mask.sum())].tolist())
             got = {int(t) for t, s in zip(kept.token[f], kept.score[f], strict=True) if s > -math.inf}
             assert got == expected, (f, k)
+            for t, s, a in zip(kept.token[f], kept.score[f], kept.act[f], strict=True):
+                assert s == -math.inf or a == every[t, f]  # each kept token with its own activation
+        assert torch.equal(stats.count[f], active.sum()) and stats.max[f] == every[:, f].max()
         top = set(torch.where(active, every[:, f], -1.0).topk(3).indices[: int(active.sum())].tolist())
         assert {int(t) for t, s in zip(stats.top.token[f], stats.top.score[f], strict=True) if s > -math.inf} == top
 
