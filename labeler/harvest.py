@@ -515,27 +515,27 @@ def _exemplar_table(
 ) -> pa.Table:
     """Exemplar rows with their text: each window decoded once, each target token once."""
     tokenizer = source.tokenizer
-    windows = sorted({row["token"] // context_len for row in rows})
-    ids_of = {w: window_ids[w].tolist() for w in windows}
-    texts = dict(
-        zip(windows, tokenizer.batch_decode([ids_of[w] for w in windows], skip_special_tokens=True), strict=True)
-    )
-    target_ids = sorted({ids_of[row["token"] // context_len][row["token"] % context_len] for row in rows})
-    targets = {i: _token_text(str(tokenizer.decode([i]))) for i in target_ids}
-    columns: dict[str, list[Any]] = {name: [] for name in EXEMPLAR_ROW_SCHEMA.names}
-    for row in rows:
-        window, position = divmod(row["token"], context_len)
-        target_id = ids_of[window][position]
-        columns["feature"].append(row["feature"])
-        columns["context"].append(texts[window])
-        columns["target"].append(targets[target_id])
-        columns["activation"].append(row["activation"])
-        columns["position"].append(position)
-        columns["window"].append(window)
-        columns["window_ids"].append(ids_of[window])
-        columns["target_id"].append(target_id)
-        columns["sampling"].append(row["sampling"])
-        columns["schema_version"].append(SCHEMA_VERSION)
+    token = np.fromiter((row["token"] for row in rows), dtype=np.int64, count=len(rows))
+    window, position = np.divmod(token, context_len)
+    windows, window_at = np.unique(window, return_inverse=True)
+    ids = np.asarray(window_ids[windows])  # Int[window token]: one read of each window from the memory map
+    target_id = ids[window_at, position]
+    texts = pa.array(tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True), pa.string())
+    target_ids, target_at = np.unique(target_id, return_inverse=True)
+    targets = pa.array([_token_text(str(tokenizer.decode([int(i)]))) for i in target_ids], pa.string())
+    offsets = np.arange(len(rows) + 1, dtype=np.int32) * context_len
+    columns = {
+        "feature": pa.array([row["feature"] for row in rows], pa.int64()),
+        "context": texts.take(pa.array(window_at)),
+        "target": targets.take(pa.array(target_at)),
+        "activation": pa.array([row["activation"] for row in rows], pa.float64()),
+        "position": pa.array(position, pa.int32()),
+        "window": pa.array(window, pa.int64()),
+        "window_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids[window_at].ravel(), pa.int32())),
+        "target_id": pa.array(target_id, pa.int32()),
+        "sampling": pa.array([row["sampling"] for row in rows], pa.string()),
+        "schema_version": pa.array(np.full(len(rows), SCHEMA_VERSION, dtype=np.int32)),
+    }
     return pa.table(columns, schema=EXEMPLAR_ROW_SCHEMA)
 
 
