@@ -706,7 +706,8 @@ def run_harvest(args: argparse.Namespace) -> int:
             raise UsageError(str(err)) from err
     print(
         f"harvested {manifest.tokens:,} tokens, {manifest.features} features ({manifest.dead} dead, "
-        f"{manifest.ultra_rare} ultra-rare), {manifest.exemplar_rows:,} exemplar rows in {manifest.seconds:.0f} s "
+        f"{manifest.ultra_rare} ultra-rare, {manifest.failed} failed), {manifest.exemplar_rows:,} exemplar rows "
+        f"in {manifest.seconds:.0f} s "
         f"-> {args.out}",
         file=sys.stderr,
     )

@@ -44,7 +44,7 @@ from labeler.corpus import check_corpus, iter_documents, iter_windows
 from labeler.runtime import keep_freed_memory
 from labeler.sae_source import FeatureSource, load_source
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 EXEMPLAR_ROW_SCHEMA = pa.schema(
     [
@@ -77,11 +77,15 @@ FEATURE_SCHEMA = pa.schema(
         pa.field("quantile_examples", pa.int32(), nullable=False),
         pa.field("inactive_examples", pa.int32(), nullable=False),
         pa.field("part", pa.int32(), nullable=False),
+        pa.field("non_finite_tokens", pa.int64(), nullable=False),
+        pa.field("error", pa.string(), nullable=True),
         pa.field("schema_version", pa.int32(), nullable=False),
     ]
 )
 """One row per harvested feature; `status` is "alive", "ultra_rare" (fewer than `min_active_tokens`
-active tokens) or "dead" (never active: no exemplar rows)."""
+active tokens), "dead" (never active: no exemplar rows) or "failed" (its latent was NaN or infinite on
+`non_finite_tokens` tokens: no exemplar rows; `error` says so). Tokens where every latent is non-finite
+(a model-side overflow) are left out of the harvest instead and counted in the manifest."""
 
 Progress = Callable[[int, int], None]
 """Called after every batch with (corpus tokens done, tokens expected in all): the expected total is
@@ -164,6 +168,9 @@ class HarvestManifest:
     features: int
     dead: int
     ultra_rare: int
+    failed: int
+    skipped_tokens: int
+    """Tokens left out because every latent was NaN or infinite there."""
     exemplar_rows: int
     parts: int
     seconds: float
@@ -184,15 +191,28 @@ class FeatureStats:
         self.count = torch.zeros(features, dtype=torch.int64, device=device)
         self.max = torch.zeros(features, dtype=torch.float32, device=device)
         self.sum = torch.zeros(features, dtype=torch.float64, device=device)
+        self.non_finite = torch.zeros(features, dtype=torch.int64, device=device)
+        self.skipped_tokens = 0
         self.top = _TopK(features, config.top_examples, device)
         self.sample = _TopK(features, config.reservoir, device)
         self.inactive = _TopK(features, config.inactive_examples, device)
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
 
     def update(self, acts: Tensor, token: Tensor) -> None:
-        """acts: Float[token feature] of valid tokens only; token: Int[token], global token indices."""
+        """acts: Float[token feature] of valid tokens only; token: Int[token], global token indices.
+
+        A NaN or infinite entry counts in `non_finite` and is neither active nor inactive; a token where every
+        latent is (the model overflowed there) is left out and counted in `skipped_tokens`."""
         acts = acts.float()
         features = self.count.shape[0]
+        if not bool(torch.isfinite(acts).all()):
+            bad = ~torch.isfinite(acts)
+            broken = bad.all(1)
+            if bool(broken.any()):
+                self.skipped_tokens += int(broken.sum())
+                acts, token, bad = acts[~broken], token[~broken], bad[~broken]
+            self.non_finite += bad.sum(0)
+            acts = acts.masked_fill(bad, math.nan)  # NaN compares false both ways: out of every sample
         at, feature = (acts > 0).nonzero(as_tuple=True)  # the active entries, in (token, feature) order
         value = acts[at, feature]
         self.count += torch.bincount(feature, minlength=features)
@@ -225,7 +245,7 @@ class FeatureStats:
         # The best key left out of the head: no feature whose k-th best is at least that can gain from the rest.
         outside = sorted_key[head] if head < len(key) else torch.tensor(-math.inf, device=key.device)
         order = order[:head]
-        inactive = ~(acts[order] > 0).T  # Bool[feature head], head in decreasing key order
+        inactive = (acts[order] <= 0).T  # Bool[feature head], head in decreasing key order
         rank = inactive.cumsum(1) - 1
         exact = (rank[:, -1] + 1 >= k) | (outside <= floor)
         head_rows = exact.nonzero(as_tuple=True)[0]
@@ -241,7 +261,7 @@ class FeatureStats:
         dense = (~exact).nonzero(as_tuple=True)[0]
         if len(dense):
             acts_dense = acts[:, dense].T  # Float[dense token]
-            keys = torch.where(acts_dense > 0, -math.inf, key)
+            keys = torch.where(acts_dense <= 0, key, -math.inf)
             score, where = keys.topk(min(k, keys.shape[1]), dim=1)
             self.inactive.merge(dense, score, token[where], acts_dense.gather(1, where))
 
@@ -268,7 +288,7 @@ class _TopK:
             return
         # Sort by feature, then by score descending, with one int64 key: a float32 >= 0 orders like its bits.
         bits = score.float().view(torch.int32).long()
-        order = (feature * 2**31 + (2**31 - 1 - bits)).sort().indices
+        order = (feature * 2**31 + (2**31 - 1 - bits)).sort(stable=True).indices  # ties: the earlier token first
         feature, score, token, act = feature[order], score[order], token[order], act[order]
         rows, inverse, counts = torch.unique_consecutive(feature, return_inverse=True, return_counts=True)
         rank = torch.arange(len(feature), device=feature.device) - (counts.cumsum(0) - counts)[inverse]
@@ -330,6 +350,12 @@ def harvest(config: HarvestConfig, progress: Progress | None = None) -> HarvestM
         stats, tokens, windows = _stream(config, source, features, window_file, characters, progress)
         if tokens == 0:
             raise ValueError(f"corpus {config.corpus} yields no tokens")
+        if stats.skipped_tokens:
+            warnings.warn(
+                f"{stats.skipped_tokens:,} of {tokens:,} tokens were left out: every SAE latent was NaN or infinite "
+                "there (the model's activations overflow? try --dtype float32)",
+                stacklevel=2,
+            )
         if config.tokens is not None and tokens < config.tokens:
             warnings.warn(
                 f"the corpus holds only {tokens:,} tokens, fewer than the {config.tokens:,} asked for "
@@ -352,6 +378,8 @@ def harvest(config: HarvestConfig, progress: Progress | None = None) -> HarvestM
         features=len(features),
         dead=statuses.count("dead"),
         ultra_rare=statuses.count("ultra_rare"),
+        failed=statuses.count("failed"),
+        skipped_tokens=stats.skipped_tokens,
         exemplar_rows=rows,
         parts=parts,
         seconds=round(time.perf_counter() - started, 3),
@@ -424,6 +452,8 @@ def _write(
 ) -> tuple[pa.Table, int, int]:
     """Pick each feature's examples and write the exemplar parts and features.parquet."""
     count = stats.count.cpu().numpy()
+    non_finite = stats.non_finite.cpu().numpy()
+    used_tokens = max(tokens - stats.skipped_tokens, 1)
     maxima = stats.max.cpu().numpy().astype(np.float64)
     sums = stats.sum.cpu().numpy()
     top, sample, inactive = stats.top.kept(), stats.sample.kept(), stats.inactive.kept()
@@ -442,25 +472,38 @@ def _write(
             chosen["inactive"] = [
                 (int(t), float(a)) for s, t, a in zip(score, token, act, strict=True) if s > -math.inf
             ]
-            if count[i] == 0:  # dead: reported in features.parquet, no examples to label it with
+            error = None
+            if non_finite[i]:
+                error = f"the SAE latent was NaN or infinite on {non_finite[i]:,} tokens; no examples were written"
+            if count[i] == 0 or error:  # dead or failed: reported in features.parquet, nothing to label it with
                 chosen = {"top": [], "quantile": [], "inactive": []}
             for sampling, examples in chosen.items():
                 rows.extend(
                     [{"feature": feature, "token": t, "activation": a, "sampling": sampling} for t, a in examples]
                 )
-            status = "dead" if count[i] == 0 else "ultra_rare" if count[i] < config.min_active_tokens else "alive"
+            status = (
+                "failed"
+                if error
+                else "dead"
+                if count[i] == 0
+                else "ultra_rare"
+                if count[i] < config.min_active_tokens
+                else "alive"
+            )
             feature_rows.append(
                 {
                     "feature": feature,
                     "status": status,
                     "active_tokens": int(count[i]),
-                    "frequency": float(count[i]) / tokens,
+                    "frequency": float(count[i]) / used_tokens,
                     "max_activation": float(maxima[i]),
                     "mean_active_activation": float(sums[i] / count[i]) if count[i] else 0.0,
                     "top_examples": n_top,
                     "quantile_examples": n_quantile,
                     "inactive_examples": len(chosen["inactive"]),
                     "part": part,
+                    "non_finite_tokens": int(non_finite[i]),
+                    "error": error,
                     "schema_version": SCHEMA_VERSION,
                 }
             )

@@ -119,17 +119,19 @@ def read_chunk_exemplars(source: SourceConfig, features: np.ndarray) -> list[Fea
     return list(group_by_feature(table))
 
 
-def read_frequency(source: SourceConfig, features: np.ndarray) -> dict[int, float]:
-    """The harvest's activation frequency of `features` (its features.parquet `frequency`), {} without one."""
+def read_harvest_column(source: SourceConfig, features: np.ndarray, column: str) -> dict[int, Any]:
+    """{feature: value} of one column of the harvest's features.parquet for `features`, nulls left out;
+    {} without a harvest or where its features.parquet lacks the column (older harvests)."""
     if source.features is None:
         return {}
     dataset = _dataset(source.features, source.storage_options)
-    if "frequency" not in dataset.schema.names:
+    if column not in dataset.schema.names:
         return {}
     table = dataset.to_table(
-        columns=["feature", "frequency"], filter=ds.field("feature").isin(pa.array(features, type=pa.int64()))
+        columns=["feature", column], filter=ds.field("feature").isin(pa.array(features, type=pa.int64()))
     )
-    return dict(zip(table.column("feature").to_pylist(), table.column("frequency").to_pylist(), strict=True))
+    pairs = zip(table.column("feature").to_pylist(), table.column(column).to_pylist(), strict=True)
+    return {feature: value for feature, value in pairs if value is not None}
 
 
 class ChunkLabeller(Protocol):
@@ -162,10 +164,15 @@ class EngineLabeller:
     def label(self, features: np.ndarray) -> list[LabelRecord]:
         exemplars = read_chunk_exemplars(self.spec.source, features)
         found = {examples.feature for examples in exemplars}
+        missing = np.array([f for f in features if int(f) not in found], dtype=np.int64)
+        harvest_errors = read_harvest_column(self.spec.source, missing, "error") if len(missing) else {}
         records = [
-            LabelRecord(feature=int(f), status="skipped", error="no exemplars: the feature has no rows in the input")
-            for f in features
-            if int(f) not in found
+            LabelRecord(feature=int(f), status="failed", error=f"harvest: {harvest_errors[int(f)]}")
+            if int(f) in harvest_errors
+            else LabelRecord(
+                feature=int(f), status="skipped", error="no exemplars: the feature has no rows in the input"
+            )
+            for f in missing
         ]
         size = self.spec.label.features_per_batch
         for start in range(0, len(exemplars), size):
@@ -176,7 +183,7 @@ class EngineLabeller:
                     # The engine reports the winning restart's steps; every restart ran at most that many.
                     metrics.RESTARTS.inc(record.restarts)
                     metrics.STEPS.inc(record.steps * record.restarts)
-        records = with_activation_frequency(records, read_frequency(self.spec.source, features))
+        records = with_activation_frequency(records, read_harvest_column(self.spec.source, features, "frequency"))
         return sorted(records, key=lambda record: record.feature)
 
 

@@ -305,6 +305,66 @@ def test_samples_are_the_largest_keys_exactly() -> None:
         assert {int(t) for t, s in zip(stats.top.token[f], stats.top.score[f], strict=True) if s > -math.inf} == top
 
 
+def test_a_feature_with_non_finite_latents_fails_alone(tmp_path: Path, subject: Path, sae: Path) -> None:
+    """An SAE latent that is NaN (a broken encoder column) fails that feature; every other feature's
+    statistics and rows are exactly those of the clean SAE."""
+    broken = tmp_path / "broken-sae"
+    make_sae(broken)
+    loaded = StandardSAE.load_from_disk(str(broken))
+    with torch.no_grad():
+        loaded.W_enc[0, 7] = math.nan
+    loaded.save_model(broken)
+    corpus = write_corpus(tmp_path / "corpus.txt", 30)
+    clean = harvest(config(tmp_path, subject, sae, corpus, out=str(tmp_path / "clean")))
+    manifest = harvest(config(tmp_path, subject, broken, corpus, out=str(tmp_path / "broken")))
+    assert manifest.failed == 1 and manifest.skipped_tokens == 0 and manifest.tokens == clean.tokens
+
+    rows = {r["feature"]: r for r in pq.read_table(tmp_path / "broken" / "features.parquet").to_pylist()}
+    clean_rows = {r["feature"]: r for r in pq.read_table(tmp_path / "clean" / "features.parquet").to_pylist()}
+    assert rows[7]["status"] == "failed" and rows[7]["non_finite_tokens"] == manifest.tokens
+    assert "NaN or infinite" in rows[7]["error"]
+    assert all(rows[f] == clean_rows[f] for f in range(D_SAE) if f != 7)
+    exemplars = pq.read_table(tmp_path / "broken" / "exemplars").to_pylist()
+    clean_exemplars = pq.read_table(tmp_path / "clean" / "exemplars").to_pylist()
+    assert [r for r in exemplars] == [r for r in clean_exemplars if r["feature"] != 7]
+    read_exemplars(tmp_path / "broken" / "exemplars")  # no NaN reaches the exemplar contract
+
+    # Labelling that harvest records feature 7 as failed, with the harvest's reason, and labels its neighbours.
+    from label_runs import run_info
+
+    from labeler.discriminators import CausalLMConfig, EmbeddingConfig
+    from labeler.engine import OptimiserConfig
+    from labeler.labelling import LabelConfig
+    from labeler.work import EngineLabeller, LabellerSpec, SourceConfig
+
+    source = SourceConfig(str(tmp_path / "broken" / "exemplars"), str(tmp_path / "broken" / "features.parquet"))
+    label = LabelConfig(optimiser=OptimiserConfig(restarts=1, max_steps=2, examples_per_step=4))
+    spec = LabellerSpec(f"hf:{subject}", label, CausalLMConfig(), EmbeddingConfig(), source, run_info("r"))
+    records = EngineLabeller(spec).label(np.array([6, 7, 8]))
+    assert [(r.feature, r.status) for r in records] == [(6, "labelled"), (7, "failed"), (8, "labelled")]
+    assert records[1].error is not None and records[1].error.startswith("harvest: the SAE latent was NaN")
+
+
+def test_tokens_where_every_latent_is_non_finite_are_left_out() -> None:
+    """Such a token (a model-side overflow) is skipped and counted; a lone non-finite entry is only counted."""
+    from labeler.harvest import FeatureStats
+
+    cfg = HarvestConfig(sae="", model="", corpus="", out="", reservoir=4, inactive_examples=4, top_examples=2)
+    acts = torch.relu(torch.randn(20, 6))
+    acts[3] = math.nan
+    acts[5, 2] = math.inf
+    stats = FeatureStats(6, cfg, torch.device("cpu"))
+    stats.update(acts, torch.arange(20))
+    assert stats.skipped_tokens == 1
+    assert stats.non_finite.tolist() == [0, 0, 1, 0, 0, 0]
+    kept = torch.cat([acts[:3], acts[4:]])
+    assert torch.equal(stats.count, (kept.nan_to_num(posinf=0) > 0).sum(0))
+    for state in (stats.top, stats.sample, stats.inactive):
+        taken = state.token[state.score > -math.inf].tolist()
+        assert 3 not in taken and (5 not in state.token[2].tolist() or state is not stats.top)
+        assert torch.isfinite(state.act).all()
+
+
 def test_writes_to_s3_on_a_real_s3_server(
     tmp_path: Path, subject: Path, sae: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
