@@ -458,126 +458,154 @@ def _write(
     sums = stats.sum.cpu().numpy()
     top, sample, inactive = stats.top.kept(), stats.sample.kept(), stats.inactive.kept()
     fs.makedirs(f"{root}/exemplars", exist_ok=True)
-    feature_rows: list[dict[str, Any]] = []
+    texts = _Texts(source.tokenizer, window_ids)
+    feature_tables: list[pa.Table] = []
     rows_written = 0
     part_of = features // config.features_per_part
     parts = sorted(set(part_of.tolist()))
     for part in parts:
-        rows: list[dict[str, Any]] = []
-        for i in np.flatnonzero(part_of == part):
-            feature = int(features[i])
-            chosen = _choose(config, feature, maxima[i], [t[i] for t in top], [s[i] for s in sample])
-            n_top, n_quantile = len(chosen["top"]), len(chosen["quantile"])
-            score, token, act = (x[i] for x in inactive)
-            chosen["inactive"] = [
-                (int(t), float(a)) for s, t, a in zip(score, token, act, strict=True) if s > -math.inf
-            ]
-            error = None
-            if non_finite[i]:
-                error = f"the SAE latent was NaN or infinite on {non_finite[i]:,} tokens; no examples were written"
-            if count[i] == 0 or error:  # dead or failed: reported in features.parquet, nothing to label it with
-                chosen = {"top": [], "quantile": [], "inactive": []}
-            for sampling, examples in chosen.items():
-                rows.extend(
-                    [{"feature": feature, "token": t, "activation": a, "sampling": sampling} for t, a in examples]
-                )
-            status = (
-                "failed"
-                if error
-                else "dead"
-                if count[i] == 0
-                else "ultra_rare"
-                if count[i] < config.min_active_tokens
-                else "alive"
-            )
-            feature_rows.append(
-                {
-                    "feature": feature,
-                    "status": status,
-                    "active_tokens": int(count[i]),
-                    "frequency": float(count[i]) / used_tokens,
-                    "max_activation": float(maxima[i]),
-                    "mean_active_activation": float(sums[i] / count[i]) if count[i] else 0.0,
-                    "top_examples": n_top,
-                    "quantile_examples": n_quantile,
-                    "inactive_examples": len(chosen["inactive"]),
-                    "part": part,
-                    "non_finite_tokens": int(non_finite[i]),
-                    "error": error,
-                    "schema_version": SCHEMA_VERSION,
-                }
-            )
-        table = _exemplar_table(rows, source, window_ids, config.context_len)
+        at = np.flatnonzero(part_of == part)
+        writes = (count[at] > 0) & (non_finite[at] == 0)  # dead and failed features get no rows
+        chosen = {
+            "top": (top[0][at] > -math.inf) & writes[:, None],
+            "quantile": _quantile_picks(config, features[at], maxima[at], top[1][at], [x[at] for x in sample])
+            & writes[:, None],
+            "inactive": (inactive[0][at] > -math.inf) & writes[:, None],
+        }
+        kept = {"top": top, "quantile": sample, "inactive": inactive}
+        rows = [
+            (np.nonzero(mask)[0], kept[kind][1][at][mask], kept[kind][2][at][mask], kind)
+            for kind, mask in chosen.items()
+        ]
+        table = _exemplar_table(features[at], rows, texts, config.context_len)
         with fs.open(f"{root}/exemplars/part-{part:05d}.parquet", "wb") as f:
             pq.write_table(table, f)
         rows_written += table.num_rows
-    feature_table = pa.Table.from_pylist(feature_rows, schema=FEATURE_SCHEMA)
+        error = [
+            f"the SAE latent was NaN or infinite on {n:,} tokens; no examples were written" if n else None
+            for n in non_finite[at]
+        ]
+        status = np.select(
+            [non_finite[at] > 0, count[at] == 0, count[at] < config.min_active_tokens],
+            ["failed", "dead", "ultra_rare"],
+            "alive",
+        )
+        feature_tables.append(
+            pa.table(
+                {
+                    "feature": features[at].astype(np.int64),
+                    "status": status.tolist(),
+                    "active_tokens": count[at],
+                    "frequency": count[at] / used_tokens,
+                    "max_activation": maxima[at],
+                    "mean_active_activation": np.divide(
+                        sums[at], count[at], out=np.zeros(len(at)), where=count[at] > 0
+                    ),
+                    "top_examples": chosen["top"].sum(1).astype(np.int32),
+                    "quantile_examples": chosen["quantile"].sum(1).astype(np.int32),
+                    "inactive_examples": chosen["inactive"].sum(1).astype(np.int32),
+                    "part": np.full(len(at), part, dtype=np.int32),
+                    "non_finite_tokens": non_finite[at],
+                    "error": pa.array(error, pa.string()),
+                    "schema_version": np.full(len(at), SCHEMA_VERSION, dtype=np.int32),
+                },
+                schema=FEATURE_SCHEMA,
+            )
+        )
+    feature_table = pa.concat_tables(feature_tables)
     with fs.open(f"{root}/features.parquet", "wb") as f:
         pq.write_table(feature_table, f)
     return feature_table, rows_written, len(parts)
 
 
-def _choose(
-    config: HarvestConfig,
-    feature: int,
-    maximum: float,
-    top: list[np.ndarray],
-    sample: list[np.ndarray],
-) -> dict[str, list[tuple[int, float]]]:
-    """One feature's top examples and its examples spread over the activation bins."""
-    top_score, top_token, _ = top
-    kept = top_score > -math.inf
-    chosen_top = [(int(t), float(a)) for t, a in zip(top_token[kept], top_score[kept], strict=True)]
-    taken = {t for t, _ in chosen_top}
-    candidates: dict[int, float] = {}
-    sample_score, sample_token, sample_act = sample
-    for s, t, a in zip(sample_score, sample_token, sample_act, strict=True):
-        if s > -math.inf and int(t) not in taken:
-            candidates[int(t)] = float(a)
-    quantile: list[tuple[int, float]] = []
-    if candidates and config.quantile_examples:
-        tokens = np.array(sorted(candidates))
-        acts = np.array([candidates[t] for t in tokens])
-        edges = np.linspace(0.0, maximum, config.quantiles + 1)
-        bins = np.clip(np.searchsorted(edges, acts, side="left") - 1, 0, config.quantiles - 1)
-        rng = np.random.default_rng([config.seed, feature])
-        queues = [list(rng.permutation(np.flatnonzero(bins == b))) for b in range(config.quantiles)]
-        picked: list[int] = []
-        # Round robin over the bins, one example each per round, so that a bin short of candidates (often the
-        # top ones) leaves its share to the others instead of a shortfall.
-        while len(picked) < config.quantile_examples and any(queues):
-            for queue in queues:
-                if queue and len(picked) < config.quantile_examples:
-                    picked.append(int(queue.pop(0)))
-        quantile = [(int(tokens[j]), float(acts[j])) for j in sorted(picked)]
-    return {"top": chosen_top, "quantile": quantile}
+def _quantile_picks(
+    config: HarvestConfig, features: np.ndarray, maxima: np.ndarray, top_token: np.ndarray, sample: list[np.ndarray]
+) -> np.ndarray:
+    """Bool[feature slot] over the sample's slots: each feature's examples spread over the activation bins.
+
+    Candidates are the sampled active tokens that are not already top examples. Bins are `quantiles` equal
+    widths of (0, max]. Picks go round robin over the bins, one each per round, in a random order within a bin
+    (seeded per feature), so that a bin short of candidates (often the top ones) leaves its share to the others.
+    """
+    score, token, act = sample
+    n_features, width = score.shape
+    picked = np.zeros((n_features, width), dtype=bool)
+    if config.quantile_examples == 0 or width == 0:
+        return picked
+    candidate = (score > -math.inf) & ~(token[:, :, None] == top_token[:, None, :]).any(-1)
+    edges = np.linspace(0.0, maxima, config.quantiles + 1, axis=-1)  # Float[feature edge]
+    bins = np.minimum((edges[:, None, 1:] < act[:, :, None]).sum(-1), config.quantiles - 1)  # (edge_b, edge_b+1]
+    bins = np.where(candidate, bins, config.quantiles)  # non-candidates in a last bin, never picked
+    noise = np.stack([np.random.default_rng([config.seed, int(f)]).random(width) for f in features])
+    order = np.argsort(bins + noise, axis=1)  # by bin, randomly within a bin
+    sorted_bins = np.take_along_axis(bins, order, 1)
+    position = np.broadcast_to(np.arange(width), (n_features, width))
+    starts = np.where(np.diff(sorted_bins, axis=1, prepend=-1) != 0, position, 0)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, position - np.maximum.accumulate(starts, axis=1), 1)  # rank within its bin
+    round_robin = np.where(candidate, rank * config.quantiles + bins, np.iinfo(np.int64).max)
+    first = np.argsort(round_robin, axis=1, kind="stable")[:, : config.quantile_examples]
+    np.put_along_axis(picked, first, np.take_along_axis(candidate, first, 1), 1)
+    return picked
+
+
+class _Texts:
+    """Windows' texts and tokens' words, each decoded once per harvest."""
+
+    def __init__(self, tokenizer: Any, window_ids: np.ndarray) -> None:
+        self.tokenizer = tokenizer
+        self.window_ids = window_ids
+        self._windows: dict[int, str] = {}
+        self._tokens: dict[int, str] = {}
+
+    def windows(self, windows: np.ndarray) -> list[str]:
+        new = [int(w) for w in windows if int(w) not in self._windows]
+        if new:
+            decoded = self.tokenizer.batch_decode(np.asarray(self.window_ids[new]).tolist(), skip_special_tokens=True)
+            self._windows.update(zip(new, decoded, strict=True))
+        return [self._windows[int(w)] for w in windows]
+
+    def tokens(self, ids: np.ndarray) -> list[str]:
+        for i in ids:
+            if int(i) not in self._tokens:
+                self._tokens[int(i)] = _token_text(str(self.tokenizer.decode([int(i)])))
+        return [self._tokens[int(i)] for i in ids]
 
 
 def _exemplar_table(
-    rows: list[dict[str, Any]], source: FeatureSource, window_ids: np.ndarray, context_len: int
+    features: np.ndarray,
+    rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]],
+    texts: _Texts,
+    context_len: int,
 ) -> pa.Table:
-    """Exemplar rows with their text: each window decoded once, each target token once."""
-    tokenizer = source.tokenizer
-    token = np.fromiter((row["token"] for row in rows), dtype=np.int64, count=len(rows))
+    """Exemplar rows, a feature's rows together (top, quantile, inactive: each in its state's order), each with
+    its window's text.
+
+    rows: per sampling kind, (index into `features`, global token index, activation, kind)."""
+    feature_at = np.concatenate([r[0] for r in rows]).astype(np.int64)
+    token = np.concatenate([r[1] for r in rows]).astype(np.int64)
+    activation = np.concatenate([r[2] for r in rows]).astype(np.float64)
+    sampling = np.concatenate([np.full(len(r[0]), r[3], dtype=object) for r in rows])
+    kind = np.concatenate([np.full(len(r[0]), k) for k, r in enumerate(rows)])
+    order = np.lexsort((kind, feature_at))  # stable: per feature top (best first), quantile, inactive
+    feature_at, token, activation, sampling = feature_at[order], token[order], activation[order], sampling[order]
     window, position = np.divmod(token, context_len)
     windows, window_at = np.unique(window, return_inverse=True)
-    ids = np.asarray(window_ids[windows])  # Int[window token]: one read of each window from the memory map
+    ids = np.asarray(texts.window_ids[windows]).reshape(len(windows), context_len)
     target_id = ids[window_at, position]
-    texts = pa.array(tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True), pa.string())
     target_ids, target_at = np.unique(target_id, return_inverse=True)
-    targets = pa.array([_token_text(str(tokenizer.decode([int(i)]))) for i in target_ids], pa.string())
-    offsets = np.arange(len(rows) + 1, dtype=np.int32) * context_len
+    offsets = np.arange(len(token) + 1, dtype=np.int32) * context_len
     columns = {
-        "feature": pa.array([row["feature"] for row in rows], pa.int64()),
-        "context": texts.take(pa.array(window_at)),
-        "target": targets.take(pa.array(target_at)),
-        "activation": pa.array([row["activation"] for row in rows], pa.float64()),
+        "feature": pa.array(features[feature_at].astype(np.int64)),
+        "context": pa.array(texts.windows(windows), pa.string()).take(pa.array(window_at)),
+        "target": pa.array(texts.tokens(target_ids), pa.string()).take(pa.array(target_at)),
+        "activation": pa.array(activation),
         "position": pa.array(position, pa.int32()),
         "window": pa.array(window, pa.int64()),
         "window_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids[window_at].ravel(), pa.int32())),
         "target_id": pa.array(target_id, pa.int32()),
-        "sampling": pa.array([row["sampling"] for row in rows], pa.string()),
-        "schema_version": pa.array(np.full(len(rows), SCHEMA_VERSION, dtype=np.int32)),
+        "sampling": pa.array(sampling.tolist(), pa.string()),
+        "schema_version": pa.array(np.full(len(token), SCHEMA_VERSION, dtype=np.int32)),
     }
     return pa.table(columns, schema=EXEMPLAR_ROW_SCHEMA)
 
