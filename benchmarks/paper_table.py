@@ -54,6 +54,8 @@ class Variant:
     rescore_top_k: int = 64
     vocab_words: str | None = None
     """A word list for VocabFilter.words (labeler.vocab.read_word_list), or None for every alphabetic word."""
+    straight_through: bool = False
+    """Score each step's argmax word, gradients as if soft (OptimiserConfig.straight_through)."""
 
 
 VARIANTS = (
@@ -66,6 +68,14 @@ VARIANTS = (
     Variant("L = 3", "any type of {label}", "a {word}", label_tokens=3),
     Variant("category nouns", "any type of {label}", "a {word}", vocab_words="category-nouns"),
     Variant("category nouns, category template", "a kind of {label}", "a {word}", vocab_words="category-nouns"),
+    Variant("straight-through", "any type of {label}", "a {word}", straight_through=True),
+    Variant(
+        "category nouns, straight-through",
+        "any type of {label}",
+        "a {word}",
+        vocab_words="category-nouns",
+        straight_through=True,
+    ),
 )
 
 
@@ -81,7 +91,12 @@ def run_variant(
         )
     )
     config = LabelConfig(
-        optimiser=replace(optimiser, label_tokens=variant.label_tokens, rescore_top_k=variant.rescore_top_k),
+        optimiser=replace(
+            optimiser,
+            label_tokens=variant.label_tokens,
+            rescore_top_k=variant.rescore_top_k,
+            straight_through=variant.straight_through,
+        ),
         heldout_fraction=heldout,
     )
     rows = []
@@ -140,7 +155,8 @@ def markdown(rows: list[dict], header: dict) -> str:
         lines += [
             f"## {variant.name}: label `{variant.label_template}`, example `{variant.example_template}`, "
             f"L = {variant.label_tokens}, re-scoring top-k = {variant.rescore_top_k}, vocabulary "
-            f"{variant.vocab_words or 'every alphabetic word of 3+ letters'}",
+            f"{variant.vocab_words or 'every alphabetic word of 3+ letters'}"
+            f"{', straight-through' if variant.straight_through else ''}",
             "",
             "| feature | paper's label | our label | top-3 tokens (p) per slot | held-out AUROC | exhaustive "
             "optimum (AUROC) | % of optimum | names the concept | steps | seconds |",

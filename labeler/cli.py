@@ -111,6 +111,12 @@ def add_label_options(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--c-entropy", type=float, default=defaults.c_entropy, help="weight of the entropy H(p)")
     opt.add_argument("--seed", type=int, default=defaults.seed, help="run seed")
     opt.add_argument(
+        "--straight-through",
+        action="store_true",
+        help="score each step's argmax token instead of the soft label (gradients flow as if soft); "
+        "converges to one word",
+    )
+    opt.add_argument(
         "--rescore-top-k",
         type=int,
         default=defaults.rescore_top_k,
@@ -229,6 +235,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[LabelConfig, CausalLMCo
         c_entropy=args.c_entropy,
         seed=args.seed,
         rescore_top_k=args.rescore_top_k,
+        straight_through=args.straight_through,
     )
     label = LabelConfig(
         optimiser=optimiser,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from labeler.discriminators.base import Discriminator, EncodedExamples, Scored
@@ -59,6 +60,10 @@ class OptimiserConfig:
     """... for this many consecutive steps."""
     top_k: int = 5
     """Top tokens per slot recorded with their probabilities."""
+    straight_through: bool = False
+    """False: the discriminator sees the soft label p @ E (the paper). True: it sees the argmax token of each
+    slot (one-hot p), and the gradient flows as if it had seen p (a straight-through estimator), so every
+    step scores a real word and the entropy and KL terms still shape p."""
     rescore_top_k: int = 0
     """0: each restart's label is its argmax (the paper). k > 0: the k most probable tokens of every slot
     of every restart also become candidate labels (one slot changed from the argmax at a time); all
@@ -183,7 +188,10 @@ def objective(
     Returns the loss Float[F R], its terms Float[F R 3] (answer, KL, entropy) and p = softmax(v).
     """
     p = logits.softmax(-1)
-    scored = disc.score(examples, example, p @ disc.label_embeddings, head)
+    seen = p
+    if config.straight_through:
+        seen = F.one_hot(p.argmax(-1), p.shape[-1]).to(p.dtype) + p - p.detach()
+    scored = disc.score(examples, example, seen @ disc.label_embeddings, head)
     terms = _loss_terms(scored, p, logits.log_softmax(-1), target)
     loss = terms[..., 0] + config.c_kl * terms[..., 1] + config.c_entropy * terms[..., 2]
     return loss, terms, p

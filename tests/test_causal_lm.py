@@ -140,3 +140,36 @@ def test_model_folder_that_does_not_load(tmp_path: object) -> None:
     empty = f"{tmp_path}"
     with pytest.raises(ValueError, match="cannot load a causal LM"):
         CausalLMDiscriminator.from_config(CausalLMConfig(model=empty))
+
+
+def test_straight_through_scores_the_argmax_word_and_passes_the_soft_gradient(
+    tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    """With straight_through the answer loss is the discrete argmax label's, and the gradient is the soft
+    objective's chain rule evaluated at the one-hot point: d loss / d v = J_softmax(v)^T (d answer / d p at
+    one-hot), plus the entropy and KL terms' own gradients."""
+    disc = make_disc("gpt2", tokenizer, dtype=torch.float64)
+    encoded = disc.encode(CONTEXTS, TARGETS)
+    example = torch.tensor([[0, 1, 2, 3]])
+    target = torch.tensor([[True, False, True, False]])
+    soft = OptimiserConfig(label_tokens=1, restarts=2, c_kl=0.3, c_entropy=0.2)
+    straight = OptimiserConfig(label_tokens=1, restarts=2, c_kl=0.3, c_entropy=0.2, straight_through=True)
+    logits = torch.randn(1, 2, 1, len(disc.allowed_ids), dtype=torch.float64, requires_grad=True)
+
+    loss, terms, p = objective(disc, encoded, example, target, logits, straight)
+    hard = torch.nn.functional.one_hot(p.argmax(-1), p.shape[-1]).double()
+    # A soft label that is exactly the argmax word scores the same answers.
+    reference = objective(disc, encoded, example, target, (hard * 1e4).requires_grad_(True), soft)[1]
+    torch.testing.assert_close(terms[..., 0], reference[..., 0], atol=1e-9, rtol=0)
+
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    at_hard = hard.clone().requires_grad_(True)
+    scored = disc.score(encoded, example, at_hard @ disc.label_embeddings)
+    answer = scored.answer_nll.gather(-1, target[:, None, :, None].expand(*scored.score.shape, 1).long()).mean(-2)
+    (d_answer,) = torch.autograd.grad(answer.sum(), at_hard)
+    probs = logits.softmax(-1).detach()
+    through_softmax = probs * (d_answer - (d_answer * probs).sum(-1, keepdim=True))  # J_softmax^T d_answer
+    others = logits.detach().clone().requires_grad_(True)
+    _, other_terms, _ = objective(disc, encoded, example, target, others, soft)
+    (d_others,) = torch.autograd.grad((0.3 * other_terms[..., 1] + 0.2 * other_terms[..., 2]).sum(), others)
+    torch.testing.assert_close(grad, through_softmax + d_others, atol=1e-9, rtol=1e-6)
