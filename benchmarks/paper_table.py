@@ -56,6 +56,8 @@ class Variant:
     """A word list for VocabFilter.words (labeler.vocab.read_word_list), or None for every alphabetic word."""
     straight_through: bool = False
     """Score each step's argmax word, gradients as if soft (OptimiserConfig.straight_through)."""
+    c_entropy: float | None = None
+    """The entropy weight, or None for the command's --c-entropy."""
 
 
 VARIANTS = (
@@ -68,13 +70,30 @@ VARIANTS = (
     Variant("L = 3", "any type of {label}", "a {word}", label_tokens=3),
     Variant("category nouns", "any type of {label}", "a {word}", vocab_words="category-nouns"),
     Variant("category nouns, category template", "a kind of {label}", "a {word}", vocab_words="category-nouns"),
-    Variant("straight-through", "any type of {label}", "a {word}", straight_through=True),
+    Variant("straight-through, re-scoring", "any type of {label}", "a {word}", straight_through=True),
     Variant(
-        "category nouns, straight-through",
+        "category nouns, straight-through, re-scoring",
         "any type of {label}",
         "a {word}",
         vocab_words="category-nouns",
         straight_through=True,
+    ),
+    Variant(
+        "encoder defaults (straight-through, no entropy term, argmax)",
+        "any type of {label}",
+        "a {word}",
+        rescore_top_k=0,
+        straight_through=True,
+        c_entropy=0.0,
+    ),
+    Variant(
+        "category nouns, encoder defaults",
+        "any type of {label}",
+        "a {word}",
+        rescore_top_k=0,
+        vocab_words="category-nouns",
+        straight_through=True,
+        c_entropy=0.0,
     ),
 )
 
@@ -96,6 +115,7 @@ def run_variant(
             label_tokens=variant.label_tokens,
             rescore_top_k=variant.rescore_top_k,
             straight_through=variant.straight_through,
+            c_entropy=optimiser.c_entropy if variant.c_entropy is None else variant.c_entropy,
         ),
         heldout_fraction=heldout,
     )
@@ -156,7 +176,8 @@ def markdown(rows: list[dict], header: dict) -> str:
             f"## {variant.name}: label `{variant.label_template}`, example `{variant.example_template}`, "
             f"L = {variant.label_tokens}, re-scoring top-k = {variant.rescore_top_k}, vocabulary "
             f"{variant.vocab_words or 'every alphabetic word of 3+ letters'}"
-            f"{', straight-through' if variant.straight_through else ''}",
+            f"{', straight-through' if variant.straight_through else ''}"
+            f"{'' if variant.c_entropy is None else f', c_entropy {variant.c_entropy}'}",
             "",
             "| feature | paper's label | our label | top-3 tokens (p) per slot | held-out AUROC | exhaustive "
             "optimum (AUROC) | % of optimum | names the concept | steps | seconds |",

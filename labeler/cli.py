@@ -18,7 +18,14 @@ from typing import Any
 from tqdm import tqdm
 
 from labeler import __version__
-from labeler.discriminators import CausalLMConfig, EmbeddingConfig, build_discriminator, templates_of
+from labeler.discriminators import (
+    ENCODER_OPTIMISER,
+    CausalLMConfig,
+    EmbeddingConfig,
+    build_discriminator,
+    optimiser_defaults,
+    templates_of,
+)
 from labeler.engine import OptimiserConfig
 from labeler.exemplars import ExemplarError, group_by_feature, read_exemplars, unlabelable_reason
 from labeler.labelling import LabelConfig, label_chunk
@@ -108,13 +115,20 @@ def add_label_options(parser: argparse.ArgumentParser) -> None:
     )
     opt.add_argument("--lr", type=float, default=defaults.lr, help="AdamW learning rate")
     opt.add_argument("--c-kl", type=float, default=defaults.c_kl, help="weight of KL(p || q)")
-    opt.add_argument("--c-entropy", type=float, default=defaults.c_entropy, help="weight of the entropy H(p)")
+    opt.add_argument(
+        "--c-entropy",
+        type=float,
+        default=None,
+        help=f"weight of the entropy H(p) (default: {defaults.c_entropy} for hf:, "
+        f"{ENCODER_OPTIMISER['c_entropy']} for encoders)",
+    )
     opt.add_argument("--seed", type=int, default=defaults.seed, help="run seed")
     opt.add_argument(
         "--straight-through",
-        action="store_true",
-        help="score each step's argmax token instead of the soft label (gradients flow as if soft); "
-        "converges to one word",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="score each step's argmax word instead of the soft label, gradients flowing as if soft (default: "
+        "on for encoders, off for hf: as in the paper)",
     )
     opt.add_argument(
         "--rescore-top-k",
@@ -225,6 +239,7 @@ def add_label_options(parser: argparse.ArgumentParser) -> None:
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[LabelConfig, CausalLMConfig, EmbeddingConfig]:
+    kind_defaults = {**asdict(OptimiserConfig()), **optimiser_defaults(args.discriminator)}
     optimiser = OptimiserConfig(
         restarts=args.restarts,
         max_steps=args.steps,
@@ -232,10 +247,10 @@ def configs_from_args(args: argparse.Namespace) -> tuple[LabelConfig, CausalLMCo
         examples_per_step=args.examples_per_step,
         lr=args.lr,
         c_kl=args.c_kl,
-        c_entropy=args.c_entropy,
+        c_entropy=kind_defaults["c_entropy"] if args.c_entropy is None else args.c_entropy,
         seed=args.seed,
         rescore_top_k=args.rescore_top_k,
-        straight_through=args.straight_through,
+        straight_through=kind_defaults["straight_through"] if args.straight_through is None else args.straight_through,
     )
     label = LabelConfig(
         optimiser=optimiser,

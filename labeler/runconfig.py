@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from labeler.discriminators import CausalLMConfig, EmbeddingConfig
+from labeler.discriminators import CausalLMConfig, EmbeddingConfig, optimiser_defaults
 from labeler.labelling import LabelConfig
 from labeler.ray_workers import WorkersConfig
 from labeler.scheduler import SchedulerConfig
@@ -91,7 +91,21 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] = {}) -> R
             if not isinstance(node, dict):
                 raise ConfigError(f"cannot set {dotted}: {key} is not a section")
         node[leaf] = value
+    _encoder_optimiser_defaults(raw)
     return build(RunConfig, raw, "")
+
+
+def _encoder_optimiser_defaults(raw: dict[str, Any]) -> None:
+    """Fill in the optimiser settings the discriminator's kind defaults to, where the config sets none."""
+    spec = raw.get("discriminator", RunConfig.discriminator)
+    defaults = optimiser_defaults(spec) if isinstance(spec, str) else {}
+    label = raw.setdefault("label", {}) if defaults else None
+    if not isinstance(label, dict):
+        return  # a malformed `label:` is reported by build()
+    optimiser = label.setdefault("optimiser", {})
+    if isinstance(optimiser, dict):
+        for key, value in defaults.items():
+            optimiser.setdefault(key, value)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

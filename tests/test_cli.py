@@ -11,6 +11,7 @@ import duckdb
 import pytest
 
 from labeler.cli import build_parser, configs_from_args, main
+from labeler.engine import OptimiserConfig
 from labeler.results import read_labels
 from labeler.synthetic import default_world, feature_exemplars
 
@@ -141,6 +142,22 @@ def test_help_lists_the_options() -> None:
     assert out.returncode == 0
     for option in ("--exemplars", "--discriminator", "--out", "--restarts", "--steps", "--label-tokens", "--seed"):
         assert option in out.stdout
+
+
+def test_optimiser_defaults_follow_the_discriminator_kind(exemplars: Path, tmp_path: Path) -> None:
+    base = ["label", "--exemplars", str(exemplars), "--out", str(tmp_path / "o")]
+
+    def optimiser(*args: str) -> OptimiserConfig:
+        return configs_from_args(build_parser().parse_args([*base, *args]))[0].optimiser
+
+    assert (
+        optimiser("--discriminator", "minilm").straight_through
+        and optimiser("--discriminator", "minilm").c_entropy == 0
+    )
+    assert optimiser("--discriminator", "hf:/m") == OptimiserConfig()
+    chosen = optimiser("--discriminator", "minilm", "--no-straight-through", "--c-entropy", "0.2")
+    assert not chosen.straight_through and chosen.c_entropy == 0.2
+    assert optimiser("--discriminator", "hf:/m", "--straight-through").straight_through
 
 
 def test_vocab_words_option(exemplars: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from labeler.discriminators import ENCODER_OPTIMISER
+from labeler.engine import OptimiserConfig
+from labeler.labelling import LabelConfig
 from labeler.runconfig import ConfigError, RunConfig, build, describe, load_config, parse_override, to_dict
 
 
@@ -21,7 +24,22 @@ def test_yaml_and_toml_fill_nested_stages_and_overrides_win(tmp_path: Path) -> N
     assert config.sink.storage_options == {"endpoint_url": "http://127.0.0.1:5000"}
     (tmp_path / "run.toml").write_text('discriminator = "minilm"\n[scheduler]\nfeatures_per_chunk = 128\n')
     assert load_config(tmp_path / "run.toml").scheduler.features_per_chunk == 128
-    assert load_config(None) == RunConfig()
+    assert load_config(None) == RunConfig(label=LabelConfig(optimiser=OptimiserConfig(**ENCODER_OPTIMISER)))
+
+
+def test_the_optimiser_defaults_follow_the_discriminator_kind() -> None:
+    """Encoders default to straight-through without the entropy term; a causal LM keeps the paper's soft label;
+    what a config sets wins either way."""
+    for spec in ("minilm", "embedding:/models/e5"):
+        optimiser = load_config(None, {"discriminator": spec}).label.optimiser
+        assert optimiser.straight_through and optimiser.c_entropy == 0.0
+    assert load_config(None, {"discriminator": "hf:/m"}).label.optimiser == OptimiserConfig()
+    mine = load_config(None, {"label.optimiser.c_entropy": 0.3, "label.optimiser.straight_through": False})
+    assert (mine.discriminator, mine.label.optimiser.c_entropy, mine.label.optimiser.straight_through) == (
+        "minilm",
+        0.3,
+        False,
+    )
 
 
 def test_manifest_round_trip_gives_the_same_config() -> None:

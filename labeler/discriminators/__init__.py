@@ -9,12 +9,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from labeler.discriminators.base import Discriminator, EncodedExamples, Scored
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
 from labeler.discriminators.embedding import EmbeddingConfig, EmbeddingDiscriminator
 
 __all__ = [
+    "ENCODER_OPTIMISER",
     "CausalLMConfig",
     "CausalLMDiscriminator",
     "Discriminator",
@@ -23,8 +25,24 @@ __all__ = [
     "EncodedExamples",
     "Scored",
     "build_discriminator",
+    "optimiser_defaults",
     "templates_of",
 ]
+
+ENCODER_OPTIMISER: dict[str, Any] = {"straight_through": True, "c_entropy": 0.0}
+"""The optimiser settings an encoder discriminator (embedding:, minilm) gets where the user sets none.
+
+Measured on the paper's six features with all-MiniLM-L6-v2 (benchmarks/results/paper_table-2026-11-21-
+straight-through-cpu.md): with the paper's soft label the encoder rewards mixtures of embeddings that no word
+reaches, and the argmax of p is an unrelated word ("mongolian" for animals). Scoring the argmax word at every
+step (straight-through) keeps the optimisation on real words; then p's top tokens are the concept's words
+("animal", "number", "chinese"). The entropy term is off: with it p collapses within ~60 steps onto whichever
+word leads early, and the gradient through a one-hot softmax vanishes there."""
+
+
+def optimiser_defaults(spec: str) -> dict[str, Any]:
+    """OptimiserConfig fields that differ from its defaults for the discriminator `spec` names."""
+    return dict(ENCODER_OPTIMISER) if spec == "minilm" or spec.startswith("embedding:") else {}
 
 
 def build_discriminator(
