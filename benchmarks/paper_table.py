@@ -34,11 +34,12 @@ from labeler.runtime import keep_freed_memory
 from labeler.vocab import VocabFilter, read_word_list
 
 # Words that name each feature's concept (or a synonym or close hypernym), to judge labels by; a reader
-# sees the label itself next to the verdict.
+# sees the label itself next to the verdict. "animal" is mammal's close hypernym (and the paper's own label
+# for the mammals feature).
 CONCEPT_WORDS = {
     "animals": {"animal", "animals", "fauna", "creature", "creatures", "beast", "beasts", "wildlife", "zoo"},
-    "mammals": {"mammal", "mammals", "mammalian"},
-    "mammals_words": {"mammal", "mammals", "mammalian"},
+    "mammals": {"mammal", "mammals", "mammalian", "animal", "animals"},
+    "mammals_words": {"mammal", "mammals", "mammalian", "animal", "animals"},
     "numbers": {"number", "numbers", "numeral", "numerals", "digit", "digits", "integer", "numeric", "numerical"},
     "chinese": {"chinese", "china", "mandarin", "cantonese"},
     "palindromes": {"palindrome", "palindromes", "palindromic"},
