@@ -6,7 +6,8 @@ per-feature state is updated in place. That state has a fixed size, whatever the
 * counts of active tokens (latent > 0), the maximum and the sum of activations;
 * the exact top `top_examples` tokens by activation (a running top-k);
 * a uniform random sample of `reservoir` active tokens and of `inactive_examples` inactive tokens
-  (each token gets a random key per feature; the largest keys are kept: a reservoir sample, batched).
+  (each token gets one random key, shared by all features; the largest keys are kept: a reservoir sample,
+  batched).
 
 The windows' token ids are appended to a temporary file on disk (not memory) so that the chosen
 examples can be written with their context without re-tokenising. At the end, per feature: the top
