@@ -364,7 +364,7 @@ def label_all(
     """Label in chunks, writing one Parquet part per chunk as it completes."""
     records: list[LabelRecord] = []
     size = config.features_per_batch
-    with tqdm(total=len(features), unit="feature", desc="labelling", file=sys.stderr) as bar:
+    with progress_bar(total=len(features), unit="feature", desc="labelling") as bar:
         for part, start in enumerate(range(0, len(features), size)):
             chunk = with_activation_frequency(
                 label_chunk(disc, features[start : start + size], config), frequency or {}
@@ -509,13 +509,12 @@ def run_service(args: argparse.Namespace) -> int:
             print("\nlabeler: draining (chunks in flight finish; Ctrl-C again to abandon them)", file=sys.stderr)
 
         previous = signal.signal(signal.SIGINT, on_sigint)
-        bar = tqdm(total=todo, unit="feature", desc="labelling", file=sys.stderr, disable=args.no_progress)
+        bar = progress_bar(total=todo, unit="feature", desc="labelling", disable=args.no_progress)
         last_targets = [time.monotonic(), pool.alive()]
 
         def on_progress(progress: service.Progress) -> None:
-            bar.n = progress.finished
             bar.set_postfix(failed=progress.statuses["failed"], dead=progress.statuses["dead"], refresh=False)
-            bar.refresh()
+            bar.update(progress.finished - bar.n)
             if time.monotonic() - last_targets[0] > 30 or pool.alive() != last_targets[1]:
                 last_targets[:] = [time.monotonic(), pool.alive()]
                 service.write_targets(prepared, driver + pool.endpoints())
@@ -736,10 +735,33 @@ def run_harvest(args: argparse.Namespace) -> int:
     return 0
 
 
+def progress_bar(**settings: Any) -> tqdm:
+    """A tqdm progress bar on stderr: redrawn in place on a terminal; where stderr is a log (a file, a pipe,
+    `ray job logs`), one plain line at start, at most every 30 s, and at the end."""
+    if sys.stderr.isatty():
+        return tqdm(file=sys.stderr, **settings)
+    return tqdm(file=_LogLines(sys.stderr), mininterval=30, ascii=True, **settings)
+
+
+class _LogLines:
+    """A stream for tqdm that turns each redraw into a line of its own (no carriage returns in a log)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 @contextmanager
 def harvest_bar(total: int | None, disable: bool = False) -> Iterator[Callable[[int, int], None]]:
     """A tokens progress bar (tokens/s, ETA) and the progress callback `harvest()` calls with (done, expected)."""
-    with tqdm(total=total, unit="tok", unit_scale=True, desc="harvesting", file=sys.stderr, disable=disable) as bar:
+    with progress_bar(total=total, unit="tok", unit_scale=True, desc="harvesting", disable=disable) as bar:
 
         def progress(done: int, expected: int) -> None:
             bar.total = max(expected, done)

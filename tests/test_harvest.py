@@ -252,6 +252,9 @@ def test_cli_harvest(tmp_path: Path, subject: Path, sae: Path, capsys: pytest.Ca
     assert features == list(range(8))
     err = capsys.readouterr().err
     assert "harvesting" in err and "tok/s" in err and "8 features" in err
+    # stderr is not a terminal here: the bar writes whole lines (a start and an end line), no carriage returns.
+    bar = [line for line in err.split("\n") if "harvesting:" in line]
+    assert len(bar) >= 2 and not any("\r" in line for line in bar)
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"\xff\n")
     assert cli.main([*common, "--corpus", str(bad), "--out", str(tmp_path / "b")]) == 2
