@@ -106,6 +106,16 @@ VARIANTS = (
         c_entropy=0.0,
     ),
     Variant(
+        "category nouns, encoder defaults, L = 2",
+        "any type of {label}",
+        "a {word}",
+        label_tokens=2,
+        rescore_top_k=0,
+        vocab_words="category-nouns",
+        straight_through=True,
+        c_entropy=0.0,
+    ),
+    Variant(
         "category nouns, encoder defaults",
         "any type of {label}",
         "a {word}",
