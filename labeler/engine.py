@@ -51,7 +51,7 @@ class OptimiserConfig:
     c_kl: float = 0.1
     """Weight of KL(p || q), q being the discriminator's own next-token distribution (the paper: 0.05 to 0.2)."""
     c_entropy: float = 0.2
-    """Weight of the entropy H(p), pushing p towards one token (the paper: 0.1 to 0.3)."""
+    """Weight of the entropy H(p), pushing p towards one token (the paper: 0.1 to 0.3; encoders default to 0)."""
     init_std: float = 1.0
     """v starts as N(0, init_std^2)."""
     converge_prob: float = 0.9
@@ -61,9 +61,12 @@ class OptimiserConfig:
     top_k: int = 5
     """Top tokens per slot recorded with their probabilities."""
     straight_through: bool = False
-    """False: the discriminator sees the soft label p @ E (the paper). True: it sees the argmax token of each
-    slot (one-hot p), and the gradient flows as if it had seen p (a straight-through estimator), so every
-    step scores a real word and the entropy and KL terms still shape p."""
+    """True (encoders' default): score each slot's argmax word, gradients as if soft; False: p @ E (the paper).
+
+    With True the discriminator sees the argmax token of each slot (one-hot p) and the gradient flows as if
+    it had seen p (a straight-through estimator), so every step scores a real word and the entropy and KL
+    terms still shape p. Encoder discriminators default to True, with c_entropy 0, wherever a run sets
+    neither (labeler.discriminators.ENCODER_OPTIMISER); causal LMs to False."""
     rescore_top_k: int = 0
     """0: each restart's label is its argmax (the paper). k > 0: the k most probable tokens of every slot
     of every restart also become candidate labels (one slot changed from the argmax at a time); all
