@@ -219,11 +219,12 @@ class FeatureStats:
         self.count += torch.bincount(feature, minlength=features)
         self.sum += torch.bincount(feature, weights=value.double(), minlength=features)
         self.max.scatter_reduce_(0, feature, value, "amax")
-        self.top.offer(feature, value, token[at], value)
+        at_token = token[at]
+        self.top.offer(feature, value, at_token, value)
         # One random key per token, shared by all features: for each feature on its own the keys are still
         # independent and uniform, so keeping the largest keys is an exact uniform sample per feature.
         key = torch.rand(acts.shape[0], generator=self.generator, device=acts.device)
-        self.sample.offer(feature, key[at], token[at], value)
+        self.sample.offer(feature, key[at], at_token, value)
         self._update_inactive(acts, key, token)
 
     def _update_inactive(self, acts: Tensor, key: Tensor, token: Tensor) -> None:
@@ -246,7 +247,8 @@ class FeatureStats:
         # The best key left out of the head: no feature whose k-th best is at least that can gain from the rest.
         outside = sorted_key[head] if head < len(key) else torch.tensor(-math.inf, device=key.device)
         order = order[:head]
-        inactive = (acts[order] <= 0).T  # Bool[feature head], head in decreasing key order
+        head_acts = acts[order]  # Float[head feature]
+        inactive = (head_acts <= 0).T  # Bool[feature head], head in decreasing key order
         rank = inactive.cumsum(1) - 1
         exact = (rank[:, -1] + 1 >= k) | (outside <= floor)
         head_rows = exact.nonzero(as_tuple=True)[0]
@@ -257,7 +259,7 @@ class FeatureStats:
                 rank[head_rows],
                 key[order],
                 token[order],
-                acts[order][:, head_rows].T,
+                head_acts[:, head_rows].T,
             )
         dense = (~exact).nonzero(as_tuple=True)[0]
         if len(dense):
@@ -275,9 +277,7 @@ class _TopK:
 
     def __init__(self, features: int, k: int, device: torch.device) -> None:
         self.k = k
-        self.score = torch.full((features, k), -math.inf, device=device)
-        self.token = torch.full((features, k), -1, dtype=torch.int64, device=device)
-        self.act = torch.zeros((features, k), device=device)
+        self.score, self.token, self.act = _unused_slots(features, k, device)
 
     def offer(self, feature: Tensor, score: Tensor, token: Tensor, act: Tensor) -> None:
         """Sparse candidates (Int/Float[entry]): each feature keeps the k best of its old and its new."""
@@ -295,9 +295,7 @@ class _TopK:
         rank = torch.arange(len(feature), device=feature.device) - (counts.cumsum(0) - counts)[inverse]
         keep = rank < self.k
         width = int(min(int(counts.max()), self.k))
-        new_score = torch.full((len(rows), width), -math.inf, device=score.device)
-        new_token = torch.full((len(rows), width), -1, dtype=torch.int64, device=score.device)
-        new_act = torch.zeros((len(rows), width), device=score.device)
+        new_score, new_token, new_act = _unused_slots(len(rows), width, score.device)
         at = (inverse[keep], rank[keep])
         new_score[at], new_token[at], new_act[at] = score[keep].float(), token[keep], act[keep].float()
         self.merge(rows, new_score, new_token, new_act)
@@ -309,9 +307,7 @@ class _TopK:
         rank (Bool/Int[row column]: which columns each row takes, and their order), act (Float[row column])."""
         width = min(score.shape[0], self.k)
         slot = torch.where(chosen & (rank < width), rank, width)  # the rest go to a spare column, dropped
-        new_score = torch.full((len(rows), width + 1), -math.inf, device=score.device)
-        new_token = torch.full((len(rows), width + 1), -1, dtype=torch.int64, device=score.device)
-        new_act = torch.zeros((len(rows), width + 1), device=score.device)
+        new_score, new_token, new_act = _unused_slots(len(rows), width + 1, score.device)
         new_score.scatter_(1, slot, score.expand_as(slot).contiguous())
         new_token.scatter_(1, slot, token.expand_as(slot).contiguous())
         new_act.scatter_(1, slot, act.float())
@@ -333,6 +329,15 @@ class _TopK:
     def kept(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per feature (numpy): scores, token indices, activations; unused slots have score -inf."""
         return self.score.cpu().numpy(), self.token.cpu().numpy(), self.act.cpu().numpy()
+
+
+def _unused_slots(rows: int, width: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-k slots holding nothing: scores -inf, token indices -1, activations 0."""
+    return (
+        torch.full((rows, width), -math.inf, device=device),
+        torch.full((rows, width), -1, dtype=torch.int64, device=device),
+        torch.zeros((rows, width), device=device),
+    )
 
 
 def harvest(config: HarvestConfig, progress: Progress | None = None) -> HarvestManifest:
