@@ -329,7 +329,7 @@ def test_a_feature_with_non_finite_latents_fails_alone(tmp_path: Path, subject: 
     assert all(rows[f] == clean_rows[f] for f in range(D_SAE) if f != 7)
     exemplars = pq.read_table(tmp_path / "broken" / "exemplars").to_pylist()
     clean_exemplars = pq.read_table(tmp_path / "clean" / "exemplars").to_pylist()
-    assert [r for r in exemplars] == [r for r in clean_exemplars if r["feature"] != 7]
+    assert exemplars == [r for r in clean_exemplars if r["feature"] != 7]
     read_exemplars(tmp_path / "broken" / "exemplars")  # no NaN reaches the exemplar contract
 
     # Labelling that harvest records feature 7 as failed, with the harvest's reason, and labels its neighbours.
