@@ -97,6 +97,11 @@ class FeatureTask:
     heldout_active: np.ndarray
     """bool, one per held-out row."""
 
+    def train(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training rows (active ones first) and, for each, whether it is active."""
+        rows = np.concatenate([self.train_active, self.train_inactive])
+        return rows, np.arange(len(rows)) < len(self.train_active)
+
 
 @dataclass(frozen=True)
 class FeatureLabel:
@@ -281,8 +286,7 @@ def _pick_best(
     best, best_ids, best_scores = order[0], label_ids[order[0]], scores[order[0]]
     if config.rescore_top_k:
         candidates, owner = _candidates(v, config.rescore_top_k)  # [C L], [C]
-        train = np.concatenate([task.train_active, task.train_inactive])
-        train_active = np.arange(len(train)) < len(task.train_active)
+        train, train_active = task.train()
         train_scores = disc.score_discrete(examples, train, candidates[None], head[owner][None])[0]
         pick = rank_labels(train_scores, train_active)[0][0]
         best, best_ids = int(owner[pick]), candidates[pick]

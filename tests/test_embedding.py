@@ -178,6 +178,23 @@ def test_exhaustive_search_ranks_like_a_loop_over_label_texts() -> None:
 
 
 @torch.no_grad()
+def test_exhaustive_search_on_training_examples_ranks_them_as_held_out_ones() -> None:
+    """on="train" scores the training rows: a task whose training rows are another's held-out rows ranks alike."""
+    disc = make_disc()
+    words = ["dog", "cat", "horse", "cow", "bird", "table", "chair", "spoon", "cup", "hammer"]
+    encoded = disc.encode(words, words)
+    active = np.arange(10) < 4
+    rows = np.array([3, 7, 0, 5, 1, 9, 2, 8, 6, 4])  # shuffled, so the training side's "active first" is a real reorder
+    heldout = FeatureTask(1, np.array([0]), np.array([9]), rows, active[rows])
+    train = FeatureTask(1, rows[active[rows]], rows[~active[rows]], np.array([0, 9]), np.array([True, False]))
+    by_train = exhaustive_search(disc, encoded, train, on="train")
+    assert by_train == exhaustive_search(disc, encoded, heldout)
+    assert exhaustive_search(disc, encoded, train) != by_train  # the default really reads the held-out rows
+    with pytest.raises(ValueError, match="on must be 'heldout' or 'train'"):
+        exhaustive_search(disc, encoded, train, on="test")  # type: ignore[arg-type]
+
+
+@torch.no_grad()
 def test_repeated_example_ties_with_itself() -> None:
     """With "a {word}", every occurrence of a word is one text: active and inactive ones must score alike,
     or AUROC credits the tie to whichever side the matrix product happened to round up."""
