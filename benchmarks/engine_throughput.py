@@ -76,6 +76,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator settings alone")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="model weights dtype")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model's forward (both methods; compiled in warm-up)"
+    )
     args = parser.parse_args()
 
     allocator_tuned = False if args.default_malloc else keep_freed_memory()
@@ -84,8 +88,12 @@ def main() -> None:
     # The synthetic language's tiny Llama (random weights: speed does not depend on them), resized on request.
     config = model_config(tokenizer)
     config.update({"hidden_size": args.hidden, "intermediate_size": 4 * args.hidden, "num_hidden_layers": args.layers})
-    model = LlamaForCausalLM(config).to(args.device)
-    disc = CausalLMDiscriminator(model, tokenizer, CausalLMConfig(model="random-llama", vocab=VocabFilter(min_chars=2)))
+    model = LlamaForCausalLM(config).to(args.device, getattr(torch, args.dtype))
+    disc = CausalLMDiscriminator(
+        model, tokenizer, CausalLMConfig(model="random-llama", vocab=VocabFilter(min_chars=2), dtype=args.dtype)
+    )
+    if args.compile:
+        disc.model.forward = torch.compile(disc.model.forward)  # type: ignore[method-assign]
     # converge_prob above 1 can never be reached: every restart runs all steps in both methods.
     optimiser = OptimiserConfig(
         restarts=args.restarts,
@@ -97,6 +105,10 @@ def main() -> None:
     config = LabelConfig(optimiser=optimiser, features_per_batch=args.features)
     features = random_features(args.features, args.examples, args.seed)
     batched(disc, features[:2], config)  # warm-up: first calls pay for lazy initialisation
+    if args.compile:  # and for compiling each shape the two methods run
+        one_step = replace(config, optimiser=replace(optimiser, max_steps=1))
+        batched(disc, features, one_step)
+        paper_loop(disc, features[:4], one_step)
 
     common = {
         "features": args.features,
@@ -114,6 +126,8 @@ def main() -> None:
         else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "allocator_tuned": allocator_tuned,
+        "dtype": args.dtype,
+        "compiled": args.compile,
         "date": time.strftime("%Y-%m-%d"),
     }
     results = {}
