@@ -125,6 +125,21 @@ VARIANTS = (
         straight_through=True,
         c_entropy=0.0,
     ),
+    Variant(
+        "encoder defaults with re-scoring",
+        "any type of {label}",
+        "a {word}",
+        straight_through=True,
+        c_entropy=0.0,
+    ),
+    Variant(
+        "category nouns, encoder defaults with re-scoring",
+        "any type of {label}",
+        "a {word}",
+        vocab_words="category-nouns",
+        straight_through=True,
+        c_entropy=0.0,
+    ),
 )
 
 
