@@ -99,7 +99,9 @@ def _encoder_optimiser_defaults(raw: dict[str, Any]) -> None:
     """Fill in the optimiser settings the discriminator's kind defaults to, where the config sets none."""
     spec = raw.get("discriminator", RunConfig.discriminator)
     defaults = optimiser_defaults(spec) if isinstance(spec, str) else {}
-    label = raw.setdefault("label", {}) if defaults else None
+    if not defaults:
+        return
+    label = raw.setdefault("label", {})
     if not isinstance(label, dict):
         return  # a malformed `label:` is reported by build()
     optimiser = label.setdefault("optimiser", {})
