@@ -153,6 +153,8 @@ def iter_windows(
         if document is not None:
             batch.append(document)
             continue
+        if not batch:  # the final marker right after a full batch's marker
+            continue
         for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
             if max_tokens is not None:
                 ids = ids[: max_tokens - taken]

@@ -66,3 +66,11 @@ def test_windows_cover_the_stream(tmp_path: Path) -> None:
     assert attention[:-1].all() and not attention[-1].all()  # only the last window is padded
     limited = list(iter_windows(iter(docs), tokenizer, context_len=5, windows_per_batch=2, max_tokens=9))
     assert sum(int(b.valid.sum()) for b in limited) == 9
+
+
+@pytest.mark.parametrize("n_docs", [3, 4, 5])
+def test_document_count_a_multiple_of_the_tokenizer_call(n_docs: int) -> None:
+    tokenizer = word_tokenizer()
+    docs = iter(["dog dog"] * n_docs)
+    batches = list(iter_windows(docs, tokenizer, context_len=4, windows_per_batch=2, docs_per_call=2))
+    assert sum(int(b.valid.sum()) for b in batches) == 2 * n_docs
