@@ -66,23 +66,12 @@ def read_exemplars(path: str | Path) -> pa.Table:
 
 def validate_exemplars(table: pa.Table, source: str = "exemplars") -> pa.Table:
     """Check the contract and cast the required columns to their declared types."""
-    missing = [name for name in REQUIRED_COLUMNS if name not in table.column_names]
-    if missing:
-        raise ExemplarError(
-            f"{source}: missing column(s) {missing}; the exemplar contract needs {list(REQUIRED_COLUMNS)} "
-            f"(found {table.column_names})"
-        )
+    columns = _cast_columns(table, source)
     if table.num_rows == 0:
         raise ExemplarError(f"{source}: no rows")
-    columns = {}
-    for field in EXEMPLAR_SCHEMA:
-        column = table.column(field.name)
+    for name, column in columns.items():
         if column.null_count:
-            raise ExemplarError(f"{source}: column {field.name!r} has {column.null_count} null value(s)")
-        try:
-            columns[field.name] = column.cast(field.type)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-            raise ExemplarError(f"{source}: column {field.name!r} cannot be read as {field.type}: {err}") from err
+            raise ExemplarError(f"{source}: column {name!r} has {column.null_count} null value(s)")
     activation = columns["activation"]
     bad = pc.sum(pc.invert(pc.is_finite(activation))).as_py()
     if bad:
@@ -94,12 +83,66 @@ def validate_exemplars(table: pa.Table, source: str = "exemplars") -> pa.Table:
     negative = pc.sum(pc.less(columns["feature"], 0)).as_py()
     if negative:
         raise ExemplarError(f"{source}: column 'feature' has {negative} negative id(s); feature ids must be >= 0")
+    return _with_extra_columns(columns, table)
+
+
+def split_invalid_features(table: pa.Table, source: str = "exemplars") -> tuple[pa.Table, dict[int, str]]:
+    """(the rows of the features whose every row keeps the contract, {feature: what its bad rows break}).
+
+    For input read a part at a time: a null or non-finite value takes out its own feature, not the others
+    read with it. What no row can keep (a missing column, a column of the wrong type, a null or negative
+    feature id) still raises ExemplarError.
+    """
+    columns = _cast_columns(table, source)
+    feature = columns["feature"]
+    if feature.null_count:
+        raise ExemplarError(f"{source}: column 'feature' has {feature.null_count} null value(s)")
+    if pc.sum(pc.less(feature, 0)).as_py():
+        raise ExemplarError(f"{source}: column 'feature' has negative id(s); feature ids must be >= 0")
+    finite = pc.fill_null(pc.is_finite(columns["activation"]), True)
+    checks = [(f"column {name!r} has {{n}} null value(s)", pc.is_null(columns[name])) for name in REQUIRED_COLUMNS[1:]]
+    checks.append(("column 'activation' has {n} NaN or infinite value(s)", pc.invert(finite)))
+    ids = feature.to_numpy()
+    problems: dict[int, list[str]] = {}
+    for template, mask in checks:
+        bad_ids, counts = np.unique(ids[mask.to_numpy()], return_counts=True)
+        for bad_id, count in zip(bad_ids.tolist(), counts.tolist(), strict=True):
+            problems.setdefault(bad_id, []).append(template.format(n=count))
+    kept = _with_extra_columns(columns, table).filter(pa.array(~np.isin(ids, list(problems))))
+    reasons = {
+        bad_id: f"{source}: feature {bad_id}: {'; '.join(found)}; every row needs a context, a target and a "
+        "finite activation"
+        for bad_id, found in problems.items()
+    }
+    return kept, reasons
+
+
+def _cast_columns(table: pa.Table, source: str) -> dict[str, pa.ChunkedArray]:
+    """The contract's columns cast to their declared types (nulls kept); raises for a missing or unreadable column."""
+    missing = [name for name in REQUIRED_COLUMNS if name not in table.column_names]
+    if missing:
+        raise ExemplarError(
+            f"{source}: missing column(s) {missing}; the exemplar contract needs {list(REQUIRED_COLUMNS)} "
+            f"(found {table.column_names})"
+        )
+    columns = {}
+    for field in EXEMPLAR_SCHEMA:
+        try:
+            columns[field.name] = table.column(field.name).cast(field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            raise ExemplarError(f"{source}: column {field.name!r} cannot be read as {field.type}: {err}") from err
+    return columns
+
+
+def _with_extra_columns(columns: dict[str, pa.ChunkedArray], table: pa.Table) -> pa.Table:
     extra = [name for name in table.column_names if name not in columns]
     return pa.table({**columns, **{name: table.column(name) for name in extra}})
 
 
 def group_by_feature(table: pa.Table) -> Iterator[FeatureExemplars]:
     """Yield each feature's examples, in ascending feature order, keeping the file's row order within a feature."""
+    if table.num_rows == 0:
+        return
     features = table.column("feature").to_numpy()
     order = np.argsort(features, kind="stable")
     contexts = table.column("context").to_pylist()

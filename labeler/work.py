@@ -29,7 +29,7 @@ from labeler.exemplars import (
     FeatureExemplars,
     group_by_feature,
     read_exemplars,
-    validate_exemplars,
+    split_invalid_features,
 )
 from labeler.labelling import LabelConfig, label_chunk
 from labeler.results import LabelRecord, RunInfo, to_table, with_activation_frequency
@@ -103,11 +103,13 @@ def plan_features(source: SourceConfig) -> tuple[np.ndarray, np.ndarray]:
     return unique, np.array([], dtype=np.int64)
 
 
-def read_chunk_exemplars(source: SourceConfig, features: np.ndarray) -> list[FeatureExemplars]:
-    """The examples of `features`, validated against the contract, grouped per feature in ascending order."""
+def read_chunk_exemplars(source: SourceConfig, features: np.ndarray) -> tuple[list[FeatureExemplars], dict[int, str]]:
+    """(the examples of `features` grouped per feature in ascending order, {feature: why its rows break the
+    contract}). A feature with a bad row is left out with its reason; the others are read as usual."""
     assert source.exemplars is not None, "plan_features refuses a run without exemplars"
     wanted = pa.array(features, type=pa.int64())
-    if _is_jsonl(source.exemplars):
+    invalid: dict[int, str] = {}
+    if _is_jsonl(source.exemplars):  # plan_features validated the whole file before work started
         table = read_exemplars(source.exemplars)
         table = table.filter(pc.is_in(table.column("feature"), value_set=wanted))
     else:
@@ -115,8 +117,8 @@ def read_chunk_exemplars(source: SourceConfig, features: np.ndarray) -> list[Fea
         lo, hi = int(features.min()), int(features.max())
         bounds = (ds.field("feature") >= lo) & (ds.field("feature") <= hi)
         table = dataset.to_table(columns=list(REQUIRED_COLUMNS), filter=bounds & ds.field("feature").isin(wanted))
-        table = validate_exemplars(table, source=f"{source.exemplars} (features {lo}..{hi})")
-    return list(group_by_feature(table))
+        table, invalid = split_invalid_features(table, source=source.exemplars)
+    return list(group_by_feature(table)), invalid
 
 
 def read_harvest_column(source: SourceConfig, features: np.ndarray, column: str) -> dict[int, Any]:
@@ -162,11 +164,12 @@ class EngineLabeller:
         self.disc = build_discriminator(spec.discriminator, spec.causal_lm, spec.embedding)
 
     def label(self, features: np.ndarray) -> list[LabelRecord]:
-        exemplars = read_chunk_exemplars(self.spec.source, features)
-        found = {examples.feature for examples in exemplars}
+        exemplars, invalid = read_chunk_exemplars(self.spec.source, features)
+        records = [LabelRecord(feature=f, status="failed", error=reason) for f, reason in invalid.items()]
+        found = {examples.feature for examples in exemplars} | set(invalid)
         missing = np.array([f for f in features if int(f) not in found], dtype=np.int64)
         harvest_errors = read_harvest_column(self.spec.source, missing, "error") if len(missing) else {}
-        records = [
+        records += [
             LabelRecord(feature=int(f), status="failed", error=f"harvest: {harvest_errors[int(f)]}")
             if int(f) in harvest_errors
             else LabelRecord(

@@ -113,5 +113,44 @@ def test_a_worker_reads_only_its_chunks_rows(tmp_path: Path) -> None:
     source = SourceConfig(exemplars=str(exemplar_parts(tmp_path / "ex", 30, rows=6)))
     label_ids, dead = plan_features(source)
     assert label_ids.tolist() == list(range(30)) and len(dead) == 0
-    chunk = read_chunk_exemplars(source, np.array([4, 5, 29]))
-    assert [f.feature for f in chunk] == [4, 5, 29] and all(len(f) == 6 for f in chunk)
+    chunk, invalid = read_chunk_exemplars(source, np.array([4, 5, 29]))
+    assert [f.feature for f in chunk] == [4, 5, 29] and all(len(f) == 6 for f in chunk) and invalid == {}
+
+
+def test_a_bad_row_fails_only_its_feature_and_an_empty_chunk_records_every_feature(tmp_path: Path) -> None:
+    from conftest import tiny_gpt2, word_tokenizer
+    from label_runs import run_info
+
+    from labeler.discriminators import CausalLMConfig, EmbeddingConfig
+    from labeler.engine import OptimiserConfig
+    from labeler.labelling import LabelConfig
+    from labeler.work import EngineLabeller, LabellerSpec
+
+    model = tmp_path / "gpt2"
+    tokenizer = word_tokenizer()
+    tiny_gpt2(len(tokenizer)).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    rows = [
+        {"feature": f, "context": "the dog ate the cheese", "target": word, "activation": float(word == "dog")}
+        for f in (1, 2, 3)
+        for word in ("the", "dog", "ate", "the", "cheese", "dog")
+    ]
+    rows[6]["activation"] = float("nan")  # feature 2
+    rows[14]["context"] = None  # feature 3
+    (tmp_path / "ex").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "ex" / "part.parquet")
+    source = SourceConfig(exemplars=str(tmp_path / "ex"))
+
+    exemplars, invalid = read_chunk_exemplars(source, np.array([1, 2, 3]))
+    assert [f.feature for f in exemplars] == [1] and sorted(invalid) == [2, 3]
+    assert "feature 2: column 'activation' has 1 NaN or infinite value(s)" in invalid[2]
+    assert "feature 3: column 'context' has 1 null value(s)" in invalid[3]
+    assert read_chunk_exemplars(source, np.array([7, 8])) == ([], {})
+
+    label = LabelConfig(optimiser=OptimiserConfig(restarts=1, max_steps=2, examples_per_step=4))
+    spec = LabellerSpec(f"hf:{model}", label, CausalLMConfig(), EmbeddingConfig(), source, run_info("r"))
+    labeller = EngineLabeller(spec)
+    records = labeller.label(np.array([1, 2, 3]))
+    assert [(r.feature, r.status) for r in records] == [(1, "labelled"), (2, "failed"), (3, "failed")]
+    assert records[1].error == invalid[2] and records[2].error == invalid[3]
+    assert [(r.feature, r.status) for r in labeller.label(np.array([7, 8]))] == [(7, "skipped"), (8, "skipped")]
