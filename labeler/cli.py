@@ -34,6 +34,9 @@ from labeler.results import LabelRecord, RunInfo, config_hash, with_activation_f
 from labeler.runtime import keep_freed_memory
 from labeler.vocab import VocabFilter, read_word_list
 
+FREQUENCY_COLUMNS = ("frequency", "activation_frequency")
+"""Where --activation-frequency finds the frequency: the harvest's features.parquet calls it `frequency`."""
+
 
 class UsageError(Exception):
     """Bad input found before work starts; printed without a traceback, exit status 2."""
@@ -47,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ExemplarError, ValueError) as err:
         print(f"labeler: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file or folder that cannot be read or written; storage errors were retried already
+        print(f"labeler: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("labeler: interrupted; parts written so far are complete and kept", file=sys.stderr)
         return 130
@@ -168,8 +174,8 @@ def add_label_options(parser: argparse.ArgumentParser) -> None:
         "--activation-frequency",
         type=Path,
         default=None,
-        help="Parquet file (e.g. the SAE harvest's features.parquet) with columns feature and activation_frequency, "
-        "recorded with each label",
+        help="Parquet file with columns feature and frequency (the SAE harvest's features.parquet) or "
+        "activation_frequency; recorded with each label",
     )
     prov = parser.add_argument_group("provenance (stored on every label row)")
     prov.add_argument("--run-id", default=None, help="name of this run (default: the --out folder's name and the time)")
@@ -286,6 +292,10 @@ def run_label(args: argparse.Namespace) -> int:
     labels_dir = args.out / "labels"
     if labels_dir.exists() and any(labels_dir.iterdir()):
         raise UsageError(f"{labels_dir} already holds labels; choose a new --out or remove it")
+    try:  # before the model loads: an --out that cannot be written stops here, not after the labelling
+        labels_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create the output folder {labels_dir}: {err}") from err
     table = read_exemplars(args.exemplars)
     features = list(group_by_feature(table))
     problems = [(f.feature, r) for f in features if (r := unlabelable_reason(f, label_config.active_threshold))]
@@ -341,16 +351,22 @@ def run_info(
 
 
 def _read_frequency(path: Path) -> dict[int, float]:
+    """{feature: activation frequency} from a harvest's features.parquet (column `frequency`) or a file with
+    a column `activation_frequency`."""
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path, columns=["feature", "activation_frequency"])
+        names = pq.read_schema(path).names
+        column = next((name for name in FREQUENCY_COLUMNS if name in names), None)
+        if "feature" not in names or column is None:
+            raise ValueError(f"found columns {names}")
+        table = pq.read_table(path, columns=["feature", column])
     except (OSError, ValueError) as err:
         raise UsageError(
-            f"cannot read --activation-frequency {path}: {err} (a Parquet file with columns feature and "
-            "activation_frequency is needed)"
+            f"cannot read --activation-frequency {path}: {err} (a Parquet file with a column feature and a column "
+            f"{' or '.join(FREQUENCY_COLUMNS)} is needed)"
         ) from err
-    return dict(zip(table.column("feature").to_pylist(), table.column("activation_frequency").to_pylist(), strict=True))
+    return dict(zip(table.column("feature").to_pylist(), table.column(column).to_pylist(), strict=True))
 
 
 def label_all(
@@ -456,7 +472,7 @@ def run_service(args: argparse.Namespace) -> int:
     import ray
 
     from labeler import metrics, service
-    from labeler.ray_workers import RayPool
+    from labeler.ray_workers import RayPool, WorkerStartError
     from labeler.runconfig import describe, load_config, parse_override, to_dict
     from labeler.service import resume_config
 
@@ -496,7 +512,13 @@ def run_service(args: argparse.Namespace) -> int:
         driver_port = metrics.serve(config.metrics.port) if config.metrics.port is not None else None
         host = ray.util.get_node_ip_address() or socket.gethostname()
         pool = RayPool(config.workers, prepared.spec(), config.out, config.sink)
-        endpoints = pool.ready()
+        try:
+            endpoints = pool.ready()
+        except WorkerStartError as err:
+            if args.resume is None and not prepared.committed:
+                prepared.sink.discard_manifest()
+                raise UsageError(f"{err}\nnothing was labelled; fix that and run the same command again") from err
+            raise UsageError(f"{err}\nfix that and continue with: labeler run --resume {config.out}") from err
         driver = [f"{host}:{driver_port}"] if driver_port is not None else []
         where = service.write_targets(prepared, driver + endpoints)
         print(f"metrics: driver {driver or '-'}, workers {endpoints}; Prometheus targets in {where}", file=sys.stderr)

@@ -179,7 +179,7 @@ def test_label_records_provenance_frequency_and_baseline(
     import pyarrow.parquet as pq
 
     frequency = tmp_path / "features.parquet"
-    pq.write_table(pa.table({"feature": [0, 1, 2], "activation_frequency": [0.01, 0.002, 0.3]}), frequency)
+    pq.write_table(pa.table({"feature": [0, 1, 2], "frequency": [0.01, 0.002, 0.3]}), frequency)
     out = tmp_path / "run"
     args = ["label", "--exemplars", str(exemplars), "--discriminator", f"hf:{trained_lm}", "--out", str(out)]
     args += ["--steps", "2", "--restarts", "2", "--baseline", "exhaustive", "--activation-frequency", str(frequency)]
@@ -206,3 +206,36 @@ def test_label_records_provenance_frequency_and_baseline(
         assert row["baseline_method"] == "exhaustive" and row["has_baseline"] and row["f1_ok"] and row["template_ok"]
         assert row["code_version"].startswith("labeler ")
     assert json.loads((out / "manifest.json").read_text())["run"]["run_id"] == "r1"
+
+
+def test_activation_frequency_reads_the_harvests_column_or_the_records_name(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from labeler.cli import UsageError, _read_frequency
+
+    for column in ("frequency", "activation_frequency"):
+        pq.write_table(pa.table({"feature": [3, 5], column: [0.5, 0.25]}), tmp_path / f"{column}.parquet")
+        assert _read_frequency(tmp_path / f"{column}.parquet") == {3: 0.5, 5: 0.25}
+    pq.write_table(pa.table({"feature": [3], "freq": [0.5]}), tmp_path / "other.parquet")
+    with pytest.raises(UsageError, match=r"found columns \['feature', 'freq'\].*frequency or activation_frequency"):
+        _read_frequency(tmp_path / "other.parquet")
+    with pytest.raises(UsageError, match="cannot read --activation-frequency"):
+        _read_frequency(tmp_path / "missing.parquet")
+
+
+def test_an_output_that_cannot_be_written_is_named_without_a_traceback(
+    exemplars: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    # --out under a file: refused before the model (here a folder that does not exist) is even looked at.
+    args = ["label", "--exemplars", str(exemplars), "--discriminator", f"hf:{tmp_path / 'nope'}"]
+    code, err = run_cli([*args, "--out", str(blocker / "sub")], capsys)
+    assert code == 2 and f"cannot create the output folder {blocker / 'sub' / 'labels'}" in err
+    from label_runs import write_run
+
+    write_run(str(tmp_path / "run"), "r")
+    export = ["export", "--data", str(tmp_path / "run"), "--format", "jsonl", "--out", str(blocker / "x.jsonl")]
+    code, err = run_cli(export, capsys)
+    assert code == 1 and err.startswith("labeler: error:") and str(blocker) in err
