@@ -24,6 +24,10 @@ from labeler.sink import PartSink, SinkConfig
 from labeler.work import ChunkWorker, LabellerSpec
 
 
+class WorkerStartError(RuntimeError):
+    """A worker actor died while starting (loading the discriminator, serving metrics); says why."""
+
+
 @dataclass(frozen=True)
 class WorkersConfig:
     """How many worker actors a run starts and what each one gets."""
@@ -116,8 +120,12 @@ class RayPool:
         return True
 
     def ready(self, timeout: float = 600) -> list[str]:
-        """Wait for every worker to have loaded its discriminator; their metrics endpoints."""
-        return list(ray.get([a.endpoint.remote() for a in self.actors], timeout=timeout))
+        """Wait for every worker to have loaded its discriminator; their metrics endpoints.
+        Raises WorkerStartError with the cause when a worker cannot start (e.g. its model does not load)."""
+        try:
+            return list(ray.get([a.endpoint.remote() for a in self.actors], timeout=timeout))
+        except RayActorError as err:
+            raise WorkerStartError(f"a worker could not start: {_first_line(err)}") from err
 
     def endpoints(self) -> list[str]:
         """Metrics endpoints of the workers alive now (a restarted worker may have a new port)."""

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from labeler.discriminators import CausalLMConfig, EmbeddingConfig, optimiser_defaults
+from labeler.discriminators import CausalLMConfig, EmbeddingConfig, check_spec, optimiser_defaults
 from labeler.labelling import LabelConfig
 from labeler.ray_workers import WorkersConfig
 from labeler.scheduler import SchedulerConfig
@@ -65,6 +65,9 @@ class RunConfig:
     sink: SinkConfig = field(default_factory=SinkConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self) -> None:
+        check_spec(self.discriminator)  # the workers load it; a typo is caught before the run folder is written
 
 
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] = {}) -> RunConfig:

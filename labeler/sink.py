@@ -129,6 +129,13 @@ class PartSink:
 
         return self._retry(read, "read the manifest")
 
+    def discard_manifest(self) -> None:
+        """Remove manifest.json of a run that committed nothing (its workers could not start), so the same
+        command can start the run again once the cause is fixed."""
+        if self.committed():
+            raise ValueError(f"{self.url} has committed parts; resume it instead of discarding its manifest")
+        self._retry(lambda: self.fs.rm_file(f"{self.root}/manifest.json"), "remove the manifest")
+
     def write_file(self, name: str, data: bytes) -> None:
         """Overwrite a small side file of the run folder (e.g. the Prometheus targets list)."""
         self._retry(lambda: self.fs.pipe_file(f"{self.root}/{name}", data), f"write {name}")

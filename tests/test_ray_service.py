@@ -306,3 +306,16 @@ def test_an_s3_server_stop_and_restart_mid_run_loses_nothing(
         _assert_exactly_once(sink)
     finally:
         moto.stop()
+
+
+def test_a_discriminator_that_does_not_load_stops_the_run_cleanly_and_leaves_the_folder_reusable(
+    cluster: RayCluster, data: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    missing = tmp_path / "no-such-model"
+    driver = _driver(cluster, "--config", str(_config(data, str(out), tmp_path)), "--discriminator", f"hf:{missing}")
+    output = driver.communicate(timeout=300)[0]
+    assert driver.returncode == 2, output[-3000:]
+    assert f"a worker could not start: ValueError: discriminator model folder not found: {missing}" in output
+    assert "run the same command again" in output and "Traceback" not in output.split("labeler: error:")[-1]
+    assert not (out / "manifest.json").exists() and not PartSink(str(out)).committed()

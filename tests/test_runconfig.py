@@ -78,3 +78,11 @@ def test_every_setting_is_described() -> None:
     lines = describe()
     assert any(line.startswith("workers.num_gpus: 0.0  # GPUs per worker") for line in lines)
     assert any(line.startswith("source.exemplars: null  # fsspec URL") for line in lines)
+
+
+def test_an_unknown_discriminator_is_refused_before_the_run_starts() -> None:
+    with pytest.raises(ConfigError, match=r"unknown discriminator 'bogus'; use hf:MODEL_DIR"):
+        load_config(None, {"discriminator": "bogus"})
+    with pytest.raises(ConfigError, match=r"unknown discriminator 'hf:'"):
+        load_config(None, {"discriminator": "hf:"})
+    assert load_config(None, {"discriminator": "hf:/models/x"}).discriminator == "hf:/models/x"  # loaded by workers

@@ -25,6 +25,7 @@ __all__ = [
     "EncodedExamples",
     "Scored",
     "build_discriminator",
+    "check_spec",
     "optimiser_defaults",
     "templates_of",
 ]
@@ -49,17 +50,23 @@ def build_discriminator(
     spec: str, causal_lm: CausalLMConfig | None = None, embedding: EmbeddingConfig | None = None
 ) -> Discriminator:
     """The discriminator a spec names, with the settings for its kind (whose model the spec replaces)."""
+    check_spec(spec)
     kind, _, target = spec.partition(":")
-    if kind == "hf" and target:
+    if kind == "hf":
         return CausalLMDiscriminator.from_config(replace(causal_lm or CausalLMConfig(), model=target))
-    if kind == "embedding" and target:
+    if kind == "embedding":
         return EmbeddingDiscriminator.from_config(replace(embedding or EmbeddingConfig(), model=target))
-    if spec == "minilm":
-        return EmbeddingDiscriminator.minilm(embedding)
-    raise ValueError(
-        f"unknown discriminator {spec!r}; use hf:MODEL_DIR (a Hugging Face causal LM), embedding:MODEL_DIR "
-        "(a sentence encoder) or minilm"
-    )
+    return EmbeddingDiscriminator.minilm(embedding)
+
+
+def check_spec(spec: str) -> None:
+    """Raise ValueError unless `spec` has one of the forms build_discriminator takes (loads nothing)."""
+    kind, _, target = spec.partition(":")
+    if not (spec == "minilm" or (kind in ("hf", "embedding") and target)):
+        raise ValueError(
+            f"unknown discriminator {spec!r}; use hf:MODEL_DIR (a Hugging Face causal LM), embedding:MODEL_DIR "
+            "(a sentence encoder) or minilm"
+        )
 
 
 def templates_of(spec: str, causal_lm: CausalLMConfig, embedding: EmbeddingConfig) -> tuple[str, str | None]:
