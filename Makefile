@@ -36,3 +36,4 @@ bench: install
 	$(BIN)/python benchmarks/paper_table.py
 	$(BIN)/python benchmarks/harvest_memory.py
 	$(BIN)/python benchmarks/harvest_throughput.py
+	$(BIN)/python benchmarks/service_throughput.py

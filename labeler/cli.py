@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         "activation (see README).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    label.add_argument("--exemplars", required=True, type=Path, help="exemplar file (.jsonl or .parquet)")
+    label.add_argument(
+        "--exemplars", required=True, type=Path, help="exemplar file (.jsonl or .parquet) or a folder of Parquet files"
+    )
     label.add_argument(
         "--discriminator",
         required=True,
@@ -87,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="train a tiny LM on a synthetic language, then label its concept features (offline, CPU)",
-        description="The embedded-defaults job: builds (once, cached) a tiny causal LM that knows five concepts "
+        description="A small toy (the main job on embedded defaults is `labeler run`): builds (once, cached) a "
+        "tiny causal LM that knows five concepts "
         "of a synthetic language, writes exemplars of five features, one per concept, and labels "
         "them with `labeler label`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -459,7 +462,12 @@ def add_run_command(commands: Any) -> None:
         metavar="KEY=VALUE",
         help="override any setting, e.g. --set label.optimiser.restarts=8 (repeatable; VALUE is read as YAML)",
     )
-    run.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
+    run.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress output, only the start and end lines (without it: a bar on a terminal, else a log line "
+        "at most every 30 s)",
+    )
     run.add_argument("--print-config-help", action="store_true", help="print every setting with its default and exit")
     run.set_defaults(run=run_service)
 
@@ -497,8 +505,9 @@ def run_service(args: argparse.Namespace) -> int:
         config = load_config(None, {**_flatten(to_dict(base)), **overrides, "out": args.resume})
     else:
         config = load_config(args.config, overrides)
-        with harvest_bar(None, disable=args.no_progress) as on_tokens:
-            config = service.harvest_stage(config, on_tokens, log=lambda line: print(line, file=sys.stderr))
+        if config.source.exemplars is None:  # harvested first: show its progress
+            with harvest_bar(None, disable=args.no_progress) as on_tokens:
+                config = service.harvest_stage(config, on_tokens, log=lambda line: print(line, file=sys.stderr))
     prepared = service.prepare(config, resume=args.resume is not None)
     todo = prepared.plan.n_features
     print(

@@ -207,7 +207,7 @@ def describe(cls: type = RunConfig, where: str = "") -> list[str]:
 
 
 def _field_docs(cls: type) -> dict[str, str]:
-    """The one-line docstrings under each field of a dataclass's source."""
+    """The docstring under each field of a dataclass's source, its lines joined into one."""
     import inspect
 
     try:
@@ -216,11 +216,21 @@ def _field_docs(cls: type) -> dict[str, str]:
         return {}
     docs: dict[str, str] = {}
     last: str | None = None
+    open_doc: list[str] | None = None
     for line in source:
         stripped = line.strip()
+        if open_doc is not None and last:  # inside a docstring of several lines
+            open_doc.append(stripped.split('"""')[0])
+            if '"""' in stripped:
+                docs[last], open_doc, last = " ".join(part for part in open_doc if part), None, None
+            continue
         if last and stripped.startswith('"""'):
-            docs[last] = stripped.strip('"').split('"""')[0]
-            last = None
+            body = stripped[3:]
+            if '"""' in body:
+                docs[last] = body.split('"""')[0]
+                last = None
+            else:
+                open_doc = [body]
             continue
         name = stripped.split(":", 1)[0]
         last = name if ":" in stripped and name.isidentifier() and not stripped.startswith(("def", "class")) else None

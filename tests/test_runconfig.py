@@ -78,6 +78,10 @@ def test_every_setting_is_described() -> None:
     lines = describe()
     assert any(line.startswith("workers.num_gpus: 0.0  # GPUs per worker") for line in lines)
     assert any(line.startswith("source.exemplars: null  # fsspec URL") for line in lines)
+    described = dict(line.split("  # ", 1) for line in lines)
+    assert all(text.strip() for text in described.values()), [key for key, text in described.items() if not text]
+    # a docstring of several lines is given whole, not cut after its first line
+    assert described["source.features: null"].endswith("Without it the features are the distinct ids in the exemplars.")
 
 
 def test_an_unknown_discriminator_is_refused_before_the_run_starts() -> None:
