@@ -89,11 +89,14 @@ def shared_prefix_attention(
     rows, heads, length, dim = query.shape
     groups = rows // per_group
     prefix_len = shared_prefix.prefix_valid.shape[1]
+    # The mask below ignores the model's sliding window. A suffix sees only its own prefix and tokens, so the
+    # window cuts nothing as long as the longest prefix and one suffix fit in it, however many suffixes are packed.
     window = kwargs.get("sliding_window")
-    if window is not None and prefix_len + per_group * length > window:
+    if window is not None and prefix_len + length > window:
         raise ValueError(
-            f"{per_group} suffixes of {length} tokens after a {prefix_len}-token prefix exceed the model's sliding "
-            f"window of {window}: use fewer restarts or a shorter prompt"
+            f"the longest example prefix ({prefix_len} tokens) and the {length}-token suffix (label and end of the "
+            f"question) exceed the model's sliding window of {window} tokens: shorten the example texts or the "
+            "prompt template, or use fewer label tokens"
         )
     keys = torch.cat([shared_prefix.keys[layer][group], _pack(key, groups)], dim=2)  # [G kv (P + R S) d]
     values = torch.cat([shared_prefix.values[layer][group], _pack(value, groups)], dim=2)
