@@ -75,13 +75,23 @@ class OptimiserConfig:
     """Run seed; each feature's randomness derives from it and the feature id."""
 
     def __post_init__(self) -> None:
-        for name in ("restarts", "max_steps", "label_tokens", "top_k"):
+        for name in ("restarts", "max_steps", "label_tokens", "top_k", "converge_patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        # numpy seeds each feature's split from (seed, feature id), and it takes no negative numbers.
+        for name in ("seed", "rescore_top_k"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+        for name in ("lr", "init_std"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("weight_decay", "c_kl", "c_entropy"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+        if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"betas must each lie in [0, 1), got {self.betas}: AdamW's two moment decay rates")
         if self.examples_per_step < 2 or self.examples_per_step % 2:
             raise ValueError(f"examples_per_step must be even and at least 2, got {self.examples_per_step}")
-        if self.rescore_top_k < 0:
-            raise ValueError(f"rescore_top_k must be at least 0, got {self.rescore_top_k}")
         if not 0 < self.converge_prob <= 1:
             raise ValueError(f"converge_prob must lie in (0, 1], got {self.converge_prob}")
 
@@ -291,7 +301,7 @@ def _pick_best(
         pick = rank_labels(train_scores, train_active)[0][0]
         best, best_ids = int(owner[pick]), candidates[pick]
         best_scores = disc.score_discrete(examples, task.heldout, best_ids[None, None], head[best][None, None])[0, 0]
-    top = v[best].softmax(-1).topk(config.top_k, dim=-1)
+    top = v[best].softmax(-1).topk(min(config.top_k, v.shape[-1]), dim=-1)  # at most the allowed vocabulary
     allowed = disc.allowed_ids
     return FeatureLabel(
         feature=task.feature,

@@ -16,6 +16,7 @@ from labeler.exemplars import FeatureExemplars, group_by_feature, validate_exemp
 from labeler.exhaustive import exhaustive_search
 from labeler.labelling import LabelConfig, label_chunk, prepare_tasks
 from labeler.synthetic import default_world, feature_exemplars
+from labeler.vocab import VocabFilter
 
 # The product defaults (4 restarts, up to 100 steps): with 3 restarts and 60 steps one feature of five stopped
 # at a local optimum ("event", AUROC 0.97, against "tool", 1.0).
@@ -117,3 +118,48 @@ def test_records_carry_f1_dead_features_and_the_exhaustive_baseline(tokenizer: o
     assert record.baseline_label == disc.decode([search.token_ids[0]])
     assert record.baseline_auroc == pytest.approx(search.aurocs[0])
     assert record.device_seconds > 0
+
+
+def test_a_negative_seed_is_refused_when_configured() -> None:
+    """numpy's seed sequences take no negative entropy: a negative run seed would crash every feature's split."""
+    with pytest.raises(ValueError, match="seed must be at least 0, got -1"):
+        OptimiserConfig(seed=-1)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("converge_patience", 0, "converge_patience must be at least 1, got 0"),
+        ("lr", 0.0, r"lr must be positive, got 0\.0"),
+        ("lr", -0.1, r"lr must be positive, got -0\.1"),
+        ("init_std", 0.0, r"init_std must be positive, got 0\.0"),
+        ("betas", (1.0, 0.999), r"betas must each lie in \[0, 1\), got \(1\.0, 0\.999\)"),
+        ("betas", (0.9, -0.1), r"betas must each lie in \[0, 1\), got \(0\.9, -0\.1\)"),
+        ("weight_decay", -0.01, r"weight_decay must be at least 0, got -0\.01"),
+        ("c_kl", -0.1, r"c_kl must be at least 0, got -0\.1"),
+        ("c_entropy", -0.2, r"c_entropy must be at least 0, got -0\.2"),
+    ],
+)
+def test_optimiser_settings_out_of_range_are_refused(setting: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OptimiserConfig(**{setting: value})  # type: ignore[arg-type]
+
+
+def test_top_tokens_are_as_many_as_the_allowed_vocabulary_has(tokenizer: object) -> None:
+    """With 3 allowed tokens and top_k 5 the feature is labelled, its record holding all 3 tokens per slot."""
+    from conftest import tiny_gpt2, word_tokenizer
+
+    tok = word_tokenizer()
+    vocab = VocabFilter(words=frozenset({"dog", "cat", "apple"}))
+    disc = CausalLMDiscriminator(tiny_gpt2(len(tok)), tok, CausalLMConfig(model="tiny", vocab=vocab))
+    assert len(disc.allowed_ids) == 3
+    texts = ("the dog ran", "a red apple", "the big hammer", "a cow")
+    words = ("dog", "apple", "hammer", "cow")
+    feature = FeatureExemplars(0, texts, words, np.array([1.0, 1.0, 0.0, 0.0]))
+    optimiser = OptimiserConfig(max_steps=3, examples_per_step=4, label_tokens=2, top_k=5)
+    (record,) = label_chunk(disc, [feature], LabelConfig(optimiser=optimiser, heldout_fraction=0.4))
+    assert record.status == "labelled", record.error
+    assert record.top_tokens is not None and len(record.top_tokens) == 2
+    for slot in record.top_tokens:
+        assert sorted(t.token_id for t in slot) == sorted(disc.allowed_ids.tolist())
+        assert sum(t.prob for t in slot) == pytest.approx(1.0)
