@@ -243,6 +243,27 @@ def test_template_errors_name_the_problem() -> None:
         EmbeddingConfig(init_scale=0.0)
 
 
+@pytest.mark.parametrize(
+    ("setting", "template", "message"),
+    [
+        (
+            "example_template",
+            "a {word} of {kind}",
+            r"example_template has unknown fields \['kind'\]; allowed: \{word\}, \{text\}",
+        ),
+        ("example_template", "{0}", r"example_template has unknown fields \['0'\]; allowed: \{word\}, \{text\}"),
+        ("example_template", "{word} {}", r"example_template has unknown fields \[''\]; allowed: \{word\}, \{text\}"),
+        ("example_template", "{word} {", r"example_template is not a valid template"),
+        ("label_template", "a {kind} of {label}", r"label_template has unknown fields \['kind'\]; allowed: \{label\}"),
+        ("label_template", "{{label}}", r"label_template must contain \{label\} exactly once"),
+    ],
+)
+def test_template_fields_other_than_the_allowed_ones_are_refused(setting: str, template: str, message: str) -> None:
+    """A placeholder the discriminator cannot fill is a config error, not a crash in the middle of a run."""
+    with pytest.raises(ValueError, match=message):
+        EmbeddingConfig(**{setting: template})  # type: ignore[arg-type]
+
+
 def test_model_folder_errors_name_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="encoder folder not found: /no/such/dir"):
         build_discriminator("embedding:/no/such/dir")

@@ -15,6 +15,7 @@ benchmarks/results for what the template and vocabulary choices did).
 from __future__ import annotations
 
 import importlib.util
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,9 +39,9 @@ class EmbeddingConfig:
     model: str = ""
     """A local folder with a Hugging Face encoder (BERT-like) and its tokenizer."""
     label_template: str = "any type of {label}"
-    """The text whose embedding stands for the label; {label} is where the L label tokens go."""
+    """The text whose embedding stands for the label; {label} is where the L label tokens go ({{ and }}: braces)."""
     example_template: str = "a {word}"
-    """The text embedded for each example; may use {word} (the target) and {text} (its context)."""
+    """The text embedded for each example; may use {word} (the target) and {text} (its context), nothing else."""
     vocab: VocabFilter = field(default_factory=VocabFilter)
     """Which tokens a label may use."""
     init_scale: float = 10.0
@@ -53,9 +54,17 @@ class EmbeddingConfig:
     """Texts per encoder pass."""
 
     def __post_init__(self) -> None:
-        if self.label_template.count("{label}") != 1:
+        label_fields = _fields(self.label_template, "label_template")
+        unknown = sorted(set(label_fields) - {"label"})
+        if unknown:
+            raise ValueError(f"label_template has unknown fields {unknown}; allowed: {{label}}")
+        if label_fields != ["label"] or self.label_template.count("{label}") != 1:
             raise ValueError(f"label_template must contain {{label}} exactly once, got {self.label_template!r}")
-        if "{word}" not in self.example_template and "{text}" not in self.example_template:
+        example_fields = _fields(self.example_template, "example_template")
+        unknown = sorted(set(example_fields) - {"word", "text"})
+        if unknown:
+            raise ValueError(f"example_template has unknown fields {unknown}; allowed: {{word}}, {{text}}")
+        if not example_fields:
             raise ValueError(f"example_template must use {{word}} or {{text}}, got {self.example_template!r}")
         if self.init_scale <= 0:
             raise ValueError(f"init_scale must be positive, got {self.init_scale}")
@@ -88,9 +97,9 @@ class EmbeddingDiscriminator:
         self.embed, self.allowed_ids, self.label_embeddings = label_vocabulary(model, tokenizer, config.vocab)
         # log a (so that a stays positive) and b.
         self.head_init = torch.tensor([float(np.log(config.init_scale)), config.init_offset], device=self.device)
-        before, after = config.label_template.split("{label}")
-        self._label_before = self._piece_ids(before, first=True)
-        self._label_after = self._piece_ids(after, first=False)
+        before, after = config.label_template.split("{label}")  # format() turns {{ and }} into { and }
+        self._label_before = self._piece_ids(before.format(), first=True)
+        self._label_after = self._piece_ids(after.format(), first=False)
         self._discrete_cache: dict[tuple[int, ...], Tensor] = {}
 
     @classmethod
@@ -201,6 +210,23 @@ class EmbeddingDiscriminator:
         if not first and sep is not None:
             ids = [*ids, sep]
         return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+
+def _fields(template: str, setting: str) -> list[str]:
+    """The names of a str.format template's replacement fields, in order (those inside a format spec too)."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ValueError(
+            f"{setting} is not a valid template ({err}): write a literal brace twice, {{{{ or }}}}; got {template!r}"
+        ) from err
+    names: list[str] = []
+    for _, name, spec, _ in parsed:
+        if name is not None:
+            names.append(name)
+        if spec:
+            names.extend(_fields(spec, setting))
+    return names
 
 
 def _mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
