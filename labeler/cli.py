@@ -384,9 +384,14 @@ def label_all(
     records: list[LabelRecord] = []
     size = config.features_per_batch
     with progress_bar(total=len(features), unit="feature", desc="labelling") as bar:
+
+        def on_step(step: int, live: int) -> None:  # the bar moves a batch at a time; show the steps between
+            bar.set_postfix(step=f"{step}/{config.optimiser.max_steps}", optimising=live, refresh=False)
+            bar.update(0)  # redraws no more often than the bar's own interval
+
         for part, start in enumerate(range(0, len(features), size)):
             chunk = with_activation_frequency(
-                label_chunk(disc, features[start : start + size], config), frequency or {}
+                label_chunk(disc, features[start : start + size], config, on_step), frequency or {}
             )
             write_part(chunk, run, out, part)
             records.extend(chunk)

@@ -19,6 +19,7 @@ run seed and the feature id, so a feature gets the same label whether it runs al
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,9 +140,14 @@ class FeatureLabel:
 
 
 def optimise(
-    disc: Discriminator, examples: EncodedExamples, tasks: list[FeatureTask], config: OptimiserConfig
+    disc: Discriminator,
+    examples: EncodedExamples,
+    tasks: list[FeatureTask],
+    config: OptimiserConfig,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[FeatureLabel]:
-    """Label every task's feature; one batched forward/backward per step over all live features."""
+    """Label every task's feature; one batched forward/backward per step over all live features.
+    `on_step(step, live)` is called after each step with the number of features that took it (progress)."""
     n_feature, n_restart = len(tasks), config.restarts
     vocab = disc.label_embeddings.shape[0]
     device = disc.device
@@ -182,6 +188,8 @@ def optimise(
         peaked = (p.detach().amax(-1) > config.converge_prob).all(-1)  # [F' R]
         streak[idx] = torch.where(moving & peaked, streak[idx] + 1, torch.where(moving, 0, streak[idx]))
         done[idx] |= streak[idx] >= config.converge_patience
+        if on_step is not None:
+            on_step(step, len(live))
 
     return [
         _failed(task.feature, failed[f])

@@ -8,7 +8,7 @@ features of its chunk down with it.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -58,8 +58,14 @@ def split_examples(examples: FeatureExemplars, config: LabelConfig) -> tuple[np.
     return train_active, train_inactive, np.sort(np.concatenate([heldout_active, heldout_inactive]))
 
 
-def label_chunk(disc: Discriminator, features: Sequence[FeatureExemplars], config: LabelConfig) -> list[LabelRecord]:
-    """Label a chunk of features in one batch; records come back in the order of `features`."""
+def label_chunk(
+    disc: Discriminator,
+    features: Sequence[FeatureExemplars],
+    config: LabelConfig,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[LabelRecord]:
+    """Label a chunk of features in one batch; records come back in the order of `features`.
+    `on_step(step, live)`: the optimiser's progress (see engine.optimise)."""
     records: dict[int, LabelRecord] = {}
     runnable = []
     for examples in features:
@@ -71,18 +77,23 @@ def label_chunk(disc: Discriminator, features: Sequence[FeatureExemplars], confi
         else:
             records[examples.feature] = _record(examples, config, status="skipped", error=reason)
     if runnable:
-        for record in _label_batch(disc, runnable, config):
+        for record in _label_batch(disc, runnable, config, on_step):
             records[record.feature] = record
     return [records[examples.feature] for examples in features]
 
 
-def _label_batch(disc: Discriminator, features: Sequence[FeatureExemplars], config: LabelConfig) -> list[LabelRecord]:
+def _label_batch(
+    disc: Discriminator,
+    features: Sequence[FeatureExemplars],
+    config: LabelConfig,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[LabelRecord]:
     """Optimise features together; if the batch breaks, retry each alone so the failure stays with its feature."""
     start = time.perf_counter()
     try:
         contexts, targets, tasks = prepare_tasks(features, config)
         encoded = disc.encode(contexts, targets)
-        labels = optimise(disc, encoded, tasks, config.optimiser)
+        labels = optimise(disc, encoded, tasks, config.optimiser, on_step)
         baselines = [_baseline(disc, encoded, task, config) for task in tasks]
     except (RuntimeError, ValueError, IndexError) as err:
         if len(features) == 1:

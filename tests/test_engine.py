@@ -163,3 +163,19 @@ def test_top_tokens_are_as_many_as_the_allowed_vocabulary_has(tokenizer: object)
     for slot in record.top_tokens:
         assert sorted(t.token_id for t in slot) == sorted(disc.allowed_ids.tolist())
         assert sum(t.prob for t in slot) == pytest.approx(1.0)
+
+
+def test_progress_is_reported_after_every_step_with_the_features_still_optimising(tokenizer: object) -> None:
+    from conftest import tiny_gpt2, word_tokenizer
+
+    tok = word_tokenizer()
+    disc = CausalLMDiscriminator(tiny_gpt2(len(tok)), tok, CausalLMConfig(model="tiny"))
+    texts = ("the dog ran", "a red apple", "the big hammer", "a cow")
+    features = [
+        FeatureExemplars(f, texts, ("dog", "apple", "hammer", "cow"), np.array([1.0, 1.0, 0.0, 0.0])) for f in (0, 1)
+    ]
+    config = LabelConfig(optimiser=replace(OptimiserConfig(), max_steps=3, examples_per_step=4), heldout_fraction=0.4)
+    seen: list[tuple[int, int]] = []
+    records = label_chunk(disc, features, config, on_step=lambda step, live: seen.append((step, live)))
+    assert [r.status for r in records] == ["labelled", "labelled"]
+    assert seen == [(1, 2), (2, 2), (3, 2)]
