@@ -69,7 +69,8 @@ class ChunkOutcome:
     counts: tuple[tuple[str, str, int], ...]
     """(status, reason, features) triples; reason is the error kind or "none"."""
     committed_now: bool = True
-    """False when the part had already been committed by an earlier attempt (nothing was written)."""
+    """False when the part had already been committed by an earlier attempt (nothing was written); the
+    driver counts the chunk either way, as the part was committed in this run."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,10 @@ class Progress:
 
     total: int
     states: Counter[str] = field(default_factory=Counter)
+    """Features per FeatureState; those of chunks committed before a resume are "done" here."""
     statuses: Counter[str] = field(default_factory=Counter)
+    """Final statuses of the features this run finished (not those committed before a resume), as counted
+    in labeler_features_total."""
     chunks_retried: int = 0
     chunks_given_up: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -221,10 +225,7 @@ class Scheduler:
         """A chunk's part is committed: its features are finished with the statuses it holds."""
         chunk = self.in_flight.pop(outcome.index)
         self._set(chunk.index, "dead" if chunk.kind == "dead" else "done")
-        for status, reason, count in outcome.counts:
-            self.progress.statuses[status] += count
-            if outcome.committed_now:
-                metrics.FEATURES.labels(status=status, reason=reason).inc(count)
+        self._count(outcome)
 
     def errored(self, chunk: Chunk, error: str) -> Chunk | None:
         """A chunk attempt failed: queue a retry, or return the chunk when its attempts are used up."""
@@ -240,10 +241,16 @@ class Scheduler:
     def given_up(self, outcome: ChunkOutcome) -> None:
         """The features of a chunk whose attempts were used up are recorded as failed."""
         self._set(outcome.index, "failed")
+        self._count(outcome)
+
+    def _count(self, outcome: ChunkOutcome) -> None:
+        """Count a chunk's features by status, once: the scheduler hears of each chunk it sent exactly once
+        (its in-flight entry is popped), whichever attempt committed the part. A lost reply makes the retry
+        report the part committed earlier (committed_now False); it was still committed in this run, so it
+        counts. Chunks committed before a resume are never sent and never counted."""
         for status, reason, count in outcome.counts:
             self.progress.statuses[status] += count
-            if outcome.committed_now:
-                metrics.FEATURES.labels(status=status, reason=reason).inc(count)
+            metrics.FEATURES.labels(status=status, reason=reason).inc(count)
 
     def abandon_unsent(self) -> None:
         """Stop sending: what is queued stays pending (a resumed run picks it up)."""
