@@ -3,8 +3,10 @@
 A run at RUN holds:
   RUN/labels/part-<chunk>.parquet      label records (labeler/results.py, LABEL_SCHEMA)
   RUN/labels/_committed/part-<chunk>   an empty object whose existence commits the part of the same name
-  RUN/manifest.json                    run info and settings
+  RUN/manifest.json                    run info and settings; from `labeler run`, also "exemplars": the URL
+                                       (a local path made absolute) of the exemplars it read
   RUN/exemplars/*.parquet              optional: the exemplars labelled (the exemplar contract + `position`)
+A run with a manifest and no committed part yet reads as a run with no labels.
 A run folder with no `labels/_committed/` folder (what `labeler label` writes: parts are renamed into
 place whole) counts as all committed. Parts without a marker are being written and are never read.
 Every part's schema version is checked before anything is returned. Storage is reached through fsspec,
@@ -24,10 +26,12 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from labeler.exemplars import ExemplarError, read_exemplars
 from labeler.results import LABEL_SCHEMA, LabelRecord, RunInfo, check_schema, to_table
 
 COMMITTED = "_committed"
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 EXEMPLAR_SCHEMA = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
@@ -136,7 +140,9 @@ def _committed_parts(fs: Any, root: str, url: str) -> list[str]:
     try:
         names = [posixpath.basename(p) for p in fs.ls(folder, detail=False)]
     except FileNotFoundError:
-        raise DatasetError(f"{url} is not a labeler run: it has no labels/ folder") from None
+        if fs.exists(posixpath.join(root, "manifest.json")):
+            return []  # a run that has committed no part yet: no labels so far
+        raise DatasetError(f"{url} is not a labeler run: it has no labels/ folder and no manifest.json") from None
     except OSError as err:
         raise DatasetError(f"cannot list {url}/labels: {err}") from err
     parts = sorted(n for n in names if n.startswith(PART_PREFIX) and n.endswith(PART_SUFFIX))
@@ -162,55 +168,84 @@ def _read_labels(fs: Any, root: str, url: str) -> pa.Table:
 
 
 def _run_ids(labels: pa.Table, fs: Any, root: str) -> list[str]:
-    """The run ids in the labels, or the manifest's when no part is committed yet."""
+    """The run ids in the labels, or the manifest's when no part is committed yet (under "run" as
+    write_manifest puts it, or at the top as `labeler run` does)."""
     found = sorted(set(labels.column("run_id").to_pylist()))
-    run = _manifest(fs, root).get("run")
-    if not found and isinstance(run, dict) and isinstance(run.get("run_id"), str):
-        return [run["run_id"]]
-    return found
+    if found:
+        return found
+    manifest = _manifest(fs, root)
+    run = manifest.get("run")
+    run_id = run.get("run_id") if isinstance(run, dict) else manifest.get("run_id")
+    return [run_id] if isinstance(run_id, str) else []
 
 
 def _read_exemplars(
     fs: Any, root: str, url: str, run_ids: list[str], storage_options: Mapping[str, Any] | None
 ) -> pa.Table | None:
-    """The run's exemplars: RUN/exemplars/, or the harvest output named by manifest.json's "exemplars"."""
+    """The run's exemplars: RUN/exemplars/, or the input named by manifest.json's "exemplars"."""
     folder = posixpath.join(root, "exemplars")
-    source_fs, files = fs, []
     if fs.isdir(folder):
-        files = sorted(p for p in fs.ls(folder, detail=False) if p.endswith(PART_SUFFIX))
+        tables = _read_parquet(fs, sorted(p for p in fs.ls(folder, detail=False) if p.endswith(PART_SUFFIX)))
     else:
         pointer = _manifest(fs, root).get("exemplars")
-        if isinstance(pointer, str):
-            target = pointer if "://" in pointer or pointer.startswith("/") else posixpath.join(url, pointer)
-            source_fs, path = _filesystem(target, storage_options)
-            if not source_fs.exists(path):
-                warnings.warn(
-                    f"{url}/manifest.json names exemplars at {pointer!r}, not found at {target}; "
-                    "the run's labels are read without them",
-                    stacklevel=2,
-                )
-                return None
-            files = (
-                sorted(p for p in source_fs.ls(path, detail=False) if p.endswith(PART_SUFFIX))
-                if source_fs.isdir(path)
-                else [path]
-            )
-    if not files:
+        tables = _read_pointer(url, pointer, storage_options) if isinstance(pointer, str) else []
+    if not tables:
         return None
     if len(run_ids) != 1:
         raise DatasetError(f"{url} has exemplars but its labels name {len(run_ids)} runs {run_ids}; expected one")
-    tables = []
-    for path in files:
-        with source_fs.open(path, "rb") as part:
-            table = pq.read_table(part)
+    projected = []
+    for where, table in tables:
         missing = [c for c in ("feature", "context", "target", "activation") if c not in table.column_names]
         if missing:
-            raise DatasetError(f"exemplars {path} of {url} lack the column(s) {missing} of the exemplar contract")
+            raise DatasetError(f"exemplars {where} of {url} lack the column(s) {missing} of the exemplar contract")
         position = table.column("position") if "position" in table.column_names else pa.nulls(table.num_rows)
         columns = [pa.array([run_ids[0]] * table.num_rows, pa.string())]
         columns += [table.column(c) for c in ("feature", "context", "target", "activation")] + [position]
-        tables.append(pa.Table.from_arrays(columns, names=EXEMPLAR_SCHEMA.names).cast(EXEMPLAR_SCHEMA))
-    return pa.concat_tables(tables)
+        projected.append(pa.Table.from_arrays(columns, names=EXEMPLAR_SCHEMA.names).cast(EXEMPLAR_SCHEMA))
+    return pa.concat_tables(projected)
+
+
+def _read_pointer(url: str, pointer: str, storage_options: Mapping[str, Any] | None) -> list[tuple[str, pa.Table]]:
+    """(path, table) of the exemplars a run read, as its manifest names them: a folder of Parquet parts (a
+    harvest's exemplars/), a Parquet file, or a local JSONL file; none, with a warning, where they are gone."""
+    if "://" not in pointer and not posixpath.isabs(pointer):
+        warnings.warn(
+            f"{url}/manifest.json names exemplars at {pointer!r}, a path relative to the folder that run was started "
+            "from, which the manifest does not record; the run's labels are read without them",
+            stacklevel=3,
+        )
+        return []
+    source_fs, path = _filesystem(pointer, storage_options)
+    if not source_fs.exists(path):
+        warnings.warn(
+            f"{url}/manifest.json names exemplars at {pointer!r}, which is not found; "
+            "the run's labels are read without them",
+            stacklevel=3,
+        )
+        return []
+    if pointer.endswith(JSONL_SUFFIXES):
+        if pointer.startswith("file://") or "://" not in pointer:  # the run read JSONL from local files only
+            try:
+                return [(path, read_exemplars(path))]
+            except ExemplarError as err:
+                raise DatasetError(f"cannot read the exemplars of {url}: {err}") from err
+        raise DatasetError(
+            f"{url}/manifest.json names JSONL exemplars at {pointer}; JSONL is read from local files only"
+        )
+    if source_fs.isdir(path):
+        return _read_parquet(source_fs, sorted(p for p in source_fs.ls(path, detail=False) if p.endswith(PART_SUFFIX)))
+    return _read_parquet(source_fs, [path])
+
+
+def _read_parquet(fs: Any, paths: Sequence[str]) -> list[tuple[str, pa.Table]]:
+    tables = []
+    for path in paths:
+        try:
+            with fs.open(path, "rb") as part:
+                tables.append((path, pq.read_table(part)))
+        except (OSError, pa.ArrowInvalid) as err:
+            raise DatasetError(f"cannot read exemplars {path} as Parquet: {err}") from err
+    return tables
 
 
 def _manifest(fs: Any, root: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import math
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -340,9 +340,14 @@ def _unused_slots(rows: int, width: int, device: torch.device) -> tuple[Tensor, 
     )
 
 
-def harvest(config: HarvestConfig, progress: Progress | None = None) -> HarvestManifest:
-    """Harvest exemplars of every (selected) feature and write them under `config.out`."""
-    fs, root = fsspec.core.url_to_fs(config.out)
+def harvest(
+    config: HarvestConfig, progress: Progress | None = None, storage_options: Mapping[str, Any] | None = None
+) -> HarvestManifest:
+    """Harvest exemplars of every (selected) feature and write them under `config.out`.
+
+    `storage_options` are fsspec's for `config.out` (e.g. {"endpoint_url": ...} for an S3 that is not AWS's);
+    they are not stored in the manifest, as they may hold credentials."""
+    fs, root = fsspec.core.url_to_fs(config.out, **dict(storage_options or {}))
     if fs.exists(f"{root}/manifest.json") or fs.exists(f"{root}/exemplars"):
         raise ValueError(f"{config.out} already holds a harvest; choose a new --out or remove it")
     _, characters = check_corpus(config.corpus, config.text_column, config.max_document_bytes)

@@ -8,6 +8,7 @@ scheduler until every feature has a committed record. It imports no Ray: the CLI
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
 
 from labeler import __version__
 from labeler.discriminators import templates_of
@@ -97,7 +99,7 @@ def harvest_stage(
     if fs.exists(f"{root}/manifest.json"):
         log(f"reusing the finished harvest in {out}")
     else:
-        harvest(harvest_config, progress)
+        harvest(harvest_config, progress, config.source.storage_options)  # written where it is looked for and read
     source = replace(config.source, exemplars=f"{out}/exemplars", features=f"{out}/features.parquet")
     return replace(config, source=source)
 
@@ -120,6 +122,12 @@ def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
     """Check the input and the run folder, plan the chunks, and write (or, resuming, check) the manifest."""
     if config.source.exemplars is None:
         raise ConfigError("no exemplars: set source.exemplars (or --exemplars), or run harvest_stage first")
+    # Local input paths are named absolutely (in the manifest too), so workers, readers and a resume find them
+    # from any working directory.
+    source = replace(
+        config.source, exemplars=_absolute(config.source.exemplars), features=_absolute(config.source.features)
+    )
+    config = replace(config, source=source)
     sink = PartSink(config.out, config.sink)
     label_ids, dead_ids = plan_features(config.source)
     plan = make_plan(label_ids, dead_ids, config.scheduler.features_per_chunk)
@@ -130,6 +138,7 @@ def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
         "dead": len(plan.dead_ids),
         "chunks": plan.n_chunks,
         "features_per_chunk": plan.features_per_chunk,
+        PLAN_DIGEST: plan_digest(plan),
     }
     existing = sink.read_manifest()
     if existing is not None and not resume:
@@ -140,10 +149,15 @@ def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
     if existing is None and resume:
         raise ConfigError(f"nothing to resume at {config.out}: it has no manifest.json")
     if existing is not None:
-        if existing.get("plan") != shape:
+        planned = existing.get("plan")
+        counts = {k: v for k, v in shape.items() if k != PLAN_DIGEST}
+        now = shape if isinstance(planned, dict) and PLAN_DIGEST in planned else counts  # older: counts only
+        if planned != now:
+            same_counts = isinstance(planned, dict) and all(planned.get(k) == v for k, v in counts.items())
             raise ConfigError(
-                f"the input of {config.out} changed since the run started: planned {existing.get('plan')}, "
-                f"now {shape}; a resumed run must see the same features"
+                f"the input of {config.out} changed since the run started: planned {planned}, now {now}"
+                f"{' (the same counts, but other feature ids)' if same_counts else ''}; "
+                "a resumed run must see the same features"
             )
         manifest = existing
     else:
@@ -166,6 +180,23 @@ def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
         if not sink.write_manifest(manifest):
             raise ConfigError(f"another driver started a run at {config.out} at the same time")
     return PreparedRun(config, plan, sink, manifest, frozenset(sink.committed()))
+
+
+PLAN_DIGEST = "feature_ids_sha256"
+"""The key, in the manifest's "plan", of the digest of the planned feature ids (what a resume checks)."""
+
+
+def plan_digest(plan: Plan) -> str:
+    """SHA-256 of the ids to label and the dead ids (int64, little-endian), so a resume sees a changed input."""
+    digest = hashlib.sha256()
+    for name, ids in ((b"label", plan.label_ids), (b"dead", plan.dead_ids)):
+        digest.update(name + len(ids).to_bytes(8, "little") + np.asarray(ids, dtype="<i8").tobytes())
+    return digest.hexdigest()
+
+
+def _absolute(url: str | None) -> str | None:
+    """A local path made absolute (against the working directory); URLs with a protocol as given."""
+    return url if url is None or "://" in url else os.path.abspath(url)
 
 
 def execute(

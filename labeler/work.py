@@ -76,7 +76,20 @@ def plan_features(source: SourceConfig) -> tuple[np.ndarray, np.ndarray]:
             "no exemplars: set `exemplars:` to a URL (a harvest's exemplars/ folder, a Parquet file or a JSONL file)"
         )
     if source.features is not None:
-        table = _dataset(source.features, source.storage_options).to_table(columns=["feature", "status"])
+        dataset = _dataset(source.features, source.storage_options)
+        missing = [name for name in ("feature", "status") if name not in dataset.schema.names]
+        if missing:
+            raise ExemplarError(
+                f"{source.features}: missing column(s) {missing}; a features file needs `feature` (int) and `status` "
+                f"(a string: alive, ultra_rare, dead or failed), as a harvest writes it (found {dataset.schema.names})"
+            )
+        table = dataset.to_table(columns=["feature", "status"])
+        for name in ("feature", "status"):
+            if table.column(name).null_count:
+                raise ExemplarError(
+                    f"{source.features}: column {name!r} has {table.column(name).null_count} null value(s); "
+                    "every feature needs an id and a status (alive, ultra_rare, dead or failed)"
+                )
         ids = table.column("feature").to_numpy().astype(np.int64)
         dead = pc.equal(table.column("status"), "dead").to_numpy(zero_copy_only=False)
         return np.unique(ids[~dead]), np.unique(ids[dead])

@@ -50,7 +50,7 @@ def test_a_folder_written_by_labeler_label_without_markers_is_all_committed(tmp_
 
 
 def test_not_a_run(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="has no labels/ folder"):
+    with pytest.raises(DatasetError, match=r"is not a labeler run: it has no labels/ folder and no manifest\.json"):
         read_runs([str(tmp_path)])
 
 
@@ -104,12 +104,32 @@ def test_run_info_needs_a_time_zone() -> None:
         run_info("r", started_at="2026-11-21T05:00:00")
 
 
-def test_exemplars_named_by_the_manifest_but_missing_leave_the_labels_readable(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("pointer", "says"),
+    [("/moved-away/exemplars", "which is not found"), ("moved-away/exemplars", "relative to the folder")],
+)
+def test_exemplars_named_by_the_manifest_but_missing_leave_the_labels_readable(
+    tmp_path: Path, pointer: str, says: str
+) -> None:
     from labeler.dataset import write_manifest
 
     url = str(tmp_path / "run")
     write_run(url, "r1", n=10, with_exemplars=False)
-    write_manifest(url, run_info("r1"), {"exemplars": "moved-away/exemplars"})
-    with pytest.warns(UserWarning, match="moved-away/exemplars"):
+    write_manifest(url, run_info("r1"), {"exemplars": pointer})
+    with pytest.warns(UserWarning, match=f"'{pointer}'.*{says}"):
         data = read_runs([url])
     assert data.labels.num_rows == 10 and data.exemplars is None
+
+
+def test_a_run_that_has_committed_no_part_yet_reads_as_no_labels(tmp_path: Path) -> None:
+    from servers import exemplar_parts
+
+    from labeler.runconfig import load_config
+    from labeler.service import prepare
+
+    exemplars = exemplar_parts(tmp_path / "ex", 6, rows=4)
+    prepare(load_config(None, {"out": str(tmp_path / "run"), "engine": "noop", "source.exemplars": str(exemplars)}))
+    data = read_runs([str(tmp_path / "run")])
+    assert data.labels.num_rows == 0 and data.labels.schema.equals(LABEL_SCHEMA, check_metadata=False)
+    assert data.exemplars is not None and data.exemplars.num_rows == 6 * 4
+    assert len(set(data.exemplars.column("run_id").to_pylist())) == 1

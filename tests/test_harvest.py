@@ -432,6 +432,7 @@ def test_writes_to_s3_on_a_real_s3_server(
                 if client.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.1)
+        fsspec.get_filesystem_class("s3").clear_instance_cache()  # not one bound to an earlier test's server
         fs = fsspec.filesystem("s3", skip_instance_cache=True)
         fs.mkdir("harvest-bucket")
         corpus = write_corpus(tmp_path / "corpus.txt", 10)
@@ -446,6 +447,51 @@ def test_writes_to_s3_on_a_real_s3_server(
         server.terminate()
         server.wait(timeout=30)
         # harvest() made an s3fs instance bound to this server; later tests must not be handed it.
+        fsspec.get_filesystem_class("s3").clear_instance_cache()
+
+
+def test_run_harvest_stage_writes_and_finds_the_harvest_with_the_sources_storage_options(
+    tmp_path: Path, subject: Path, sae: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On moto's S3 server reached through source.storage_options only (endpoint_url and keys, no AWS
+    variables): the harvest is written where harvest_stage looks for it, so a second stage reuses it."""
+    import fsspec
+    from servers import MotoS3
+
+    from labeler.runconfig import load_config
+    from labeler.service import harvest_stage
+
+    for name in (
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_PROFILE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    server = MotoS3(tmp_path)
+    server.start()
+    try:
+        server.make_bucket("runs")
+        options = server.storage_options()
+        corpus = write_corpus(tmp_path / "corpus.txt", 20)
+        settings = {"sae": str(sae), "model": str(subject), "corpus": str(corpus), "context_len": 16, "tokens": 200}
+        run = load_config(None, {"out": "s3://runs/r1", "harvest": settings, "source.storage_options": options})
+        lines: list[str] = []
+        harvested = harvest_stage(run, log=lines.append)
+        assert harvested.source.exemplars == "s3://runs/r1/harvest/exemplars"
+        s3 = fsspec.filesystem("s3", **options)
+        assert json.loads(s3.cat("runs/r1/harvest/manifest.json"))["features"] == D_SAE
+        with s3.open("runs/r1/harvest/features.parquet", "rb") as f:
+            assert pq.read_table(f).num_rows == D_SAE
+        assert harvest_stage(run, log=lines.append) == harvested
+        assert lines == ["reusing the finished harvest in s3://runs/r1/harvest"]
+    finally:
+        server.stop()
         fsspec.get_filesystem_class("s3").clear_instance_cache()
 
 

@@ -76,6 +76,43 @@ def test_join_across_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert all(isinstance(r["gain"], float) for r in rows)
 
 
+def test_a_run_of_jsonl_exemplars_named_relatively_is_queried_from_anywhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`labeler run` on a local JSONL named relative to the working folder; queried from another folder."""
+    from labeler.runconfig import load_config
+    from labeler.service import prepare
+    from labeler.work import ChunkWorker
+
+    started_in, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    started_in.mkdir()
+    elsewhere.mkdir()
+    rows = [
+        {"feature": f, "context": f"a b c{i}", "target": "b", "activation": float(i)}
+        for f in range(3)
+        for i in range(4)
+    ]
+    (started_in / "ex.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    monkeypatch.chdir(started_in)
+    config = load_config(
+        None, {"out": "run", "engine": "noop", "source.exemplars": "ex.jsonl", "scheduler.features_per_chunk": 2}
+    )
+    run = prepare(config)
+    ChunkWorker(run.spec(), run.sink).run(run.plan.chunk(0))  # features 0 and 1 committed
+    monkeypatch.chdir(elsewhere)
+    sql = (
+        "SELECT e.feature, count(*) AS n, sum(e.activation) AS total, any_value(l.status) AS status FROM exemplars e "
+        "LEFT JOIN labels l USING (run_id, feature) GROUP BY e.feature ORDER BY e.feature"
+    )
+    code, out, err = query(["--data", str(started_in / "run"), sql, "--format", "json"], capsys)
+    assert code == 0, err
+    assert json.loads(out) == [
+        {"feature": 0, "n": 4, "total": 6.0, "status": "skipped"},
+        {"feature": 1, "n": 4, "total": 6.0, "status": "skipped"},
+        {"feature": 2, "n": 4, "total": 6.0, "status": None},
+    ]
+
+
 @pytest.mark.parametrize(
     ("sql", "says"),
     [

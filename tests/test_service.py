@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from label_runs import run_info
 from servers import exemplar_parts
 
+from labeler import metrics
 from labeler.cli import main
+from labeler.exemplars import ExemplarError
 from labeler.results import LabelRecord
 from labeler.runconfig import ConfigError, RunConfig, load_config
 from labeler.scheduler import Chunk, Completion
@@ -24,10 +29,19 @@ from labeler.work import ChunkWorker, SourceConfig, plan_features, read_chunk_ex
 class InlinePool:
     """Runs each chunk at once in this process with a real ChunkWorker (the Ray layer is tested elsewhere)."""
 
-    def __init__(self, run_config: RunConfig, spec: object, fail_first: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+    def __init__(
+        self,
+        run_config: RunConfig,
+        spec: object,
+        fail_first: set[int] = frozenset(),  # type: ignore[assignment]
+        lose_reply: set[int] = frozenset(),  # type: ignore[assignment]
+    ) -> None:
+        """`fail_first`: chunks whose first attempt fails before any work; `lose_reply`: chunks whose first
+        attempt commits its part and then dies before replying (as an actor killed at that moment)."""
         self.worker = ChunkWorker(spec, PartSink(run_config.out, run_config.sink))  # type: ignore[arg-type]
         self.done: list[Completion] = []
         self.fail_first = set(fail_first)
+        self.lose_reply = set(lose_reply)
 
     def size(self) -> int:
         return 1
@@ -43,7 +57,12 @@ class InlinePool:
             self.fail_first.discard(chunk.index)
             self.done.append(Completion(worker, chunk, error="RuntimeError: injected"))
             return
-        self.done.append(Completion(worker, chunk, outcome=self.worker.run(chunk)))
+        outcome = self.worker.run(chunk)
+        if chunk.index in self.lose_reply:
+            self.lose_reply.discard(chunk.index)
+            self.done.append(Completion(worker, chunk, error="WorkerDied: killed after its commit"))
+            return
+        self.done.append(Completion(worker, chunk, outcome=outcome))
 
     def poll(self, timeout: float) -> list[Completion]:
         done, self.done = self.done, []
@@ -90,9 +109,63 @@ def test_a_second_run_in_the_same_folder_is_refused_and_resume_continues(tmp_pat
     assert sorted(pq.read_table(tmp_path / "run" / "labels").column("feature").to_pylist()) == list(range(50))
 
 
+def features_counted() -> float:
+    """labeler_features_total summed over its labels (the registry is the process's: tests take differences)."""
+    return sum(
+        sample.value
+        for family in metrics.REGISTRY.collect()
+        if family.name == "labeler_features"
+        for sample in family.samples
+        if sample.name == "labeler_features_total"
+    )
+
+
+def test_features_are_counted_once_when_a_reply_is_lost_and_not_again_after_resume(tmp_path: Path) -> None:
+    config = _config(tmp_path)  # 50 features in 7 chunks of 8
+    first = prepare(config)
+    ChunkWorker(first.spec(), first.sink).run(first.plan.chunk(0))  # an earlier driver committed chunk 0, then died
+    resumed = prepare(config, resume=True)
+    before = features_counted()
+    progress = execute(resumed, InlinePool(config, resumed.spec(), lose_reply={1}))
+    assert progress.chunks_retried == 1 and progress.states["done"] == 50
+    # chunk 1 was committed by its lost first attempt: counted once; chunk 0 (committed before) is not counted.
+    assert features_counted() - before == 42 == sum(progress.statuses.values())
+    assert len(pq.read_table(tmp_path / "run" / "labels")) == 50
+
+
 def test_resume_refuses_a_changed_input(tmp_path: Path) -> None:
     config = _config(tmp_path)
     prepare(config)
+    exemplar_parts(tmp_path / "ex", 60)
+    with pytest.raises(ConfigError, match=r"input of .* changed since the run started"):
+        prepare(config, resume=True)
+
+
+def shift_features(folder: Path, by: int) -> None:
+    """Rewrite the exemplar parts in `folder` with every feature id moved by `by` (same counts, other ids)."""
+    for part in folder.glob("*.parquet"):
+        table = pq.read_table(part)
+        pq.write_table(table.set_column(0, "feature", pc.add(table.column("feature"), by)), part)
+
+
+def test_resume_refuses_other_feature_ids_with_the_same_counts(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    prepare(config)
+    shift_features(tmp_path / "ex", 100)  # features 100..149 instead of 0..49: the same 50 in 7 chunks
+    with pytest.raises(
+        ConfigError, match=r"changed since the run started: .*\(the same counts, but other feature ids\)"
+    ):
+        prepare(config, resume=True)
+
+
+def test_a_manifest_without_the_digest_is_resumed_on_counts(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    manifest_file = tmp_path / "run" / "manifest.json"
+    prepare(config)
+    manifest = json.loads(manifest_file.read_text())
+    del manifest["plan"]["feature_ids_sha256"]  # as written by a labeler before the digest
+    manifest_file.write_text(json.dumps(manifest))
+    assert prepare(config, resume=True).manifest == manifest
     exemplar_parts(tmp_path / "ex", 60)
     with pytest.raises(ConfigError, match=r"input of .* changed since the run started"):
         prepare(config, resume=True)
@@ -107,6 +180,27 @@ def test_bad_input_stops_before_ray_starts(tmp_path: Path, capsys: pytest.Captur
     assert "missing column(s) ['context', 'target', 'activation']" in capsys.readouterr().err
     assert main(["run", "--set", "workers.count=0"]) == 2
     assert "workers.count must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("columns", "says"),
+    [
+        ({"feature": [10, 11, 12], "status": ["alive", None, "dead"]}, "column 'status' has 1 null value(s)"),
+        ({"feature": [10, None, 12], "status": ["alive", "alive", "dead"]}, "column 'feature' has 1 null value(s)"),
+        ({"feature": [10, 11, 12]}, "missing column(s) ['status']"),
+    ],
+)
+def test_a_broken_features_file_is_named_with_its_problem(
+    tmp_path: Path, columns: dict[str, list[object]], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    features = tmp_path / "features.parquet"
+    pq.write_table(pa.table(columns), features)
+    source = SourceConfig(exemplars=str(exemplar_parts(tmp_path / "ex", 13)), features=str(features))
+    with pytest.raises(ExemplarError, match=re.escape(f"{features}: {says}")):
+        plan_features(source)
+    args = ["run", "--exemplars", str(source.exemplars), "--set", f"source.features={features}"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    assert "features.parquet: " in capsys.readouterr().err
 
 
 def test_a_worker_reads_only_its_chunks_rows(tmp_path: Path) -> None:
