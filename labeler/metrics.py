@@ -16,7 +16,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 FEATURES = Counter(
     "labeler_features",
-    "Features finished, by final status (labelled, skipped, failed, dead) and reason (the error kind, or none)",
+    "Features finished by this driver, by final status (labelled, skipped, failed, dead) and reason (the error kind, "
+    "or none); a resumed run counts only what it finishes",
     ["status", "reason"],
     registry=REGISTRY,
 )
