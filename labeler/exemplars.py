@@ -117,6 +117,38 @@ def split_invalid_features(table: pa.Table, source: str = "exemplars") -> tuple[
     return kept, reasons
 
 
+def check_exemplar_schema(schema: pa.Schema, source: str = "exemplars") -> None:
+    """Raise ExemplarError unless `schema` has the contract's columns with types that cast to it (a whole
+    dataset's schema, checked before its rows are read)."""
+    missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
+    if missing:
+        raise ExemplarError(
+            f"{source}: missing column(s) {missing}; the exemplar contract needs {list(REQUIRED_COLUMNS)} "
+            f"(found {schema.names})"
+        )
+    wrong = [
+        f"{name}: {schema.field(name).type}"
+        for name, fits in _CONTRACT_TYPES.items()
+        if not fits(schema.field(name).type)
+    ]
+    if wrong:
+        raise ExemplarError(
+            f"{source}: column(s) of the wrong type ({', '.join(wrong)}); the exemplar contract needs feature: "
+            "integer, context and target: string, activation: number"
+        )
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
+
+
+def _is_number(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_floating(kind) or pa.types.is_integer(kind))
+
+
+_CONTRACT_TYPES = {"feature": pa.types.is_integer, "context": _is_text, "target": _is_text, "activation": _is_number}
+
+
 def _cast_columns(table: pa.Table, source: str) -> dict[str, pa.ChunkedArray]:
     """The contract's columns cast to their declared types (nulls kept); raises for a missing or unreadable column."""
     missing = [name for name in REQUIRED_COLUMNS if name not in table.column_names]

@@ -27,6 +27,7 @@ from labeler.exemplars import (
     REQUIRED_COLUMNS,
     ExemplarError,
     FeatureExemplars,
+    check_exemplar_schema,
     group_by_feature,
     read_exemplars,
     split_invalid_features,
@@ -96,15 +97,12 @@ def plan_features(source: SourceConfig) -> tuple[np.ndarray, np.ndarray]:
     if _is_jsonl(source.exemplars):
         return np.unique(read_exemplars(source.exemplars).column("feature").to_numpy()), np.array([], np.int64)
     dataset = _dataset(source.exemplars, source.storage_options)
-    missing = [name for name in REQUIRED_COLUMNS if name not in dataset.schema.names]
-    if missing:
-        raise ExemplarError(
-            f"{source.exemplars}: missing column(s) {missing}; the exemplar contract needs "
-            f"{list(REQUIRED_COLUMNS)} (found {dataset.schema.names})"
-        )
+    check_exemplar_schema(dataset.schema, source.exemplars)
     pieces: list[np.ndarray] = []
     held = 0
     for batch in dataset.to_batches(columns=["feature"]):
+        if batch.column(0).null_count:
+            raise ExemplarError(f"{source.exemplars}: column 'feature' has null values; every row needs a feature id")
         pieces.append(np.unique(batch.column(0).to_numpy().astype(np.int64)))
         held += len(pieces[-1])
         if held > 4_000_000:  # merge now and then, so memory follows the distinct features, not the rows

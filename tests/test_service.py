@@ -248,3 +248,36 @@ def test_a_bad_row_fails_only_its_feature_and_an_empty_chunk_records_every_featu
     assert [(r.feature, r.status) for r in records] == [(1, "labelled"), (2, "failed"), (3, "failed")]
     assert records[1].error == invalid[2] and records[2].error == invalid[3]
     assert [(r.feature, r.status) for r in labeller.label(np.array([7, 8]))] == [(7, "skipped"), (8, "skipped")]
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        (
+            {"feature": [1], "context": ["a"], "target": ["a"], "activation": ["high"]},
+            r"column\(s\) of the wrong type \(activation: string\)",
+        ),
+        (
+            {"feature": ["1"], "context": [2], "target": ["a"], "activation": [1.0]},
+            r"wrong type \(feature: string, context: int64\)",
+        ),
+        (
+            {
+                "feature": pa.array([1, None], pa.int64()),
+                "context": ["a"] * 2,
+                "target": ["a"] * 2,
+                "activation": [1.0] * 2,
+            },
+            "column 'feature' has null values",
+        ),
+    ],
+)
+def test_wrong_types_and_null_ids_are_named_before_work(
+    tmp_path: Path, columns: dict[str, object], message: str
+) -> None:
+    from labeler.exemplars import ExemplarError
+
+    (tmp_path / "ex").mkdir()
+    pq.write_table(pa.table(columns), tmp_path / "ex" / "part.parquet")
+    with pytest.raises(ExemplarError, match=message):
+        plan_features(SourceConfig(exemplars=str(tmp_path / "ex")))
