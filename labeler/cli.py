@@ -295,10 +295,7 @@ def run_label(args: argparse.Namespace) -> int:
     labels_dir = args.out / "labels"
     if labels_dir.exists() and any(labels_dir.iterdir()):
         raise UsageError(f"{labels_dir} already holds labels; choose a new --out or remove it")
-    try:  # before the model loads: an --out that cannot be written stops here, not after the labelling
-        labels_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"cannot create the output folder {labels_dir}: {err}") from err
+    _check_writable(labels_dir)
     table = read_exemplars(args.exemplars)
     features = list(group_by_feature(table))
     problems = [(f.feature, r) for f in features if (r := unlabelable_reason(f, label_config.active_threshold))]
@@ -351,6 +348,17 @@ def run_info(
         prompt_template=prompt_template,
         label_template=label_template,
     )
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse, before any work and without creating anything, a folder that could not be created or written."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot create the output folder {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot create the output folder {folder}: {existing} is not writable")
 
 
 def _read_frequency(path: Path) -> dict[int, float]:

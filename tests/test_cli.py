@@ -232,7 +232,7 @@ def test_an_output_that_cannot_be_written_is_named_without_a_traceback(
     # --out under a file: refused before the model (here a folder that does not exist) is even looked at.
     args = ["label", "--exemplars", str(exemplars), "--discriminator", f"hf:{tmp_path / 'nope'}"]
     code, err = run_cli([*args, "--out", str(blocker / "sub")], capsys)
-    assert code == 2 and f"cannot create the output folder {blocker / 'sub' / 'labels'}" in err
+    assert code == 2 and f"cannot create the output folder {blocker / 'sub' / 'labels'}: {blocker} is a file" in err
     from label_runs import write_run
 
     write_run(str(tmp_path / "run"), "r")
