@@ -10,6 +10,10 @@
   module path of the HF model (`transformer.h.3.mlp`), whose output is taken. The forward stops right
   after the hook (a private exception raised from it), so later layers never run.
 
+An SAE trained on a TransformerLens model loaded with `center_writing_weights` (its metadata's
+`model_from_pretrained_kwargs`, e.g. gpt2-small-res-jb) read a residual stream with its mean over d_model
+removed at every token; at a resid hook the HF activations are centred the same way.
+
 Every mismatch (unknown hook, layer out of range, width different from the SAE's `d_in`) is found by a
 probe forward of two tokens before any work. This module knows nothing about corpora or exemplars.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,6 +180,7 @@ class FeatureSource:
 
     def __post_init__(self) -> None:
         self._activations = HookedActivations(self.model, self.hook)
+        self._center = _centers_residual(self.sae, self.hook)
         self._check()
 
     @property
@@ -185,6 +191,8 @@ class FeatureSource:
     def latents(self, ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Float[window token feature]: the SAE's latents (not its reconstruction) at every token."""
         x = self._activations(ids, attention_mask)
+        if self._center:  # what TransformerLens's residual stream is with center_writing_weights
+            x = x - x.mean(-1, keepdim=True)
         return self.sae.encode(x.to(self.sae.W_enc.dtype))
 
     def _check(self) -> None:
@@ -197,6 +205,23 @@ class FeatureSource:
                 f"{self.hook.module} ({self.hook.side}) has width {x.shape[-1]}: the SAE was not trained on this "
                 "model or hook"
             )
+
+
+def _centers_residual(sae: SAE[Any], hook: HookPoint) -> bool:
+    """Whether the SAE read a mean-centred residual stream: trained on a TransformerLens model loaded with
+    center_writing_weights (sae-lens's metadata.model_from_pretrained_kwargs, e.g. gpt2-small-res-jb), whose
+    residual stream is the HF one minus its mean over d_model at every token."""
+    kwargs = getattr(sae.cfg.metadata, "model_from_pretrained_kwargs", None) or {}
+    if not kwargs.get("center_writing_weights"):
+        return False
+    if RESID.match(hook.name) is None:
+        warnings.warn(
+            f"SAE was trained on a TransformerLens model with center_writing_weights; labeler centres "
+            f"blocks.N.hook_resid_pre/post only, and reads {hook.name} ({hook.module}) as the HF model gives it",
+            stacklevel=3,
+        )
+        return False
+    return True
 
 
 def load_source(
