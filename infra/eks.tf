@@ -108,9 +108,9 @@ resource "aws_eks_node_group" "gpu" {
     effect = "NO_SCHEDULE"
   }
   scaling_config {
-    desired_size = 2
+    desired_size = var.gpu_nodes
     min_size     = 0
-    max_size     = var.gpu_nodes_max
+    max_size     = max(var.gpu_nodes_max, var.gpu_nodes)
   }
   depends_on = [aws_iam_role_policy_attachment.eks_node]
 }

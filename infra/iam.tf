@@ -118,10 +118,27 @@ data "aws_iam_policy_document" "launcher_head" {
     resources = ["*"] # EC2 Describe* calls support no resource-level scoping
   }
   statement {
+    sid     = "LaunchWorkers"
+    effect  = "Allow"
+    actions = ["ec2:RunInstances", "ec2:CreateTags"]
+    # RunInstances is also checked against the AMI, whose ARN has no account (a public DLAMI), hence image/*.
+    resources = [
+      "arn:${data.aws_partition.current.partition}:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:*",
+      "arn:${data.aws_partition.current.partition}:ec2:${var.region}::image/*",
+    ]
+  }
+  statement {
     sid       = "ManageOwnWorkers"
     effect    = "Allow"
-    actions   = ["ec2:RunInstances", "ec2:CreateTags", "ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"]
-    resources = ["arn:${data.aws_partition.current.partition}:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:*"]
+    actions   = ["ec2:StartInstances", "ec2:StopInstances", "ec2:TerminateInstances"]
+    resources = ["arn:${data.aws_partition.current.partition}:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:instance/*"]
+    # Only the instances Ray's launcher tagged as this cluster's (cluster_name in deploy/launcher/aws-gpu.yaml),
+    # never the account's other instances (EKS nodes included).
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:ResourceTag/ray-cluster-name"
+      values   = ["labeler"]
+    }
   }
   statement {
     sid       = "PassNodeRole"

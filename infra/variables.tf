@@ -34,7 +34,13 @@ variable "kubernetes_version" {
 variable "gpu_instance_types" {
   description = "Instance types of the GPU node group (one NVIDIA GPU each)."
   type        = list(string)
-  default     = ["g5.xlarge"]
+  default     = ["g5.2xlarge"] # one A10G, 8 vCPU, 32 GiB: room for a worker pod (4 CPUs, 24 GiB) and the node's own
+}
+
+variable "gpu_nodes" {
+  description = "GPU nodes the node group runs. Nothing scales it by itself (no cluster autoscaler): set it to the run's workers.count."
+  type        = number
+  default     = 4
 }
 
 variable "gpu_nodes_max" {

@@ -201,6 +201,55 @@ def test_gpu_workers_land_on_the_terraform_gpu_node_group() -> None:
     assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
+# vCPUs and GiB of the GPU instance types the node group may use (AWS's instance type pages).
+GPU_INSTANCES = {"g5.xlarge": (4, 16), "g5.2xlarge": (8, 32), "g5.4xlarge": (16, 64), "g6.2xlarge": (8, 32)}
+
+
+def _quantity(text: str) -> float:
+    """A Kubernetes CPU or memory quantity as a number (cores; GiB)."""
+    units = {"Gi": 1.0, "Mi": 1 / 1024, "m": 1 / 1000}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
+
+
+def test_a_gpu_worker_pod_fits_on_a_gpu_node_and_listens_only_where_labeler_serves() -> None:
+    """The worker pod's requests leave the node room for the kubelet and system pods (about 0.5 vCPU and
+    3 GiB kept back here), and every metrics port a pod declares is one a labeler process serves."""
+    from labeler.runconfig import load_config
+
+    (instance,) = terraform_blocks("variables.tf", "variable", "gpu_instance_types")["default"]
+    cpus, memory = GPU_INSTANCES[instance]
+    (_, template), *_ = [(n, t) for n, t in pod_specs() if n == "gpu"]
+    requests = template["spec"]["containers"][0]["resources"]["requests"]
+    assert _quantity(requests["cpu"]) <= cpus - 0.5 and _quantity(requests["memory"]) <= memory - 3, instance
+    config = load_config(DEPLOY / "config" / "run.example.yaml")
+    served = {config.workers.metrics_port, config.metrics.port}
+    for name, pod in pod_specs():
+        declared = {
+            p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p["name"].startswith("metrics")
+        }
+        assert declared <= served, f"{name}: ports {declared - served} are declared but nothing listens there"
+    assert config.workers.num_gpus == 1, "one worker per GPU pod: a second one could not bind the fixed metrics port"
+    assert config.workers.count <= terraform_blocks("variables.tf", "variable", "gpu_nodes")["default"]
+    assert (config.workers.metrics_port,) == load_write_targets().DEFAULT_PORTS
+
+
+def test_the_launcher_head_may_launch_from_a_public_ami_and_stop_only_its_own_workers() -> None:
+    statements = terraform_blocks("iam.tf", "data", "aws_iam_policy_document")["launcher_head"]["statement"]
+    by_sid = {statement["sid"]: statement for statement in statements}
+    launch = by_sid["LaunchWorkers"]
+    assert "ec2:RunInstances" in launch["actions"]
+    assert any("::image/" in resource for resource in launch["resources"]), "RunInstances is checked on the AMI too"
+    manage = by_sid["ManageOwnWorkers"]
+    assert {"ec2:TerminateInstances", "ec2:StopInstances"} <= set(manage["actions"])
+    (condition,) = manage["condition"]
+    launcher = load_yaml(DEPLOY / "launcher" / "aws-gpu.yaml")
+    assert condition["variable"] == "ec2:ResourceTag/ray-cluster-name"
+    assert condition["values"] == [launcher["cluster_name"]]
+
+
 # ---------------------------------------------------------------------------------------------- launcher
 
 
@@ -642,6 +691,16 @@ def test_runbook_commands_use_the_committed_files() -> None:
     )
     assert local in runbook
     assert "render deploy/kuberay/rayjob.yaml | kubectl apply -f -" in runbook
+    # The Prometheus chart mounts the ConfigMap named RELEASE-OVERRIDE (its server deployment template).
+    release, override = re.search(
+        r"helm install (\S+) prometheus-community/prometheus.*?configMapOverrideName=(\S+)", runbook, re.S
+    ).groups()
+    assert f"kubectl -n labeler create configmap {release}-{override} " in runbook
+    # The runbook uploads the harvest where the example config reads it.
+    example = load_yaml(DEPLOY / "config" / "run.example.yaml")["source"]
+    upload = re.search(r'aws s3 sync \S+ "s3://\$BUCKET/(labeler/harvest/[^"]+)"', runbook).group(1)
+    for url in (example["exemplars"], example["features"]):
+        assert url.startswith(f"s3://BUCKET/{upload}"), url
 
 
 # ---------------------------------------------------------------------------------------------- local cluster

@@ -1,8 +1,8 @@
 """Write Prometheus file_sd targets for labeler's metrics on a cluster made by the Ray cluster launcher.
 
 Run on the head node (deploy/launcher/aws-gpu.yaml starts it): every alive Ray node becomes one target
-group with labeler's metrics ports (the run config's metrics port and the next one, for a second worker
-process on the same GPU). The file is replaced atomically, so Prometheus never reads half of it.
+group with labeler's metrics port (the run config's, 9310: one worker process per GPU node). The file is
+replaced atomically, so Prometheus never reads half of it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_PORTS = (9310, 9311)
+DEFAULT_PORTS = (9310,)
 
 
 def target_groups(nodes: list[dict[str, Any]], ports: tuple[int, ...] = DEFAULT_PORTS) -> list[dict[str, Any]]:
