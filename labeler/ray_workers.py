@@ -120,12 +120,24 @@ class RayPool:
         return True
 
     def ready(self, timeout: float = 600) -> list[str]:
-        """Wait for every worker to have loaded its discriminator; their metrics endpoints.
-        Raises WorkerStartError with the cause when a worker cannot start (e.g. its model does not load)."""
-        try:
-            return list(ray.get([a.endpoint.remote() for a in self.actors], timeout=timeout))
-        except RayActorError as err:
-            raise WorkerStartError(f"a worker could not start: {_first_line(err)}") from err
+        """Wait for every worker to have loaded its discriminator; their metrics endpoints. Raises
+        WorkerStartError when a worker cannot start (e.g. its model does not load), or when some have not
+        started within `timeout` seconds (the cluster has no room for them)."""
+        refs = [actor.endpoint.remote() for actor in self.actors]
+        pending, deadline = refs, time.monotonic() + timeout
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not done:
+                raise WorkerStartError(
+                    f"{len(pending)} of {len(refs)} workers did not start within {timeout:.0f} s: no node has the "
+                    "CPUs, GPUs and memory one asks for (workers.num_cpus, workers.num_gpus); lower workers.count "
+                    "or add nodes"
+                )
+            try:
+                ray.get(done)
+            except RayActorError as err:
+                raise WorkerStartError(f"a worker could not start: {_first_line(err)}") from err
+        return [str(endpoint) for endpoint in ray.get(refs)]
 
     def endpoints(self) -> list[str]:
         """Metrics endpoints of the workers alive now (a restarted worker may have a new port)."""

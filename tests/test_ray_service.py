@@ -30,7 +30,7 @@ from servers import BIN, MotoS3, RayCluster, exemplar_parts, tiny_model
 from labeler import metrics
 from labeler.discriminators import CausalLMConfig, EmbeddingConfig
 from labeler.labelling import LabelConfig
-from labeler.ray_workers import RayPool, WorkersConfig
+from labeler.ray_workers import RayPool, WorkersConfig, WorkerStartError
 from labeler.scheduler import Scheduler, SchedulerConfig, drive, make_plan
 from labeler.sink import PartSink, SinkConfig
 from labeler.work import LabellerSpec, SourceConfig, give_up_chunk
@@ -115,7 +115,7 @@ def test_fractional_gpus_land_as_configured(tmp_path: Path) -> None:
         gpus = Counter(gpu for placement in pool.placements() for gpu in placement["gpu_ids"])
         assert gpus == Counter({0: 2, 1: 2})
         waiting = RayPool(WorkersConfig(count=1, num_cpus=0.5, num_gpus=1), spec, sink.url, SinkConfig())
-        with pytest.raises(ray.exceptions.GetTimeoutError):  # no whole GPU is left
+        with pytest.raises(WorkerStartError, match="1 of 1 workers did not start within 3 s"):  # no whole GPU left
             waiting.ready(timeout=3)
         waiting.shutdown()
         plan = make_plan(np.arange(1000), np.array([2000, 2001]), 64)
