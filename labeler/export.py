@@ -63,6 +63,8 @@ def neuronpedia_explanations(
         if not model or not layer:
             missing = "--model-id (the run has no model)" if not model else "--source-id (the run has no sae_id)"
             raise ExportError(f"run {record['run_id']} cannot be exported to Neuronpedia: pass {missing}")
+        _check_id(model, bool(model_id), f"run {record['run_id']}'s model", "--model-id", "gpt2-small")
+        _check_id(layer, bool(source_id), f"run {record['run_id']}'s sae_id", "--source-id", "6-res-jb")
         index = str(record["feature"])
         rows.append(
             {
@@ -85,29 +87,65 @@ def neuronpedia_explanations(
 
 
 def write_neuronpedia(rows: Iterable[dict[str, Any]], out: Path) -> list[Path]:
-    """Write rows as `OUT/{modelId}/{layer}/explanations/batch-{n}.jsonl.gz`, NEURONPEDIA_BATCH rows each."""
+    """Write rows as `OUT/{modelId}/{layer}/explanations/batch-{n}.jsonl.gz`, NEURONPEDIA_BATCH rows each.
+
+    Refuses a folder that already holds batch files: overwriting batch-0..k would leave an earlier export's
+    higher-numbered batches beside them, and Neuronpedia would import both runs' explanations as one.
+    """
     by_source: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         by_source.setdefault((row["modelId"], row["layer"]), []).append(row)
+    for model, layer in by_source:
+        if not (_plain_name(model) and _plain_name(layer)):
+            raise ExportError(f"modelId {model!r} and layer {layer!r} must each be one plain folder name")
+    folders = {source: out / source[0] / source[1] / "explanations" for source in by_source}
+    for folder in folders.values():
+        if any(folder.glob("batch-*.jsonl.gz")):
+            raise ExportError(
+                f"{folder} already holds batch files of an earlier export; choose a new --out or remove that folder"
+            )
     written = []
-    for (model, layer), source_rows in by_source.items():
-        folder = out / model / layer / "explanations"
-        folder.mkdir(parents=True, exist_ok=True)
+    for source, source_rows in by_source.items():
+        folders[source].mkdir(parents=True, exist_ok=True)
         for n, start in enumerate(range(0, len(source_rows), NEURONPEDIA_BATCH)):
             lines = "".join(json.dumps(r) + "\n" for r in source_rows[start : start + NEURONPEDIA_BATCH])
-            path = folder / f"batch-{n}.jsonl.gz"
-            path.write_bytes(gzip.compress(lines.encode(), compresslevel=5))
+            path = folders[source] / f"batch-{n}.jsonl.gz"
+            with path.open("xb") as f:  # create-only: a batch written meanwhile by another export is never replaced
+                f.write(gzip.compress(lines.encode(), compresslevel=5))
             written.append(path)
     return written
 
 
 def write_jsonl(labels: pa.Table, out: Path) -> Path:
-    """Every row and column of `labels` as one JSON object per line (NaN as null, times as ISO 8601)."""
+    """Every row and column of `labels` as one JSON object per line (NaN as null, times as ISO 8601).
+
+    Refuses an existing file rather than replace it.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w") as f:
+    try:
+        f = out.open("x")
+    except FileExistsError:
+        raise ExportError(f"{out} already exists; choose a new --out or remove it") from None
+    with f:
         for row in labels.to_pylist():
             f.write(json.dumps(json_ready(row), ensure_ascii=False, default=_iso) + "\n")
     return out
+
+
+def _check_id(value: str, given: bool, column: str, flag: str, example: str) -> None:
+    """Refuse an id that is not a plain name: it becomes a folder of the export (an SAE's path or a hub id
+    such as openai-community/gpt2 would write outside OUT or into nested folders)."""
+    if not _plain_name(value):
+        origin = f"{flag} {value!r}" if given else f"{column} {value!r}"
+        raise ExportError(
+            f"{origin} is not a Neuronpedia id: the id names a folder of the export, so it must be one plain name "
+            f"(no '/' or '\\', not '.' or '..'), e.g. {example}; set it with {flag}"
+        )
+
+
+def _plain_name(value: str) -> bool:
+    """Whether `value` is one safe path component: not empty, no separator, not '.' or '..', no NUL."""
+    return bool(value) and value not in (".", "..") and not any(c in value for c in "/\\\0")
 
 
 def _iso(value: Any) -> str:

@@ -91,3 +91,53 @@ def test_jsonl_export_has_every_row_and_column(tmp_path: Path, capsys: pytest.Ca
     assert sorted(r["feature"] for r in rows) == [r.feature for r in recs]
     assert rows[0]["started_at"] == "2026-11-21T05:00:00+00:00" and rows[0]["top_tokens"][0][0]["token"] == "animal"
     assert {r["status"] for r in rows} == {"labelled", "dead", "failed"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "flags", "says"),
+    [
+        ({"sae_id": "{tmp}/saes/my-sae"}, [], "run run-a's sae_id '{tmp}/saes/my-sae' is not a Neuronpedia id"),
+        ({"model": "openai-community/gpt2"}, [], "run run-a's model 'openai-community/gpt2' is not a Neuronpedia id"),
+        ({}, ["--source-id", ".."], "--source-id '..' is not a Neuronpedia id"),
+        ({}, ["--model-id", "a\\b"], "--model-id 'a\\\\b' is not a Neuronpedia id"),
+    ],
+)
+def test_a_model_or_source_that_is_not_one_folder_name_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], overrides: dict[str, str], flags: list[str], says: str
+) -> None:
+    """An SAE's path or a hub id would write outside --out or into nested folders; nothing is written."""
+    from label_runs import records, run_info
+
+    from labeler.dataset import write_committed_part, write_manifest
+
+    run, out = str(tmp_path / "run"), tmp_path / "out"
+    info = run_info("run-a", **{k: v.format(tmp=tmp_path) for k, v in overrides.items()})
+    says = says.format(tmp=tmp_path)
+    write_manifest(run, info)
+    write_committed_part(run, records(5, 0), info, 0)
+    code = main(["export", "--data", run, "--format", "neuronpedia", "--out", str(out), *flags])
+    err = capsys.readouterr().err
+    flag = "--model-id" if "model" in overrides or "--model-id" in flags else "--source-id"
+    assert code == 2 and says in err and f"set it with {flag}" in err, err
+    assert not list(tmp_path.rglob("*.gz"))
+
+
+def test_an_export_never_overwrites_an_earlier_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Re-exporting a smaller run into the same folder would replace batch-0 and keep the big run's batch-1."""
+    write_run(str(tmp_path / "big"), "big", n=1500, chunk_size=500, with_exemplars=False)
+    write_run(str(tmp_path / "small"), "small", n=10, with_exemplars=False)
+    np_out, jsonl_out = tmp_path / "np", tmp_path / "labels.jsonl"
+    for fmt, out in (("neuronpedia", np_out), ("jsonl", jsonl_out)):
+        assert main(["export", "--data", str(tmp_path / "big"), "--format", fmt, "--out", str(out)]) == 0
+    folder = np_out / "gpt2-small" / "6-res-jb" / "explanations"
+    before = {p: p.read_bytes() for p in folder.iterdir()}
+    jsonl_before = jsonl_out.read_bytes()
+    capsys.readouterr()
+
+    assert main(["export", "--data", str(tmp_path / "small"), "--format", "neuronpedia", "--out", str(np_out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder} already holds batch files" in err and "choose a new --out or remove that folder" in err
+    assert {p: p.read_bytes() for p in folder.iterdir()} == before
+    assert main(["export", "--data", str(tmp_path / "small"), "--format", "jsonl", "--out", str(jsonl_out)]) == 2
+    assert f"{jsonl_out} already exists; choose a new --out or remove it" in capsys.readouterr().err
+    assert jsonl_out.read_bytes() == jsonl_before
