@@ -44,23 +44,46 @@ def run_query(data: Dataset, sql: str) -> pa.Table:
 
 
 def render(table: pa.Table, fmt: Format, max_width: int = 60) -> str:
-    """A query result as an aligned text table, CSV (nested values as JSON) or a JSON array of objects."""
-    rows = [{k: json_ready(v) for k, v in row.items()} for row in table.to_pylist()]
+    """A query result as an aligned text table, CSV (nested values as JSON) or a JSON array of objects.
+
+    Columns are taken by position: DuckDB keeps two result columns of the same name (`SELECT a.label,
+    b.label ...`), and the table shows both under that name; CSV and JSON, whose readers key columns by
+    name, name the later ones label_2, label_3, ...
+    """
+    columns = [[json_ready(v) for v in column.to_pylist()] for column in table.columns]
+    rows = list(zip(*columns, strict=True)) if columns else []
     if fmt == "json":
-        return json.dumps(rows, indent=1, ensure_ascii=False, default=str) + "\n"
+        names = unique_names(table.column_names)
+        objects = [dict(zip(names, row, strict=True)) for row in rows]
+        return json.dumps(objects, indent=1, ensure_ascii=False, default=str) + "\n"
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(table.column_names)
-        writer.writerows([_cell(row[name]) for name in table.column_names] for row in rows)
+        writer.writerow(unique_names(table.column_names))
+        writer.writerows([_cell(value) for value in row] for row in rows)
         return out.getvalue()
-    cells = [[_cell(row[name], max_width) for name in table.column_names] for row in rows]
+    cells = [[_cell(value, max_width) for value in row] for row in rows]
     widths = [max([len(name)] + [len(r[i]) for r in cells]) for i, name in enumerate(table.column_names)]
     lines = ["  ".join(name.ljust(w) for name, w in zip(table.column_names, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.append(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''})")
     return "\n".join(lines) + "\n"
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """`names` with each repeat renamed NAME_2, NAME_3, ..., skipping names already taken."""
+    taken = set(names)
+    out: list[str] = []
+    for name in names:
+        if name in out:
+            k = 2
+            while f"{name}_{k}" in taken:
+                k += 1
+            name = f"{name}_{k}"
+            taken.add(name)
+        out.append(name)
+    return out
 
 
 def json_ready(value: Any) -> Any:

@@ -76,6 +76,25 @@ def test_join_across_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert all(isinstance(r["gain"], float) for r in rows)
 
 
+def test_columns_of_the_same_name_are_all_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`SELECT a.label, b.label` without aliases: DuckDB names both columns label; none is lost or swapped."""
+    write_run(str(tmp_path / "a"), "run-a", n=3, seed=0)
+    write_run(str(tmp_path / "b"), "run-b", n=3, seed=1)
+    sql = (
+        "SELECT a.feature, a.label, b.label FROM labels a JOIN labels b ON a.feature = b.feature "
+        "AND a.run_id = 'run-a' AND b.run_id = 'run-b' WHERE a.feature = 0"
+    )
+    data = ["--data", str(tmp_path / "a"), "--data", str(tmp_path / "b"), sql]
+    code, out, err = query([*data, "--format", "json"], capsys)
+    assert code == 0, err
+    assert json.loads(out) == [{"feature": 0, "label": "animal", "label_2": "color"}]
+    code, out, err = query([*data, "--format", "csv"], capsys)
+    assert out.splitlines() == ["feature,label,label_2", "0,animal,color"]
+    code, out, err = query(data, capsys)
+    lines = out.splitlines()
+    assert lines[0].split() == ["feature", "label", "label"] and lines[2].split() == ["0", "animal", "color"]
+
+
 def test_a_run_of_jsonl_exemplars_named_relatively_is_queried_from_anywhere(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
