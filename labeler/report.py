@@ -8,6 +8,7 @@ takes tables already read (labeler/dataset.py) and knows nothing about storage.
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import re
@@ -16,29 +17,29 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from labeler.results import STATUSES
 
 
 def render_report(labels: pa.Table, exemplars: pa.Table | None, title: str, top_n: int = 10, examples: int = 5) -> str:
-    """The report page as HTML text."""
-    rows = labels.to_pylist()
-    labelled = [r for r in rows if r["status"] == "labelled" and _finite(r["heldout_auroc"])]
-    ranked = sorted(labelled, key=lambda r: (-r["heldout_auroc"], r["feature"]))
-    best = ranked[:top_n]
-    worst = [r for r in reversed(ranked) if r not in best][:top_n]
-    by_feature = _examples_by_feature(exemplars)
+    """The report page as HTML text.
+
+    Only the listed features become Python objects: the summary and the plots read a few scalar columns, and
+    the exemplars, which for a harvest cover every feature of the SAE, are filtered in Arrow to those listed.
+    """
+    ranked = _ranked(labels)
+    best = ranked.slice(0, top_n).to_pylist()
+    worst = ranked.slice(max(top_n, ranked.num_rows - top_n)).to_pylist()[::-1]  # not already among the best
     listed = [*best, *worst]
-    frequencies = [r["activation_frequency"] for r in rows if _finite(r["activation_frequency"])]
+    by_feature = _examples_by_feature(shown_exemplars(exemplars, {(r["run_id"], r["feature"]) for r in listed}))
+    aurocs = ranked.column("heldout_auroc").to_pylist()
+    frequencies = [f for f in labels.column("activation_frequency").to_pylist() if _finite(f)]
     body = [
         f"<h1>{_e(title)}</h1>",
-        _summary(rows, labelled),
+        _summary(labels, aurocs),
         '<section class="plots">',
-        _figure(
-            "Held-out AUROC of the labels",
-            _histogram([r["heldout_auroc"] for r in labelled], 0.0, 1.0, 20, "AUROC"),
-            len(labelled),
-        ),
+        _figure("Held-out AUROC of the labels", _histogram(aurocs, 0.0, 1.0, 20, "AUROC"), len(aurocs)),
         _figure(
             "Activation frequency (log10 share of tokens)",
             _histogram([math.log10(f) for f in frequencies if f > 0], *_log_range(frequencies), 20, "log10 frequency")
@@ -55,12 +56,39 @@ def render_report(labels: pa.Table, exemplars: pa.Table | None, title: str, top_
     return _PAGE.format(title=_e(title), expected=len(listed), body="\n".join(body))
 
 
-def _summary(rows: list[dict[str, Any]], labelled: list[dict[str, Any]]) -> str:
-    counts = Counter(r["status"] for r in rows)
-    runs = sorted({r["run_id"] for r in rows})
-    first = rows[0] if rows else {}
-    aurocs = sorted(r["heldout_auroc"] for r in labelled)
+def shown_exemplars(exemplars: pa.Table | None, shown: set[tuple[str, int]]) -> pa.Table | None:
+    """The rows of `exemplars` whose (run_id, feature) is in `shown`, in their order, selected in Arrow."""
+    if exemplars is None:
+        return None
+    features_of: dict[str, list[int]] = defaultdict(list)
+    for run_id, feature in shown:
+        features_of[run_id].append(feature)
+    feature_type = exemplars.schema.field("feature").type
+    masks = [
+        pc.and_(
+            pc.equal(exemplars.column("run_id"), run_id),
+            pc.is_in(exemplars.column("feature"), pa.array(features, feature_type)),
+        )
+        for run_id, features in features_of.items()
+    ]
+    return exemplars.filter(functools.reduce(pc.or_, masks)) if masks else exemplars.slice(0, 0)
+
+
+def _ranked(labels: pa.Table) -> pa.Table:
+    """The labelled features with a finite held-out AUROC, best first (ties by feature, then in table order)."""
+    auroc = labels.column("heldout_auroc")
+    scored = labels.filter(pc.and_(pc.equal(labels.column("status"), "labelled"), pc.is_finite(auroc)))
+    return scored.sort_by([("heldout_auroc", "descending"), ("feature", "ascending")])
+
+
+def _summary(labels: pa.Table, aurocs: list[float]) -> str:
+    counts = Counter(labels.column("status").to_pylist())
+    runs = sorted(set(labels.column("run_id").to_pylist()))
+    first = labels.slice(0, 1).to_pylist()[0] if labels.num_rows else {}
+    aurocs = sorted(aurocs)
     median = aurocs[len(aurocs) // 2] if aurocs else float("nan")
+    # NaN or null where a feature's time was not measured; a sum that includes it would read "nan"
+    device_seconds = sum(s for s in labels.column("device_seconds").to_pylist() if _finite(s))
     facts = [
         ("run", ", ".join(runs) or "(no committed labels)"),
         ("model", first.get("model") or "-"),
@@ -70,10 +98,10 @@ def _summary(rows: list[dict[str, Any]], labelled: list[dict[str, Any]]) -> str:
         ("started", str(first.get("started_at") or "-")),
         ("code", first.get("code_version") or "-"),
         ("config hash", first.get("config_hash") or "-"),
-        ("features", f'<span id="feature-count">{len(rows)}</span>'),
+        ("features", f'<span id="feature-count">{labels.num_rows}</span>'),
         ("by status", ", ".join(f"{s}: {counts[s]}" for s in STATUSES)),
         ("median held-out AUROC", f"{median:.3f}" if aurocs else "-"),
-        ("device-seconds", f"{sum(r['device_seconds'] or 0.0 for r in rows):.1f}"),
+        ("device-seconds", f"{device_seconds:.1f}"),
     ]
     items = "".join(f"<dt>{_e(k)}</dt><dd>{v if k == 'features' else _e(str(v))}</dd>" for k, v in facts)
     return f'<dl class="summary">{items}</dl>'

@@ -9,12 +9,13 @@ import subprocess
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from label_runs import records, run_info, write_run
 
 from labeler.cli import main
 from labeler.report import render_report
-from labeler.results import to_table
+from labeler.results import LabelRecord, to_table
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [
@@ -113,3 +114,39 @@ def test_targets_are_highlighted_where_they_stand_as_words() -> None:
     )
     assert _highlight("trisect it", [{"target": "tri", "activation": 1.0}], 1.0).startswith("<mark")
     assert "the <mark" in _highlight("xx the dog", [{"target": "dog", "activation": 0.5, "position": 7}], 1.0)
+
+
+def test_only_the_listed_features_exemplars_are_read() -> None:
+    """A harvest holds exemplars of every feature; the page is built from the listed features' rows alone,
+    and reads the same as a page given exactly those rows."""
+    from label_runs import exemplars as exemplars_of
+
+    from labeler.report import shown_exemplars
+
+    recs = records(60, 0)
+    labels = to_table(recs, run_info("r"))
+    harvest = exemplars_of(recs)
+    harvest = harvest.add_column(0, "run_id", pa.array(["r"] * harvest.num_rows))
+    other_run = harvest.set_column(0, "run_id", pa.array(["other"] * harvest.num_rows))
+    exemplars = pa.concat_tables([other_run, harvest])
+    page = render_report(labels, exemplars, title="t", top_n=3)
+    listed = {int(f) for f in re.findall(r'class="feature-card" data-feature="(\d+)"', page)}
+    assert len(listed) == 6
+
+    selected = shown_exemplars(exemplars, {("r", f) for f in listed})
+    assert selected is not None
+    assert selected.to_pylist() == [row for row in harvest.to_pylist() if row["feature"] in listed]
+    reference = harvest.filter(pc.is_in(harvest.column("feature"), pa.array(sorted(listed))))
+    assert render_report(labels, reference, title="t", top_n=3) == page
+    assert shown_exemplars(None, {("r", 0)}) is None and shown_exemplars(exemplars, set()).num_rows == 0
+
+
+def test_device_seconds_not_measured_are_left_out_of_the_total() -> None:
+    recs = [
+        LabelRecord(0, "labelled", label="a", heldout_auroc=0.9, device_seconds=1.5),
+        LabelRecord(1, "labelled", label="b", heldout_auroc=0.8, device_seconds=float("nan")),
+        LabelRecord(2, "failed", error="x", device_seconds=None),
+        LabelRecord(3, "dead", error="never active", device_seconds=2.0),
+    ]
+    page = render_report(to_table(recs, run_info("r")), None, title="t")
+    assert "<dt>device-seconds</dt><dd>3.5</dd>" in page
