@@ -10,8 +10,10 @@ Nothing is loaded whole: files are read line by line (a line longer than `max_do
 error, never a reason to hold it in memory), Parquet row group by row group. Documents are tokenised in
 small batches and joined into one token stream, separated by the tokenizer's EOS/SEP token, and cut into
 fixed-length windows of `context_len` tokens; each window starts with the tokenizer's CLS/BOS token
-when it has one. The last window is padded; `Window.valid` marks the tokens that are corpus text. This
-module knows tokenizers, not models or SAEs.
+when it has one. Documents are tokenised as plain text: a special token's string written in a document
+("<|endoftext|>") is ordinary text, so special ids appear only where this module puts them. The last window
+is padded; `WindowBatch.valid` marks the tokens that are corpus text, so each run of valid tokens is one
+document's (part). This module knows tokenizers, not models or SAEs.
 """
 
 from __future__ import annotations
@@ -155,7 +157,8 @@ def iter_windows(
             continue
         if not batch:  # the final marker right after a full batch's marker
             continue
-        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+        # split_special_tokens: "<|endoftext|>" written in a document is that text, not the EOS id
+        for ids in tokenizer(batch, add_special_tokens=False, split_special_tokens=True)["input_ids"]:
             if max_tokens is not None:
                 ids = ids[: max_tokens - taken]
             if not ids:

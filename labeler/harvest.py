@@ -9,8 +9,13 @@ per-feature state is updated in place. That state has a fixed size, whatever the
   (each token gets one random key, shared by all features; the largest keys are kept: a reservoir sample,
   batched).
 
-The windows' token ids are appended to a temporary file on disk (not memory) so that the chosen
-examples can be written with their context without re-tokenising. At the end, per feature: the top
+The windows' token ids, and a bit per token saying whether it is corpus text, are appended to temporary
+files on disk (not memory) so that the chosen examples can be written with their context without
+re-tokenising. An example's context is the text of its own document only: the run of corpus-text tokens
+around it in its window, cut at the separators, BOS and padding. Its target is the token's text or, where
+the token holds only part of a character's bytes (byte-level BPE splits CJK characters and emoji), the
+smallest run of tokens around it that reads as whole characters; a character cut at either end of the
+context is dropped from it. At the end, per feature: the top
 examples; `quantile_examples` examples spread over `quantiles` equal-width bins of (0, max] (in the
 manner of delphi), drawn from the reservoir and the top-k, one per bin in turn so that a bin short of
 candidates leaves its share to the others; and the inactive sample.
@@ -357,8 +362,8 @@ def harvest(
     features = _selected(config, source.d_sae)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="labeler-harvest-") as scratch:
-        window_file = Path(scratch) / "windows.int32"
-        stats, tokens, windows = _stream(config, source, features, window_file, characters, progress)
+        window_file, valid_file = Path(scratch) / "windows.int32", Path(scratch) / "valid.bits"
+        stats, tokens, windows = _stream(config, source, features, window_file, valid_file, characters, progress)
         if tokens == 0:
             raise ValueError(f"corpus {config.corpus} yields no tokens")
         if stats.skipped_tokens:
@@ -374,8 +379,10 @@ def harvest(
                 stacklevel=2,
             )
         window_ids = np.memmap(window_file, dtype=np.int32, mode="r", shape=(windows, config.context_len))
-        table, rows, parts = _write(config, fs, root, source, features, stats, tokens, window_ids)
-        del window_ids
+        packed = np.memmap(valid_file, dtype=np.uint8, mode="r", shape=(windows, -(-config.context_len // 8)))
+        texts = _Texts(source.tokenizer, window_ids, packed)
+        table, rows, parts = _write(config, fs, root, features, stats, tokens, texts)
+        del window_ids, packed, texts
     statuses = table.column("status").to_pylist()
     manifest = HarvestManifest(
         sae=config.sae,
@@ -415,10 +422,12 @@ def _stream(
     source: FeatureSource,
     features: np.ndarray,
     window_file: Path,
+    valid_file: Path,
     characters: int,
     progress: Progress | None,
 ) -> tuple[FeatureStats, int, int]:
-    """The one pass over the corpus: returns the state, the corpus tokens seen and the windows written."""
+    """The one pass over the corpus: returns the state, the corpus tokens seen and the windows written (their
+    ids to `window_file`, their valid masks to `valid_file`, packed 8 tokens a byte)."""
     device = source.device
     stats = FeatureStats(len(features), config, device)
     select = None if len(features) == source.d_sae else torch.as_tensor(features, device=device)
@@ -432,7 +441,7 @@ def _stream(
 
     documents = counted(iter_documents(config.corpus, config.text_column, config.max_document_bytes))
     batches = iter_windows(documents, source.tokenizer, config.context_len, config.batch_size, config.tokens)
-    with open(window_file, "wb") as sink:
+    with open(window_file, "wb") as sink, open(valid_file, "wb") as valid_sink:
         for batch in batches:
             ids = torch.as_tensor(batch.ids, device=device)
             valid = torch.as_tensor(batch.valid, device=device)
@@ -443,6 +452,7 @@ def _stream(
             token_index = (batch.first * config.context_len + torch.arange(ids.numel(), device=device)).view_as(ids)
             stats.update(latents[valid], token_index[valid])
             batch.ids.astype(np.int32).tofile(sink)
+            np.packbits(batch.valid, axis=1).tofile(valid_sink)
             tokens += int(batch.valid.sum())
             windows += len(batch.ids)
             if progress is not None:
@@ -455,11 +465,10 @@ def _write(
     config: HarvestConfig,
     fs: Any,
     root: str,
-    source: FeatureSource,
     features: np.ndarray,
     stats: FeatureStats,
     tokens: int,
-    window_ids: np.ndarray,
+    texts: _Texts,
 ) -> tuple[pa.Table, int, int]:
     """Pick each feature's examples and write the exemplar parts and features.parquet."""
     count = stats.count.cpu().numpy()
@@ -469,7 +478,6 @@ def _write(
     sums = stats.sum.cpu().numpy()
     top, sample, inactive = stats.top.kept(), stats.sample.kept(), stats.inactive.kept()
     fs.makedirs(f"{root}/exemplars", exist_ok=True)
-    texts = _Texts(source.tokenizer, window_ids)
     feature_tables: list[pa.Table] = []
     rows_written = 0
     part_of = features // config.features_per_part
@@ -561,26 +569,80 @@ def _quantile_picks(
 
 
 class _Texts:
-    """Windows' texts and tokens' words, each decoded once per harvest."""
+    """The texts of exemplar rows, each decoded once per harvest: contexts, tokens' words, and the runs of tokens
+    that complete a token's partial characters."""
 
-    def __init__(self, tokenizer: Any, window_ids: np.ndarray) -> None:
+    longest_run = 7
+    """Tokens in a run around a partial token at most: a character is at most 4 bytes and a token at least
+    one, so completing the characters at either end of a token takes at most 3 tokens on each side."""
+
+    def __init__(self, tokenizer: Any, window_ids: np.ndarray, packed_valid: np.ndarray) -> None:
         self.tokenizer = tokenizer
         self.window_ids = window_ids
-        self._windows: dict[int, str] = {}
+        """Int32[window token], on disk."""
+        self.packed_valid = packed_valid
+        """UInt8[window byte], on disk: the windows' valid masks, 8 tokens a byte."""
+        self._contexts: dict[tuple[int, int, int], str] = {}
         self._tokens: dict[int, str] = {}
+        self._runs: dict[tuple[int, int], str] = {}
 
-    def windows(self, windows: np.ndarray) -> list[str]:
-        new = [int(w) for w in windows if int(w) not in self._windows]
+    def documents(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Int[window token] twice: where the run of corpus-text tokens (one document's text) holding each token
+        starts and ends. A run is cut by separators, BOS and padding: the tokens that are not valid."""
+        context_len = self.window_ids.shape[1]
+        valid = np.unpackbits(np.asarray(self.packed_valid[windows]), axis=1, count=context_len).astype(bool)
+        position = np.arange(context_len)
+        start = np.maximum.accumulate(np.where(valid, 0, position + 1), axis=1)  # after the last invalid at or before
+        end = np.minimum.accumulate(np.where(valid, context_len, position)[:, ::-1], axis=1)[:, ::-1]
+        return start, end
+
+    def contexts(self, window: np.ndarray, start: np.ndarray, end: np.ndarray) -> list[str]:
+        """Per row: the text of tokens [start, end) of its window, without characters cut at either end."""
+        keys = list(zip(window.tolist(), start.tolist(), end.tolist(), strict=True))
+        new = list(dict.fromkeys(k for k in keys if k not in self._contexts))
         if new:
-            decoded = self.tokenizer.batch_decode(np.asarray(self.window_ids[new]).tolist(), skip_special_tokens=True)
-            self._windows.update(zip(new, decoded, strict=True))
-        return [self._windows[int(w)] for w in windows]
+            runs = [np.asarray(self.window_ids[w, a:b]).tolist() for w, a, b in new]
+            decoded = self.tokenizer.batch_decode(runs, skip_special_tokens=True)
+            self._contexts.update((k, _trim(str(text), True, True)) for k, text in zip(new, decoded, strict=True))
+        return [self._contexts[k] for k in keys]
 
-    def tokens(self, ids: np.ndarray) -> list[str]:
-        for i in ids:
-            if int(i) not in self._tokens:
-                self._tokens[int(i)] = _token_text(str(self.tokenizer.decode([int(i)])))
-        return [self._tokens[int(i)] for i in ids]
+    def targets(
+        self, window: np.ndarray, position: np.ndarray, start: np.ndarray, end: np.ndarray, ids: np.ndarray
+    ) -> list[str]:
+        """Per row: its token's word, or for a token holding part of a character, the word of the smallest run of
+        tokens around it (inside its document's run [start, end)) that reads as whole characters."""
+        words = []
+        for w, p, a, b, i in zip(*(x.tolist() for x in (window, position, start, end, ids)), strict=True):
+            if i not in self._tokens:
+                self._tokens[i] = str(self.tokenizer.decode([i]))
+            text = self._tokens[i]
+            if "\ufffd" not in text:
+                words.append(_token_text(text))
+                continue
+            if (w, p) not in self._runs:
+                self._runs[w, p] = self._whole_characters(np.asarray(self.window_ids[w, a:b]).tolist(), p - a, text)
+            words.append(self._runs[w, p])
+        return words
+
+    def _whole_characters(self, ids: list[int], at: int, text: str) -> str:
+        """The word of the smallest run of `ids` holding `at` that decodes without U+FFFD. Where a character of the
+        token was cut by the window's start or end there is none: then the smallest run whose text, less the
+        characters cut at the ends of `ids` (as the context drops them), has none; else the token's `text` less
+        its U+FFFD."""
+        for cut in (False, True):
+            for length in range(1, min(len(ids), self.longest_run) + 1):
+                for i in range(max(0, at - length + 1), min(at, len(ids) - length) + 1):
+                    run = str(self.tokenizer.decode(ids[i : i + length]))
+                    run = _trim(run, cut and i == 0, cut and i + length == len(ids))
+                    if "\ufffd" not in run:
+                        return _token_text(run)
+        return _token_text(text.replace("\ufffd", ""))
+
+
+def _trim(text: str, start: bool, end: bool) -> str:
+    """`text` without the U+FFFD left by a character whose bytes were cut at its start or end."""
+    text = text.lstrip("\ufffd") if start else text
+    return text.rstrip("\ufffd") if end else text
 
 
 def _exemplar_table(
@@ -590,7 +652,7 @@ def _exemplar_table(
     context_len: int,
 ) -> pa.Table:
     """Exemplar rows, a feature's rows together (top, quantile, inactive: each in its state's order), each with
-    its window's text.
+    its context and target (see `_Texts`).
 
     rows: per sampling kind, (index into `features`, global token index, activation, kind)."""
     feature_at = np.concatenate([r[0] for r in rows]).astype(np.int64)
@@ -604,12 +666,13 @@ def _exemplar_table(
     windows, window_at = np.unique(window, return_inverse=True)
     ids = np.asarray(texts.window_ids[windows]).reshape(len(windows), context_len)
     target_id = ids[window_at, position]
-    target_ids, target_at = np.unique(target_id, return_inverse=True)
+    starts, ends = texts.documents(windows)
+    start, end = starts[window_at, position], ends[window_at, position]
     offsets = np.arange(len(token) + 1, dtype=np.int32) * context_len
     columns = {
         "feature": pa.array(features[feature_at].astype(np.int64)),
-        "context": pa.array(texts.windows(windows), pa.string()).take(pa.array(window_at)),
-        "target": pa.array(texts.tokens(target_ids), pa.string()).take(pa.array(target_at)),
+        "context": pa.array(texts.contexts(window, start, end), pa.string()),
+        "target": pa.array(texts.targets(window, position, start, end, target_id), pa.string()),
         "activation": pa.array(activation),
         "position": pa.array(position, pa.int32()),
         "window": pa.array(window, pa.int64()),

@@ -74,3 +74,12 @@ def test_document_count_a_multiple_of_the_tokenizer_call(n_docs: int) -> None:
     docs = iter(["dog dog"] * n_docs)
     batches = list(iter_windows(docs, tokenizer, context_len=4, windows_per_batch=2, docs_per_call=2))
     assert sum(int(b.valid.sum()) for b in batches) == 2 * n_docs
+
+
+def test_special_token_text_in_a_document_is_plain_text() -> None:
+    """ "<eos>" written in a document is tokenised as text, never as the EOS id, which marks documents' ends only."""
+    tokenizer = word_tokenizer()
+    batch = next(iter_windows(iter(["the dog <eos> ran", "a cat"]), tokenizer, context_len=12, windows_per_batch=1))
+    text = batch.ids[batch.valid]
+    assert len(text) == 8 and tokenizer.eos_token_id not in text  # "<", "eos", ">" (unknown words), not one EOS
+    assert (~batch.valid & batch.attention).sum() == 2  # BOS and the one separator

@@ -14,7 +14,8 @@ import torch
 from conftest import WORDS, tiny_gpt2, word_tokenizer
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
-from transformers import GPT2Model
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPT2Model, PreTrainedTokenizerFast
 
 from labeler.corpus import iter_documents, iter_windows
 from labeler.exemplars import read_exemplars
@@ -25,6 +26,8 @@ D_SAE = 48
 DEAD = (3, 17)
 RARE = 5
 DENSE = 9
+ENGLISH = ("the", "cat", "sat", "on", "mat", "with", "a", "big", "dog", "near", "red", "house", "today")
+HANZI = "我们今天在北京吃饭天气很好他说中文东京日本"
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +158,110 @@ def test_feature_selection_and_forward_stops_after_hook(tmp_path: Path, subject:
     harvest(cfg)
     features = pq.read_table(tmp_path / "out" / "features.parquet").column("feature").to_pylist()
     assert features == [1, 7, 40]
+
+
+def byte_bpe_tokenizer(lines: list[str]) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (GPT-2's and Llama-3's scheme) trained on `lines` with 300 tokens: Chinese characters
+    (three UTF-8 bytes each) stay split over several tokens."""
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=alphabet)
+    core.train_from_iterator(lines, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+
+def mixed_lines(n: int, seed: int = 0) -> list[str]:
+    """Lines of Chinese followed by English words, and English-only lines."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        english = " ".join(rng.choices(ENGLISH, k=rng.randint(3, 12)))
+        lines.append("".join(rng.choices(HANZI, k=rng.randint(5, 20))) + " " + english if i % 2 == 0 else english)
+    return lines
+
+
+@pytest.fixture(scope="module")
+def bpe_subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 with a byte-level BPE tokenizer trained on English only (so Chinese is all byte tokens)."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("gpt2-bpe")
+    tokenizer = byte_bpe_tokenizer(mixed_lines(80)[1::2])
+    tiny_gpt2(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_targets_split_over_byte_tokens_are_whole_characters(tmp_path: Path, bpe_subject: Path, sae: Path) -> None:
+    """A token holding part of a character's bytes has as target the smallest run of tokens around it that reads
+    as whole characters; windows cut inside a character leave no U+FFFD at the context's ends."""
+    corpus = tmp_path / "mixed.txt"
+    corpus.write_text("\n".join(mixed_lines(60, seed=1)) + "\n", encoding="utf-8")
+    harvest(config(tmp_path, bpe_subject, sae, corpus))
+    tokenizer = load_source(str(sae), str(bpe_subject), "cpu").tokenizer
+    table = pq.read_table(tmp_path / "out" / "exemplars").to_pylist()
+    partial = [r for r in table if "\ufffd" in tokenizer.decode([r["target_id"]])]
+    assert len(partial) > len(table) // 10  # the case is common here, not a corner
+    for row in table:
+        assert "\ufffd" not in row["target"] and "\ufffd" not in row["context"], row
+        assert row["target"] in row["context"], row
+        assert row["target_id"] == row["window_ids"][row["position"]]
+    cut = 0
+    for row in partial:
+        ids, p = row["window_ids"], row["position"]
+        if not row["target"]:  # a byte of a character cut by the window's start or end: no whole character to show
+            assert p <= 3 or p >= len(ids) - 3, row
+            cut += 1
+            continue
+        assert any(c in HANZI for c in row["target"]), row
+        # The smallest run holding the token that decodes without U+FFFD, by a brute-force search in the window.
+        runs = sorted(((i, j) for i in range(1, p + 1) for j in range(p + 1, len(ids) + 1)), key=lambda r: r[1] - r[0])
+        clean = [tokenizer.decode(ids[i:j]) for i, j in runs if "\ufffd" not in tokenizer.decode(ids[i:j])]
+        if clean and clean[0].strip().startswith(row["target"][0]):  # else the run was cut short at the window's edge
+            assert row["target"] == clean[0].strip(), row
+    assert cut < len(partial) / 2
+
+
+def test_literal_special_token_text_is_plain_text(tmp_path: Path, bpe_subject: Path, sae: Path) -> None:
+    """ "<|endoftext|>" written in the corpus is text: counted as its own tokens, never a special-token example."""
+    rng = random.Random(2)
+    lines = [
+        " ".join(rng.choices(ENGLISH, k=6)) + " <|endoftext|> " + " ".join(rng.choices(ENGLISH, k=6)) for _ in range(30)
+    ]
+    corpus = tmp_path / "special.txt"
+    corpus.write_text("\n".join(lines) + "\n")
+    manifest = harvest(config(tmp_path, bpe_subject, sae, corpus))
+    tokenizer = load_source(str(sae), str(bpe_subject), "cpu").tokenizer
+    as_text = tokenizer(lines, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert manifest.tokens == sum(len(ids) for ids in as_text)
+    features = pq.read_table(tmp_path / "out" / "features.parquet").to_pylist()
+    assert all(r["frequency"] == r["active_tokens"] / manifest.tokens for r in features)
+    table = pq.read_table(tmp_path / "out" / "exemplars").to_pylist()
+    assert not any(r["target_id"] in tokenizer.all_special_ids for r in table)
+    assert any("<|endoftext|>" in r["context"] for r in table)
+
+
+def test_contexts_hold_only_the_targets_document(tmp_path: Path, subject: Path, sae: Path) -> None:
+    """Several short documents share a window; a row's context is text of the target's own document only."""
+    rng = random.Random(3)
+    words = [w for w in WORDS if w.isalpha()]
+    documents = [" ".join(rng.choices(words, k=rng.randint(2, 6))) for _ in range(60)]
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("\n".join(documents) + "\n")
+    cfg = config(tmp_path, subject, sae, corpus)
+    harvest(cfg)
+    tokenizer = load_source(cfg.sae, cfg.model, "cpu").tokenizer
+    batches = list(iter_windows(iter(documents), tokenizer, cfg.context_len, 1000))
+    valid = np.concatenate([b.valid for b in batches])
+    separator = ~valid & np.concatenate([b.attention for b in batches])
+    separator[:, 0] = False  # BOS
+    document_of = separator.ravel().cumsum().reshape(separator.shape)  # Int[window token]: the document's index
+    assert (separator.sum(1)[:-1] >= 2).all()  # every full window holds parts of three documents or more
+    table = pq.read_table(tmp_path / "out" / "exemplars").to_pylist()
+    for row in table:
+        document = documents[document_of[row["window"], row["position"]]]
+        assert row["context"] in document and row["target"] in row["context"], (row, document)
 
 
 def test_tokens_limit_and_more_tokens_than_corpus(tmp_path: Path, subject: Path, sae: Path) -> None:
