@@ -57,18 +57,22 @@ def test_nested_columns_and_exemplars(tmp_path: Path, capsys: pytest.CaptureFixt
     ]
 
 
+def two_runs(tmp_path: Path, n: int) -> list[str]:
+    """Runs run-a and run-b of the same n features, labels shifted by one word; the --data arguments for both."""
+    write_run(str(tmp_path / "a"), "run-a", n=n, seed=0)
+    write_run(str(tmp_path / "b"), "run-b", n=n, seed=1)
+    return ["--data", str(tmp_path / "a"), "--data", str(tmp_path / "b")]
+
+
 def test_join_across_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Two runs of the same SAE, labels shifted by one word: compare them feature by feature."""
-    write_run(str(tmp_path / "a"), "run-a", n=20, seed=0)
-    write_run(str(tmp_path / "b"), "run-b", n=20, seed=1)
+    data = two_runs(tmp_path, 20)
     sql = (
         "SELECT a.feature, a.label AS label_a, b.label AS label_b, b.heldout_auroc - a.heldout_auroc AS gain "
         "FROM labels a JOIN labels b ON a.feature = b.feature AND a.run_id = 'run-a' AND b.run_id = 'run-b' "
         "WHERE a.status = 'labelled' AND b.status = 'labelled' ORDER BY a.feature"
     )
-    code, out, err = query(
-        ["--data", str(tmp_path / "a"), "--data", str(tmp_path / "b"), sql, "--format", "json"], capsys
-    )
+    code, out, err = query([*data, sql, "--format", "json"], capsys)
     assert code == 0, err
     rows = json.loads(out)
     assert [r["feature"] for r in rows] == [f for f in range(20) if f % 7 != 6 and f % 11 != 10]
@@ -78,13 +82,11 @@ def test_join_across_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_columns_of_the_same_name_are_all_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`SELECT a.label, b.label` without aliases: DuckDB names both columns label; none is lost or swapped."""
-    write_run(str(tmp_path / "a"), "run-a", n=3, seed=0)
-    write_run(str(tmp_path / "b"), "run-b", n=3, seed=1)
     sql = (
         "SELECT a.feature, a.label, b.label FROM labels a JOIN labels b ON a.feature = b.feature "
         "AND a.run_id = 'run-a' AND b.run_id = 'run-b' WHERE a.feature = 0"
     )
-    data = ["--data", str(tmp_path / "a"), "--data", str(tmp_path / "b"), sql]
+    data = [*two_runs(tmp_path, 3), sql]
     code, out, err = query([*data, "--format", "json"], capsys)
     assert code == 0, err
     assert json.loads(out) == [{"feature": 0, "label": "animal", "label_2": "color"}]
