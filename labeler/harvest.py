@@ -596,33 +596,40 @@ class _Texts:
         end = np.minimum.accumulate(np.where(valid, context_len, position)[:, ::-1], axis=1)[:, ::-1]
         return start, end
 
-    def contexts(self, window: np.ndarray, start: np.ndarray, end: np.ndarray) -> list[str]:
-        """Per row: the text of tokens [start, end) of its window, without characters cut at either end."""
-        keys = list(zip(window.tolist(), start.tolist(), end.tolist(), strict=True))
-        new = list(dict.fromkeys(k for k in keys if k not in self._contexts))
+    def contexts(self, window: np.ndarray, start: np.ndarray, end: np.ndarray) -> pa.Array:
+        """Per row: the text of tokens [start, end) of its window, without characters cut at either end. Each
+        distinct (window, start, end) is decoded once; rows share its string through an Arrow take."""
+        spans, row_span = np.unique(np.stack([window, start, end], axis=1), axis=0, return_inverse=True)
+        keys = [(int(w), int(a), int(b)) for w, a, b in spans]
+        new = [k for k in keys if k not in self._contexts]
         if new:
             runs = [np.asarray(self.window_ids[w, a:b]).tolist() for w, a, b in new]
             decoded = self.tokenizer.batch_decode(runs, skip_special_tokens=True)
             self._contexts.update((k, _trim(str(text), True, True)) for k, text in zip(new, decoded, strict=True))
-        return [self._contexts[k] for k in keys]
+        return pa.array([self._contexts[k] for k in keys], pa.string()).take(pa.array(row_span.ravel()))
 
     def targets(
         self, window: np.ndarray, position: np.ndarray, start: np.ndarray, end: np.ndarray, ids: np.ndarray
-    ) -> list[str]:
+    ) -> pa.Array:
         """Per row: its token's word, or for a token holding part of a character, the word of the smallest run of
         tokens around it (inside its document's run [start, end)) that reads as whole characters."""
-        words = []
-        for w, p, a, b, i in zip(*(x.tolist() for x in (window, position, start, end, ids)), strict=True):
+        token_ids, row_token = np.unique(ids, return_inverse=True)
+        for i in token_ids.tolist():
             if i not in self._tokens:
                 self._tokens[i] = str(self.tokenizer.decode([i]))
-            text = self._tokens[i]
-            if "\ufffd" not in text:
-                words.append(_token_text(text))
-                continue
+        texts = [self._tokens[i] for i in token_ids.tolist()]
+        words = pa.array([_token_text(text) for text in texts], pa.string()).take(pa.array(row_token.ravel()))
+        partial = np.array(["\ufffd" in text for text in texts], dtype=bool)[row_token.ravel()]
+        if not partial.any():
+            return words
+        column = words.to_pylist()
+        for row in np.flatnonzero(partial).tolist():
+            w, p, a, b = int(window[row]), int(position[row]), int(start[row]), int(end[row])
             if (w, p) not in self._runs:
-                self._runs[w, p] = self._whole_characters(np.asarray(self.window_ids[w, a:b]).tolist(), p - a, text)
-            words.append(self._runs[w, p])
-        return words
+                run = np.asarray(self.window_ids[w, a:b]).tolist()
+                self._runs[w, p] = self._whole_characters(run, p - a, self._tokens[int(ids[row])])
+            column[row] = self._runs[w, p]
+        return pa.array(column, pa.string())
 
     def _whole_characters(self, ids: list[int], at: int, text: str) -> str:
         """The word of the smallest run of `ids` holding `at` that decodes without U+FFFD. Where a character of the
@@ -671,8 +678,8 @@ def _exemplar_table(
     offsets = np.arange(len(token) + 1, dtype=np.int32) * context_len
     columns = {
         "feature": pa.array(features[feature_at].astype(np.int64)),
-        "context": pa.array(texts.contexts(window, start, end), pa.string()),
-        "target": pa.array(texts.targets(window, position, start, end, target_id), pa.string()),
+        "context": texts.contexts(window, start, end),
+        "target": texts.targets(window, position, start, end, target_id),
         "activation": pa.array(activation),
         "position": pa.array(position, pa.int32()),
         "window": pa.array(window, pa.int64()),
