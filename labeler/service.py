@@ -159,6 +159,13 @@ def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
                 f"{' (the same counts, but other feature ids)' if same_counts else ''}; "
                 "a resumed run must see the same features"
             )
+        changed = _changed_label_settings(existing.get("config"), to_dict(config))
+        if changed:
+            raise ConfigError(
+                f"{', '.join(changed)} differ from what {config.out} started with (manifest.json); a resumed run "
+                "labels its remaining features as the first ones were, so leave these as they were, or start a new "
+                "run with a new out"
+            )
         manifest = existing
     else:
         started = datetime.datetime.now(datetime.UTC)
@@ -180,6 +187,30 @@ def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
         if not sink.write_manifest(manifest):
             raise ConfigError(f"another driver started a run at {config.out} at the same time")
     return PreparedRun(config, plan, sink, manifest, frozenset(sink.committed()))
+
+
+LABEL_SETTINGS = ("discriminator", "label", "causal_lm", "embedding")
+"""The settings that decide a feature's label: a resume must keep them (workers, sink, metrics may change)."""
+BATCHING_ONLY = {"features_per_batch"}
+"""Settings under label: that change how features are batched, not their labels (batched equals one at a time)."""
+
+
+def _changed_label_settings(stored: Any, now: dict[str, Any]) -> list[str]:
+    """The LABEL_SETTINGS (dotted, one level down) whose value differs between a manifest's config and `now`."""
+    if not isinstance(stored, dict):
+        return []  # a manifest without its config (written by other tools): nothing to compare
+    changed = []
+    for key in LABEL_SETTINGS:
+        before, after = stored.get(key), now[key]
+        if isinstance(before, dict) and isinstance(after, dict):
+            changed += [
+                f"{key}.{name}"
+                for name in sorted(set(before) | set(after))
+                if before.get(name) != after.get(name) and not (key == "label" and name in BATCHING_ONLY)
+            ]
+        elif key in stored and before != after:
+            changed.append(key)
+    return changed
 
 
 PLAN_DIGEST = "feature_ids_sha256"

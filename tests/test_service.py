@@ -281,3 +281,23 @@ def test_wrong_types_and_null_ids_are_named_before_work(
     pq.write_table(pa.table(columns), tmp_path / "ex" / "part.parquet")
     with pytest.raises(ExemplarError, match=message):
         plan_features(SourceConfig(exemplars=str(tmp_path / "ex")))
+
+
+def test_resume_keeps_the_settings_that_decide_labels(tmp_path: Path) -> None:
+    """A resume may change workers, sink or batch size, but not what decides a label: the first chunks and the
+    rest would be labelled differently under one run id."""
+    from dataclasses import replace
+
+    config = _config(tmp_path)
+    prepare(config)
+    stored = resume_config(config.out, SinkConfig())
+    optimiser = replace(stored.label.optimiser, restarts=stored.label.optimiser.restarts + 1)
+    for changed, message in (
+        (replace(stored, discriminator="hf:/models/other"), r"^discriminator differ"),
+        (replace(stored, label=replace(stored.label, optimiser=optimiser)), r"^label\.optimiser differ"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            prepare(changed, resume=True)
+    workers = replace(stored.workers, count=stored.workers.count + 3)
+    batching = replace(stored.label, features_per_batch=stored.label.features_per_batch + 1)
+    assert prepare(replace(stored, workers=workers, label=batching), resume=True).committed == frozenset()
