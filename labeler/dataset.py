@@ -26,12 +26,11 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labeler.exemplars import ExemplarError, read_exemplars
+from labeler.exemplars import JSONL_SUFFIXES, REQUIRED_COLUMNS, ExemplarError, read_exemplars
 from labeler.results import LABEL_SCHEMA, LabelRecord, RunInfo, check_schema, to_table
 
 COMMITTED = "_committed"
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
-JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 EXEMPLAR_SCHEMA = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
@@ -195,12 +194,12 @@ def _read_exemplars(
         raise DatasetError(f"{url} has exemplars but its labels name {len(run_ids)} runs {run_ids}; expected one")
     projected = []
     for where, table in tables:
-        missing = [c for c in ("feature", "context", "target", "activation") if c not in table.column_names]
+        missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
         if missing:
             raise DatasetError(f"exemplars {where} of {url} lack the column(s) {missing} of the exemplar contract")
         position = table.column("position") if "position" in table.column_names else pa.nulls(table.num_rows)
         columns = [pa.array([run_ids[0]] * table.num_rows, pa.string())]
-        columns += [table.column(c) for c in ("feature", "context", "target", "activation")] + [position]
+        columns += [table.column(c) for c in REQUIRED_COLUMNS] + [position]
         projected.append(pa.Table.from_arrays(columns, names=EXEMPLAR_SCHEMA.names).cast(EXEMPLAR_SCHEMA))
     return pa.concat_tables(projected)
 

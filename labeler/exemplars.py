@@ -27,6 +27,8 @@ EXEMPLAR_SCHEMA = pa.schema(
     ]
 )
 REQUIRED_COLUMNS = tuple(EXEMPLAR_SCHEMA.names)
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+"""File name endings read as JSON lines; anything else is Parquet (a file or a folder of parts)."""
 
 
 class ExemplarError(ValueError):
@@ -55,7 +57,7 @@ def read_exemplars(path: str | Path) -> pa.Table:
     try:
         if path.is_dir() or path.suffix == ".parquet":
             table = pq.read_table(path)
-        elif path.suffix in (".jsonl", ".json", ".ndjson"):
+        elif path.suffix in JSONL_SUFFIXES:
             table = pa_json.read_json(path)
         else:
             raise ExemplarError(f"unknown exemplar format {path.suffix!r} for {path}; use .jsonl or .parquet")
@@ -120,12 +122,7 @@ def split_invalid_features(table: pa.Table, source: str = "exemplars") -> tuple[
 def check_exemplar_schema(schema: pa.Schema, source: str = "exemplars") -> None:
     """Raise ExemplarError unless `schema` has the contract's columns with types that cast to it (a whole
     dataset's schema, checked before its rows are read)."""
-    missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
-    if missing:
-        raise ExemplarError(
-            f"{source}: missing column(s) {missing}; the exemplar contract needs {list(REQUIRED_COLUMNS)} "
-            f"(found {schema.names})"
-        )
+    _require_columns(schema.names, source)
     wrong = [
         f"{name}: {schema.field(name).type}"
         for name, fits in _CONTRACT_TYPES.items()
@@ -151,12 +148,7 @@ _CONTRACT_TYPES = {"feature": pa.types.is_integer, "context": _is_text, "target"
 
 def _cast_columns(table: pa.Table, source: str) -> dict[str, pa.ChunkedArray]:
     """The contract's columns cast to their declared types (nulls kept); raises for a missing or unreadable column."""
-    missing = [name for name in REQUIRED_COLUMNS if name not in table.column_names]
-    if missing:
-        raise ExemplarError(
-            f"{source}: missing column(s) {missing}; the exemplar contract needs {list(REQUIRED_COLUMNS)} "
-            f"(found {table.column_names})"
-        )
+    _require_columns(table.column_names, source)
     columns = {}
     for field in EXEMPLAR_SCHEMA:
         try:
@@ -164,6 +156,15 @@ def _cast_columns(table: pa.Table, source: str) -> dict[str, pa.ChunkedArray]:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
             raise ExemplarError(f"{source}: column {field.name!r} cannot be read as {field.type}: {err}") from err
     return columns
+
+
+def _require_columns(names: list[str], source: str) -> None:
+    missing = [name for name in REQUIRED_COLUMNS if name not in names]
+    if missing:
+        raise ExemplarError(
+            f"{source}: missing column(s) {missing}; the exemplar contract needs {list(REQUIRED_COLUMNS)} "
+            f"(found {names})"
+        )
 
 
 def _with_extra_columns(columns: dict[str, pa.ChunkedArray], table: pa.Table) -> pa.Table:

@@ -24,6 +24,7 @@ import pyarrow.dataset as ds
 from labeler import metrics
 from labeler.discriminators import CausalLMConfig, EmbeddingConfig, build_discriminator
 from labeler.exemplars import (
+    JSONL_SUFFIXES,
     REQUIRED_COLUMNS,
     ExemplarError,
     FeatureExemplars,
@@ -60,7 +61,7 @@ def records_table(records: Sequence[LabelRecord], run: RunInfo) -> pa.Table:
 
 
 def _is_jsonl(url: str) -> bool:
-    return url.endswith((".jsonl", ".json", ".ndjson"))
+    return url.endswith(JSONL_SUFFIXES)
 
 
 def _dataset(url: str, storage_options: Mapping[str, Any]) -> ds.Dataset:
@@ -263,7 +264,7 @@ def committed_outcome(sink: PartSink, index: int) -> ChunkOutcome:
     """The outcome of a part committed earlier (read back, so final counts stay exact)."""
     table = sink.read_part(index)
     counts = outcome_counts(table.column("status").to_pylist(), table.column("error").to_pylist())
-    return ChunkOutcome(index, counts, committed_now=False)
+    return ChunkOutcome(index, counts)
 
 
 def give_up_chunk(sink: PartSink, run: RunInfo, chunk: Chunk, error: str) -> ChunkOutcome:
