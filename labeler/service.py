@@ -92,8 +92,7 @@ def harvest_stage(
     if "out" in settings:
         raise ConfigError("harvest.out is set by the run: the harvest goes to OUT/harvest")
     # A local run folder is named absolutely in the manifest, so readers find the harvest from anywhere.
-    run_folder = config.out if "://" in config.out else os.path.abspath(config.out)
-    out = f"{run_folder.rstrip('/')}/harvest"
+    out = f"{_absolute(config.out).rstrip('/')}/harvest"
     harvest_config = build(HarvestConfig, {**settings, "out": out}, "harvest")
     fs, root = fsspec.core.url_to_fs(out, **dict(config.source.storage_options))
     if fs.exists(f"{root}/manifest.json"):
@@ -124,8 +123,11 @@ def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
         raise ConfigError("no exemplars: set source.exemplars (or --exemplars), or run harvest_stage first")
     # Local input paths are named absolutely (in the manifest too), so workers, readers and a resume find them
     # from any working directory.
+    features = config.source.features
     source = replace(
-        config.source, exemplars=_absolute(config.source.exemplars), features=_absolute(config.source.features)
+        config.source,
+        exemplars=_absolute(config.source.exemplars),
+        features=None if features is None else _absolute(features),
     )
     config = replace(config, source=source)
     sink = PartSink(config.out, config.sink)
@@ -225,9 +227,9 @@ def plan_digest(plan: Plan) -> str:
     return digest.hexdigest()
 
 
-def _absolute(url: str | None) -> str | None:
+def _absolute(url: str) -> str:
     """A local path made absolute (against the working directory); URLs with a protocol as given."""
-    return url if url is None or "://" in url else os.path.abspath(url)
+    return url if "://" in url else os.path.abspath(url)
 
 
 def execute(
