@@ -67,10 +67,8 @@ class ChunkOutcome:
 
     index: int
     counts: tuple[tuple[str, str, int], ...]
-    """(status, reason, features) triples; reason is the error kind or "none"."""
-    committed_now: bool = True
-    """False when the part had already been committed by an earlier attempt (nothing was written); the
-    driver counts the chunk either way, as the part was committed in this run."""
+    """(status, reason, features) triples; reason is the error kind or "none". The same whether this attempt
+    committed the part or an earlier one did (its reply lost): the driver counts the chunk once either way."""
 
 
 @dataclass(frozen=True)
@@ -246,8 +244,8 @@ class Scheduler:
     def _count(self, outcome: ChunkOutcome) -> None:
         """Count a chunk's features by status, once: the scheduler hears of each chunk it sent exactly once
         (its in-flight entry is popped), whichever attempt committed the part. A lost reply makes the retry
-        report the part committed earlier (committed_now False); it was still committed in this run, so it
-        counts. Chunks committed before a resume are never sent and never counted."""
+        report the part committed earlier; it was still committed in this run, so it counts. Chunks committed
+        before a resume are never sent and never counted."""
         for status, reason, count in outcome.counts:
             self.progress.statuses[status] += count
             metrics.FEATURES.labels(status=status, reason=reason).inc(count)
