@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from label_runs import run_info
-from servers import exemplar_parts
+from servers import exemplar_parts, tiny_model
 
 from labeler import metrics
 from labeler.cli import main
@@ -212,7 +212,6 @@ def test_a_worker_reads_only_its_chunks_rows(tmp_path: Path) -> None:
 
 
 def test_a_bad_row_fails_only_its_feature_and_an_empty_chunk_records_every_feature(tmp_path: Path) -> None:
-    from conftest import tiny_gpt2, word_tokenizer
     from label_runs import run_info
 
     from labeler.discriminators import CausalLMConfig, EmbeddingConfig
@@ -220,10 +219,7 @@ def test_a_bad_row_fails_only_its_feature_and_an_empty_chunk_records_every_featu
     from labeler.labelling import LabelConfig
     from labeler.work import EngineLabeller, LabellerSpec
 
-    model = tmp_path / "gpt2"
-    tokenizer = word_tokenizer()
-    tiny_gpt2(len(tokenizer)).save_pretrained(model)
-    tokenizer.save_pretrained(model)
+    model = tiny_model(tmp_path / "model")
     rows = [
         {"feature": f, "context": "the dog ate the cheese", "target": word, "activation": float(word == "dog")}
         for f in (1, 2, 3)
