@@ -165,7 +165,7 @@ def add_label_options(parser: argparse.ArgumentParser) -> None:
         "--heldout-fraction",
         type=float,
         default=label_defaults.heldout_fraction,
-        help="share of examples held out to score labels",
+        help="share of each class's distinct (context, target) pairs held out to score labels",
     )
     data.add_argument(
         "--active-threshold",

@@ -191,13 +191,25 @@ def group_by_feature(table: pa.Table) -> Iterator[FeatureExemplars]:
         )
 
 
+def example_groups(examples: FeatureExemplars) -> np.ndarray:
+    """Int64[row]: rows with the same (context, target) pair share a number, numbered in order of first appearance."""
+    numbers: dict[tuple[str, str], int] = {}
+    pairs = zip(examples.contexts, examples.targets, strict=True)
+    return np.array([numbers.setdefault(pair, len(numbers)) for pair in pairs], dtype=np.int64)
+
+
 def unlabelable_reason(examples: FeatureExemplars, active_threshold: float) -> str | None:
-    """Why a feature cannot be labelled (too few active or inactive examples to train and hold out), or None."""
-    active = int(np.sum(examples.activations > active_threshold))
-    inactive = len(examples) - active
+    """Why a feature cannot be labelled (too few distinct active or inactive examples to train and hold out), or
+    None. Examples are counted as distinct (context, target) pairs, as the train/held-out split takes them; a pair
+    is active when any of its rows is."""
+    groups = example_groups(examples)
+    group_active = np.bincount(groups, weights=examples.activations > active_threshold) > 0
+    active, inactive = int(group_active.sum()), int((~group_active).sum())
     if active < 2 or inactive < 2:
+        rows = int(np.sum(examples.activations > active_threshold))
         return (
-            f"needs at least 2 active and 2 inactive examples (activation > {active_threshold} counts as "
-            f"active) for a train and a held-out split; has {active} active and {inactive} inactive"
+            f"needs at least 2 active and 2 inactive distinct examples (activation > {active_threshold} counts as "
+            f"active; a repeated (context, target) pair counts once) for a train and a held-out split; has "
+            f"{active} active and {inactive} inactive (rows: {rows} active, {len(examples) - rows} inactive)"
         )
     return None

@@ -16,7 +16,7 @@ import numpy as np
 
 from labeler.discriminators.base import Discriminator, EncodedExamples
 from labeler.engine import FeatureLabel, FeatureTask, OptimiserConfig, optimise
-from labeler.exemplars import FeatureExemplars, unlabelable_reason
+from labeler.exemplars import FeatureExemplars, example_groups, unlabelable_reason
 from labeler.exhaustive import exhaustive_search
 from labeler.results import LabelRecord, TopToken
 
@@ -27,7 +27,8 @@ class LabelConfig:
 
     optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
     heldout_fraction: float = 0.3
-    """Share of each feature's active and of its inactive examples held out for scoring the final label."""
+    """Share of each feature's active and of its inactive (context, target) pairs held out for scoring the final
+    label; a repeated pair lies on one side only."""
     active_threshold: float = 0.0
     """An example is active when its activation exceeds this."""
     features_per_batch: int = 64
@@ -45,17 +46,28 @@ class LabelConfig:
 def split_examples(examples: FeatureExemplars, config: LabelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stratified train/held-out split: (train active, train inactive, held-out) indices into the feature's rows.
 
-    At least one active and one inactive example land on each side. Seeded by the run seed and feature id.
-    """
+    What is split are the distinct (context, target) pairs, so that a repeated example never lies on both sides
+    (which would score the label on examples it was trained on). A pair is active when any of its rows is;
+    `heldout_fraction` of the active pairs and of the inactive pairs are held out, at least one of each on each
+    side. Seeded by the run seed and feature id. Without repeats this is a split of the rows."""
     rng = np.random.default_rng([config.optimiser.seed, examples.feature, 0])
+    groups = example_groups(examples)
     active = examples.activations > config.active_threshold
-    sides = []
-    for pool in (np.flatnonzero(active), np.flatnonzero(~active)):
+    group_active = np.bincount(groups, weights=active) > 0
+    train_groups, heldout_groups = [], []
+    for pool in (np.flatnonzero(group_active), np.flatnonzero(~group_active)):
         pool = rng.permutation(pool)
         n_heldout = min(max(1, round(len(pool) * config.heldout_fraction)), len(pool) - 1)
-        sides.append((pool[n_heldout:], pool[:n_heldout]))
-    (train_active, heldout_active), (train_inactive, heldout_inactive) = sides
-    return train_active, train_inactive, np.sort(np.concatenate([heldout_active, heldout_inactive]))
+        train_groups.append(pool[n_heldout:])
+        heldout_groups.append(pool[:n_heldout])
+    heldout = np.flatnonzero(np.isin(groups, np.concatenate(heldout_groups)))
+    # Training rows in the shuffled order of their groups (the optimiser samples from them in this order).
+    rank = np.full(len(group_active), -1)
+    order = np.concatenate(train_groups)
+    rank[order] = np.arange(len(order))
+    train = np.flatnonzero(rank[groups] >= 0)
+    train = train[np.argsort(rank[groups[train]], kind="stable")]
+    return train[active[train]], train[~active[train]], heldout
 
 
 def label_chunk(
