@@ -221,10 +221,15 @@ def test_a_bad_row_fails_only_its_feature_and_an_empty_chunk_records_every_featu
 
     model = tiny_model(tmp_path / "model")
     rows = [
-        {"feature": f, "context": "the dog ate the cheese", "target": word, "activation": float(word == "dog")}
+        {
+            "feature": f,
+            "context": "the dog ate from the cat's bowl",
+            "target": word,
+            "activation": float(word in ("dog", "cat")),
+        }
         for f in (1, 2, 3)
-        for word in ("the", "dog", "ate", "the", "cheese", "dog")
-    ]
+        for word in ("the", "dog", "ate", "cat", "from", "bowl")
+    ]  # 2 distinct active and 4 distinct inactive (context, target) pairs a feature: enough to split
     rows[6]["activation"] = float("nan")  # feature 2
     rows[14]["context"] = None  # feature 3
     (tmp_path / "ex").mkdir()
