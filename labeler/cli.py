@@ -772,8 +772,13 @@ def run_harvest(args: argparse.Namespace) -> int:
     print(
         f"harvested {manifest.tokens:,} tokens, {manifest.features} features ({manifest.dead} dead, "
         f"{manifest.ultra_rare} ultra-rare, {manifest.failed} failed), {manifest.exemplar_rows:,} exemplar rows "
-        f"in {manifest.seconds:.0f} s "
-        f"-> {args.out}",
+        f"in {manifest.seconds:.0f} s"
+        + (
+            f" ({manifest.unresolved_targets:,} targets are U+FFFD: cut by --tokens, or so in the corpus)"
+            if manifest.unresolved_targets
+            else ""
+        )
+        + f" -> {args.out}",
         file=sys.stderr,
     )
     return 0

@@ -204,23 +204,140 @@ def test_targets_split_over_byte_tokens_are_whole_characters(tmp_path: Path, bpe
     partial = [r for r in table if "\ufffd" in tokenizer.decode([r["target_id"]])]
     assert len(partial) > len(table) // 10  # the case is common here, not a corner
     for row in table:
-        assert "\ufffd" not in row["target"] and "\ufffd" not in row["context"], row
+        assert row["target"] and "\ufffd" not in row["target"] and "\ufffd" not in row["context"], row
         assert row["target"] in row["context"], row
         assert row["target_id"] == row["window_ids"][row["position"]]
-    cut = 0
+    inside = 0
     for row in partial:
         ids, p = row["window_ids"], row["position"]
-        if not row["target"]:  # a byte of a character cut by the window's start or end: no whole character to show
-            assert p <= 3 or p >= len(ids) - 3, row
-            cut += 1
-            continue
         assert any(c in HANZI for c in row["target"]), row
         # The smallest run holding the token that decodes without U+FFFD, by a brute-force search in the window.
         runs = sorted(((i, j) for i in range(1, p + 1) for j in range(p + 1, len(ids) + 1)), key=lambda r: r[1] - r[0])
         clean = [tokenizer.decode(ids[i:j]) for i, j in runs if "\ufffd" not in tokenizer.decode(ids[i:j])]
         if clean and clean[0].strip().startswith(row["target"][0]):  # else the run was cut short at the window's edge
             assert row["target"] == clean[0].strip(), row
-    assert cut < len(partial) / 2
+            inside += 1
+    assert inside > len(partial) / 2
+
+
+def document_tokens(
+    tokenizer: PreTrainedTokenizerFast, documents: list[str], context_len: int
+) -> dict[tuple[int, int], tuple[list[int], int]]:
+    """Per (window, position) of a text token: the full token ids of its document and the token's index there."""
+    full = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in documents]
+    batches = list(iter_windows(iter(documents), tokenizer, context_len, 1000))
+    valid = np.concatenate([b.valid for b in batches])
+    first = np.cumsum([0] + [len(ids) for ids in full])  # the stream's text tokens are the documents', in order
+    rank = (valid.ravel().cumsum() - 1).reshape(valid.shape)
+    where: dict[tuple[int, int], tuple[list[int], int]] = {}
+    for w, p in zip(*np.nonzero(valid), strict=True):
+        d = int(np.searchsorted(first, rank[w, p], side="right") - 1)
+        where[int(w), int(p)] = (full[d], int(rank[w, p] - first[d]))
+    return where
+
+
+def whole_characters(tokenizer: PreTrainedTokenizerFast, ids: list[int], at: int) -> str:
+    """The reference target from a document's full token sequence: the smallest run [i, j) holding `at` that
+    starts and ends on character boundaries (the document's text from token i on, and up to token j, decodes
+    without U+FFFD at that end)."""
+    i = max(k for k in range(at + 1) if not tokenizer.decode(ids[k:]).startswith("\ufffd"))
+    j = min(k for k in range(at + 1, len(ids) + 1) if not tokenizer.decode(ids[:k]).endswith("\ufffd"))
+    return tokenizer.decode(ids[i:j]).strip()
+
+
+def test_a_character_cut_by_the_window_edge_is_completed_from_the_neighbouring_window(
+    tmp_path: Path, bpe_subject: Path, sae: Path
+) -> None:
+    """Where a window's start or end cut a character, its other bytes are in the previous or next window (the same
+    document goes on there): the target is that whole character, as the document's full token sequence decodes
+    it, never "" (which the old code gave), and the row's context holds it."""
+    documents = mixed_lines(30, seed=4)
+    corpus = tmp_path / "mixed.txt"
+    corpus.write_text("\n".join(documents) + "\n", encoding="utf-8")
+    cfg = config(tmp_path, bpe_subject, sae, corpus, context_len=8)
+    manifest = harvest(cfg)
+    tokenizer = load_source(cfg.sae, cfg.model, "cpu").tokenizer
+    where = document_tokens(tokenizer, documents, cfg.context_len)
+    table = pq.read_table(tmp_path / "out" / "exemplars").to_pylist()
+    starts = ends = 0  # rows whose character the window's start, or its end, cut
+    for row in table:
+        if "\ufffd" not in tokenizer.decode([row["target_id"]]):
+            continue
+        ids, at = where[row["window"], row["position"]]
+        assert row["target"] == whole_characters(tokenizer, ids, at), row
+        assert row["target"] in row["context"], row
+        if row["target"] not in tokenizer.decode(row["window_ids"], skip_special_tokens=True):
+            starts += row["position"] < cfg.context_len // 2
+            ends += row["position"] >= cfg.context_len // 2
+    assert starts > 10 and ends > 10  # common with 8-token windows
+    assert manifest.unresolved_targets == 0
+
+
+def test_targets_that_cannot_be_whole_characters_keep_u_fffd(tmp_path: Path, bpe_subject: Path, sae: Path) -> None:
+    """A character cut by the tokens limit has its other bytes nowhere in the harvest, and a U+FFFD written in the
+    corpus is that character: both targets are U+FFFD (the old code gave ""), counted in the manifest."""
+    documents = ["the cat \ufffd sat on the mat", *mixed_lines(12, seed=5)]
+    tokenizer = byte_bpe_tokenizer(mixed_lines(80)[1::2])
+    stream = [i for d in documents for i in tokenizer(d, add_special_tokens=False)["input_ids"]]
+    # A limit that keeps only the first of the three byte tokens of the last Chinese character it can.
+    limit = max(n for n in range(1, len(stream) - 1) if tokenizer.decode(stream[n - 1 : n + 2]) in HANZI)
+    corpus = tmp_path / "cut.txt"
+    corpus.write_text("\n".join(documents) + "\n", encoding="utf-8")
+    cfg = config(tmp_path, bpe_subject, sae, corpus, tokens=limit)
+    manifest = harvest(cfg)
+    valid = np.concatenate([b.valid for b in iter_windows(iter(documents), tokenizer, cfg.context_len, 1000, limit)])
+    cut = divmod(int(np.flatnonzero(valid.ravel())[-1]), cfg.context_len)  # (window, position) of the last token
+    table = pq.read_table(tmp_path / "out" / "exemplars").to_pylist()
+    assert all(row["target"] for row in table)
+    marked = [row for row in table if "\ufffd" in row["target"]]
+    assert manifest.unresolved_targets == len(marked) > 0
+    assert {row["target"] for row in marked} == {"\ufffd"}
+    assert any((row["window"], row["position"]) == cut for row in marked)
+    assert any("the cat \ufffd sat" in row["context"] for row in marked)  # the corpus's own U+FFFD
+
+
+def wordpiece_tokenizer() -> PreTrainedTokenizerFast:
+    """A BERT-like WordPiece tokenizer ([CLS] first, [SEP] between documents) whose words split into pieces."""
+    pieces = ["play", "walk", "talk", "build", "##ing", "##ed", "##er", "##s", "##able", "##ness", "##ly"]
+    tokens = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", *ENGLISH, *pieces]
+    core = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    core.decoder = decoders.WordPiece(prefix="##")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]"
+    )
+
+
+def test_wordpiece_contexts_do_not_start_inside_a_word(tmp_path: Path, sae: Path) -> None:
+    """A window that starts mid-word begins with continuation pieces ("##ing"): a context leaves them out (the old
+    code began it with "##ing") unless the row's own token is one of them, and then keeps them without the mark."""
+    tokenizer = wordpiece_tokenizer()
+    folder = tmp_path / "bert-like"
+    tiny_gpt2(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    rng = random.Random(6)
+    stems, suffixes = ["play", "walk", "talk", "build"], ["ing", "ed", "er", "s", "able", "ness", "ly"]
+    words = [rng.choice(stems) + "".join(rng.choices(suffixes, k=rng.randint(1, 3))) for _ in range(300)]
+    corpus = tmp_path / "words.txt"
+    corpus.write_text("\n".join(" ".join(words[i : i + 30]) + " the cat" for i in range(0, 300, 30)) + "\n")
+    harvest(config(tmp_path, folder, sae, corpus, context_len=8))
+    piece = {i for t, i in tokenizer.get_vocab().items() if t.startswith("##")}
+    table = pq.read_table(tmp_path / "out" / "exemplars").to_pylist()
+    past = within = 0
+    for row in table:
+        assert not row["context"].startswith("#") and "##" not in row["context"], row
+        assert row["target"] in row["context"], row
+        ids = row["window_ids"]
+        lead = next(k for k in range(1, len(ids) + 1) if k == len(ids) or ids[k] not in piece) - 1
+        if tokenizer.sep_token_id in ids[: row["position"]]:  # the row's document starts inside the window
+            continue
+        if lead and row["position"] > lead:  # the context starts at the window's first whole word
+            assert row["context"].startswith(tokenizer.decode([ids[lead + 1]])), row
+            past += 1
+        elif lead:  # the target is one of the pieces
+            assert row["context"].startswith(tokenizer.decode(ids[1 : lead + 1]).removeprefix("##")), row
+            within += 1
+    assert past > 50 and within > 10
 
 
 def test_literal_special_token_text_is_plain_text(tmp_path: Path, bpe_subject: Path, sae: Path) -> None:
