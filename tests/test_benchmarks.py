@@ -35,7 +35,9 @@ def test_engine_throughput_prints_both_methods_and_their_ratio() -> None:
     batched, loop = by_name["batched_engine"], by_name["paper_loop"]
     for line in (batched, loop):
         assert line["features"] == 3 and line["restarts"] == 2 and line["steps"] == 2
-        assert line["features_per_s"] == pytest.approx(3 / line["seconds"], rel=0.01)
+        # seconds are printed to 1 ms, a few per cent of these tiny runs: the rate must lie within that rounding.
+        low, high = 3 / (line["seconds"] + 0.0005), 3 / max(line["seconds"] - 0.0005, 1e-9)
+        assert low * 0.999 <= line["features_per_s"] <= high * 1.001, line
     assert by_name["speedup"]["ratio"] == pytest.approx(batched["features_per_s"] / loop["features_per_s"], abs=0.01)
 
 
