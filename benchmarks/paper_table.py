@@ -6,8 +6,12 @@ concept. Then the same for other label/example templates, without candidate re-s
 of 2 and 3 tokens.
 
     python benchmarks/paper_table.py [--data ../shared/paper-datasets] [--out benchmarks/results/paper_table.md]
+    python benchmarks/paper_table.py --seeds 0 1 2 3 4 --variants 'encoder defaults (straight-through, ...)'
 
-Prints one JSON line per (variant, feature) and writes the Markdown file.
+Prints one JSON line per (variant, seed, feature) and writes the Markdown file. With several seeds (each
+one a different train/held-out split and different restarts), the file also says, per variant and
+feature, in how many splits GD's label and the token exhaustive search picks on the training examples
+reach 97% of the held-out optimum.
 """
 
 from __future__ import annotations
@@ -183,8 +187,8 @@ def run_variant(
     heldout: float,
     searched: dict[tuple, Baselines],
 ) -> list[dict]:
-    """Label every feature under the variant; exhaustive search is run once per discriminator and feature
-    (`searched` caches it across variants that share templates and vocabulary; the split is the same)."""
+    """Label every feature under the variant; exhaustive search is run once per discriminator, feature and split
+    (`searched` caches it across variants that share templates, vocabulary and seed)."""
     words = None if variant.vocab_words is None else read_word_list(variant.vocab_words)
     disc = EmbeddingDiscriminator.minilm(
         EmbeddingConfig(
@@ -211,7 +215,7 @@ def run_variant(
         (label,) = optimise(disc, encoded, tasks, config.optimiser)
         seconds = time.perf_counter() - start
         name = PAPER_FEATURES[examples.feature].name
-        key = (variant.label_template, variant.example_template, variant.vocab_words, name)
+        key = (variant.label_template, variant.example_template, variant.vocab_words, name, optimiser.seed)
         if key not in searched:
             searched[key] = baselines(disc, encoded, tasks[0], name)
         base = searched[key]
@@ -219,6 +223,7 @@ def run_variant(
         rows.append(
             {
                 "variant": variant.name,
+                "seed": optimiser.seed,
                 "feature": name,
                 "paper_label": PAPER_FEATURES[examples.feature].paper_label,
                 "label": disc.decode(label.label_ids),
@@ -241,6 +246,7 @@ def run_variant(
                 "seconds": round(seconds, 2),
                 "exhaustive_seconds": round(base.seconds, 2),
                 "heldout_examples": len(tasks[0].heldout),
+                "heldout_active": int(tasks[0].heldout_active.sum()),
             }
         )
         print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
@@ -262,12 +268,14 @@ def markdown(rows: list[dict], header: dict) -> str:
         "benchmarks/paper_table.py) that the vocabulary allows, the best on the held-out examples.",
         "",
     ]
-    for variant in VARIANTS:
-        mine = [row for row in rows if row["variant"] == variant.name]
+    seeds = sorted({row["seed"] for row in rows})
+    for variant, seed in [(variant, seed) for variant in VARIANTS for seed in seeds]:
+        mine = [row for row in rows if row["variant"] == variant.name and row["seed"] == seed]
         if not mine:
             continue
         lines += [
-            f"## {variant.name}: label `{variant.label_template}`, example `{variant.example_template}`, "
+            f"## {variant.name}{f' (seed {seed})' if len(seeds) > 1 else ''}: label `{variant.label_template}`, "
+            f"example `{variant.example_template}`, "
             f"L = {variant.label_tokens}, re-scoring top-k = {variant.rescore_top_k}, vocabulary "
             f"{variant.vocab_words or 'every alphabetic word of 3+ letters'}"
             f"{', straight-through' if variant.straight_through else ''}"
@@ -296,7 +304,45 @@ def markdown(rows: list[dict], header: dict) -> str:
                 f"{row['steps']} | {row['seconds']:.1f} |"
             )
         lines.append("")
+    if len(seeds) > 1:
+        lines += seed_summary(rows, seeds)
     return "\n".join(lines)
+
+
+def seed_summary(rows: list[dict], seeds: list[int]) -> list[str]:
+    """Per variant and feature, over the seeds: GD's and the training pick's % of the held-out optimum."""
+    lines = [
+        f"## Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): each a different train/held-out split and "
+        "different restarts",
+        "",
+        "% of the held-out optimum per seed, and in how many seeds it is at least 97%: for GD's label, and for the "
+        "token that exhaustive search picks on the training examples (the best a single-token search can do "
+        "without seeing the held-out examples).",
+        "",
+    ]
+    for variant in VARIANTS:
+        mine = [row for row in rows if row["variant"] == variant.name]
+        if not mine:
+            continue
+        lines += [
+            f"### {variant.name}",
+            "",
+            "| feature | held-out examples (active) | GD's labels | GD, % of optimum | GD >= 97% | "
+            "training pick, % of optimum | training pick >= 97% |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for feature in dict.fromkeys(row["feature"] for row in mine):
+            per_seed = sorted((row for row in mine if row["feature"] == feature), key=lambda row: row["seed"])
+            gd = [100 * row["fraction_of_optimum"] for row in per_seed]
+            picked = [100 * row["by_training_auroc"] / row["exhaustive_auroc"] for row in per_seed]
+            sizes = sorted({f"{row['heldout_examples']} ({row['heldout_active']})" for row in per_seed})
+            lines.append(
+                f"| {feature} | {', '.join(sizes)} | {', '.join(row['label'] for row in per_seed)} | "
+                f"{', '.join(f'{x:.1f}' for x in gd)} | {sum(x >= 97 for x in gd)} of {len(gd)} | "
+                f"{', '.join(f'{x:.1f}' for x in picked)} | {sum(x >= 97 for x in picked)} of {len(picked)} |"
+            )
+        lines.append("")
+    return lines
 
 
 def main() -> None:
@@ -311,27 +357,32 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=OptimiserConfig.lr)
     parser.add_argument("--init-std", type=float, default=OptimiserConfig.init_std)
     parser.add_argument("--c-entropy", type=float, default=OptimiserConfig.c_entropy)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="run seeds (each one a train/held-out split); default: 0"
+    )
     parser.add_argument("--variants", nargs="*", help="names of the variants to run (default: all)")
     args = parser.parse_args()
 
     keep_freed_memory()
     start = time.perf_counter()
     features = list(group_by_feature(paper_exemplars(args.data)))
+    unknown = sorted(set(args.variants or ()) - {variant.name for variant in VARIANTS})
+    if unknown:
+        parser.error(f"unknown variants {unknown}; the variants are {[variant.name for variant in VARIANTS]}")
     optimiser = OptimiserConfig(
         restarts=args.restarts,
         max_steps=args.steps,
-        seed=args.seed,
         lr=args.lr,
         init_std=args.init_std,
         c_entropy=args.c_entropy,
     )
     rows: list[dict] = []
     searched: dict[tuple, Baselines] = {}
-    for variant in VARIANTS:
-        if args.variants and variant.name not in args.variants:
-            continue
-        rows += run_variant(variant, features, optimiser, args.heldout, searched)
+    for seed in args.seeds:
+        for variant in VARIANTS:
+            if args.variants and variant.name not in args.variants:
+                continue
+            rows += run_variant(variant, features, replace(optimiser, seed=seed), args.heldout, searched)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     header = {
         "date": time.strftime("%Y-%m-%d"),
@@ -341,7 +392,7 @@ def main() -> None:
         "total_seconds": time.perf_counter() - start,
         "optimiser": f"{args.restarts} restarts, at most {args.steps} steps, lr {optimiser.lr}, v ~ N(0, "
         f"{optimiser.init_std}^2), c_entropy {optimiser.c_entropy}, {optimiser.examples_per_step} examples per step, "
-        f"seed {args.seed}",
+        f"seed{'s' if len(args.seeds) > 1 else ''} {', '.join(map(str, args.seeds))}",
         "heldout": args.heldout,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -50,13 +50,15 @@ def test_paper_table_rows_obey_what_the_baselines_mean(tmp_path: Path) -> None:
     out = tmp_path / "table.md"
     rows = run_script(
         "paper_table.py", "--data", str(PAPER_ROOT), "--variants", variant, "--restarts", "1", "--steps", "3",
-        "--out", str(out),
+        "--seeds", "0", "1", "--out", str(out),
     )  # fmt: skip
     table, written = [row for row in rows if "variant" in row], rows[-1]
     assert written["written"] == str(out)
-    assert [row["feature"] for row in table] == [
-        "animals", "mammals", "mammals_words", "numbers", "chinese", "palindromes",
-    ]  # fmt: skip
+    features = ["animals", "mammals", "mammals_words", "numbers", "chinese", "palindromes"]
+    assert [(row["seed"], row["feature"]) for row in table] == [(seed, f) for seed in (0, 1) for f in features]
+    # Each seed is its own split (its own exhaustive search): the held-out examples differ somewhere.
+    by_seed = {seed: [row["exhaustive_label"] for row in table if row["seed"] == seed] for seed in (0, 1)}
+    assert by_seed[0] != by_seed[1]
     for row in table:
         optimum = row["exhaustive_auroc"]
         # The optimum is the best single token on the held-out examples: no single token beats it there,
@@ -72,5 +74,12 @@ def test_paper_table_rows_obey_what_the_baselines_mean(tmp_path: Path) -> None:
     # on all six features (the committed tables: on none of them).
     assert any(row["by_training_label"] != row["exhaustive_label"] for row in table)
     text = out.read_text()
-    assert f"## {variant}:" in text
-    assert sum(line.startswith(f"| {row['feature']} |") for row in table for line in text.splitlines()) == 6
+    assert f"## {variant} (seed 0):" in text and f"## {variant} (seed 1):" in text
+    # Per seed one row per feature, and one more per feature in the summary over seeds.
+    assert sum(line.startswith(f"| {feature} |") for feature in features for line in text.splitlines()) == 18
+    summary = text.split("## Over 2 seeds (0, 1)")[1]
+    for feature in features:
+        mine = [row for row in table if row["feature"] == feature]
+        cells = next(line for line in summary.splitlines() if line.startswith(f"| {feature} |")).split(" | ")
+        assert cells[2] == ", ".join(row["label"] for row in mine)
+        assert cells[4] == f"{sum(row['fraction_of_optimum'] >= 0.97 for row in mine)} of 2"
