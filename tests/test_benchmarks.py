@@ -68,6 +68,9 @@ def test_paper_table_rows_obey_what_the_baselines_mean(tmp_path: Path) -> None:
         assert row["by_training_auroc"] <= optimum + 1e-4
         assert row["concept_auroc"] is None or row["concept_auroc"] <= optimum + 1e-4
         assert row["fraction_of_optimum"] == pytest.approx(row["heldout_auroc"] / optimum, abs=1e-3)
+        # Likewise on the training examples: the training optimum is the best single token there.
+        assert row["train_auroc"] <= row["train_optimum"] + 1e-4
+        assert row["fraction_of_train_optimum"] == pytest.approx(row["train_auroc"] / row["train_optimum"], abs=1e-3)
         assert row["tokens_at_97pct"] >= 1
     assert table[-1]["concept_word"] is None  # no word names a palindrome in the category nouns
     # The training pick is ranked on other examples: on these small splits it is never the held-out optimum
@@ -83,3 +86,44 @@ def test_paper_table_rows_obey_what_the_baselines_mean(tmp_path: Path) -> None:
         cells = next(line for line in summary.splitlines() if line.startswith(f"| {feature} |")).split(" | ")
         assert cells[2] == ", ".join(row["label"] for row in mine)
         assert cells[4] == f"{sum(row['fraction_of_optimum'] >= 0.97 for row in mine)} of 2"
+        assert cells[8] == f"{sum(row['fraction_of_train_optimum'] >= 0.97 for row in mine)} of 2 |"
+
+
+@pytest.mark.slow
+def test_paper_table_scores_a_label_on_the_training_examples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table's training AUROC of a label agrees with exhaustive search's ranking on the training examples."""
+    pytest.importorskip(MINILM_PACKAGE)
+    if not PAPER_ROOT.is_dir():
+        pytest.skip(f"the paper's datasets are not at {PAPER_ROOT}")
+    import importlib.util
+
+    from labeler.discriminators.embedding import EmbeddingConfig, EmbeddingDiscriminator
+    from labeler.exemplars import group_by_feature
+    from labeler.exhaustive import exhaustive_search
+    from labeler.labelling import LabelConfig, prepare_tasks
+    from labeler.paper_datasets import paper_exemplars
+    from labeler.vocab import VocabFilter, read_word_list
+
+    spec = importlib.util.spec_from_file_location("paper_table", ROOT / "benchmarks" / "paper_table.py")
+    assert spec is not None and spec.loader is not None
+    paper_table = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "paper_table", paper_table)  # its dataclasses look their module up there
+    spec.loader.exec_module(paper_table)
+
+    disc = EmbeddingDiscriminator.minilm(EmbeddingConfig(vocab=VocabFilter(words=read_word_list("category-nouns"))))
+    mammals = next(f for f in group_by_feature(paper_exemplars(PAPER_ROOT)) if f.feature == 1)
+    contexts, targets, (task,) = prepare_tasks([mammals], LabelConfig())
+    encoded = disc.encode(contexts, targets)
+    on_train = exhaustive_search(disc, encoded, task, on="train")
+    on_heldout = exhaustive_search(disc, encoded, task)
+    for token, expected in [
+        *zip(on_train.token_ids[:3], on_train.aurocs[:3], strict=True),
+        (on_train.token_ids[-1], on_train.aurocs[-1]),
+    ]:
+        assert paper_table.training_auroc(disc, encoded, task, (token,)) == pytest.approx(expected, abs=1e-9)
+    # Not the held-out examples: the held-out optimum scores otherwise on the training examples.
+    best = on_heldout.token_ids[0]
+    assert paper_table.training_auroc(disc, encoded, task, (best,)) == pytest.approx(
+        dict(zip(on_train.token_ids, on_train.aurocs, strict=True))[best], abs=1e-9
+    )
+    assert paper_table.training_auroc(disc, encoded, task, (best,)) != pytest.approx(on_heldout.aurocs[0], abs=1e-6)
