@@ -273,7 +273,9 @@ def test_a_character_cut_by_the_window_edge_is_completed_from_the_neighbouring_w
     assert manifest.unresolved_targets == 0
 
 
-def test_targets_that_cannot_be_whole_characters_keep_u_fffd(tmp_path: Path, bpe_subject: Path, sae: Path) -> None:
+def test_targets_that_cannot_be_whole_characters_keep_u_fffd(
+    tmp_path: Path, bpe_subject: Path, sae: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A character cut by the tokens limit has its other bytes nowhere in the harvest, and a U+FFFD written in the
     corpus is that character: both targets are U+FFFD (the old code gave ""), counted in the manifest."""
     documents = ["the cat \ufffd sat on the mat", *mixed_lines(12, seed=5)]
@@ -294,6 +296,12 @@ def test_targets_that_cannot_be_whole_characters_keep_u_fffd(tmp_path: Path, bpe
     assert {row["target"] for row in marked} == {"\ufffd"}
     assert any((row["window"], row["position"]) == cut for row in marked)
     assert any("the cat \ufffd sat" in row["context"] for row in marked)  # the corpus's own U+FFFD
+
+    from labeler import cli
+
+    args = ["harvest", "--sae", str(sae), "--model", str(bpe_subject), "--corpus", str(corpus), "--context-len"]
+    assert cli.main([*args, str(cfg.context_len), "--tokens", str(limit), "--out", str(tmp_path / "cli")]) == 0
+    assert f"({len(marked)} targets are U+FFFD: cut by --tokens, or so in the corpus)" in capsys.readouterr().err
 
 
 def wordpiece_tokenizer() -> PreTrainedTokenizerFast:
