@@ -11,7 +11,7 @@ of 2 and 3 tokens.
 Prints one JSON line per (variant, seed, feature) and writes the Markdown file. With several seeds (each
 one a different train/held-out split and different restarts), the file also says, per variant and
 feature, in how many splits GD's label and the token exhaustive search picks on the training examples
-reach 97% of the held-out optimum.
+reach 97% of the held-out optimum, and GD's label 97% of the best single token on the training examples.
 """
 
 from __future__ import annotations
@@ -390,12 +390,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", help="names of the variants to run (default: all)")
     args = parser.parse_args()
 
-    keep_freed_memory()
-    start = time.perf_counter()
-    features = list(group_by_feature(paper_exemplars(args.data)))
     unknown = sorted(set(args.variants or ()) - {variant.name for variant in VARIANTS})
     if unknown:
         parser.error(f"unknown variants {unknown}; the variants are {[variant.name for variant in VARIANTS]}")
+    keep_freed_memory()
+    start = time.perf_counter()
+    features = list(group_by_feature(paper_exemplars(args.data)))
     optimiser = OptimiserConfig(
         restarts=args.restarts,
         max_steps=args.steps,
