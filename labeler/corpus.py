@@ -98,6 +98,12 @@ def check_corpus(path: str, text_column: str = "text", max_document_bytes: int =
     return documents, characters
 
 
+def window_head(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The token ids every window starts with, before its text: [CLS] or [BOS] where the tokenizer has one."""
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    return [start] if start is not None else []
+
+
 def iter_windows(
     documents: Iterator[str],
     tokenizer: PreTrainedTokenizerBase,
@@ -110,10 +116,9 @@ def iter_windows(
 
     Stops after `max_tokens` corpus tokens (the stream's own tokens, not BOS or separators) if given.
     """
-    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     separator = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (separator or 0)
-    head = [start] if start is not None else []
+    head = window_head(tokenizer)
     body = context_len - len(head)
     if body < 1:
         raise ValueError(f"context_len must be at least {len(head) + 1}, got {context_len}")

@@ -52,7 +52,7 @@ from tokenizers import decoders
 from torch import Tensor
 
 from labeler import __version__
-from labeler.corpus import check_corpus, iter_documents, iter_windows
+from labeler.corpus import check_corpus, iter_documents, iter_windows, window_head
 from labeler.runtime import keep_freed_memory
 from labeler.sae_source import FeatureSource, load_source
 
@@ -389,7 +389,7 @@ def harvest(
             )
         window_ids = np.memmap(window_file, dtype=np.int32, mode="r", shape=(windows, config.context_len))
         packed = np.memmap(valid_file, dtype=np.uint8, mode="r", shape=(windows, -(-config.context_len // 8)))
-        texts = _Texts(source.tokenizer, window_ids, packed, _window_head(source.tokenizer))
+        texts = _Texts(source.tokenizer, window_ids, packed, len(window_head(source.tokenizer)))
         table, rows, parts = _write(config, fs, root, features, stats, tokens, texts)
         unresolved = texts.unresolved
         del window_ids, packed, texts
@@ -617,7 +617,7 @@ class _Texts:
         """Int[window token] twice: where the run of corpus-text tokens (one document's text) holding each token
         starts and ends. A run is cut by separators, BOS and padding: the tokens that are not valid."""
         context_len = self.window_ids.shape[1]
-        valid = np.unpackbits(np.asarray(self.packed_valid[windows]), axis=1, count=context_len).astype(bool)
+        valid = self._valid(windows)
         position = np.arange(context_len)
         start = np.maximum.accumulate(np.where(valid, 0, position + 1), axis=1)  # after the last invalid at or before
         end = np.minimum.accumulate(np.where(valid, context_len, position)[:, ::-1], axis=1)[:, ::-1]
@@ -728,9 +728,9 @@ class _Texts:
     def _ids(self, w: int, a: int, b: int) -> list[int]:
         return np.asarray(self.window_ids[w, a:b]).tolist()
 
-    def _valid(self, w: int) -> np.ndarray:
-        """Bool[token]: window w's valid mask."""
-        return np.unpackbits(np.asarray(self.packed_valid[w]), count=self.window_ids.shape[1]).astype(bool)
+    def _valid(self, w: int | np.ndarray) -> np.ndarray:
+        """Bool[token]: window w's valid mask (Bool[window token] for an array of windows)."""
+        return np.unpackbits(np.asarray(self.packed_valid[w]), axis=-1, count=self.window_ids.shape[1]).astype(bool)
 
     def _token(self, i: int) -> str:
         """Token i decoded alone (cached)."""
@@ -742,12 +742,6 @@ class _Texts:
         """Whether token i is a WordPiece continuation piece ("##ing")."""
         text = self._token(i)
         return self.prefix is not None and text.startswith(self.prefix) and len(text) > len(self.prefix)
-
-
-def _window_head(tokenizer: Any) -> int:
-    """Tokens before the text in every window: 1 where the tokenizer has a CLS or BOS token, which
-    `labeler.corpus.iter_windows` puts first, else 0."""
-    return int(tokenizer.cls_token_id is not None or tokenizer.bos_token_id is not None)
 
 
 def _continuation_prefix(tokenizer: Any) -> str | None:
