@@ -22,12 +22,12 @@ import torch
 from transformers import LlamaForCausalLM
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
-from labeler.engine import OptimiserConfig, optimise
-from labeler.exemplars import FeatureExemplars
-from labeler.labelling import LabelConfig, prepare_tasks
-from labeler.runtime import keep_freed_memory
-from labeler.synthetic import build_tokenizer, default_world, make_texts, model_config
-from labeler.vocab import VocabFilter
+from labeler.discriminators.vocab import VocabFilter
+from labeler.optimise.engine import OptimiserConfig, optimise
+from labeler.optimise.labelling import LabelConfig, prepare_tasks
+from labeler.records.exemplars import FeatureExemplars
+from labeler.run.runtime import keep_freed_memory
+from labeler.toys.synthetic import build_tokenizer, default_world, make_texts, model_config
 
 
 def random_features(n_features: int, examples: int, seed: int) -> list[FeatureExemplars]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 def child(workdir: Path, corpus: Path, out: Path) -> None:
-    from labeler.harvest import HarvestConfig, harvest
+    from labeler.harvest.pipeline import HarvestConfig, harvest
 
     started = time.perf_counter()
     manifest = harvest(
@@ -50,7 +50,7 @@ def build(workdir: Path, lines: int, d_sae: int) -> None:
     from sae_lens.saes.sae import SAEMetadata
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from labeler.demo_sae import CORPUS, minilm_dir
+    from labeler.toys.demo_sae import CORPUS, minilm_dir
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())

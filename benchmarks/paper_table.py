@@ -30,14 +30,14 @@ import torch
 
 from labeler.discriminators.base import EncodedExamples
 from labeler.discriminators.embedding import EmbeddingConfig, EmbeddingDiscriminator
-from labeler.engine import FeatureTask, OptimiserConfig, optimise
-from labeler.exemplars import FeatureExemplars, group_by_feature
-from labeler.exhaustive import exhaustive_search
-from labeler.labelling import LabelConfig, prepare_tasks
-from labeler.paper_datasets import PAPER_FEATURES, paper_exemplars
-from labeler.runtime import keep_freed_memory
-from labeler.scoring import auroc
-from labeler.vocab import VocabFilter, read_word_list
+from labeler.discriminators.vocab import VocabFilter, read_word_list
+from labeler.optimise.engine import FeatureTask, OptimiserConfig, optimise
+from labeler.optimise.exhaustive import exhaustive_search
+from labeler.optimise.labelling import LabelConfig, prepare_tasks
+from labeler.optimise.scoring import auroc
+from labeler.records.exemplars import FeatureExemplars, group_by_feature
+from labeler.run.runtime import keep_freed_memory
+from labeler.toys.paper_datasets import PAPER_FEATURES, paper_exemplars
 
 # Words that name each feature's concept (or a synonym or close hypernym), to judge labels by; a reader
 # sees the label itself next to the verdict. "animal" is mammal's close hypernym (and the paper's own label
@@ -60,7 +60,8 @@ class Variant:
     label_tokens: int = 1
     rescore_top_k: int = 64
     vocab_words: str | None = None
-    """A word list for VocabFilter.words (labeler.vocab.read_word_list), or None for every alphabetic word."""
+    """A word list for VocabFilter.words (labeler.discriminators.vocab.read_word_list), or None for every
+    alphabetic word."""
     straight_through: bool = False
     """Score each step's argmax word, gradients as if soft (OptimiserConfig.straight_through)."""
     c_entropy: float | None = None

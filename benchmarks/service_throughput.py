@@ -24,13 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from labeler.ray_workers import RayPool
-from labeler.results import RunInfo, config_hash
-from labeler.runconfig import load_config
-from labeler.scheduler import Chunk
-from labeler.service import execute, prepare
-from labeler.sink import PartSink
-from labeler.work import NoopLabeller, records_table
+from labeler.ray_pool import RayPool
+from labeler.records.labels import RunInfo, config_hash
+from labeler.run.config import load_config
+from labeler.run.scheduler import Chunk
+from labeler.run.service import execute, prepare
+from labeler.run.sink import PartSink
+from labeler.run.worker import NoopLabeller, records_table
 
 
 def peak_rss_mb() -> float:

@@ -20,7 +20,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from labeler.prompt import PromptTemplate
+from labeler.discriminators.prompt import PromptTemplate
 
 WORDS = [
     "animal",
@@ -135,6 +135,6 @@ def tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture(scope="session")
 def trained_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic world's tiny LM, trained once per test session (about a minute on two cores)."""
-    from labeler.synthetic import default_world, train_tiny_lm
+    from labeler.toys.synthetic import default_world, train_tiny_lm
 
     return train_tiny_lm(default_world(), tmp_path_factory.mktemp("trained-lm"), seed=0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from labeler.dataset import write_committed_part, write_exemplars, write_manifest
-from labeler.results import LabelRecord, RunInfo, TopToken
+from labeler.records.labels import LabelRecord, RunInfo, TopToken
+from labeler.store.dataset import write_committed_part, write_exemplars, write_manifest
 
 WORDS = ("animal", "color", "money", "weather", "tool", "river", "music", "number", "city", "food")
 

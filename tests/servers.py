@@ -138,7 +138,7 @@ def tiny_model(folder: Path) -> Path:
     import torch
     import transformers
 
-    from labeler.synthetic import build_tokenizer, default_world, model_config
+    from labeler.toys.synthetic import build_tokenizer, default_world, model_config
 
     tokenizer = build_tokenizer(default_world())
     torch.manual_seed(0)
@@ -153,7 +153,7 @@ def exemplar_parts(folder: Path, n_features: int, parts: int = 3, rows: int = 8)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from labeler.synthetic import default_world, make_texts
+    from labeler.toys.synthetic import default_world, make_texts
 
     world = default_world()
     texts = make_texts(world, 64, np.random.default_rng(0))

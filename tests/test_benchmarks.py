@@ -98,11 +98,11 @@ def test_paper_table_scores_a_label_on_the_training_examples(monkeypatch: pytest
     import importlib.util
 
     from labeler.discriminators.embedding import EmbeddingConfig, EmbeddingDiscriminator
-    from labeler.exemplars import group_by_feature
-    from labeler.exhaustive import exhaustive_search
-    from labeler.labelling import LabelConfig, prepare_tasks
-    from labeler.paper_datasets import paper_exemplars
-    from labeler.vocab import VocabFilter, read_word_list
+    from labeler.discriminators.vocab import VocabFilter, read_word_list
+    from labeler.optimise.exhaustive import exhaustive_search
+    from labeler.optimise.labelling import LabelConfig, prepare_tasks
+    from labeler.records.exemplars import group_by_feature
+    from labeler.toys.paper_datasets import paper_exemplars
 
     spec = importlib.util.spec_from_file_location("paper_table", ROOT / "benchmarks" / "paper_table.py")
     assert spec is not None and spec.loader is not None

@@ -11,9 +11,9 @@ from conftest import WORDS, tiny_gemma2, tiny_gpt2, tiny_llama, word_tokenizer
 from transformers import Gemma2ForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
-from labeler.engine import OptimiserConfig, objective
-from labeler.prompt import PromptTemplate
-from labeler.vocab import VocabFilter
+from labeler.discriminators.prompt import PromptTemplate
+from labeler.discriminators.vocab import VocabFilter
+from labeler.optimise.engine import OptimiserConfig, objective
 
 CONTEXTS = ["the dog ran near the cat", "a red apple", "the big hammer saw a small green bird today", "a cow"]
 TARGETS = ["dog", "apple", "bird", "cow"]

@@ -11,9 +11,9 @@ import duckdb
 import pytest
 
 from labeler.cli import build_parser, configs_from_args, main
-from labeler.engine import OptimiserConfig
-from labeler.results import read_labels
-from labeler.synthetic import default_world, feature_exemplars
+from labeler.optimise.engine import OptimiserConfig
+from labeler.records.labels import read_labels
+from labeler.toys.synthetic import default_world, feature_exemplars
 
 
 def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:

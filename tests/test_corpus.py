@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import word_tokenizer
 
-from labeler.corpus import CorpusError, check_corpus, iter_documents, iter_windows
+from labeler.harvest.corpus import CorpusError, check_corpus, iter_documents, iter_windows
 
 DOCS = ["the dog ran", "a red apple", "the cat ate the cheese today"]
 

@@ -12,8 +12,8 @@ import pytest
 from label_runs import records, run_info, write_run
 
 from labeler.cli import main
-from labeler.dataset import DatasetError, committed_parts, read_runs
-from labeler.results import LABEL_SCHEMA, SCHEMA_VERSION, SchemaVersionError, read_labels, to_table, write_part
+from labeler.records.labels import LABEL_SCHEMA, SCHEMA_VERSION, SchemaVersionError, read_labels, to_table, write_part
+from labeler.store.dataset import DatasetError, committed_parts, read_runs
 
 
 def test_every_row_carries_the_run_and_the_schema_is_complete(tmp_path: Path) -> None:
@@ -111,7 +111,7 @@ def test_run_info_needs_a_time_zone() -> None:
 def test_exemplars_named_by_the_manifest_but_missing_leave_the_labels_readable(
     tmp_path: Path, pointer: str, says: str
 ) -> None:
-    from labeler.dataset import write_manifest
+    from labeler.store.dataset import write_manifest
 
     url = str(tmp_path / "run")
     write_run(url, "r1", n=10, with_exemplars=False)
@@ -124,8 +124,8 @@ def test_exemplars_named_by_the_manifest_but_missing_leave_the_labels_readable(
 def test_a_run_that_has_committed_no_part_yet_reads_as_no_labels(tmp_path: Path) -> None:
     from servers import exemplar_parts
 
-    from labeler.runconfig import load_config
-    from labeler.service import prepare
+    from labeler.run.config import load_config
+    from labeler.run.service import prepare
 
     exemplars = exemplar_parts(tmp_path / "ex", 6, rows=4)
     prepare(load_config(None, {"out": str(tmp_path / "run"), "engine": "noop", "source.exemplars": str(exemplars)}))

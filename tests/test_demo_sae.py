@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from labeler import cli
-from labeler.demo_sae import DemoSAEConfig, build_demo
-from labeler.harvest import HarvestConfig, harvest
-from labeler.results import read_labels
+from labeler.harvest.pipeline import HarvestConfig, harvest
+from labeler.records.labels import read_labels
+from labeler.toys.demo_sae import DemoSAEConfig, build_demo
 
 # A smaller demo SAE than the default (fewer tokens and steps), to keep the suite's time modest on CI;
 # the code path is the default one.

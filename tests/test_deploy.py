@@ -32,7 +32,7 @@ import ray
 import yaml
 from referencing import Registry, Resource
 
-from labeler.metrics import exported_series
+from labeler.run.metrics import exported_series
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -217,7 +217,7 @@ def _quantity(text: str) -> float:
 def test_a_gpu_worker_pod_fits_on_a_gpu_node_and_listens_only_where_labeler_serves() -> None:
     """The worker pod's requests leave the node room for the kubelet and system pods (about 0.5 vCPU and
     3 GiB kept back here), and every metrics port a pod declares is one a labeler process serves."""
-    from labeler.runconfig import load_config
+    from labeler.run.config import load_config
 
     (instance,) = terraform_blocks("variables.tf", "variable", "gpu_instance_types")["default"]
     cpus, memory = GPU_INSTANCES[instance]
@@ -395,7 +395,7 @@ def test_dashboard_queries_only_exported_metrics() -> None:
     exprs = dashboard_exprs()
     used = set().union(*(promql_metric_names(expr) for expr in exprs))
     assert used, "the dashboard has no queries"
-    assert used <= exported, f"not exported by labeler/metrics.py: {sorted(used - exported)}"
+    assert used <= exported, f"not exported by labeler/run/metrics.py: {sorted(used - exported)}"
     # It shows what the service issue asks for.
     wanted = {
         "labeler_features_total",
@@ -777,7 +777,7 @@ def local_ray_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
 
 def test_run_configs_are_valid_labeler_run_configs() -> None:
     """Every run config deploy/ ships loads with `labeler run`'s own loader (unknown keys and wrong types fail)."""
-    from labeler.runconfig import load_config
+    from labeler.run.config import load_config
 
     example = load_config(DEPLOY / "config" / "run.example.yaml")
     assert example.discriminator.startswith("hf:") and example.out.startswith("s3://BUCKET/")

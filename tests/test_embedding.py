@@ -16,10 +16,10 @@ from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 from labeler.discriminators import build_discriminator
 from labeler.discriminators.embedding import MINILM_PACKAGE, EmbeddingConfig, EmbeddingDiscriminator
-from labeler.engine import FeatureTask, OptimiserConfig, objective
-from labeler.exhaustive import exhaustive_search
-from labeler.scoring import auroc, mean_logistic_loss
-from labeler.vocab import VocabFilter
+from labeler.discriminators.vocab import VocabFilter
+from labeler.optimise.engine import FeatureTask, OptimiserConfig, objective
+from labeler.optimise.exhaustive import exhaustive_search
+from labeler.optimise.scoring import auroc, mean_logistic_loss
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # The tiny vocabulary: the default templates' words, conftest's words and a few inanimate objects.

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
-from labeler.engine import OptimiserConfig
-from labeler.exemplars import FeatureExemplars, group_by_feature, validate_exemplars
-from labeler.exhaustive import exhaustive_search
-from labeler.labelling import LabelConfig, label_chunk, prepare_tasks
-from labeler.synthetic import default_world, feature_exemplars
-from labeler.vocab import VocabFilter
+from labeler.discriminators.vocab import VocabFilter
+from labeler.optimise.engine import OptimiserConfig
+from labeler.optimise.exhaustive import exhaustive_search
+from labeler.optimise.labelling import LabelConfig, label_chunk, prepare_tasks
+from labeler.records.exemplars import FeatureExemplars, group_by_feature, validate_exemplars
+from labeler.toys.synthetic import default_world, feature_exemplars
 
 # The product defaults (4 restarts, up to 100 steps): with 3 restarts and 60 steps one feature of five stopped
 # at a local optimum ("event", AUROC 0.97, against "tool", 1.0).
@@ -79,7 +79,7 @@ def test_a_feature_that_breaks_fails_alone(tokenizer: object) -> None:
 
 
 def test_rescoring_candidates_are_each_restarts_argmax_and_single_slot_swaps() -> None:
-    from labeler.engine import _candidates
+    from labeler.optimise.engine import _candidates
 
     v = torch.tensor(
         [

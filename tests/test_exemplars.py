@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from labeler.exemplars import ExemplarError, group_by_feature, read_exemplars, unlabelable_reason
+from labeler.records.exemplars import ExemplarError, group_by_feature, read_exemplars, unlabelable_reason
 
 ROWS = [
     {"feature": 3, "context": "the dog ran", "target": "dog", "activation": 1.5},

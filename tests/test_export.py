@@ -10,8 +10,8 @@ import pytest
 from label_runs import write_run
 
 from labeler.cli import main
-from labeler.dataset import read_runs
-from labeler.export import ExportError, neuronpedia_explanations
+from labeler.store.dataset import read_runs
+from labeler.store.export import ExportError, neuronpedia_explanations
 
 # Neuronpedia's explanation export, written down from its exporter (hijohnnylin/neuronpedia,
 # utils/neuronpedia-utils/neuronpedia_utils/export-data.py, export_explanations, and db_models/explanation.py):
@@ -108,7 +108,7 @@ def test_a_model_or_source_that_is_not_one_folder_name_is_refused(
     """An SAE's path or a hub id would write outside --out or into nested folders; nothing is written."""
     from label_runs import records, run_info
 
-    from labeler.dataset import write_committed_part, write_manifest
+    from labeler.store.dataset import write_committed_part, write_manifest
 
     run, out = str(tmp_path / "run"), tmp_path / "out"
     info = run_info("run-a", **{k: v.format(tmp=tmp_path) for k, v in overrides.items()})

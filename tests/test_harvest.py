@@ -17,10 +17,10 @@ from sae_lens.saes.sae import SAEMetadata
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Model, PreTrainedTokenizerFast
 
-from labeler.corpus import iter_documents, iter_windows
-from labeler.exemplars import read_exemplars
-from labeler.harvest import EXEMPLAR_ROW_SCHEMA, FEATURE_SCHEMA, HarvestConfig, harvest
-from labeler.sae_source import SourceError, load_source
+from labeler.harvest.corpus import iter_documents, iter_windows
+from labeler.harvest.pipeline import EXEMPLAR_ROW_SCHEMA, FEATURE_SCHEMA, HarvestConfig, harvest
+from labeler.harvest.sae_source import SourceError, load_source
+from labeler.records.exemplars import read_exemplars
 
 D_SAE = 48
 DEAD = (3, 17)
@@ -497,7 +497,7 @@ def test_cli_harvest(tmp_path: Path, subject: Path, sae: Path, capsys: pytest.Ca
 def test_hook_mapping_on_llama_and_module_paths() -> None:
     from conftest import tiny_llama
 
-    from labeler.sae_source import HookedActivations, resolve_hook
+    from labeler.harvest.sae_source import HookedActivations, resolve_hook
 
     model = tiny_llama(40)
     ids = torch.randint(0, 40, (2, 6))
@@ -515,7 +515,7 @@ def test_hook_mapping_on_llama_and_module_paths() -> None:
 
 def test_samples_are_the_largest_keys_exactly() -> None:
     """The reservoir samples equal a brute-force pick of the largest random keys (dense features included)."""
-    from labeler.harvest import FeatureStats
+    from labeler.harvest.pipeline import FeatureStats
 
     cfg = HarvestConfig(sae="", model="", corpus="", out="", reservoir=7, inactive_examples=5, top_examples=3)
     features, batches, width = 12, 6, 300  # wider than the head of 2k + 64 largest keys; later batches mostly lose
@@ -568,9 +568,9 @@ def test_a_feature_with_non_finite_latents_fails_alone(tmp_path: Path, subject: 
     from label_runs import run_info
 
     from labeler.discriminators import CausalLMConfig, EmbeddingConfig
-    from labeler.engine import OptimiserConfig
-    from labeler.labelling import LabelConfig
-    from labeler.work import EngineLabeller, LabellerSpec, SourceConfig
+    from labeler.optimise.engine import OptimiserConfig
+    from labeler.optimise.labelling import LabelConfig
+    from labeler.run.worker import EngineLabeller, LabellerSpec, SourceConfig
 
     source = SourceConfig(str(tmp_path / "broken" / "exemplars"), str(tmp_path / "broken" / "features.parquet"))
     label = LabelConfig(optimiser=OptimiserConfig(restarts=1, max_steps=2, examples_per_step=4))
@@ -582,7 +582,7 @@ def test_a_feature_with_non_finite_latents_fails_alone(tmp_path: Path, subject: 
 
 def test_tokens_where_every_latent_is_non_finite_are_left_out() -> None:
     """Such a token (a model-side overflow) is skipped and counted; a lone non-finite entry is only counted."""
-    from labeler.harvest import FeatureStats
+    from labeler.harvest.pipeline import FeatureStats
 
     cfg = HarvestConfig(sae="", model="", corpus="", out="", reservoir=4, inactive_examples=4, top_examples=2)
     acts = torch.relu(torch.randn(20, 6))
@@ -603,7 +603,7 @@ def test_tokens_where_every_latent_is_non_finite_are_left_out() -> None:
 def test_quantile_picks_match_a_naive_round_robin() -> None:
     """The vectorised pick equals a per-feature loop: candidates are sampled tokens not among the top ones, binned
     with searchsorted over (0, max], taken one per bin per round in the same random order within a bin."""
-    from labeler.harvest import _quantile_picks
+    from labeler.harvest.pipeline import _quantile_picks
 
     cfg = HarvestConfig(sae="", model="", corpus="", out="", quantile_examples=7, quantiles=4, seed=3)
     rng = np.random.default_rng(0)
@@ -690,8 +690,8 @@ def test_run_harvest_stage_writes_and_finds_the_harvest_with_the_sources_storage
     import fsspec
     from servers import MotoS3
 
-    from labeler.runconfig import load_config
-    from labeler.service import harvest_stage
+    from labeler.run.config import load_config
+    from labeler.run.service import harvest_stage
 
     for name in (
         "AWS_ENDPOINT_URL",
@@ -730,8 +730,8 @@ def test_run_harvest_stage_writes_and_finds_the_harvest_with_the_sources_storage
 def test_run_harvest_stage_harvests_once_and_records_provenance(tmp_path: Path, subject: Path, sae: Path) -> None:
     """`labeler run` without exemplars harvests into OUT/harvest, reuses a finished harvest, and its manifest
     names the SAE, subject model and hook (so every label row does)."""
-    from labeler.runconfig import ConfigError, load_config
-    from labeler.service import harvest_stage, prepare
+    from labeler.run.config import ConfigError, load_config
+    from labeler.run.service import harvest_stage, prepare
 
     corpus = write_corpus(tmp_path / "corpus.txt", 40)
     settings = {"sae": str(sae), "model": str(subject), "corpus": str(corpus), "context_len": 16, "tokens": 400}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labeler.engine import OptimiserConfig
-from labeler.exemplars import FeatureExemplars, unlabelable_reason
-from labeler.labelling import LabelConfig, split_examples
+from labeler.optimise.engine import OptimiserConfig
+from labeler.optimise.labelling import LabelConfig, split_examples
+from labeler.records.exemplars import FeatureExemplars, unlabelable_reason
 
 CONFIG = LabelConfig(optimiser=OptimiserConfig(seed=0))
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from labeler.exemplars import read_exemplars
-from labeler.paper_datasets import (
+from labeler.records.exemplars import read_exemplars
+from labeler.toys.paper_datasets import (
     PAPER_FEATURES,
     PaperDatasetError,
     UnmatchedWordsWarning,

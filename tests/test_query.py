@@ -101,9 +101,9 @@ def test_a_run_of_jsonl_exemplars_named_relatively_is_queried_from_anywhere(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`labeler run` on a local JSONL named relative to the working folder; queried from another folder."""
-    from labeler.runconfig import load_config
-    from labeler.service import prepare
-    from labeler.work import ChunkWorker
+    from labeler.run.config import load_config
+    from labeler.run.service import prepare
+    from labeler.run.worker import ChunkWorker
 
     started_in, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
     started_in.mkdir()

@@ -27,13 +27,13 @@ import yaml
 from label_runs import run_info
 from servers import BIN, MotoS3, RayCluster, exemplar_parts, tiny_model
 
-from labeler import metrics
 from labeler.discriminators import CausalLMConfig, EmbeddingConfig
-from labeler.labelling import LabelConfig
-from labeler.ray_workers import RayPool, WorkersConfig, WorkerStartError
-from labeler.scheduler import Scheduler, SchedulerConfig, drive, make_plan
-from labeler.sink import PartSink, SinkConfig
-from labeler.work import LabellerSpec, SourceConfig, give_up_chunk
+from labeler.optimise.labelling import LabelConfig
+from labeler.ray_pool import RayPool, WorkersConfig, WorkerStartError
+from labeler.run import metrics
+from labeler.run.scheduler import Scheduler, SchedulerConfig, drive, make_plan
+from labeler.run.sink import PartSink, SinkConfig
+from labeler.run.worker import LabellerSpec, SourceConfig, give_up_chunk
 
 ROOT = Path(__file__).resolve().parent.parent
 N_FEATURES = 240

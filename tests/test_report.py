@@ -14,8 +14,8 @@ import pytest
 from label_runs import records, run_info, write_run
 
 from labeler.cli import main
-from labeler.report import render_report
-from labeler.results import LabelRecord, to_table
+from labeler.records.labels import LabelRecord, to_table
+from labeler.store.report import render_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [
@@ -107,7 +107,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path, capsys: pytest.Capt
 def test_targets_are_highlighted_where_they_stand_as_words() -> None:
     """Without a character offset, a target lights up as a whole word first, then as a word's start (a word
     piece), never inside another word when it also stands alone."""
-    from labeler.report import _highlight
+    from labeler.store.report import _highlight
 
     assert _highlight("many as is a full glass", [{"target": "a", "activation": 1.0}], 1.0).startswith(
         "many as is <mark"
@@ -121,7 +121,7 @@ def test_only_the_listed_features_exemplars_are_read() -> None:
     and reads the same as a page given exactly those rows."""
     from label_runs import exemplars as exemplars_of
 
-    from labeler.report import shown_exemplars
+    from labeler.store.report import shown_exemplars
 
     recs = records(60, 0)
     labels = to_table(recs, run_info("r"))

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from labeler.discriminators import ENCODER_OPTIMISER
-from labeler.engine import OptimiserConfig
-from labeler.labelling import LabelConfig
-from labeler.runconfig import ConfigError, RunConfig, build, describe, load_config, parse_override, to_dict
+from labeler.optimise.engine import OptimiserConfig
+from labeler.optimise.labelling import LabelConfig
+from labeler.run.config import ConfigError, RunConfig, build, describe, load_config, parse_override, to_dict
 
 
 def test_yaml_and_toml_fill_nested_stages_and_overrides_win(tmp_path: Path) -> None:

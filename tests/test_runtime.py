@@ -7,7 +7,7 @@ import platform
 import pytest
 import torch
 
-from labeler.runtime import keep_freed_memory
+from labeler.run.runtime import keep_freed_memory
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from labeler.scheduler import (
+from labeler.run.scheduler import (
     Chunk,
     ChunkOutcome,
     Completion,

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from labeler.scoring import auroc, balanced_accuracy, f1, rank_labels
+from labeler.optimise.scoring import auroc, balanced_accuracy, f1, rank_labels
 
 
 def brute_auroc(scores: np.ndarray, active: np.ndarray) -> float:

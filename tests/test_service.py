@@ -15,15 +15,15 @@ import pytest
 from label_runs import run_info
 from servers import exemplar_parts, tiny_model
 
-from labeler import metrics
 from labeler.cli import main
-from labeler.exemplars import ExemplarError
-from labeler.results import LabelRecord
-from labeler.runconfig import ConfigError, RunConfig, load_config
-from labeler.scheduler import Chunk, Completion
-from labeler.service import execute, prepare, resume_config
-from labeler.sink import PartSink, SinkConfig
-from labeler.work import ChunkWorker, SourceConfig, plan_features, read_chunk_exemplars, records_table
+from labeler.records.exemplars import ExemplarError
+from labeler.records.labels import LabelRecord
+from labeler.run import metrics
+from labeler.run.config import ConfigError, RunConfig, load_config
+from labeler.run.scheduler import Chunk, Completion
+from labeler.run.service import execute, prepare, resume_config
+from labeler.run.sink import PartSink, SinkConfig
+from labeler.run.worker import ChunkWorker, SourceConfig, plan_features, read_chunk_exemplars, records_table
 
 
 class InlinePool:
@@ -215,9 +215,9 @@ def test_a_bad_row_fails_only_its_feature_and_an_empty_chunk_records_every_featu
     from label_runs import run_info
 
     from labeler.discriminators import CausalLMConfig, EmbeddingConfig
-    from labeler.engine import OptimiserConfig
-    from labeler.labelling import LabelConfig
-    from labeler.work import EngineLabeller, LabellerSpec
+    from labeler.optimise.engine import OptimiserConfig
+    from labeler.optimise.labelling import LabelConfig
+    from labeler.run.worker import EngineLabeller, LabellerSpec
 
     model = tiny_model(tmp_path / "model")
     rows = [
@@ -276,7 +276,7 @@ def test_a_bad_row_fails_only_its_feature_and_an_empty_chunk_records_every_featu
 def test_wrong_types_and_null_ids_are_named_before_work(
     tmp_path: Path, columns: dict[str, object], message: str
 ) -> None:
-    from labeler.exemplars import ExemplarError
+    from labeler.records.exemplars import ExemplarError
 
     (tmp_path / "ex").mkdir()
     pq.write_table(pa.table(columns), tmp_path / "ex" / "part.parquet")

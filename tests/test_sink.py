@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from servers import MotoS3
 
-from labeler.sink import PartSink, SinkConfig
+from labeler.run.sink import PartSink, SinkConfig
 
 
 def _table(index: int, note: str = "") -> pa.Table:

@@ -10,8 +10,8 @@ import pytest
 import torch
 import transformers
 
-from labeler.prompt import PromptTemplate
-from labeler.synthetic import (
+from labeler.discriminators.prompt import PromptTemplate
+from labeler.toys.synthetic import (
     answer_accuracy,
     build_tokenizer,
     default_world,

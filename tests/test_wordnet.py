@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import word_tokenizer
 
-from labeler.vocab import VocabFilter, allowed_token_ids, read_word_list
-from labeler.wordnet import category_nouns, packaged_category_nouns
+from labeler.discriminators.vocab import VocabFilter, allowed_token_ids, read_word_list
+from labeler.discriminators.wordnet import category_nouns, packaged_category_nouns
 
 # A hierarchy in wordnet-base's data.noun format (wndb(5WN)): offset, lexfile, type, word count (hex),
 # words with lex ids, pointer count, pointers (symbol, offset, pos, source/target), gloss.

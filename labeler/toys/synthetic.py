@@ -27,7 +27,7 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from labeler.prompt import PromptTemplate
+from labeler.discriminators.prompt import PromptTemplate
 
 UNK, PAD, BOS, EOS = "<unk>", "<pad>", "<bos>", "<eos>"
 YES, NO = "1", "0"

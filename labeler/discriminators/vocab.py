@@ -27,7 +27,7 @@ class VocabFilter:
     """Drop the tokenizer's special tokens (bos, eos, pad, chat markers)."""
     words: frozenset[str] | None = None
     """If given, keep only tokens whose text, lower-cased, is one of these words (e.g. the category nouns of
-    labeler/wordnet.py): a prior that labels name kinds of things."""
+    labeler/discriminators/wordnet.py): a prior that labels name kinds of things."""
 
     def __post_init__(self) -> None:
         if self.min_chars < 1:
@@ -67,7 +67,7 @@ def read_word_list(spec: str) -> frozenset[str]:
     """Words for `VocabFilter.words`: "category-nouns" (the packaged WordNet list) or a UTF-8 text file with one
     word per line (after the word, a tab and anything else is ignored; lines starting with # are comments)."""
     if spec == "category-nouns":
-        from labeler.wordnet import packaged_category_nouns
+        from labeler.discriminators.wordnet import packaged_category_nouns
 
         return packaged_category_nouns()
     path = Path(spec)

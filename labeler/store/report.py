@@ -3,7 +3,7 @@
 One self-contained file (inline CSS, inline SVG plots drawn here, a few lines of inline script that
 check the page) that a browser opens from disk; no server, no network. Each listed feature shows its
 label next to its top activating examples, the target words highlighted by activation. This module
-takes tables already read (labeler/dataset.py) and knows nothing about storage.
+takes tables already read (labeler/store/dataset.py) and knows nothing about storage.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from labeler.results import STATUSES
+from labeler.records.labels import STATUSES
 
 
 def render_report(labels: pa.Table, exemplars: pa.Table | None, title: str, top_n: int = 10, examples: int = 5) -> str:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from labeler.discriminators.base import Discriminator, EncodedExamples, Scored
-from labeler.scoring import auroc, balanced_accuracy, f1, rank_labels
+from labeler.optimise.scoring import auroc, balanced_accuracy, f1, rank_labels
 
 
 @dataclass(frozen=True)

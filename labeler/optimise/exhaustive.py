@@ -14,8 +14,8 @@ from typing import Literal
 import torch
 
 from labeler.discriminators.base import Discriminator, EncodedExamples
-from labeler.engine import FeatureTask
-from labeler.scoring import rank_labels
+from labeler.optimise.engine import FeatureTask
+from labeler.optimise.scoring import rank_labels
 
 
 @dataclass(frozen=True)

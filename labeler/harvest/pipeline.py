@@ -52,9 +52,9 @@ from tokenizers import decoders
 from torch import Tensor
 
 from labeler import __version__
-from labeler.corpus import check_corpus, iter_documents, iter_windows, window_head
-from labeler.runtime import keep_freed_memory
-from labeler.sae_source import FeatureSource, load_source
+from labeler.harvest.corpus import check_corpus, iter_documents, iter_windows, window_head
+from labeler.harvest.sae_source import FeatureSource, load_source
+from labeler.run.runtime import keep_freed_memory
 
 SCHEMA_VERSION = 2
 
@@ -583,13 +583,13 @@ class _Texts:
     """The texts of exemplar rows, each decoded once per harvest: contexts, tokens' words, and the runs of tokens
     that complete a token's partial characters.
 
-    Windows are consecutive pieces of one token stream (see `labeler.corpus.iter_windows`), so a character that a
-    window's edge cut (byte-level BPE splits CJK characters and emoji over tokens) has its other bytes in the
-    previous or next window, in the same document: a target is completed from there, never left empty. What
-    cannot be completed is a character whose other bytes are not in the harvest at all (the last document cut by
-    `tokens`): such a target keeps the token's U+FFFD, the standard mark of bytes that are not a whole character,
-    and is counted in `unresolved` (the manifest's `unresolved_targets`), so it is explicit, never "" (an empty
-    target is a word the discriminator cannot be asked about)."""
+    Windows are consecutive pieces of one token stream (see `labeler.harvest.corpus.iter_windows`), so a character
+    that a window's edge cut (byte-level BPE splits CJK characters and emoji over tokens) has its other bytes in the
+    previous or next window, in the same document: a target is completed from there, never left empty. What cannot
+    be completed is a character whose other bytes are not in the harvest at all (the last document cut by `tokens`):
+    such a target keeps the token's U+FFFD, the standard mark of bytes that are not a whole character, and is
+    counted in `unresolved` (the manifest's `unresolved_targets`), so it is explicit, never "" (an empty target is a
+    word the discriminator cannot be asked about)."""
 
     longest_run = 7
     """Tokens in a run around a partial token at most: a character is at most 4 bytes and a token at least

@@ -1,7 +1,7 @@
 """The label dataset of one or several runs, read from a URL: a local folder or s3://bucket/prefix.
 
 A run at RUN holds:
-  RUN/labels/part-<chunk>.parquet      label records (labeler/results.py, LABEL_SCHEMA)
+  RUN/labels/part-<chunk>.parquet      label records (labeler/records/labels.py, LABEL_SCHEMA)
   RUN/labels/_committed/part-<chunk>   an empty object whose existence commits the part of the same name
   RUN/manifest.json                    run info and settings; from `labeler run`, also "exemplars": the URL
                                        (a local path made absolute) of the exemplars it read
@@ -26,8 +26,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labeler.exemplars import JSONL_SUFFIXES, REQUIRED_COLUMNS, ExemplarError, read_exemplars
-from labeler.results import LABEL_SCHEMA, LabelRecord, RunInfo, check_schema, to_table
+from labeler.records.exemplars import JSONL_SUFFIXES, REQUIRED_COLUMNS, ExemplarError, read_exemplars
+from labeler.records.labels import LABEL_SCHEMA, LabelRecord, RunInfo, check_schema, to_table
 
 COMMITTED = "_committed"
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"

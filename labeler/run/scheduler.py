@@ -21,7 +21,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from labeler import metrics
+from labeler.run import metrics
 
 ChunkKind = Literal["label", "dead"]
 FeatureState = Literal["pending", "running", "done", "failed", "dead"]

@@ -15,10 +15,10 @@ from typing import Literal
 import numpy as np
 
 from labeler.discriminators.base import Discriminator, EncodedExamples
-from labeler.engine import FeatureLabel, FeatureTask, OptimiserConfig, optimise
-from labeler.exemplars import FeatureExemplars, example_groups, unlabelable_reason
-from labeler.exhaustive import exhaustive_search
-from labeler.results import LabelRecord, TopToken
+from labeler.optimise.engine import FeatureLabel, FeatureTask, OptimiserConfig, optimise
+from labeler.optimise.exhaustive import exhaustive_search
+from labeler.records.exemplars import FeatureExemplars, example_groups, unlabelable_reason
+from labeler.records.labels import LabelRecord, TopToken
 
 
 @dataclass(frozen=True)

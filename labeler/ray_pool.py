@@ -18,10 +18,10 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayError
 
-from labeler import metrics
-from labeler.scheduler import Chunk, ChunkOutcome, Completion
-from labeler.sink import PartSink, SinkConfig
-from labeler.work import ChunkWorker, LabellerSpec
+from labeler.run import metrics
+from labeler.run.scheduler import Chunk, ChunkOutcome, Completion
+from labeler.run.sink import PartSink, SinkConfig
+from labeler.run.worker import ChunkWorker, LabellerSpec
 
 
 class WorkerStartError(RuntimeError):

@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 
 from labeler import cli
-from labeler.results import read_labels
-from labeler.synthetic import default_world, feature_exemplars, train_tiny_lm
+from labeler.records.labels import read_labels
+from labeler.toys.synthetic import default_world, feature_exemplars, train_tiny_lm
 
 
 def run(cache: Path, out: Path, seed: int) -> int:

@@ -26,13 +26,13 @@ from labeler.discriminators import (
     optimiser_defaults,
     templates_of,
 )
-from labeler.engine import OptimiserConfig
-from labeler.exemplars import ExemplarError, group_by_feature, read_exemplars, unlabelable_reason
-from labeler.labelling import LabelConfig, label_chunk
-from labeler.prompt import PromptTemplate
-from labeler.results import LabelRecord, RunInfo, config_hash, with_activation_frequency, write_part
-from labeler.runtime import keep_freed_memory
-from labeler.vocab import VocabFilter, read_word_list
+from labeler.discriminators.prompt import PromptTemplate
+from labeler.discriminators.vocab import VocabFilter, read_word_list
+from labeler.optimise.engine import OptimiserConfig
+from labeler.optimise.labelling import LabelConfig, label_chunk
+from labeler.records.exemplars import ExemplarError, group_by_feature, read_exemplars, unlabelable_reason
+from labeler.records.labels import LabelRecord, RunInfo, config_hash, with_activation_frequency, write_part
+from labeler.run.runtime import keep_freed_memory
 
 FREQUENCY_COLUMNS = ("frequency", "activation_frequency")
 """Where --activation-frequency finds the frequency: the harvest's features.parquet calls it `frequency`."""
@@ -444,7 +444,7 @@ def _read_template(path: Path) -> PromptTemplate:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from labeler import demo  # the demo pulls in training code only when asked for
+    from labeler.toys import demo  # the demo pulls in training code only when asked for
 
     return demo.run(args.cache, args.out, args.seed)
 
@@ -492,10 +492,10 @@ def run_service(args: argparse.Namespace) -> int:
 
     import ray
 
-    from labeler import metrics, service
-    from labeler.ray_workers import RayPool, WorkerStartError
-    from labeler.runconfig import describe, load_config, parse_override, to_dict
-    from labeler.service import resume_config
+    from labeler.ray_pool import RayPool, WorkerStartError
+    from labeler.run import metrics, service
+    from labeler.run.config import describe, load_config, parse_override, to_dict
+    from labeler.run.service import resume_config
 
     if args.print_config_help:
         print("\n".join(describe()))
@@ -641,9 +641,9 @@ def add_dataset_commands(commands: Any) -> None:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from labeler.dataset import read_runs
-    from labeler.query import render
-    from labeler.query import run_query as query
+    from labeler.store.dataset import read_runs
+    from labeler.store.query import render
+    from labeler.store.query import run_query as query
 
     result = query(read_runs(args.data), args.sql)
     sys.stdout.write(render(result, args.format))
@@ -651,8 +651,8 @@ def run_query(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from labeler.dataset import read_runs
-    from labeler.export import neuronpedia_explanations, write_jsonl, write_neuronpedia
+    from labeler.store.dataset import read_runs
+    from labeler.store.export import neuronpedia_explanations, write_jsonl, write_neuronpedia
 
     labels = read_runs(args.data).labels
     if args.format == "jsonl":
@@ -665,8 +665,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from labeler.dataset import read_runs
-    from labeler.report import render_report
+    from labeler.store.dataset import read_runs
+    from labeler.store.report import render_report
 
     if args.top < 1:
         raise UsageError(f"--top must be at least 1, got {args.top}")
@@ -679,8 +679,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def add_harvest_command(commands: Any) -> None:
-    """`labeler harvest`: exemplars of every SAE feature from a corpus (labeler/harvest.py)."""
-    from labeler.harvest import HarvestConfig
+    """`labeler harvest`: exemplars of every SAE feature from a corpus (labeler/harvest/pipeline.py)."""
+    from labeler.harvest.pipeline import HarvestConfig
 
     defaults = HarvestConfig(sae="", model="", corpus="", out="")
     harvest = commands.add_parser(
@@ -731,13 +731,13 @@ def add_harvest_command(commands: Any) -> None:
 
 
 def run_harvest(args: argparse.Namespace) -> int:
-    from labeler.corpus import CorpusError
-    from labeler.harvest import HarvestConfig, harvest
-    from labeler.sae_source import SourceError
+    from labeler.harvest.corpus import CorpusError
+    from labeler.harvest.pipeline import HarvestConfig, harvest
+    from labeler.harvest.sae_source import SourceError
 
     sae, model, corpus = args.sae, args.model, args.corpus
     if args.demo is not None:
-        from labeler.demo_sae import build_demo
+        from labeler.toys.demo_sae import build_demo
 
         assets = build_demo(args.demo, log=lambda line: print(line, file=sys.stderr))
         sae, model, corpus = sae or str(assets.sae_dir), model or str(assets.model_dir), corpus or str(assets.corpus)

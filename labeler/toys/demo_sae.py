@@ -21,10 +21,10 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
-from labeler.corpus import iter_documents, iter_windows
-from labeler.sae_source import HookedActivations, load_subject_model, resolve_hook
+from labeler.harvest.corpus import iter_documents, iter_windows
+from labeler.harvest.sae_source import HookedActivations, load_subject_model, resolve_hook
 
-CORPUS = Path(__file__).parent / "data" / "wordnet_glosses.txt.gz"
+CORPUS = Path(__file__).parent.parent / "data" / "wordnet_glosses.txt.gz"
 HOOK = "blocks.3.hook_resid_post"
 
 

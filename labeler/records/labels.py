@@ -6,7 +6,7 @@ examples) or `failed` (an error while labelling it), with the reason in `error`.
 stored as if it were a label. Where the label came from (run, SAE, model, discriminator, prompt,
 config, code) is a `RunInfo`, stored on every row so that rows of several runs can sit in one table.
 The columns are documented one by one in docs/schema.md. This module knows nothing about where a run
-is stored; labeler/dataset.py reads and writes runs at a URL.
+is stored; labeler/store/dataset.py reads and writes runs at a URL.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def check_schema(table: pa.Table, where: str) -> pa.Table:
 
 def read_labels(out_dir: str | Path) -> pa.Table:
     """The label dataset of one local run, refusing schema versions this code does not know."""
-    from labeler.dataset import read_runs  # the dataset module reads any URL; this is the local shortcut
+    from labeler.store.dataset import read_runs  # the dataset module reads any URL; this is the local shortcut
 
     return read_runs([str(out_dir)]).labels
 

@@ -21,11 +21,11 @@ from typing import Any, Literal
 import yaml
 
 from labeler.discriminators import CausalLMConfig, EmbeddingConfig, check_spec, optimiser_defaults
-from labeler.labelling import LabelConfig
-from labeler.ray_workers import WorkersConfig
-from labeler.scheduler import SchedulerConfig
-from labeler.sink import SinkConfig
-from labeler.work import Engine, SourceConfig
+from labeler.optimise.labelling import LabelConfig
+from labeler.ray_pool import WorkersConfig
+from labeler.run.scheduler import SchedulerConfig
+from labeler.run.sink import SinkConfig
+from labeler.run.worker import Engine, SourceConfig
 
 
 class ConfigError(ValueError):
@@ -56,7 +56,7 @@ class RunConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     harvest: Mapping[str, Any] | None = None
     """When source.exemplars is not given, the harvest that produces them into OUT/harvest: HarvestConfig's fields
-    (sae, model, corpus, tokens, features, ...; labeler/harvest.py), or {demo: true} for the demo SAE. Neither
+    (sae, model, corpus, tokens, features, ...; labeler/harvest/pipeline.py), or {demo: true} for the demo SAE. Neither
     exemplars nor harvest: the demo (service.DEMO_HARVEST)."""
     label: LabelConfig = field(default_factory=LabelConfig)
     causal_lm: CausalLMConfig = field(default_factory=CausalLMConfig)

@@ -3,7 +3,7 @@
 The paper (Schulz and Fallows, arXiv 2504.00754) ships one folder per feature: `sentences.txt` (one text
 per line) and `labled_words.txt` (their spelling: the words on which the feature is active). `chinese/`
 has no word list: its feature is active on the Chinese characters. This module turns a folder into
-exemplar rows (`labeler.exemplars.EXEMPLAR_SCHEMA`): one row per word of each text, activation 1.0 or 0.0.
+exemplar rows (`labeler.records.exemplars.EXEMPLAR_SCHEMA`): one row per word of each text, activation 1.0 or 0.0.
 It knows nothing about models or tokenizers; words are split by one documented rule (`split_words`).
 """
 
@@ -20,7 +20,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labeler.exemplars import EXEMPLAR_SCHEMA, validate_exemplars
+from labeler.records.exemplars import EXEMPLAR_SCHEMA, validate_exemplars
 
 SENTENCES_FILE = "sentences.txt"
 WORDS_FILE = "labled_words.txt"
@@ -211,7 +211,7 @@ def paper_exemplars(root: Path, names: Sequence[str] | None = None) -> pa.Table:
 def write_paper_exemplars(root: Path, out_path: Path) -> pa.Table:
     """Write all the paper's features as exemplars to `out_path` (`.jsonl` or `.parquet`); returns the table.
 
-    The file reads back with `labeler.exemplars.read_exemplars`.
+    The file reads back with `labeler.records.exemplars.read_exemplars`.
     """
     out_path = Path(out_path)
     if out_path.suffix not in (".jsonl", ".parquet"):

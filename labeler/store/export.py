@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from labeler.query import json_ready
+from labeler.store.query import json_ready
 
 NEURONPEDIA_BATCH = 1024
 NEURONPEDIA_TYPE_NAME = "labeler-token-space-gd"

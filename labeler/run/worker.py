@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from labeler import metrics
 from labeler.discriminators import CausalLMConfig, EmbeddingConfig, build_discriminator
-from labeler.exemplars import (
+from labeler.optimise.labelling import LabelConfig, label_chunk
+from labeler.records.exemplars import (
     JSONL_SUFFIXES,
     REQUIRED_COLUMNS,
     ExemplarError,
@@ -33,10 +33,10 @@ from labeler.exemplars import (
     read_exemplars,
     split_invalid_features,
 )
-from labeler.labelling import LabelConfig, label_chunk
-from labeler.results import LabelRecord, RunInfo, to_table, with_activation_frequency
-from labeler.scheduler import Chunk, ChunkOutcome, outcome_counts
-from labeler.sink import PartSink
+from labeler.records.labels import LabelRecord, RunInfo, to_table, with_activation_frequency
+from labeler.run import metrics
+from labeler.run.scheduler import Chunk, ChunkOutcome, outcome_counts
+from labeler.run.sink import PartSink
 
 Engine = Literal["optimise", "noop"]
 DEAD_REASON = "dead: never active in the harvest, so there is nothing to label"

@@ -5,14 +5,14 @@ usually name a category ("animal", "number"), not one of its members. WordNet sa
 noun is: the number of synsets below it in the hypernym tree (its kinds and instances).
 `category_nouns` reads `data.noun` and keeps single words with at least `min_kinds` of them; the
 packaged list `labeler/data/category_nouns.txt` was built with
-`python -m labeler.wordnet category-nouns /usr/share/wordnet labeler/data/category_nouns.txt`.
+`python -m labeler.discriminators.wordnet category-nouns /usr/share/wordnet labeler/data/category_nouns.txt`.
 
 Glosses: the demo corpus `labeler/data/wordnet_glosses.txt.gz` (40,000 random synsets, one per line:
 its words, definition and examples), built with
-`python -m labeler.wordnet glosses /usr/share/wordnet labeler/data/wordnet_glosses.txt.gz`.
+`python -m labeler.discriminators.wordnet glosses /usr/share/wordnet labeler/data/wordnet_glosses.txt.gz`.
 
 Both are committed with WordNet's license (labeler/data/WORDNET_LICENSE), so nothing needs apt at run
-time. This module knows nothing about tokenizers; labeler/vocab.py turns a word list into allowed tokens.
+time. This module knows nothing about tokenizers; labeler/discriminators/vocab.py turns a word list into allowed tokens.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def write_category_nouns(wordnet_dir: Path, out: Path) -> int:
     kinds = category_nouns(wordnet_dir / "data.noun")
     header = (
         "# Single-word WordNet 3.0 nouns with at least 5 kinds (synsets below them), and that count.\n"
-        "# Built by `python -m labeler.wordnet category-nouns /usr/share/wordnet` from Debian's wordnet-base.\n"
+        "# Built by `python -m labeler.discriminators.wordnet category-nouns` from Debian's wordnet-base.\n"
         "# WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved. Licensed under the\n"
         "# WordNet License (https://wordnet.princeton.edu/license-and-commercial-use), which permits\n"
         "# use, copying and distribution with this notice.\n"
@@ -120,7 +120,7 @@ def write_category_nouns(wordnet_dir: Path, out: Path) -> int:
 def main(argv: list[str]) -> None:
     builders = {"category-nouns": write_category_nouns, "glosses": write_glosses}
     if len(argv) != 3 or argv[0] not in builders:
-        raise SystemExit("usage: python -m labeler.wordnet {category-nouns|glosses} WORDNET_DIR OUT")
+        raise SystemExit("usage: python -m labeler.discriminators.wordnet {category-nouns|glosses} WORDNET_DIR OUT")
     count = builders[argv[0]](Path(argv[1]), Path(argv[2]))
     print(f"{count} lines -> {argv[2]}")
 
