@@ -25,12 +25,12 @@ import pyarrow.parquet as pq
 import ray
 
 from labeler.ray_pool import RayPool
-from labeler.records.labels import RunInfo, config_hash
+from labeler.records.labels import RunInfo, config_hash, to_table
 from labeler.run.config import load_config
 from labeler.run.scheduler import Chunk
 from labeler.run.service import execute, prepare
 from labeler.run.sink import PartSink
-from labeler.run.worker import NoopLabeller, records_table
+from labeler.run.worker import NoopLabeller
 
 
 def peak_rss_mb() -> float:
@@ -61,7 +61,7 @@ def main() -> None:
         start = time.perf_counter()
         for index in range(args.baseline_chunks):
             features = ids[index * args.features_per_chunk : (index + 1) * args.features_per_chunk]
-            sink.commit(index, records_table(noop.label(Chunk(index, features).features), info))
+            sink.commit(index, to_table(noop.label(Chunk(index, features).features), info))
         baseline = args.baseline_chunks * args.features_per_chunk / (time.perf_counter() - start)
         print(json.dumps({"measure": "sink_alone_features_per_s", "value": round(baseline, 1)}))
 

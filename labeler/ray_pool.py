@@ -12,13 +12,13 @@ import contextlib
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayError
 
 from labeler.run import metrics
+from labeler.run.config import WorkersConfig
 from labeler.run.scheduler import Chunk, ChunkOutcome, Completion
 from labeler.run.sink import PartSink, SinkConfig
 from labeler.run.worker import ChunkWorker, LabellerSpec
@@ -28,30 +28,6 @@ class WorkerStartError(RuntimeError):
     """A worker actor died while starting (loading the discriminator, serving metrics); says why."""
 
 
-@dataclass(frozen=True)
-class WorkersConfig:
-    """How many worker actors a run starts and what each one gets."""
-
-    count: int = 1
-    """Worker actors (each loads the discriminator once)."""
-    num_cpus: float = 1.0
-    """CPUs reserved per worker."""
-    num_gpus: float = 0.0
-    """GPUs per worker: 0 for CPU, a fraction (e.g. 0.25) to pack small models on one GPU, 1 or more whole."""
-    max_restarts: int = 3
-    """Times Ray restarts a worker that died (its chunk is retried by the scheduler)."""
-    metrics_port: int = 0
-    """Port each worker serves /metrics on: 0 picks a free one (several per node); fix it for one worker per pod."""
-
-    def __post_init__(self) -> None:
-        if self.count < 1:
-            raise ValueError(f"workers.count must be at least 1, got {self.count}")
-        if self.num_gpus < 0 or self.num_cpus < 0:
-            raise ValueError("workers.num_cpus and workers.num_gpus must be >= 0")
-        if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
-            raise ValueError(f"workers.num_gpus above 1 must be whole, got {self.num_gpus}")
-
-
 class LabelActor:
     """One worker process: builds its labeller once, then runs chunks (wrapped by `ray.remote` at start)."""
 
@@ -59,9 +35,21 @@ class LabelActor:
         self.worker = ChunkWorker(spec, PartSink(sink_url, sink_config))
         self.port = metrics.serve(metrics_port)
         self.host = ray.util.get_node_ip_address() if ray.is_initialized() else socket.gethostname()
+        self.step: tuple[int, int] | None = None
 
     def run(self, chunk: Chunk) -> ChunkOutcome:
-        return self.worker.run(chunk)
+        try:
+            return self.worker.run(chunk, self._on_step)
+        finally:
+            self.step = None
+
+    def _on_step(self, step: int, live: int) -> None:
+        self.step = (step, live)
+
+    def progress(self) -> tuple[int, int] | None:
+        """(step, features still optimising) of the batch being labelled now, or None between batches; answered
+        while `run` works (the actor has a second thread for it)."""
+        return self.step
 
     def endpoint(self) -> str:
         """host:port of this worker's /metrics."""
@@ -90,6 +78,7 @@ class RayPool:
             num_gpus=config.num_gpus,
             max_restarts=config.max_restarts,
             max_task_retries=0,  # the scheduler retries, so it can count attempts and give up
+            max_concurrency=2,  # one chunk at a time, and `progress` answered beside it
             runtime_env={"env_vars": dict(env)} if env else None,
         )
         self.actors: list[Any] = [
@@ -148,6 +137,19 @@ class RayPool:
             with contextlib.suppress(RayError):
                 found.append(str(ray.get(ref)))
         return found
+
+    def progress(self) -> list[tuple[int, int] | None]:
+        """Per worker, (step, features optimising) of the batch it labels now; None where idle or not answering."""
+        refs = [a.progress.remote() for a in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=2)
+        steps: list[tuple[int, int] | None] = []
+        for ref in refs:
+            value = None
+            if ref in ready:
+                with contextlib.suppress(RayError):
+                    value = ray.get(ref)
+            steps.append(value)
+        return steps
 
     def placements(self) -> list[dict[str, Any]]:
         return list(ray.get([a.placement.remote() for a in self.actors]))

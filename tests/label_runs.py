@@ -1,12 +1,14 @@
-"""Test runs: label records and exemplars written with the library's own writer into the committed-part layout."""
+"""Test runs: label records written by the run's own sink (committed parts, manifest), and the exemplars it names."""
 
 from __future__ import annotations
 
+import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from labeler.records.labels import LabelRecord, RunInfo, TopToken
-from labeler.store.dataset import write_committed_part, write_exemplars, write_manifest
+from labeler.records.labels import LabelRecord, RunInfo, TopToken, to_table
+from labeler.run.sink import PartSink, SinkConfig
 
 WORDS = ("animal", "color", "money", "weather", "tool", "river", "music", "number", "city", "food")
 
@@ -94,13 +96,22 @@ def write_run(
     chunk_size: int = 10,
     storage_options: dict[str, object] | None = None,
     with_exemplars: bool = True,
+    exemplars_at: str | None = None,
 ) -> list[LabelRecord]:
-    """A run at `url`: manifest, committed parts of `chunk_size` records, and (optionally) exemplars."""
+    """A run at `url`: its manifest and committed parts of `chunk_size` records, as `labeler run` writes them, and
+    (optionally) its exemplars at `URL-exemplars/`, which the manifest names (or the manifest names `exemplars_at`)."""
     info = run_info(run_id)
     recs = records(n, seed)
-    write_manifest(url, info, {"settings": {"restarts": 4}}, storage_options)
-    for chunk, start in enumerate(range(0, n, chunk_size)):
-        write_committed_part(url, recs[start : start + chunk_size], info, chunk, storage_options)
+    sink = PartSink(url, SinkConfig(storage_options=storage_options or {}))
+    pointer = exemplars_at
     if with_exemplars:
-        write_exemplars(url, exemplars(recs), storage_options)
+        pointer = f"{url.rstrip('/')}-exemplars"
+        fs, root = fsspec.core.url_to_fs(pointer, **(storage_options or {}))
+        fs.makedirs(root, exist_ok=True)
+        with fs.open(f"{root}/part-00000.parquet", "wb") as out:
+            pq.write_table(exemplars(recs), out)
+    manifest: dict[str, object] = {"run_id": run_id, "config": {"label": {"optimiser": {"restarts": 4}}}}
+    assert sink.write_manifest(manifest if pointer is None else {**manifest, "exemplars": pointer})
+    for chunk, start in enumerate(range(0, n, chunk_size)):
+        assert sink.commit(chunk, to_table(recs[start : start + chunk_size], info))
     return recs

@@ -10,9 +10,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from labeler.cli import build_parser, configs_from_args, main
+from labeler import __version__
+from labeler.cli import build_parser, main
+from labeler.cli.labelling import config_from_args
 from labeler.optimise.engine import OptimiserConfig
-from labeler.records.labels import read_labels
+from labeler.store.dataset import read_runs
 from labeler.toys.synthetic import default_world, feature_exemplars
 
 
@@ -61,8 +63,8 @@ def test_label_recovers_the_concepts(trained_lm: Path, exemplars: Path, tmp_path
     recovered = [row[1] for row in rows if row[1] == concepts[row[0]]]
     assert len(recovered) >= 4, rows
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["features"] == len(concepts) and manifest["discriminator"] == f"hf:{trained_lm}"
-    assert read_labels(out).num_rows == len(concepts)
+    assert manifest["plan"]["features"] == len(concepts) and manifest["discriminator"] == f"hf:{trained_lm}"
+    assert read_runs([str(out)]).labels.num_rows == len(concepts)
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -85,11 +87,12 @@ def test_unlabelable_feature_is_named_or_skipped(
     rows = [row for row in rows if not (row["feature"] == 2 and row["activation"] == 0.0)]  # feature 2: all active
     path = write_jsonl(tmp_path / "e.jsonl", rows)
     args = ["label", "--exemplars", str(path), "--discriminator", f"hf:{trained_lm}", "--steps", "2"]
-    code, err = run_cli([*args, "--out", str(tmp_path / "a")], capsys)
+    code, err = run_cli([*args, "--out", str(tmp_path / "a"), "--unlabelable", "error"], capsys)
     assert code == 2 and "feature 2: needs at least 2 active and 2 inactive" in err and "and 0 inactive" in err
-    assert "--skip-unlabelable" in err and not (tmp_path / "a" / "labels").exists()
-    code, err = run_cli([*args, "--out", str(tmp_path / "b"), "--skip-unlabelable"], capsys)
+    assert "--unlabelable skip" in err and not (tmp_path / "a").exists()
+    code, err = run_cli([*args, "--out", str(tmp_path / "b")], capsys)  # the default: skipped, and counted
     assert code == 0, err
+    assert "1 feature(s) skipped" in err
     statuses = dict(duckdb.sql(f"SELECT feature, status FROM read_parquet('{tmp_path}/b/labels/*.parquet')").fetchall())
     assert statuses == {0: "labelled", 1: "labelled", 2: "skipped", 3: "labelled", 4: "labelled"}
 
@@ -148,7 +151,7 @@ def test_optimiser_defaults_follow_the_discriminator_kind(exemplars: Path, tmp_p
     base = ["label", "--exemplars", str(exemplars), "--out", str(tmp_path / "o")]
 
     def optimiser(*args: str) -> OptimiserConfig:
-        return configs_from_args(build_parser().parse_args([*base, *args]))[0].optimiser
+        return config_from_args(build_parser().parse_args([*base, *args])).label.optimiser
 
     assert (
         optimiser("--discriminator", "minilm").straight_through
@@ -164,11 +167,8 @@ def test_vocab_words_option(exemplars: Path, tmp_path: Path, capsys: pytest.Capt
     args = ["label", "--exemplars", str(exemplars), "--discriminator", "minilm", "--out", str(tmp_path / "o")]
     code, err = run_cli([*args, "--vocab-words", str(tmp_path / "no-such-list.txt")], capsys)
     assert code == 2 and "cannot read the word list" in err
-    _label, causal_lm, embedding = configs_from_args(
-        build_parser().parse_args([*args, "--vocab-words", "category-nouns"])
-    )
-    assert causal_lm.vocab.words is embedding.vocab.words
-    assert embedding.vocab.words is not None and "animal" in embedding.vocab.words
+    config = config_from_args(build_parser().parse_args([*args, "--vocab-words", "category-nouns"]))
+    assert config.discriminator.vocab.words is not None and "animal" in config.discriminator.vocab.words
 
 
 def test_label_records_provenance_frequency_and_baseline(
@@ -182,7 +182,7 @@ def test_label_records_provenance_frequency_and_baseline(
     pq.write_table(pa.table({"feature": [0, 1, 2], "frequency": [0.01, 0.002, 0.3]}), frequency)
     out = tmp_path / "run"
     args = ["label", "--exemplars", str(exemplars), "--discriminator", f"hf:{trained_lm}", "--out", str(out)]
-    args += ["--steps", "2", "--restarts", "2", "--baseline", "exhaustive", "--activation-frequency", str(frequency)]
+    args += ["--steps", "2", "--restarts", "2", "--baseline", "exhaustive", "--features", str(frequency)]
     args += ["--run-id", "r1", "--sae-id", "toy-sae", "--model", "toy-lm", "--hook-point", "blocks.1.hook_resid_post"]
     code, err = run_cli(args, capsys)
     assert code == 0, err
@@ -204,24 +204,8 @@ def test_label_records_provenance_frequency_and_baseline(
         )
         assert row["discriminator"] == f"hf:{trained_lm}" and row["seed"] == 0 and row["length(config_hash)"] == 16
         assert row["baseline_method"] == "exhaustive" and row["has_baseline"] and row["f1_ok"] and row["template_ok"]
-        assert row["code_version"].startswith("labeler ")
-    assert json.loads((out / "manifest.json").read_text())["run"]["run_id"] == "r1"
-
-
-def test_activation_frequency_reads_the_harvests_column_or_the_records_name(tmp_path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from labeler.cli import UsageError, _read_frequency
-
-    for column in ("frequency", "activation_frequency"):
-        pq.write_table(pa.table({"feature": [3, 5], column: [0.5, 0.25]}), tmp_path / f"{column}.parquet")
-        assert _read_frequency(tmp_path / f"{column}.parquet") == {3: 0.5, 5: 0.25}
-    pq.write_table(pa.table({"feature": [3], "freq": [0.5]}), tmp_path / "other.parquet")
-    with pytest.raises(UsageError, match=r"found columns \['feature', 'freq'\].*frequency or activation_frequency"):
-        _read_frequency(tmp_path / "other.parquet")
-    with pytest.raises(UsageError, match="cannot read --activation-frequency"):
-        _read_frequency(tmp_path / "missing.parquet")
+        assert row["code_version"].startswith(__version__)
+    assert json.loads((out / "manifest.json").read_text())["run_id"] == "r1"
 
 
 def test_an_output_that_cannot_be_written_is_named_without_a_traceback(
@@ -232,7 +216,7 @@ def test_an_output_that_cannot_be_written_is_named_without_a_traceback(
     # --out under a file: refused before the model (here a folder that does not exist) is even looked at.
     args = ["label", "--exemplars", str(exemplars), "--discriminator", f"hf:{tmp_path / 'nope'}"]
     code, err = run_cli([*args, "--out", str(blocker / "sub")], capsys)
-    assert code == 2 and f"cannot create the output folder {blocker / 'sub' / 'labels'}: {blocker} is a file" in err
+    assert code == 2 and f"cannot create the run folder {blocker / 'sub'}: {blocker} is a file" in err
     from label_runs import write_run
 
     write_run(str(tmp_path / "run"), "r")

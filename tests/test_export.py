@@ -108,13 +108,14 @@ def test_a_model_or_source_that_is_not_one_folder_name_is_refused(
     """An SAE's path or a hub id would write outside --out or into nested folders; nothing is written."""
     from label_runs import records, run_info
 
-    from labeler.store.dataset import write_committed_part, write_manifest
+    from labeler.records.labels import to_table
+    from labeler.run.sink import PartSink
 
     run, out = str(tmp_path / "run"), tmp_path / "out"
     info = run_info("run-a", **{k: v.format(tmp=tmp_path) for k, v in overrides.items()})
     says = says.format(tmp=tmp_path)
-    write_manifest(run, info)
-    write_committed_part(run, records(5, 0), info, 0)
+    sink = PartSink(run)
+    assert sink.write_manifest({"run_id": info.run_id}) and sink.commit(0, to_table(records(5, 0), info))
     code = main(["export", "--data", run, "--format", "neuronpedia", "--out", str(out), *flags])
     err = capsys.readouterr().err
     flag = "--model-id" if "model" in overrides or "--model-id" in flags else "--source-id"

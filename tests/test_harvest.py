@@ -567,14 +567,15 @@ def test_a_feature_with_non_finite_latents_fails_alone(tmp_path: Path, subject: 
     # Labelling that harvest records feature 7 as failed, with the harvest's reason, and labels its neighbours.
     from label_runs import run_info
 
-    from labeler.discriminators import CausalLMConfig, EmbeddingConfig
+    from labeler.discriminators.causal_lm import CausalLMConfig
     from labeler.optimise.engine import OptimiserConfig
     from labeler.optimise.labelling import LabelConfig
-    from labeler.run.worker import EngineLabeller, LabellerSpec, SourceConfig
+    from labeler.run.config import SourceConfig
+    from labeler.run.worker import EngineLabeller, LabellerSpec
 
     source = SourceConfig(str(tmp_path / "broken" / "exemplars"), str(tmp_path / "broken" / "features.parquet"))
     label = LabelConfig(optimiser=OptimiserConfig(restarts=1, max_steps=2, examples_per_step=4))
-    spec = LabellerSpec(f"hf:{subject}", label, CausalLMConfig(), EmbeddingConfig(), source, run_info("r"))
+    spec = LabellerSpec(CausalLMConfig(model=str(subject)), label, source, run_info("r"))
     records = EngineLabeller(spec).label(np.array([6, 7, 8]))
     assert [(r.feature, r.status) for r in records] == [(6, "labelled"), (7, "failed"), (8, "labelled")]
     assert records[1].error is not None and records[1].error.startswith("harvest: the SAE latent was NaN")

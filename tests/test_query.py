@@ -205,7 +205,7 @@ def test_query_runs_in_s3_joined_with_a_local_run(
     s3fs.S3FileSystem().mkdir("labels-bucket")
     write_run("s3://labels-bucket/runs/a", "run-a", n=20, seed=0)
     write_run(str(tmp_path / "b"), "run-b", n=20, seed=1)
-    s3fs.S3FileSystem().rm("labels-bucket/runs/a/labels/_committed/part-00001")  # chunk 1 uncommitted
+    s3fs.S3FileSystem().rm("labels-bucket/runs/a/labels/part-00000001.parquet")  # chunk 1 not committed yet
     sql = (
         "SELECT run_id, count(DISTINCT feature) AS n, max(feature) AS last, count(e.context) AS exemplar_rows "
         "FROM labels LEFT JOIN exemplars e USING (run_id, feature) GROUP BY run_id ORDER BY run_id"

@@ -27,13 +27,14 @@ import yaml
 from label_runs import run_info
 from servers import BIN, MotoS3, RayCluster, exemplar_parts, tiny_model
 
-from labeler.discriminators import CausalLMConfig, EmbeddingConfig
+from labeler.discriminators.embedding import EmbeddingConfig
 from labeler.optimise.labelling import LabelConfig
 from labeler.ray_pool import RayPool, WorkersConfig, WorkerStartError
 from labeler.run import metrics
+from labeler.run.config import SourceConfig
 from labeler.run.scheduler import Scheduler, SchedulerConfig, drive, make_plan
 from labeler.run.sink import PartSink, SinkConfig
-from labeler.run.worker import LabellerSpec, SourceConfig, give_up_chunk
+from labeler.run.worker import LabellerSpec, give_up_chunk
 
 ROOT = Path(__file__).resolve().parent.parent
 N_FEATURES = 240
@@ -108,7 +109,7 @@ def test_fractional_gpus_land_as_configured(tmp_path: Path) -> None:
     ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="lrg", dir="/tmp"))
     try:
         info = run_info("fake-gpus")
-        spec = LabellerSpec("noop", LabelConfig(), CausalLMConfig(), EmbeddingConfig(), SourceConfig(), info, "noop")
+        spec = LabellerSpec(EmbeddingConfig(kind="minilm"), LabelConfig(), SourceConfig(), info, "noop")
         sink = PartSink(str(tmp_path / "run"))
         pool = RayPool(WorkersConfig(count=4, num_cpus=0.5, num_gpus=0.5), spec, sink.url, SinkConfig())
         pool.ready()
@@ -319,3 +320,63 @@ def test_a_discriminator_that_does_not_load_stops_the_run_cleanly_and_leaves_the
     assert f"a worker could not start: ValueError: discriminator model folder not found: {missing}" in output
     assert "run the same command again" in output and "Traceback" not in output.split("labeler: error:")[-1]
     assert not (out / "manifest.json").exists() and not PartSink(str(out)).committed()
+
+
+def _label(*args: str) -> subprocess.Popen[str]:
+    """`labeler label` as a user runs it (in-process pool, no Ray)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "labeler.cli", "label", "--no-progress", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _rows(out: Path) -> list[dict[str, object]]:
+    """The label rows of a run, without what differs between two runs of the same settings (id, times)."""
+    from labeler.store.dataset import read_runs
+
+    varying = {"run_id", "started_at", "device_seconds"}
+    rows = read_runs([str(out)]).labels.sort_by("feature").to_pylist()
+    return [{k: v for k, v in row.items() if k not in varying} for row in rows]
+
+
+def test_label_and_run_write_the_same_run_and_each_resumes_the_other(
+    cluster: RayCluster, data: dict[str, Path], tmp_path: Path
+) -> None:
+    """`labeler label` is a local `labeler run`: the same flags, the same rows and config hash; a `label` run killed
+    after its first committed part is finished by `run --resume` (and a `run` by `label --resume`), exactly once."""
+    flags = ["--exemplars", str(data["exemplars"]), "--discriminator", f"hf:{data['model']}"]
+    flags += ["--restarts", "1", "--steps", "3", "--examples-per-step", "4", "--set", "scheduler.features_per_chunk=40"]
+    ran = _driver(cluster, *flags, "--out", str(tmp_path / "run"))
+    labelled = _label(*flags, "--out", str(tmp_path / "label"))
+    for process in (ran, labelled):
+        assert process.wait(timeout=600) == 0, process.communicate()[0][-3000:]
+    assert _rows(tmp_path / "label") == _rows(tmp_path / "run")
+    assert len(_rows(tmp_path / "run")) == N_FEATURES
+
+    # label, killed once its first part is committed, then finished on Ray.
+    out = tmp_path / "label-then-run"
+    sink = PartSink(str(out))
+    killed = _label(*flags, "--out", str(out), "--set", "scheduler.features_per_chunk=20")
+    _wait_for_parts(sink, 1, killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert 1 <= len(sink.committed()) < N_FEATURES // 20
+    resumed = _driver(cluster, "--resume", str(out))
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output[-3000:]
+    _assert_exactly_once(sink)
+    assert _rows(out) == _rows(tmp_path / "run")  # chunk size changes parts, not labels
+
+    # and the other way round: run, interrupted, finished by label --resume.
+    out = tmp_path / "run-then-label"
+    sink = PartSink(str(out))
+    interrupted = _driver(cluster, *flags, "--out", str(out), "--set", "scheduler.features_per_chunk=20")
+    _wait_for_parts(sink, 1, interrupted)
+    interrupted.send_signal(signal.SIGINT)
+    assert interrupted.wait(timeout=300) == 130
+    finished = _label(*flags, "--out", str(out), "--resume")
+    output = finished.communicate(timeout=600)[0]
+    assert finished.returncode == 0, output[-3000:]
+    _assert_exactly_once(sink)

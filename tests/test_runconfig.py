@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from labeler.discriminators import ENCODER_OPTIMISER
+from labeler.discriminators.causal_lm import CausalLMConfig
+from labeler.discriminators.embedding import EmbeddingConfig
+from labeler.discriminators.prompt import PromptTemplate
 from labeler.optimise.engine import OptimiserConfig
 from labeler.optimise.labelling import LabelConfig
 from labeler.run.config import ConfigError, RunConfig, build, describe, load_config, parse_override, to_dict
@@ -24,7 +27,9 @@ def test_yaml_and_toml_fill_nested_stages_and_overrides_win(tmp_path: Path) -> N
     assert config.sink.storage_options == {"endpoint_url": "http://127.0.0.1:5000"}
     (tmp_path / "run.toml").write_text('discriminator = "minilm"\n[scheduler]\nfeatures_per_chunk = 128\n')
     assert load_config(tmp_path / "run.toml").scheduler.features_per_chunk == 128
-    assert load_config(None) == RunConfig(label=LabelConfig(optimiser=OptimiserConfig(**ENCODER_OPTIMISER)))
+    assert load_config(None) == RunConfig(
+        label=LabelConfig(optimiser=OptimiserConfig(**EmbeddingConfig.optimiser_defaults))
+    )
 
 
 def test_the_optimiser_defaults_follow_the_discriminator_kind() -> None:
@@ -35,7 +40,7 @@ def test_the_optimiser_defaults_follow_the_discriminator_kind() -> None:
         assert optimiser.straight_through and optimiser.c_entropy == 0.0
     assert load_config(None, {"discriminator": "hf:/m"}).label.optimiser == OptimiserConfig()
     mine = load_config(None, {"label.optimiser.c_entropy": 0.3, "label.optimiser.straight_through": False})
-    assert (mine.discriminator, mine.label.optimiser.c_entropy, mine.label.optimiser.straight_through) == (
+    assert (mine.discriminator.kind, mine.label.optimiser.c_entropy, mine.label.optimiser.straight_through) == (
         "minilm",
         0.3,
         False,
@@ -43,8 +48,25 @@ def test_the_optimiser_defaults_follow_the_discriminator_kind() -> None:
 
 
 def test_manifest_round_trip_gives_the_same_config() -> None:
-    config = load_config(None, {"label.optimiser.betas": [0.8, 0.9], "causal_lm.template.system": "S"})
+    config = load_config(None, {"label.optimiser.betas": [0.8, 0.9], "discriminator": "hf:/m"})
+    config = load_config(None, {"discriminator": "hf:/m", "discriminator.template.system": "S"})
+    assert config.discriminator == CausalLMConfig(model="/m", template=replace(PromptTemplate(), system="S"))
     assert build(RunConfig, to_dict(config), "") == config
+    words = load_config(None, {"discriminator.vocab.words": "category-nouns"})
+    assert "animal" in (words.discriminator.vocab.words or ()) and build(RunConfig, to_dict(words), "") == words
+
+
+def test_a_discriminator_is_a_short_spec_or_its_kind_with_fields() -> None:
+    """The spec replaces the whole section and its fields then change it, whatever order they are given in."""
+    assert load_config(None, {"discriminator": "embedding:/e"}).discriminator == EmbeddingConfig(model="/e")
+    config = load_config(None, {"discriminator.readout": "logit_diff", "discriminator": "hf:/m"})
+    assert config.discriminator == CausalLMConfig(model="/m", readout="logit_diff")
+    full = {"discriminator": {"kind": "hf", "model": "/m", "chat": "never"}}
+    assert load_config(None, full).discriminator == CausalLMConfig(model="/m", chat="never")
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['discriminator.readout'\]"):
+        load_config(None, {"discriminator": "minilm", "discriminator.readout": "logit_diff"})
+    with pytest.raises(ConfigError, match=r"discriminator.kind must be one of \['hf', 'embedding', 'minilm'\]"):
+        load_config(None, {"discriminator": {"kind": "gpt"}})
 
 
 @pytest.mark.parametrize(
@@ -81,7 +103,7 @@ def test_every_setting_is_described() -> None:
     described = dict(line.split("  # ", 1) for line in lines)
     assert all(text.strip() for text in described.values()), [key for key, text in described.items() if not text]
     # a docstring of several lines is given whole, not cut after its first line
-    assert described["source.features: null"].endswith("Without it the features are the distinct ids in the exemplars.")
+    assert described["source.features: null"].endswith("without it, the distinct ids in the exemplars.")
 
 
 def test_an_unknown_discriminator_is_refused_before_the_run_starts() -> None:
@@ -89,4 +111,4 @@ def test_an_unknown_discriminator_is_refused_before_the_run_starts() -> None:
         load_config(None, {"discriminator": "bogus"})
     with pytest.raises(ConfigError, match=r"unknown discriminator 'hf:'"):
         load_config(None, {"discriminator": "hf:"})
-    assert load_config(None, {"discriminator": "hf:/models/x"}).discriminator == "hf:/models/x"  # loaded by workers
+    assert load_config(None, {"discriminator": "hf:/models/x"}).discriminator.model == "/models/x"  # loaded by workers

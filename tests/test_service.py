@@ -17,13 +17,13 @@ from servers import exemplar_parts, tiny_model
 
 from labeler.cli import main
 from labeler.records.exemplars import ExemplarError
-from labeler.records.labels import LabelRecord
+from labeler.records.labels import LabelRecord, to_table
 from labeler.run import metrics
-from labeler.run.config import ConfigError, RunConfig, load_config
+from labeler.run.config import ConfigError, RunConfig, SourceConfig, load_config
 from labeler.run.scheduler import Chunk, Completion
 from labeler.run.service import execute, prepare, resume_config
 from labeler.run.sink import PartSink, SinkConfig
-from labeler.run.worker import ChunkWorker, SourceConfig, plan_features, read_chunk_exemplars, records_table
+from labeler.run.worker import ChunkWorker, plan_features, read_chunk_exemplars
 
 
 class InlinePool:
@@ -97,9 +97,7 @@ def test_a_second_run_in_the_same_folder_is_refused_and_resume_continues(tmp_pat
     config = _config(tmp_path)
     run = prepare(config)
     sink = PartSink(config.out)
-    sink.commit(
-        0, records_table([LabelRecord(feature=f, status="labelled", label="x") for f in range(8)], run_info("r"))
-    )
+    sink.commit(0, to_table([LabelRecord(feature=f, status="labelled", label="x") for f in range(8)], run_info("r")))
     with pytest.raises(ConfigError, match="already holds a run"):
         prepare(config)
     resumed = prepare(resume_config(config.out, SinkConfig()), resume=True)
@@ -187,7 +185,7 @@ def test_bad_input_stops_before_ray_starts(tmp_path: Path, capsys: pytest.Captur
     [
         ({"feature": [10, 11, 12], "status": ["alive", None, "dead"]}, "column 'status' has 1 null value(s)"),
         ({"feature": [10, None, 12], "status": ["alive", "alive", "dead"]}, "column 'feature' has 1 null value(s)"),
-        ({"feature": [10, 11, 12]}, "missing column(s) ['status']"),
+        ({"status": ["alive", "dead"]}, "no column 'feature'"),
     ],
 )
 def test_a_broken_features_file_is_named_with_its_problem(
@@ -214,7 +212,7 @@ def test_a_worker_reads_only_its_chunks_rows(tmp_path: Path) -> None:
 def test_a_bad_row_fails_only_its_feature_and_an_empty_chunk_records_every_feature(tmp_path: Path) -> None:
     from label_runs import run_info
 
-    from labeler.discriminators import CausalLMConfig, EmbeddingConfig
+    from labeler.discriminators.causal_lm import CausalLMConfig
     from labeler.optimise.engine import OptimiserConfig
     from labeler.optimise.labelling import LabelConfig
     from labeler.run.worker import EngineLabeller, LabellerSpec
@@ -243,7 +241,7 @@ def test_a_bad_row_fails_only_its_feature_and_an_empty_chunk_records_every_featu
     assert read_chunk_exemplars(source, np.array([7, 8])) == ([], {})
 
     label = LabelConfig(optimiser=OptimiserConfig(restarts=1, max_steps=2, examples_per_step=4))
-    spec = LabellerSpec(f"hf:{model}", label, CausalLMConfig(), EmbeddingConfig(), source, run_info("r"))
+    spec = LabellerSpec(CausalLMConfig(model=str(model)), label, source, run_info("r"))
     labeller = EngineLabeller(spec)
     records = labeller.label(np.array([1, 2, 3]))
     assert [(r.feature, r.status) for r in records] == [(1, "labelled"), (2, "failed"), (3, "failed")]
@@ -289,12 +287,14 @@ def test_resume_keeps_the_settings_that_decide_labels(tmp_path: Path) -> None:
     rest would be labelled differently under one run id."""
     from dataclasses import replace
 
+    from labeler.discriminators.causal_lm import CausalLMConfig
+
     config = _config(tmp_path)
     prepare(config)
     stored = resume_config(config.out, SinkConfig())
     optimiser = replace(stored.label.optimiser, restarts=stored.label.optimiser.restarts + 1)
     for changed, message in (
-        (replace(stored, discriminator="hf:/models/other"), r"^discriminator differ"),
+        (replace(stored, discriminator=CausalLMConfig(model="/models/other")), r"^discriminator\.\w+(, \S+)* differ"),
         (replace(stored, label=replace(stored.label, optimiser=optimiser)), r"^label\.optimiser differ"),
     ):
         with pytest.raises(ConfigError, match=message):

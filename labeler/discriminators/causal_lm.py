@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -40,8 +40,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass(frozen=True)
 class CausalLMConfig:
-    """How to build and ask a causal-LM discriminator."""
+    """How to build and ask a causal-LM discriminator (`hf:MODEL_DIR`)."""
 
+    kind: Literal["hf"] = "hf"
+    """hf: a Hugging Face causal LM asked the paper's question."""
     model: str = ""
     """A local folder with a Hugging Face causal LM and its tokenizer (or a hub id where a network allows)."""
     template: PromptTemplate = field(default_factory=PromptTemplate)
@@ -65,6 +67,9 @@ class CausalLMConfig:
     """Examples per forward pass when encoding prefixes."""
     score_batch: int = 1024
     """(label, example) pairs per forward pass when scoring discrete labels."""
+
+    optimiser_defaults: ClassVar[dict[str, Any]] = {}
+    """OptimiserConfig fields this kind defaults to where a run sets none: the paper's soft label as it is."""
 
 
 @dataclass(frozen=True)

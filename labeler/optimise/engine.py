@@ -67,7 +67,7 @@ class OptimiserConfig:
     With True the discriminator sees the argmax token of each slot (one-hot p) and the gradient flows as if
     it had seen p (a straight-through estimator), so every step scores a real word and the entropy and KL
     terms still shape p. Encoder discriminators default to True, with c_entropy 0, wherever a run sets
-    neither (labeler.discriminators.ENCODER_OPTIMISER); causal LMs to False."""
+    neither (EmbeddingConfig.optimiser_defaults); causal LMs to False."""
     rescore_top_k: int = 0
     """0: each restart's label is its argmax (the paper). k > 0: the k most probable tokens of every slot
     of every restart also become candidate labels (one slot changed from the argmax at a time); all

@@ -35,6 +35,9 @@ class LabelConfig:
     """F: features optimised together in one batch."""
     baseline: Literal["none", "exhaustive"] = "none"
     """Also find the best single-token label by exhaustive search (held out) and record it as the baseline."""
+    unlabelable: Literal["skip", "error"] = "skip"
+    """A feature with too few active or inactive examples: skip records it as `skipped` with the reason; error
+    stops the run before any work, naming such features (this reads every feature's examples first)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.heldout_fraction < 1:

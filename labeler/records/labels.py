@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 2
 Status = Literal["labelled", "skipped", "dead", "failed"]
@@ -183,17 +180,6 @@ def to_table(records: Sequence[LabelRecord], run: RunInfo) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=LABEL_SCHEMA)
 
 
-def write_part(records: Sequence[LabelRecord], run: RunInfo, out_dir: str | Path, part: int) -> Path:
-    """Write one part of a local label dataset, `OUT/labels/part-NNNNN.parquet`, atomically (write, then rename)."""
-    folder = Path(out_dir) / "labels"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"part-{part:05d}.parquet"
-    partial = folder / f".{path.name}.partial"
-    pq.write_table(to_table(records, run), partial)
-    os.replace(partial, path)
-    return path
-
-
 def check_schema(table: pa.Table, where: str) -> pa.Table:
     """The table cast to LABEL_SCHEMA, or a SchemaVersionError/ValueError that says what is wrong with it."""
     if "schema_version" not in table.column_names:
@@ -226,13 +212,6 @@ def check_schema(table: pa.Table, where: str) -> pa.Table:
         raise SchemaVersionError(
             f"{where} has columns of the wrong type for schema version {SCHEMA_VERSION}: {err}"
         ) from err
-
-
-def read_labels(out_dir: str | Path) -> pa.Table:
-    """The label dataset of one local run, refusing schema versions this code does not know."""
-    from labeler.store.dataset import read_runs  # the dataset module reads any URL; this is the local shortcut
-
-    return read_runs([str(out_dir)]).labels
 
 
 def _timestamp(value: str) -> datetime:

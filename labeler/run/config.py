@@ -2,8 +2,9 @@
 
 A config file holds any subset of the fields below, nested as the dataclasses are (see README, "Running
 on Ray"); every field has a default, so an empty file is a valid config. Unknown keys and values of the
-wrong type are refused with the path of the key and what it accepts. This module reads no files other
-than the one it is given and knows nothing about Ray.
+wrong type are refused with the path of the key and what it accepts. The discriminator is a tagged config
+(`kind`), or a short spec (hf:DIR, embedding:DIR, minilm) that stands for one. This module reads no files
+other than the one it is given and the word lists a vocabulary names, and knows nothing about Ray.
 """
 
 from __future__ import annotations
@@ -20,16 +21,71 @@ from typing import Any, Literal
 
 import yaml
 
-from labeler.discriminators import CausalLMConfig, EmbeddingConfig, check_spec, optimiser_defaults
+from labeler.discriminators.config import DiscriminatorConfig, optimiser_defaults, parse_spec
+from labeler.discriminators.embedding import EmbeddingConfig
+from labeler.discriminators.vocab import read_word_list
 from labeler.optimise.labelling import LabelConfig
-from labeler.ray_pool import WorkersConfig
 from labeler.run.scheduler import SchedulerConfig
 from labeler.run.sink import SinkConfig
-from labeler.run.worker import Engine, SourceConfig
+
+Engine = Literal["optimise", "noop"]
 
 
 class ConfigError(ValueError):
     """The run config is wrong; the message names the key and says what it accepts."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where a run's exemplars (and optionally its per-feature harvest statistics) are read from."""
+
+    exemplars: str | None = None
+    """fsspec URL of the exemplars: a folder of Parquet parts, a .parquet file, or a local .jsonl file."""
+    features: str | None = None
+    """fsspec URL of a Parquet file with one row per feature (a harvest's features.parquet): `feature`, and
+    optionally `status` (dead ones are recorded as dead) and `frequency` (stored as activation_frequency). With it
+    the run's features are the ones it lists; without it, the distinct ids in the exemplars."""
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    """fsspec options for both URLs (e.g. {"endpoint_url": ...} for s3); a harvest made by the run is read with
+    sink.storage_options, the run folder's."""
+
+
+@dataclass(frozen=True)
+class ProvenanceConfig:
+    """Names stored on every label row; a harvest made or named by the run fills in those left unset."""
+
+    run_id: str | None = None
+    """Name of this run (default: the run folder's name and the start time)."""
+    sae_id: str | None = None
+    """The SAE the features belong to."""
+    model: str | None = None
+    """The model the SAE reads (the subject model)."""
+    hook_point: str | None = None
+    """Where in the model the SAE reads."""
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    """How many workers a run starts on Ray and what each one gets (`labeler label` runs one in-process)."""
+
+    count: int = 1
+    """Worker actors (each loads the discriminator once)."""
+    num_cpus: float = 1.0
+    """CPUs reserved per worker."""
+    num_gpus: float = 0.0
+    """GPUs per worker: 0 for CPU, a fraction (e.g. 0.25) to pack small models on one GPU, 1 or more whole."""
+    max_restarts: int = 3
+    """Times Ray restarts a worker that died (its chunk is retried by the scheduler)."""
+    metrics_port: int = 0
+    """Port each worker serves /metrics on: 0 picks a free one (several per node); fix it for one worker per pod."""
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"workers.count must be at least 1, got {self.count}")
+        if self.num_gpus < 0 or self.num_cpus < 0:
+            raise ValueError("workers.num_cpus and workers.num_gpus must be >= 0")
+        if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
+            raise ValueError(f"workers.num_gpus above 1 must be whole, got {self.num_gpus}")
 
 
 @dataclass(frozen=True)
@@ -43,35 +99,36 @@ class MetricsConfig:
     (default: prometheus_targets.json in the run folder)."""
 
 
+def _minilm() -> DiscriminatorConfig:
+    return EmbeddingConfig(kind="minilm")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """A whole labelling run."""
 
     out: str = "labeler-run"
     """The run folder, any fsspec URL (a local folder, s3://bucket/prefix): manifest.json and labels/."""
-    discriminator: str = "minilm"
-    """hf:MODEL_DIR, embedding:MODEL_DIR or minilm (as for `labeler label`); loaded once per worker."""
+    discriminator: DiscriminatorConfig = field(default_factory=_minilm)
+    """The discriminator, loaded once per worker: hf:MODEL_DIR, embedding:MODEL_DIR or minilm, or in full
+    ({kind: hf, model: DIR, readout: ...}: the fields of its kind)."""
     engine: Engine = "optimise"
     """optimise: label with the engine; noop: record every feature as skipped without a model (benchmarks)."""
     source: SourceConfig = field(default_factory=SourceConfig)
     harvest: Mapping[str, Any] | None = None
     """When source.exemplars is not given, the harvest that produces them into OUT/harvest: HarvestConfig's fields
-    (sae, model, corpus, tokens, features, ...; labeler/harvest/pipeline.py), or {demo: true} for the demo SAE. Neither
-    exemplars nor harvest: the demo (service.DEMO_HARVEST)."""
+    (sae, model, corpus, tokens, features, ...; labeler/harvest/pipeline.py), or {demo: true} for the demo SAE.
+    Neither exemplars nor harvest: the demo (service.DEMO_HARVEST)."""
     label: LabelConfig = field(default_factory=LabelConfig)
-    causal_lm: CausalLMConfig = field(default_factory=CausalLMConfig)
-    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-
-    def __post_init__(self) -> None:
-        check_spec(self.discriminator)  # the workers load it; a typo is caught before the run folder is written
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
 
 
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] = {}) -> RunConfig:
-    """The config in a YAML or TOML file (or the defaults), with `overrides` ("a.b.c" -> value) applied."""
+    """The config in a YAML or TOML file (or the defaults), with `overrides` ("a.b.c" -> value) applied in order."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -86,7 +143,9 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] = {}) -> R
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of settings at the top level")
         raw = loaded or {}
-    for dotted, value in overrides.items():
+    _expand_spec(raw)
+    # The discriminator's kind first: its short spec replaces the whole section, which its fields then change.
+    for dotted, value in sorted(overrides.items(), key=lambda item: item[0] != "discriminator"):
         node = raw
         *parents, leaf = dotted.split(".")
         for key in parents:
@@ -94,14 +153,29 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] = {}) -> R
             if not isinstance(node, dict):
                 raise ConfigError(f"cannot set {dotted}: {key} is not a section")
         node[leaf] = value
-    _encoder_optimiser_defaults(raw)
+        if dotted == "discriminator":
+            _expand_spec(raw)
+    if isinstance(raw.get("discriminator"), dict):  # fields set without a kind change the default, minilm
+        raw["discriminator"].setdefault("kind", RunConfig().discriminator.kind)
+    _kind_optimiser_defaults(raw)
     return build(RunConfig, raw, "")
 
 
-def _encoder_optimiser_defaults(raw: dict[str, Any]) -> None:
+def _expand_spec(raw: dict[str, Any]) -> None:
+    """A short discriminator spec (hf:DIR, embedding:DIR, minilm) becomes the mapping it stands for."""
+    spec = raw.get("discriminator")
+    if isinstance(spec, str):
+        try:
+            raw["discriminator"] = parse_spec(spec)
+        except ValueError as err:
+            raise ConfigError(f"discriminator: {err}") from err
+
+
+def _kind_optimiser_defaults(raw: dict[str, Any]) -> None:
     """Fill in the optimiser settings the discriminator's kind defaults to, where the config sets none."""
-    spec = raw.get("discriminator", RunConfig.discriminator)
-    defaults = optimiser_defaults(spec) if isinstance(spec, str) else {}
+    disc = raw.get("discriminator", {})
+    kind = disc.get("kind", "minilm") if isinstance(disc, dict) else None
+    defaults = optimiser_defaults(kind) if isinstance(kind, str) else {}
     if not defaults:
         return
     label = raw.setdefault("label", {})
@@ -129,6 +203,8 @@ def to_dict(config: Any) -> Any:
         return {str(k): to_dict(v) for k, v in config.items()}
     if isinstance(config, tuple | list):
         return [to_dict(v) for v in config]
+    if isinstance(config, frozenset | set):
+        return sorted(to_dict(v) for v in config)
     return config
 
 
@@ -163,6 +239,8 @@ def _value(hint: Any, value: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        if all(is_dataclass(a) and "kind" in {f.name for f in fields(a)} for a in options):
+            return _tagged(options, value, where)
         errors = []
         for option in options:
             try:
@@ -174,6 +252,15 @@ def _value(hint: Any, value: Any, where: str) -> Any:
         if value not in args:
             raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}")
         return value
+    if origin is frozenset:  # a vocabulary's word list: the words, or the name of a list (vocab.read_word_list)
+        if isinstance(value, str):
+            try:
+                return read_word_list(value)
+            except ValueError as err:
+                raise ConfigError(f"{where}: {err}") from err
+        if not isinstance(value, list | tuple | set | frozenset):
+            raise ConfigError(f"{where} must be a word list's name (category-nouns, a file) or a list, got {value!r}")
+        return frozenset(value)
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where} must be a list, got {value!r}")
@@ -191,10 +278,22 @@ def _value(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
+def _tagged(options: list[Any], value: Any, where: str) -> Any:
+    """A tagged config: the dataclass among `options` whose `kind` takes value["kind"]."""
+    if not isinstance(value, Mapping) or "kind" not in value:
+        kinds = [k for option in options for k in typing.get_args(typing.get_type_hints(option)["kind"])]
+        raise ConfigError(f"{where} must name its kind, one of {kinds} (or be a short spec such as hf:DIR)")
+    for option in options:
+        if value["kind"] in typing.get_args(typing.get_type_hints(option)["kind"]):
+            return build(option, value, where)
+    kinds = [k for option in options for k in typing.get_args(typing.get_type_hints(option)["kind"])]
+    raise ConfigError(f"{where}.kind must be one of {kinds}, got {value['kind']!r}")
+
+
 def describe(cls: type = RunConfig, where: str = "") -> list[str]:
     """Every setting as `key: default  # doc`, for `labeler run --print-config-help`."""
     lines = []
-    docs = _field_docs(cls)
+    docs = field_docs(cls)
     for f in fields(cls):
         key = _join(where, f.name)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
@@ -206,7 +305,7 @@ def describe(cls: type = RunConfig, where: str = "") -> list[str]:
     return lines
 
 
-def _field_docs(cls: type) -> dict[str, str]:
+def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each field of a dataclass's source, its lines joined into one."""
     import inspect
 

@@ -21,12 +21,13 @@ import fsspec
 import numpy as np
 
 from labeler import __version__
-from labeler.discriminators import templates_of
+from labeler.discriminators.config import spec_of, templates_of
+from labeler.records.exemplars import unlabelable_reason
 from labeler.records.labels import RunInfo, config_hash
-from labeler.run.config import ConfigError, RunConfig, build, to_dict
+from labeler.run.config import ConfigError, RunConfig, SourceConfig, build, to_dict
 from labeler.run.scheduler import Plan, Pool, Progress, Scheduler, drive, make_plan
 from labeler.run.sink import PartSink, SinkConfig
-from labeler.run.worker import LabellerSpec, SourceConfig, give_up_chunk, plan_features
+from labeler.run.worker import LabellerSpec, give_up_chunk, plan_features, read_chunk_exemplars
 
 
 @dataclass(frozen=True)
@@ -41,15 +42,15 @@ class PreparedRun:
 
     def spec(self) -> LabellerSpec:
         c = self.config
-        return LabellerSpec(c.discriminator, c.label, c.causal_lm, c.embedding, c.source, self.run_info(), c.engine)
+        return LabellerSpec(c.discriminator, c.label, c.source, self.run_info(), c.engine)
 
     def run_info(self) -> RunInfo:
         """The provenance stored on every row, from the manifest (so a resumed run writes the same)."""
         c, m = self.config, self.manifest
-        prompt_template, label_template = templates_of(c.discriminator, c.causal_lm, c.embedding)
+        prompt_template, label_template = templates_of(c.discriminator)
         return RunInfo(
             run_id=str(m["run_id"]),
-            discriminator=c.discriminator,
+            discriminator=spec_of(c.discriminator),
             config_hash=str(m["config_hash"]),
             seed=c.label.optimiser.seed,
             started_at=str(m["started"]),
@@ -94,12 +95,14 @@ def harvest_stage(
     # A local run folder is named absolutely in the manifest, so readers find the harvest from anywhere.
     out = f"{_absolute(config.out).rstrip('/')}/harvest"
     harvest_config = build(HarvestConfig, {**settings, "out": out}, "harvest")
-    fs, root = fsspec.core.url_to_fs(out, **dict(config.source.storage_options))
+    # The harvest lies in the run folder, so it is written and read with the run folder's storage options.
+    storage = config.sink.storage_options
+    fs, root = fsspec.core.url_to_fs(out, **dict(storage))
     if fs.exists(f"{root}/manifest.json"):
         log(f"reusing the finished harvest in {out}")
     else:
-        harvest(harvest_config, progress, config.source.storage_options)  # written where it is looked for and read
-    source = replace(config.source, exemplars=f"{out}/exemplars", features=f"{out}/features.parquet")
+        harvest(harvest_config, progress, storage)
+    source = SourceConfig(exemplars=f"{out}/exemplars", features=f"{out}/features.parquet", storage_options=storage)
     return replace(config, source=source)
 
 
@@ -130,11 +133,15 @@ def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
         features=None if features is None else _absolute(features),
     )
     config = replace(config, source=source)
+    if "://" not in config.out:
+        _check_local_folder(Path(config.out))
     sink = PartSink(config.out, config.sink)
     label_ids, dead_ids = plan_features(config.source)
     plan = make_plan(label_ids, dead_ids, config.scheduler.features_per_chunk)
     if plan.n_features == 0:
         raise ConfigError(f"{config.source.exemplars} holds no features")
+    if config.label.unlabelable == "error" and not resume:
+        _refuse_unlabelable(config, label_ids)
     shape = {
         "features": plan.n_features,
         "dead": len(plan.dead_ids),
@@ -171,30 +178,49 @@ def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
         manifest = existing
     else:
         started = datetime.datetime.now(datetime.UTC)
+        named = config.provenance
         manifest = {
-            "run_id": f"{config.out.rstrip('/').rsplit('/', 1)[-1]}-{started:%Y%m%dT%H%M%SZ}",
-            "config_hash": config_hash(
-                config.discriminator, config.label, config.causal_lm, config.embedding, config.source.exemplars
-            ),
+            "run_id": named.run_id or f"{config.out.rstrip('/').rsplit('/', 1)[-1]}-{started:%Y%m%dT%H%M%SZ}",
+            "config_hash": config_hash(config.discriminator, config.label, config.source.exemplars),
             "labeler_version": __version__,
             "code_version": _code_version(),
-            "discriminator": config.discriminator,
-            "model": config.discriminator.partition(":")[2] or config.discriminator,
+            "discriminator": spec_of(config.discriminator),
+            "model": config.discriminator.model or spec_of(config.discriminator),
             "sae": None,
             "exemplars": config.source.exemplars,
             "started": started.isoformat(timespec="seconds"),
             "plan": shape,
             "config": to_dict(config),
         } | _harvest_provenance(config.source)
+        given = {"sae": named.sae_id, "subject_model": named.model, "hook_point": named.hook_point}
+        manifest |= {key: value for key, value in given.items() if value is not None}
         if not sink.write_manifest(manifest):
             raise ConfigError(f"another driver started a run at {config.out} at the same time")
     return PreparedRun(config, plan, sink, manifest, frozenset(sink.committed()))
 
 
-LABEL_SETTINGS = ("discriminator", "label", "causal_lm", "embedding")
+LABEL_SETTINGS = ("discriminator", "label")
 """The settings that decide a feature's label: a resume must keep them (workers, sink, metrics may change)."""
-BATCHING_ONLY = {"features_per_batch"}
-"""Settings under label: that change how features are batched, not their labels (batched equals one at a time)."""
+BATCHING_ONLY = {"features_per_batch", "unlabelable"}
+"""Settings under label: that change how features are batched (batched equals one at a time), or what is checked
+before work, not their labels."""
+
+
+def _refuse_unlabelable(config: RunConfig, label_ids: np.ndarray) -> None:
+    """With label.unlabelable = error: read every feature's examples first and stop, naming those that cannot be
+    labelled (too few active or inactive examples), before the run folder is written."""
+    problems: list[tuple[int, str]] = []
+    step = config.scheduler.features_per_chunk
+    for start in range(0, len(label_ids), step):
+        exemplars, _ = read_chunk_exemplars(config.source, label_ids[start : start + step])
+        problems += [(f.feature, r) for f in exemplars if (r := unlabelable_reason(f, config.label.active_threshold))]
+    if problems:
+        listed = "\n".join(f"  feature {feature}: {reason}" for feature, reason in problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise ConfigError(
+            f"{len(problems)} feature(s) of {config.source.exemplars} cannot be labelled:\n{listed}{more}\n"
+            "Fix the exemplars, or leave label.unlabelable at skip (--unlabelable skip) to record them as skipped."
+        )
 
 
 def _changed_label_settings(stored: Any, now: dict[str, Any]) -> list[str]:
@@ -225,6 +251,17 @@ def plan_digest(plan: Plan) -> str:
     for name, ids in ((b"label", plan.label_ids), (b"dead", plan.dead_ids)):
         digest.update(name + len(ids).to_bytes(8, "little") + np.asarray(ids, dtype="<i8").tobytes())
     return digest.hexdigest()
+
+
+def _check_local_folder(folder: Path) -> None:
+    """Refuse, before any work and without creating anything, a run folder that could not be created or written."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create the run folder {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot create the run folder {folder}: {existing} is not writable")
 
 
 def _absolute(url: str) -> str:

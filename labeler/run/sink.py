@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -28,8 +27,9 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from labeler.records.layout import LABELS, MANIFEST, PART_NAME, part_name
+
 T = TypeVar("T")
-PART_NAME = re.compile(r"^part-(\d{8})\.parquet$")
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
@@ -72,12 +72,8 @@ class PartSink:
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **dict(config.storage_options))
         self._local = "file" in _protocols(self.fs)
 
-    @property
-    def labels_url(self) -> str:
-        return f"{self.url}/labels"
-
     def part_path(self, index: int) -> str:
-        return f"{self.root}/labels/part-{index:08d}.parquet"
+        return f"{self.root}/{LABELS}/{part_name(index)}"
 
     def commit(self, index: int, table: pa.Table) -> bool:
         """Write chunk `index`'s part unless one is committed already; True when this call committed it."""
@@ -91,7 +87,7 @@ class PartSink:
 
     def committed(self) -> set[int]:
         """Indices of the committed parts."""
-        folder = f"{self.root}/labels"
+        folder = f"{self.root}/{LABELS}"
 
         def listing() -> list[str]:
             self.fs.invalidate_cache(folder)
@@ -110,19 +106,15 @@ class PartSink:
 
         return self._retry(read, f"read part {index}")
 
-    def part_info(self, index: int) -> dict[str, Any]:
-        """Storage metadata of a committed part (size, mtime or ETag), to show it was not rewritten."""
-        return dict(self._retry(lambda: self.fs.info(self.part_path(index)), f"stat part {index}"))
-
     def write_manifest(self, manifest: Mapping[str, Any]) -> bool:
         """Write manifest.json once; False when the run folder already has one (a resumed run keeps it)."""
         data = (json.dumps(manifest, indent=2, default=str) + "\n").encode()
-        return self._retry(lambda: self._create(f"{self.root}/manifest.json", data), "write the manifest")
+        return self._retry(lambda: self._create(f"{self.root}/{MANIFEST}", data), "write the manifest")
 
     def read_manifest(self) -> dict[str, Any] | None:
         def read() -> dict[str, Any] | None:
             try:
-                with self.fs.open(f"{self.root}/manifest.json", "rb") as f:
+                with self.fs.open(f"{self.root}/{MANIFEST}", "rb") as f:
                     return dict(json.loads(f.read()))
             except FileNotFoundError:
                 return None
@@ -134,7 +126,7 @@ class PartSink:
         command can start the run again once the cause is fixed."""
         if self.committed():
             raise ValueError(f"{self.url} has committed parts; resume it instead of discarding its manifest")
-        self._retry(lambda: self.fs.rm_file(f"{self.root}/manifest.json"), "remove the manifest")
+        self._retry(lambda: self.fs.rm_file(f"{self.root}/{MANIFEST}"), "remove the manifest")
 
     def write_file(self, name: str, data: bytes) -> None:
         """Overwrite a small side file of the run folder (e.g. the Prometheus targets list)."""

@@ -4,16 +4,17 @@ Also the driver's side of the same data: which features a run has (planned from 
 from all exemplar rows) and the part written for a chunk that was given up. The exemplars are read from
 any fsspec URL (a folder of Parquet parts, e.g. a harvest's `exemplars/`, a Parquet file, or a local
 JSONL file); a worker reads only its chunk's rows, with a filter on `feature`. This module knows nothing
-about Ray: the Ray adapter (ray_workers.py) holds a `ChunkWorker` per actor.
+about Ray: the Ray adapter (labeler/ray_pool.py) holds a `ChunkWorker` per actor, the local pool (local.py) one
+in this process.
 """
 
 from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import fsspec
 import numpy as np
@@ -21,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from labeler.discriminators import CausalLMConfig, EmbeddingConfig, build_discriminator
+from labeler.discriminators.config import DiscriminatorConfig, build_discriminator
 from labeler.optimise.labelling import LabelConfig, label_chunk
 from labeler.records.exemplars import (
     JSONL_SUFFIXES,
@@ -35,29 +36,13 @@ from labeler.records.exemplars import (
 )
 from labeler.records.labels import LabelRecord, RunInfo, to_table, with_activation_frequency
 from labeler.run import metrics
+from labeler.run.config import Engine, SourceConfig
 from labeler.run.scheduler import Chunk, ChunkOutcome, outcome_counts
 from labeler.run.sink import PartSink
 
-Engine = Literal["optimise", "noop"]
 DEAD_REASON = "dead: never active in the harvest, so there is nothing to label"
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    """Where a run's exemplars (and optionally its per-feature harvest statistics) are read from."""
-
-    exemplars: str | None = None
-    """fsspec URL of the exemplars: a folder of Parquet parts, a .parquet file, or a local .jsonl file."""
-    features: str | None = None
-    """fsspec URL of a harvest's features.parquet (columns feature, status): which features exist and which
-    are dead. Without it the features are the distinct ids in the exemplars."""
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
-    """fsspec options for both URLs (e.g. {"endpoint_url": ...} for s3)."""
-
-
-def records_table(records: Sequence[LabelRecord], run: RunInfo) -> pa.Table:
-    """A chunk's records as the table its part holds, with the run's provenance on every row."""
-    return to_table(records, run)
+OnStep = Callable[[int, int], None]
+"""`on_step(step, live)`: the optimiser's progress within the batch being labelled (see engine.optimise)."""
 
 
 def _is_jsonl(url: str) -> bool:
@@ -72,38 +57,56 @@ def _dataset(url: str, storage_options: Mapping[str, Any]) -> ds.Dataset:
 
 
 def plan_features(source: SourceConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(ids to label, ids that are dead), sorted; reads only the `feature` (and `status`) column."""
+    """(ids to label, ids that are dead), sorted; reads only the `feature` (and `status`) columns.
+
+    The features are those of the exemplars and, with a features file, those it lists too; the ones it calls dead
+    are recorded as dead."""
     if source.exemplars is None:
         raise ExemplarError(
             "no exemplars: set `exemplars:` to a URL (a harvest's exemplars/ folder, a Parquet file or a JSONL file)"
         )
-    if source.features is not None:
-        dataset = _dataset(source.features, source.storage_options)
-        missing = [name for name in ("feature", "status") if name not in dataset.schema.names]
-        if missing:
+    ids = _exemplar_ids(source.exemplars, source.storage_options)
+    if source.features is None:
+        return ids, np.array([], dtype=np.int64)
+    listed, dead = _listed_features(source.features, source.storage_options)
+    return np.setdiff1d(np.union1d(ids, listed), dead), dead
+
+
+def _listed_features(url: str, storage_options: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(the ids a features file lists, those of them it calls dead)."""
+    dataset = _dataset(url, storage_options)
+    names = dataset.schema.names
+    if "feature" not in names:
+        raise ExemplarError(
+            f"{url}: no column 'feature'; a features file needs `feature` (int) and optionally `status` (alive, "
+            f"ultra_rare, dead or failed) and `frequency`, as a harvest writes it (found {names})"
+        )
+    columns = ["feature", "status"] if "status" in names else ["feature"]
+    table = dataset.to_table(columns=columns)
+    for name in columns:
+        if table.column(name).null_count:
             raise ExemplarError(
-                f"{source.features}: missing column(s) {missing}; a features file needs `feature` (int) and `status` "
-                f"(a string: alive, ultra_rare, dead or failed), as a harvest writes it (found {dataset.schema.names})"
+                f"{url}: column {name!r} has {table.column(name).null_count} null value(s); "
+                "every feature needs an id (and, where the file has statuses, a status)"
             )
-        table = dataset.to_table(columns=["feature", "status"])
-        for name in ("feature", "status"):
-            if table.column(name).null_count:
-                raise ExemplarError(
-                    f"{source.features}: column {name!r} has {table.column(name).null_count} null value(s); "
-                    "every feature needs an id and a status (alive, ultra_rare, dead or failed)"
-                )
-        ids = table.column("feature").to_numpy().astype(np.int64)
-        dead = pc.equal(table.column("status"), "dead").to_numpy(zero_copy_only=False)
-        return np.unique(ids[~dead]), np.unique(ids[dead])
-    if _is_jsonl(source.exemplars):
-        return np.unique(read_exemplars(source.exemplars).column("feature").to_numpy()), np.array([], np.int64)
-    dataset = _dataset(source.exemplars, source.storage_options)
-    check_exemplar_schema(dataset.schema, source.exemplars)
+    ids = table.column("feature").to_numpy().astype(np.int64)
+    if "status" not in names:
+        return np.unique(ids), np.array([], dtype=np.int64)
+    dead = pc.equal(table.column("status"), "dead").to_numpy(zero_copy_only=False)
+    return np.unique(ids), np.unique(ids[dead])
+
+
+def _exemplar_ids(url: str, storage_options: Mapping[str, Any]) -> np.ndarray:
+    """The distinct feature ids of the exemplars, sorted, read a batch at a time (a JSONL file is checked whole)."""
+    if _is_jsonl(url):
+        return np.unique(read_exemplars(url).column("feature").to_numpy())
+    dataset = _dataset(url, storage_options)
+    check_exemplar_schema(dataset.schema, url)
     pieces: list[np.ndarray] = []
     held = 0
     for batch in dataset.to_batches(columns=["feature"]):
         if batch.column(0).null_count:
-            raise ExemplarError(f"{source.exemplars}: column 'feature' has null values; every row needs a feature id")
+            raise ExemplarError(f"{url}: column 'feature' has null values; every row needs a feature id")
         pieces.append(np.unique(batch.column(0).to_numpy().astype(np.int64)))
         held += len(pieces[-1])
         if held > 4_000_000:  # merge now and then, so memory follows the distinct features, not the rows
@@ -111,8 +114,8 @@ def plan_features(source: SourceConfig) -> tuple[np.ndarray, np.ndarray]:
             held = len(pieces[0])
     unique = np.unique(np.concatenate(pieces)) if pieces else np.array([], dtype=np.int64)
     if len(unique) and unique[0] < 0:
-        raise ExemplarError(f"{source.exemplars}: column 'feature' has negative ids; feature ids must be >= 0")
-    return unique, np.array([], dtype=np.int64)
+        raise ExemplarError(f"{url}: column 'feature' has negative ids; feature ids must be >= 0")
+    return unique
 
 
 def read_chunk_exemplars(source: SourceConfig, features: np.ndarray) -> tuple[list[FeatureExemplars], dict[int, str]]:
@@ -151,17 +154,15 @@ def read_harvest_column(source: SourceConfig, features: np.ndarray, column: str)
 class ChunkLabeller(Protocol):
     """Turns a chunk's feature ids into one record per feature."""
 
-    def label(self, features: np.ndarray) -> list[LabelRecord]: ...
+    def label(self, features: np.ndarray, on_step: OnStep | None = None) -> list[LabelRecord]: ...
 
 
 @dataclass(frozen=True)
 class LabellerSpec:
     """Everything a worker needs to build its labeller once (sent to each worker process)."""
 
-    discriminator: str
+    discriminator: DiscriminatorConfig
     label: LabelConfig
-    causal_lm: CausalLMConfig
-    embedding: EmbeddingConfig
     source: SourceConfig
     run: RunInfo
     """The run's provenance, stored on every row of its parts."""
@@ -173,9 +174,9 @@ class EngineLabeller:
 
     def __init__(self, spec: LabellerSpec) -> None:
         self.spec = spec
-        self.disc = build_discriminator(spec.discriminator, spec.causal_lm, spec.embedding)
+        self.disc = build_discriminator(spec.discriminator)
 
-    def label(self, features: np.ndarray) -> list[LabelRecord]:
+    def label(self, features: np.ndarray, on_step: OnStep | None = None) -> list[LabelRecord]:
         exemplars, invalid = read_chunk_exemplars(self.spec.source, features)
         records = [LabelRecord(feature=f, status="failed", error=reason) for f, reason in invalid.items()]
         found = {examples.feature for examples in exemplars} | set(invalid)
@@ -191,7 +192,7 @@ class EngineLabeller:
         ]
         size = self.spec.label.features_per_batch
         for start in range(0, len(exemplars), size):
-            batch = label_chunk(self.disc, exemplars[start : start + size], self.spec.label)
+            batch = label_chunk(self.disc, exemplars[start : start + size], self.spec.label, on_step)
             records.extend(batch)
             for record in batch:
                 if record.status == "labelled":
@@ -205,7 +206,7 @@ class EngineLabeller:
 class NoopLabeller:
     """No model and no reading: every feature comes back `skipped` (measures scheduling and the sink alone)."""
 
-    def label(self, features: np.ndarray) -> list[LabelRecord]:
+    def label(self, features: np.ndarray, on_step: OnStep | None = None) -> list[LabelRecord]:
         return [
             LabelRecord(feature=int(f), status="skipped", error="noop: the no-op engine labels nothing")
             for f in features
@@ -225,7 +226,7 @@ class ChunkWorker:
         self.run_info = spec.run
         self.device = getattr(getattr(self.labeller, "disc", None), "device", None)
 
-    def run(self, chunk: Chunk) -> ChunkOutcome:
+    def run(self, chunk: Chunk, on_step: OnStep | None = None) -> ChunkOutcome:
         """Label and commit `chunk`, or report the part an earlier attempt committed."""
         start = time.perf_counter()
         if chunk.attempt > 1 and self.sink.is_committed(chunk.index):  # an earlier attempt got as far as commit
@@ -233,8 +234,8 @@ class ChunkWorker:
         if chunk.kind == "dead":
             records = [LabelRecord(feature=int(f), status="dead", error=DEAD_REASON) for f in chunk.features]
         else:
-            records = self.labeller.label(chunk.features)
-        table = records_table(records, self.run_info)
+            records = self.labeller.label(chunk.features, on_step)
+        table = to_table(records, self.run_info)
         if not self.sink.commit(chunk.index, table):
             return committed_outcome(self.sink, chunk.index)
         metrics.CHUNK_SECONDS.observe(time.perf_counter() - start)
@@ -271,6 +272,6 @@ def give_up_chunk(sink: PartSink, run: RunInfo, chunk: Chunk, error: str) -> Chu
     """Record every feature of a chunk whose attempts ran out as failed with the last error (driver side)."""
     reason = f"{error} (chunk {chunk.index} failed {chunk.attempt} times)"
     records = [LabelRecord(feature=int(f), status="failed", error=reason) for f in chunk.features]
-    if not sink.commit(chunk.index, records_table(records, run)):
+    if not sink.commit(chunk.index, to_table(records, run)):
         return committed_outcome(sink, chunk.index)
     return ChunkOutcome(chunk.index, outcome_counts(["failed"] * len(records), [reason] * len(records)))

@@ -1,16 +1,11 @@
 """The label dataset of one or several runs, read from a URL: a local folder or s3://bucket/prefix.
 
-A run at RUN holds:
-  RUN/labels/part-<chunk>.parquet      label records (labeler/records/labels.py, LABEL_SCHEMA)
-  RUN/labels/_committed/part-<chunk>   an empty object whose existence commits the part of the same name
-  RUN/manifest.json                    run info and settings; from `labeler run`, also "exemplars": the URL
-                                       (a local path made absolute) of the exemplars it read
-  RUN/exemplars/*.parquet              optional: the exemplars labelled (the exemplar contract + `position`)
-A run with a manifest and no committed part yet reads as a run with no labels.
-A run folder with no `labels/_committed/` folder (what `labeler label` writes: parts are renamed into
-place whole) counts as all committed. Parts without a marker are being written and are never read.
-Every part's schema version is checked before anything is returned. Storage is reached through fsspec,
-so any filesystem it knows works; this module knows nothing about how labels are made.
+A run folder (labeler/records/layout.py) holds labels/part-<chunk>.parquet, label records
+(labeler/records/labels.py, LABEL_SCHEMA), each committed whole by one create-only write, so every part
+listed is complete; and manifest.json, whose "exemplars" names (a local path made absolute) the exemplars
+the run read. A run with a manifest and no committed part yet reads as a run with no labels. Every part's
+schema version is checked before anything is returned. Storage is reached through fsspec, so any
+filesystem it knows works; this module knows nothing about how labels are made.
 """
 
 from __future__ import annotations
@@ -19,7 +14,7 @@ import json
 import posixpath
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -27,10 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labeler.records.exemplars import JSONL_SUFFIXES, REQUIRED_COLUMNS, ExemplarError, read_exemplars
-from labeler.records.labels import LABEL_SCHEMA, LabelRecord, RunInfo, check_schema, to_table
+from labeler.records.labels import LABEL_SCHEMA, check_schema
+from labeler.records.layout import LABELS, MANIFEST, PART_NAME
 
-COMMITTED = "_committed"
-PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
+PARQUET = ".parquet"
 EXEMPLAR_SCHEMA = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
@@ -84,47 +79,6 @@ def committed_parts(url: str, storage_options: Mapping[str, Any] | None = None) 
     return _committed_parts(fs, root, url)
 
 
-def write_committed_part(
-    url: str,
-    records: Sequence[LabelRecord],
-    run: RunInfo,
-    chunk: int,
-    storage_options: Mapping[str, Any] | None = None,
-) -> str:
-    """Write `RUN/labels/part-<chunk>.parquet`, then its commit marker; returns the part's path.
-
-    Until the marker exists, readers do not see the part, so a writer that dies halfway leaves no half part.
-    """
-    fs, root = _filesystem(url, storage_options)
-    name = f"{PART_PREFIX}{chunk:05d}"
-    path = posixpath.join(root, "labels", name + PART_SUFFIX)
-    fs.makedirs(posixpath.join(root, "labels", COMMITTED), exist_ok=True)
-    with fs.open(path, "wb") as out:
-        pq.write_table(to_table(records, run), out)
-    fs.pipe_file(posixpath.join(root, "labels", COMMITTED, name), b"")
-    return path
-
-
-def write_manifest(
-    url: str, run: RunInfo, extra: Mapping[str, Any] | None = None, storage_options: Mapping[str, Any] | None = None
-) -> None:
-    """`RUN/manifest.json`: the run info under "run", and anything else (settings, exemplars URL) beside it."""
-    fs, root = _filesystem(url, storage_options)
-    fs.makedirs(root, exist_ok=True)
-    manifest = {**(extra or {}), "run": asdict(run)}
-    fs.pipe_file(posixpath.join(root, "manifest.json"), (json.dumps(manifest, indent=2, default=str) + "\n").encode())
-
-
-def write_exemplars(url: str, table: pa.Table, storage_options: Mapping[str, Any] | None = None) -> str:
-    """Store a run's exemplars (the exemplar contract, optionally `position`) as `RUN/exemplars/part-00000.parquet`."""
-    fs, root = _filesystem(url, storage_options)
-    fs.makedirs(posixpath.join(root, "exemplars"), exist_ok=True)
-    path = posixpath.join(root, "exemplars", f"{PART_PREFIX}00000{PART_SUFFIX}")
-    with fs.open(path, "wb") as out:
-        pq.write_table(table, out)
-    return path
-
-
 def _filesystem(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
     try:
         fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
@@ -135,20 +89,16 @@ def _filesystem(url: str, storage_options: Mapping[str, Any] | None) -> tuple[An
 
 
 def _committed_parts(fs: Any, root: str, url: str) -> list[str]:
-    folder = posixpath.join(root, "labels")
+    folder = posixpath.join(root, LABELS)
     try:
         names = [posixpath.basename(p) for p in fs.ls(folder, detail=False)]
     except FileNotFoundError:
-        if fs.exists(posixpath.join(root, "manifest.json")):
+        if fs.exists(posixpath.join(root, MANIFEST)):
             return []  # a run that has committed no part yet: no labels so far
         raise DatasetError(f"{url} is not a labeler run: it has no labels/ folder and no manifest.json") from None
     except OSError as err:
         raise DatasetError(f"cannot list {url}/labels: {err}") from err
-    parts = sorted(n for n in names if n.startswith(PART_PREFIX) and n.endswith(PART_SUFFIX))
-    if COMMITTED in names:
-        committed = {posixpath.basename(p) for p in fs.ls(posixpath.join(folder, COMMITTED), detail=False)}
-        parts = [n for n in parts if n.removesuffix(PART_SUFFIX) in committed]
-    return [posixpath.join(folder, n) for n in parts]
+    return [posixpath.join(folder, n) for n in sorted(names) if PART_NAME.match(n)]
 
 
 def _read_labels(fs: Any, root: str, url: str) -> pa.Table:
@@ -167,27 +117,20 @@ def _read_labels(fs: Any, root: str, url: str) -> pa.Table:
 
 
 def _run_ids(labels: pa.Table, fs: Any, root: str) -> list[str]:
-    """The run ids in the labels, or the manifest's when no part is committed yet (under "run" as
-    write_manifest puts it, or at the top as `labeler run` does)."""
+    """The run ids in the labels, or the manifest's when no part is committed yet."""
     found = sorted(set(labels.column("run_id").to_pylist()))
     if found:
         return found
-    manifest = _manifest(fs, root)
-    run = manifest.get("run")
-    run_id = run.get("run_id") if isinstance(run, dict) else manifest.get("run_id")
+    run_id = _manifest(fs, root).get("run_id")
     return [run_id] if isinstance(run_id, str) else []
 
 
 def _read_exemplars(
     fs: Any, root: str, url: str, run_ids: list[str], storage_options: Mapping[str, Any] | None
 ) -> pa.Table | None:
-    """The run's exemplars: RUN/exemplars/, or the input named by manifest.json's "exemplars"."""
-    folder = posixpath.join(root, "exemplars")
-    if fs.isdir(folder):
-        tables = _read_parquet(fs, sorted(p for p in fs.ls(folder, detail=False) if p.endswith(PART_SUFFIX)))
-    else:
-        pointer = _manifest(fs, root).get("exemplars")
-        tables = _read_pointer(url, pointer, storage_options) if isinstance(pointer, str) else []
+    """The exemplars the run read: the input named by manifest.json's "exemplars"."""
+    pointer = _manifest(fs, root).get("exemplars")
+    tables = _read_pointer(url, pointer, storage_options) if isinstance(pointer, str) else []
     if not tables:
         return None
     if len(run_ids) != 1:
@@ -232,7 +175,7 @@ def _read_pointer(url: str, pointer: str, storage_options: Mapping[str, Any] | N
             f"{url}/manifest.json names JSONL exemplars at {pointer}; JSONL is read from local files only"
         )
     if source_fs.isdir(path):
-        return _read_parquet(source_fs, sorted(p for p in source_fs.ls(path, detail=False) if p.endswith(PART_SUFFIX)))
+        return _read_parquet(source_fs, sorted(p for p in source_fs.ls(path, detail=False) if p.endswith(PARQUET)))
     return _read_parquet(source_fs, [path])
 
 
@@ -248,7 +191,7 @@ def _read_parquet(fs: Any, paths: Sequence[str]) -> list[tuple[str, pa.Table]]:
 
 
 def _manifest(fs: Any, root: str) -> dict[str, Any]:
-    path = posixpath.join(root, "manifest.json")
+    path = posixpath.join(root, MANIFEST)
     if not fs.exists(path):
         return {}
     loaded = json.loads(fs.cat_file(path))

@@ -1,0 +1,94 @@
+"""`labeler query`, `export` and `report`: the label dataset of runs at URLs (folders or s3://bucket/prefix)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from labeler.cli.errors import UsageError
+
+
+def add_parser(commands: Any) -> None:
+    """`query`, `export` and `report`: the label dataset of runs at URLs (folders or s3://bucket/prefix)."""
+    data_help = (
+        "a run: a local folder or s3://bucket/prefix holding labels/ (repeat to read several runs together; "
+        "S3 settings come from the usual AWS variables, e.g. AWS_ENDPOINT_URL)"
+    )
+    query = commands.add_parser(
+        "query",
+        help="run SQL (DuckDB) over the labels of one or several runs",
+        description="Run one SQL statement over the committed labels of the runs, exposed as the table `labels` "
+        "(and `exemplars` where a run stores them); `run_id` tells runs apart. Columns: docs/schema.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    query.add_argument("--data", action="append", required=True, metavar="URL", help=data_help)
+    query.add_argument("sql", help='the SQL statement, e.g. "SELECT feature, label FROM labels LIMIT 5"')
+    query.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+    query.set_defaults(run=run_query)
+
+    export = commands.add_parser(
+        "export",
+        help="export labels as Neuronpedia explanations or JSON lines",
+        description="neuronpedia: OUT/{modelId}/{layer}/explanations/batch-N.jsonl.gz, the layout and fields of "
+        "Neuronpedia's explanation exports, labelled features only. jsonl: OUT is one file, every row and column.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    export.add_argument("--data", action="append", required=True, metavar="URL", help=data_help)
+    export.add_argument("--format", choices=["neuronpedia", "jsonl"], required=True, help="output format")
+    export.add_argument("--out", required=True, type=Path, help="output folder (neuronpedia) or file (jsonl)")
+    export.add_argument("--model-id", default=None, help="Neuronpedia modelId (default: the run's model)")
+    export.add_argument("--source-id", default=None, help="Neuronpedia source id, e.g. 6-res-jb (default: sae_id)")
+    export.add_argument("--author-id", default="labeler", help="Neuronpedia authorId of the explanations")
+    export.set_defaults(run=run_export)
+
+    report = commands.add_parser(
+        "report",
+        help="write a static HTML page about a run",
+        description="One self-contained HTML file: run summary, histograms of held-out AUROC and activation "
+        "frequency, and the best and worst labelled features next to their top activating examples.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    report.add_argument("run_url", metavar="RUN_URL", help="the run: a local folder or s3://bucket/prefix")
+    report.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file to write")
+    report.add_argument("--top", type=int, default=10, help="best and worst features listed, each")
+    report.set_defaults(run=run_report)
+
+
+def run_query(args: argparse.Namespace) -> int:
+    from labeler.store.dataset import read_runs
+    from labeler.store.query import render
+    from labeler.store.query import run_query as query
+
+    result = query(read_runs(args.data), args.sql)
+    sys.stdout.write(render(result, args.format))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from labeler.store.dataset import read_runs
+    from labeler.store.export import neuronpedia_explanations, write_jsonl, write_neuronpedia
+
+    labels = read_runs(args.data).labels
+    if args.format == "jsonl":
+        print(f"wrote {labels.num_rows} rows to {write_jsonl(labels, args.out)}", file=sys.stderr)
+        return 0
+    rows = neuronpedia_explanations(labels, args.author_id, args.model_id, args.source_id)
+    paths = write_neuronpedia(rows, args.out)
+    print(f"wrote {len(rows)} explanations in {len(paths)} batch file(s) under {args.out}", file=sys.stderr)
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from labeler.store.dataset import read_runs
+    from labeler.store.report import render_report
+
+    if args.top < 1:
+        raise UsageError(f"--top must be at least 1, got {args.top}")
+    data = read_runs([args.run_url])
+    page = render_report(data.labels, data.exemplars, title=f"labeler run {args.run_url}", top_n=args.top)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(page)
+    print(f"wrote {args.out} ({data.labels.num_rows} features)", file=sys.stderr)
+    return 0
