@@ -692,7 +692,8 @@ def add_harvest_command(commands: Any) -> None:
         "OUT/manifest.json.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    harvest.add_argument("--sae", help="sae-lens SAE folder (cfg.json, sae_weights.safetensors) or RELEASE:SAE_ID")
+    harvest.add_argument("--sae", help="SAE: sae-lens folder or RELEASE:SAE_ID, sparsify hookpoint folder, or Gemma "
+                         "Scope params.npz")  # fmt: skip
     harvest.add_argument("--model", help="the subject model: Hugging Face folder or hub id")
     harvest.add_argument("--corpus", help=".txt/.jsonl/.parquet file (optionally .gz), a folder of them, or a "
                          "saved `datasets` folder")  # fmt: skip
@@ -722,6 +723,8 @@ def add_harvest_command(commands: Any) -> None:
     harvest.add_argument("--features", default=None,
                          help="harvest only these features: a range A-B (B excluded) or a list 1,5,9")  # fmt: skip
     harvest.add_argument("--hook", default=None, help="override the SAE's hook (hook name or HF module path)")
+    harvest.add_argument("--sae-format", choices=["auto", "sae-lens", "sparsify", "gemma-scope"], default="auto",
+                         help="the SAE's file format (auto: told from its file names)")  # fmt: skip
     harvest.add_argument("--max-document-bytes", type=int, default=defaults.max_document_bytes,
                          help="a longer corpus line is an error")  # fmt: skip
     harvest.add_argument("--device", default=defaults.device, help="torch device (auto: CUDA when present)")
@@ -759,6 +762,7 @@ def run_harvest(args: argparse.Namespace) -> int:
         inactive_examples=args.inactive,
         features=_feature_list(args.features),
         hook=args.hook,
+        sae_format=args.sae_format,
         max_document_bytes=args.max_document_bytes,
         device=args.device,
         dtype=args.dtype,

@@ -14,7 +14,8 @@ class HarvestConfig:
     """What to harvest, from where, and how many examples per feature."""
 
     sae: str
-    """A sae-lens SAE folder (cfg.json, sae_weights.safetensors) or RELEASE:SAE_ID."""
+    """The SAE: a sae-lens folder (cfg.json, sae_weights.safetensors) or RELEASE:SAE_ID, a sparsify hookpoint
+    folder (cfg.json, sae.safetensors) or a Gemma Scope params.npz (or its folder)."""
     model: str
     """The subject model: a Hugging Face folder or hub id (AutoModel, safetensors)."""
     corpus: str
@@ -46,7 +47,10 @@ class HarvestConfig:
     features_per_part: int = 256
     """Features per exemplar Parquet part."""
     hook: str | None = None
-    """Override the SAE's hook name (a sae-lens hook name or an HF module path)."""
+    """Override the SAE's hook name (blocks.N.hook_resid_pre/post, or a module path of the base model or its causal
+    LM)."""
+    sae_format: Literal["auto", "sae-lens", "sparsify", "gemma-scope"] = "auto"
+    """The SAE's file format; "auto" tells it from the file names."""
     max_document_bytes: int = 1_000_000
     """A longer corpus line is an error (it would have to be held in memory whole)."""
     device: str = "auto"
@@ -64,6 +68,8 @@ class HarvestConfig:
         for name in ("top_examples", "quantile_examples", "reservoir", "inactive_examples", "min_active_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.sae_format not in ("auto", "sae-lens", "sparsify", "gemma-scope"):
+            raise ValueError(f"sae_format must be auto, sae-lens, sparsify or gemma-scope, got {self.sae_format!r}")
         if self.tokens is not None and self.tokens < 1:
             raise ValueError(f"tokens must be at least 1 (or None for the whole corpus), got {self.tokens}")
         if self.features is not None and (not self.features or min(self.features) < 0):

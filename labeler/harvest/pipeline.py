@@ -133,7 +133,7 @@ def harvest(
     if fs.exists(f"{root}/manifest.json") or fs.exists(f"{root}/exemplars"):
         raise ValueError(f"{config.out} already holds a harvest; choose a new --out or remove it")
     _, characters = check_corpus(config.corpus, config.text_column, config.max_document_bytes)
-    source = load_source(config.sae, config.model, config.device, config.dtype, config.hook)
+    source = load_source(config.sae, config.model, config.device, config.dtype, config.hook, config.sae_format)
     if source.device.type == "cpu":
         keep_freed_memory()  # every batch allocates the same large tensors again: reuse, don't page-fault anew
     features = selected_features(config, source.d_sae)
