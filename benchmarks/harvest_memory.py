@@ -23,7 +23,8 @@ from pathlib import Path
 
 
 def child(workdir: Path, corpus: Path, out: Path) -> None:
-    from labeler.harvest.pipeline import HarvestConfig, harvest
+    from labeler.harvest.config import HarvestConfig
+    from labeler.harvest.pipeline import harvest
 
     started = time.perf_counter()
     manifest = harvest(

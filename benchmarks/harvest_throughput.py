@@ -27,8 +27,9 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
+from labeler.harvest.config import HarvestConfig
 from labeler.harvest.corpus import iter_documents, iter_windows
-from labeler.harvest.pipeline import HarvestConfig, harvest
+from labeler.harvest.pipeline import harvest
 from labeler.harvest.sae_source import load_subject_model
 from labeler.run.runtime import keep_freed_memory
 from labeler.toys.demo_sae import CORPUS, minilm_dir

@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from labeler import cli
-from labeler.harvest.pipeline import HarvestConfig, harvest
+from labeler.harvest.config import HarvestConfig
+from labeler.harvest.pipeline import harvest
 from labeler.store.dataset import read_runs
 from labeler.toys.demo_sae import DemoSAEConfig, build_demo
 

@@ -17,8 +17,9 @@ from sae_lens.saes.sae import SAEMetadata
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Model, PreTrainedTokenizerFast
 
+from labeler.harvest.config import HarvestConfig
 from labeler.harvest.corpus import iter_documents, iter_windows
-from labeler.harvest.pipeline import EXEMPLAR_ROW_SCHEMA, FEATURE_SCHEMA, HarvestConfig, harvest
+from labeler.harvest.pipeline import EXEMPLAR_ROW_SCHEMA, FEATURE_SCHEMA, harvest
 from labeler.harvest.sae_source import SourceError, load_source
 from labeler.records.exemplars import read_exemplars
 
@@ -513,33 +514,6 @@ def test_hook_mapping_on_llama_and_module_paths() -> None:
         resolve_hook(model, "blocks.0.hook_attn_z")
 
 
-def test_samples_are_the_largest_keys_exactly() -> None:
-    """The reservoir samples equal a brute-force pick of the largest random keys (dense features included)."""
-    from labeler.harvest.pipeline import FeatureStats
-
-    cfg = HarvestConfig(sae="", model="", corpus="", out="", reservoir=7, inactive_examples=5, top_examples=3)
-    features, batches, width = 12, 6, 300  # wider than the head of 2k + 64 largest keys; later batches mostly lose
-    bias = torch.linspace(-2.5, 2.5, features)  # from rare to active on nearly every token
-    acts = [torch.relu(torch.randn(width, features) + bias) for _ in range(batches)]
-    stats = FeatureStats(features, cfg, torch.device("cpu"))
-    for b, a in enumerate(acts):
-        stats.update(a, torch.arange(b * width, (b + 1) * width))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    keys = torch.cat([torch.rand(width, generator=generator) for _ in range(batches)])
-    every = torch.cat(acts)  # Float[token feature]
-    for f in range(features):
-        active = every[:, f] > 0
-        for kept, mask, k in ((stats.sample, active, 7), (stats.inactive, ~active, 5)):
-            expected = set(torch.where(mask, keys, -1.0).topk(k).indices[: int(mask.sum())].tolist())
-            got = {int(t) for t, s in zip(kept.token[f], kept.score[f], strict=True) if s > -math.inf}
-            assert got == expected, (f, k)
-            for t, s, a in zip(kept.token[f], kept.score[f], kept.act[f], strict=True):
-                assert s == -math.inf or a == every[t, f]  # each kept token with its own activation
-        assert torch.equal(stats.count[f], active.sum()) and stats.max[f] == every[:, f].max()
-        top = set(torch.where(active, every[:, f], -1.0).topk(3).indices[: int(active.sum())].tolist())
-        assert {int(t) for t, s in zip(stats.top.token[f], stats.top.score[f], strict=True) if s > -math.inf} == top
-
-
 def test_a_feature_with_non_finite_latents_fails_alone(tmp_path: Path, subject: Path, sae: Path) -> None:
     """An SAE latent that is NaN (a broken encoder column) fails that feature; every other feature's
     statistics and rows are exactly those of the clean SAE."""
@@ -579,58 +553,6 @@ def test_a_feature_with_non_finite_latents_fails_alone(tmp_path: Path, subject: 
     records = EngineLabeller(spec).label(np.array([6, 7, 8]))
     assert [(r.feature, r.status) for r in records] == [(6, "labelled"), (7, "failed"), (8, "labelled")]
     assert records[1].error is not None and records[1].error.startswith("harvest: the SAE latent was NaN")
-
-
-def test_tokens_where_every_latent_is_non_finite_are_left_out() -> None:
-    """Such a token (a model-side overflow) is skipped and counted; a lone non-finite entry is only counted."""
-    from labeler.harvest.pipeline import FeatureStats
-
-    cfg = HarvestConfig(sae="", model="", corpus="", out="", reservoir=4, inactive_examples=4, top_examples=2)
-    acts = torch.relu(torch.randn(20, 6))
-    acts[3] = math.nan
-    acts[5, 2] = math.inf
-    stats = FeatureStats(6, cfg, torch.device("cpu"))
-    stats.update(acts, torch.arange(20))
-    assert stats.skipped_tokens == 1
-    assert stats.non_finite.tolist() == [0, 0, 1, 0, 0, 0]
-    kept = torch.cat([acts[:3], acts[4:]])
-    assert torch.equal(stats.count, (kept.nan_to_num(posinf=0) > 0).sum(0))
-    for state in (stats.top, stats.sample, stats.inactive):
-        taken = state.token[state.score > -math.inf].tolist()
-        assert 3 not in taken and (5 not in state.token[2].tolist() or state is not stats.top)
-        assert torch.isfinite(state.act).all()
-
-
-def test_quantile_picks_match_a_naive_round_robin() -> None:
-    """The vectorised pick equals a per-feature loop: candidates are sampled tokens not among the top ones, binned
-    with searchsorted over (0, max], taken one per bin per round in the same random order within a bin."""
-    from labeler.harvest.pipeline import _quantile_picks
-
-    cfg = HarvestConfig(sae="", model="", corpus="", out="", quantile_examples=7, quantiles=4, seed=3)
-    rng = np.random.default_rng(0)
-    n_features, width = 9, 12
-    act = rng.exponential(size=(n_features, width)) ** 3  # skewed: the top bins run short
-    score = np.where(rng.random((n_features, width)) < 0.8, rng.random((n_features, width)), -np.inf)
-    token = np.stack([rng.permutation(40)[:width] for _ in range(n_features)])
-    top_token = np.stack([np.concatenate([rng.choice(token[f], 2, replace=False), [-1]]) for f in range(n_features)])
-    maxima = act.max(1) * 1.1
-    maxima[0] = act[0].max()  # an activation exactly at the top edge
-    features = np.arange(100, 100 + n_features)
-    picked = _quantile_picks(cfg, features, maxima, top_token, [score, token, act])
-    for f in range(n_features):
-        noise = np.random.default_rng([cfg.seed, int(features[f])]).random(width)
-        slots = [j for j in range(width) if score[f, j] > -np.inf and token[f, j] not in top_token[f]]
-        edges = np.linspace(0.0, maxima[f], cfg.quantiles + 1)
-        bins = {
-            j: int(np.clip(np.searchsorted(edges, act[f, j], side="left") - 1, 0, cfg.quantiles - 1)) for j in slots
-        }
-        queues = [sorted((j for j in slots if bins[j] == b), key=lambda j: noise[j]) for b in range(cfg.quantiles)]
-        expected: list[int] = []
-        while len(expected) < cfg.quantile_examples and any(queues):
-            for queue in queues:
-                if queue and len(expected) < cfg.quantile_examples:
-                    expected.append(queue.pop(0))
-        assert sorted(np.flatnonzero(picked[f]).tolist()) == sorted(expected), f
 
 
 def test_writes_to_s3_on_a_real_s3_server(

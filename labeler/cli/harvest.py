@@ -13,19 +13,20 @@ from labeler.cli.progress import harvest_bar
 
 def add_parser(commands: Any) -> None:
     """`labeler harvest`: exemplars of every SAE feature from a corpus (labeler/harvest/pipeline.py)."""
-    from labeler.harvest.pipeline import HarvestConfig
+    from labeler.harvest.config import HarvestConfig
 
     defaults = HarvestConfig(sae="", model="", corpus="", out="")
     harvest = commands.add_parser(
         "harvest",
-        help="harvest exemplars of every feature of a sae-lens SAE from a corpus",
+        help="harvest exemplars of every feature of an SAE (sae-lens, sparsify, Gemma Scope) from a corpus",
         description="One streaming pass over a corpus: per feature, its activation frequency and maximum, its top "
         "examples, examples across its activation quantiles and random inactive ones, written as exemplar "
         "Parquet parts under OUT/exemplars/, with OUT/features.parquet (every feature, dead ones included) and "
         "OUT/manifest.json.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    harvest.add_argument("--sae", help="sae-lens SAE folder (cfg.json, sae_weights.safetensors) or RELEASE:SAE_ID")
+    harvest.add_argument("--sae", help="SAE: sae-lens folder or RELEASE:SAE_ID, sparsify hookpoint folder, or Gemma "
+                         "Scope params.npz")  # fmt: skip
     harvest.add_argument("--model", help="the subject model: Hugging Face folder or hub id")
     harvest.add_argument("--corpus", help=".txt/.jsonl/.parquet file (optionally .gz), a folder of them, or a "
                          "saved `datasets` folder")  # fmt: skip
@@ -55,6 +56,8 @@ def add_parser(commands: Any) -> None:
     harvest.add_argument("--features", default=None,
                          help="harvest only these features: a range A-B (B excluded) or a list 1,5,9")  # fmt: skip
     harvest.add_argument("--hook", default=None, help="override the SAE's hook (hook name or HF module path)")
+    harvest.add_argument("--sae-format", choices=["auto", "sae-lens", "sparsify", "gemma-scope"], default="auto",
+                         help="the SAE's file format (auto: told from its file names)")  # fmt: skip
     harvest.add_argument("--max-document-bytes", type=int, default=defaults.max_document_bytes,
                          help="a longer corpus line is an error")  # fmt: skip
     harvest.add_argument("--device", default=defaults.device, help="torch device (auto: CUDA when present)")
@@ -64,8 +67,9 @@ def add_parser(commands: Any) -> None:
 
 
 def run_harvest(args: argparse.Namespace) -> int:
+    from labeler.harvest.config import HarvestConfig
     from labeler.harvest.corpus import CorpusError
-    from labeler.harvest.pipeline import HarvestConfig, harvest
+    from labeler.harvest.pipeline import harvest
     from labeler.harvest.sae_source import SourceError
 
     sae, model, corpus = args.sae, args.model, args.corpus
@@ -92,6 +96,7 @@ def run_harvest(args: argparse.Namespace) -> int:
         inactive_examples=args.inactive,
         features=_feature_list(args.features),
         hook=args.hook,
+        sae_format=args.sae_format,
         max_document_bytes=args.max_document_bytes,
         device=args.device,
         dtype=args.dtype,

@@ -1,14 +1,15 @@
 """The SAE, its subject model and the hook between them: token ids in, SAE latents out.
 
-* The SAE is a sae-lens SAE: a folder with `cfg.json` and `sae_weights.safetensors`
-  (`SAE.load_from_disk`), or `RELEASE:SAE_ID` of sae-lens's pretrained directory where a network allows.
+* The SAE is a sae-lens SAE, a sparsify SparseCoder or a Gemma Scope params.npz, read by
+  `labeler.harvest.sae_formats` (which also names the hook each file carries).
 * The subject model is a plain Hugging Face model (causal LM or encoder), loaded with `AutoModel` from a
   folder or hub id, safetensors only, frozen.
-* The hook is the SAE's `metadata.hook_name` (or an override), mapped to a module of the HF model:
+* The hook is the SAE's (or an override), mapped to a module of the HF model:
   `blocks.{i}.hook_resid_post` is the output of transformer layer i (GPT-2 `h.i`, Llama/Gemma
   `layers.i`, BERT `encoder.layer.i`), `blocks.{i}.hook_resid_pre` its input; any other name must be a
-  module path of the HF model (`transformer.h.3.mlp`), whose output is taken. The forward stops right
-  after the hook (a private exception raised from it), so later layers never run.
+  module path, of the base model (`h.3.mlp`) or of the causal LM around it (`transformer.h.3.mlp`,
+  `model.layers.5.mlp`), whose output is taken; a wrong name's error lists the nearest valid ones. The
+  forward stops right after the hook (a private exception raised from it), so later layers never run.
 
 An SAE trained on a TransformerLens model loaded with `center_writing_weights` (its metadata's
 `model_from_pretrained_kwargs`, e.g. gpt2-small-res-jb) read a residual stream with its mean over d_model
@@ -20,19 +21,18 @@ probe forward of two tokens before any work. This module knows nothing about cor
 
 from __future__ import annotations
 
-import json
+import difflib
 import re
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens import SAE
 from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from labeler.discriminators.base import resolve_device
+from labeler.harvest.sae_formats import Encoder, SAEFormatError, load_encoder
 
 RESID = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
 
@@ -57,43 +57,6 @@ class HookPoint:
     """"input" (resid_pre) or "output"."""
 
 
-def load_sae(spec: str, device: torch.device) -> SAE[Any]:
-    """A sae-lens SAE from a local folder, or `RELEASE:SAE_ID` from sae-lens's pretrained directory."""
-    folder = Path(spec)
-    if folder.is_dir():
-        return _load_sae_folder(folder, device)
-    if ":" in spec and not folder.exists():
-        release, sae_id = spec.split(":", 1)
-        try:
-            return SAE.from_pretrained(release, sae_id, device=str(device))
-        except Exception as err:
-            raise SourceError(f"cannot load SAE {sae_id!r} of release {release!r}: {err}") from err
-    raise SourceError(
-        f"SAE {spec!r} is neither a folder (with cfg.json and sae_weights.safetensors) nor RELEASE:SAE_ID"
-    )
-
-
-def _load_sae_folder(folder: Path, device: torch.device) -> SAE[Any]:
-    cfg_path, weights = folder / "cfg.json", folder / "sae_weights.safetensors"
-    if not cfg_path.is_file():
-        raise SourceError(f"SAE folder {folder} has no cfg.json (a sae-lens SAE folder holds cfg.json and weights)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SourceError(f"SAE config {cfg_path} is not valid JSON: {err}") from err
-    missing = [key for key in ("d_in", "d_sae") if not isinstance(cfg, dict) or key not in cfg]
-    if missing:
-        raise SourceError(f"SAE config {cfg_path} lacks {missing}; is it a sae-lens cfg.json?")
-    if not weights.is_file():
-        found = sorted(p.name for p in folder.iterdir())
-        raise SourceError(f"SAE folder {folder} has no sae_weights.safetensors (found {found}); only safetensors load")
-    try:
-        sae = SAE.load_from_disk(folder, device=str(device))
-    except Exception as err:
-        raise SourceError(f"cannot load the SAE from {folder} (cfg.json or sae_weights.safetensors): {err}") from err
-    return sae.eval().requires_grad_(False)
-
-
 def load_subject_model(
     spec: str, device: torch.device, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -107,21 +70,57 @@ def load_subject_model(
 
 
 def resolve_hook(model: nn.Module, hook_name: str) -> HookPoint:
-    """Map a sae-lens hook name (or an HF module path) to a module of `model`."""
-    modules = dict(model.named_modules())
+    """Map a hook name to a module of `model`: sae-lens's `blocks.N.hook_resid_pre/post`, or a module path of
+    `model`, of its base model (`h.0` on GPT2LMHeadModel) or of the causal LM wrapping it (`transformer.h.0` on
+    GPT2Model), whose output is read."""
     match = RESID.match(hook_name)
     if match is None:
-        if hook_name in modules and hook_name:
-            return HookPoint(hook_name, hook_name, "output")
+        module = _module_path(model, hook_name)
+        if module is not None:
+            return HookPoint(hook_name, module, "output")
+        nearest = difflib.get_close_matches(hook_name, _hook_names(model), n=5, cutoff=0.4)
         raise SourceError(
-            f"hook {hook_name!r} is neither blocks.N.hook_resid_pre/post nor a module of {type(model).__name__} "
-            "(give a module path such as the output of model.named_modules(), with --hook)"
+            f"hook {hook_name!r} is neither blocks.N.hook_resid_pre/post nor a module of {type(model).__name__}"
+            + (f"; nearest valid names: {', '.join(nearest)}" if nearest else "")
+            + " (give a module path such as the output of model.named_modules(), with --hook)"
         )
     layer, where = int(match.group(1)), match.group(2)
     path, count = _layer_list(model)
     if layer >= count:
         raise SourceError(f"hook {hook_name!r} needs layer {layer}, but {type(model).__name__} has {count} layers")
     return HookPoint(hook_name, f"{path}.{layer}", "input" if where == "pre" else "output")
+
+
+def _module_path(model: nn.Module, name: str) -> str | None:
+    """The path in `model` of module `name`, given as a path of `model`, of its base model or of the causal LM
+    around it (whose path has the base model's prefix: `transformer.`, `model.`, `bert.`); None if there is none."""
+    modules = dict(model.named_modules())
+    prefix = str(getattr(model, "base_model_prefix", "") or "")
+    base = getattr(model, "base_model", model)
+    base_path = next((path for path, module in modules.items() if module is base), "")
+    candidates = [name]
+    if base_path:  # a causal LM: the base model's own paths lie under base_path
+        candidates.append(f"{base_path}.{name}")
+    elif prefix and name.startswith(f"{prefix}."):  # the base model: the causal LM's paths start with its prefix
+        candidates.append(name.removeprefix(f"{prefix}."))
+    return next((c for c in candidates if c and c in modules), None)
+
+
+def _hook_names(model: nn.Module) -> list[str]:
+    """Every hook name `resolve_hook` takes for `model` (its modules under each spelling, and the resid hooks)."""
+    names = [path for path, _ in model.named_modules() if path]
+    prefix = str(getattr(model, "base_model_prefix", "") or "")
+    base = getattr(model, "base_model", model)
+    if base is model and prefix:
+        names += [f"{prefix}.{path}" for path in list(names)]
+    else:
+        names += [path for path, _ in base.named_modules() if path]
+    try:
+        _, count = _layer_list(model)
+    except SourceError:
+        count = 0
+    names += [f"blocks.{i}.hook_resid_{side}" for i in range(count) for side in ("pre", "post")]
+    return names
 
 
 def _layer_list(model: nn.Module) -> tuple[str, int]:
@@ -172,7 +171,7 @@ class HookedActivations:
 class FeatureSource:
     """Token ids in, SAE latents out: the model up to the hook, then the SAE's encoder."""
 
-    sae: SAE[Any]
+    sae: Encoder
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     hook: HookPoint
@@ -185,7 +184,7 @@ class FeatureSource:
 
     @property
     def d_sae(self) -> int:
-        return int(self.sae.cfg.d_sae)
+        return self.sae.d_sae
 
     @torch.inference_mode()
     def latents(self, ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -193,26 +192,25 @@ class FeatureSource:
         x = self._activations(ids, attention_mask)
         if self._center:  # what TransformerLens's residual stream is with center_writing_weights
             x = x - x.mean(-1, keepdim=True)
-        return self.sae.encode(x.to(self.sae.W_enc.dtype))
+        return self.sae.encode(x.to(self.sae.dtype))
 
     def _check(self) -> None:
         probe = torch.zeros((1, 2), dtype=torch.long, device=self.device)
         with torch.inference_mode():
             x = self._activations(probe, torch.ones_like(probe))
-        if x.shape[-1] != self.sae.cfg.d_in:
+        if x.shape[-1] != self.sae.d_in:
             raise SourceError(
-                f"the SAE expects d_in={self.sae.cfg.d_in} at hook {self.hook.name}, but the model's "
+                f"the SAE expects d_in={self.sae.d_in} at hook {self.hook.name}, but the model's "
                 f"{self.hook.module} ({self.hook.side}) has width {x.shape[-1]}: the SAE was not trained on this "
                 "model or hook"
             )
 
 
-def _centers_residual(sae: SAE[Any], hook: HookPoint) -> bool:
+def _centers_residual(sae: Encoder, hook: HookPoint) -> bool:
     """Whether the SAE read a mean-centred residual stream: trained on a TransformerLens model loaded with
     center_writing_weights (sae-lens's metadata.model_from_pretrained_kwargs, e.g. gpt2-small-res-jb), whose
     residual stream is the HF one minus its mean over d_model at every token."""
-    kwargs = getattr(sae.cfg.metadata, "model_from_pretrained_kwargs", None) or {}
-    if not kwargs.get("center_writing_weights"):
+    if not sae.centres_residual:
         return False
     if RESID.match(hook.name) is None:
         warnings.warn(
@@ -225,13 +223,25 @@ def _centers_residual(sae: SAE[Any], hook: HookPoint) -> bool:
 
 
 def load_source(
-    sae: str, model: str, device: str = "auto", dtype: str = "float32", hook: str | None = None
+    sae: str,
+    model: str,
+    device: str = "auto",
+    dtype: str = "float32",
+    hook: str | None = None,
+    sae_format: str = "auto",
 ) -> FeatureSource:
-    """Load the SAE and the model, map the hook and check that they fit, before any work."""
+    """Load the SAE (in `sae_format`, or the one its files show) and the model, map the hook and check that they
+    fit, before any work."""
     torch_device = resolve_device(device)
-    sae_model = load_sae(sae, torch_device)
-    hook_name = hook or sae_model.cfg.metadata.hook_name
+    try:
+        encoder = load_encoder(sae, torch_device, sae_format)
+    except SAEFormatError as err:
+        raise SourceError(str(err)) from err
+    hook_name = hook or encoder.hook_name
     if not hook_name:
-        raise SourceError(f"SAE {sae} names no hook (cfg.json metadata.hook_name); give one with --hook")
+        raise SourceError(
+            f"SAE {sae} ({encoder.format}) names no hook (sae-lens: cfg.json metadata.hook_name; sparsify: the "
+            "folder's name; Gemma Scope: a gemma-scope-*-res*/layer_N/ path); give one with --hook"
+        )
     subject, tokenizer = load_subject_model(model, torch_device, getattr(torch, dtype))
-    return FeatureSource(sae_model, subject, tokenizer, resolve_hook(subject, hook_name), torch_device)
+    return FeatureSource(encoder, subject, tokenizer, resolve_hook(subject, hook_name), torch_device)

@@ -79,7 +79,8 @@ def harvest_stage(
     """
     if config.source.exemplars is not None:
         return config
-    from labeler.harvest.pipeline import HarvestConfig, harvest
+    from labeler.harvest.config import HarvestConfig
+    from labeler.harvest.pipeline import harvest
 
     settings = dict(DEMO_HARVEST if config.harvest is None else config.harvest)
     if config.harvest is None:
