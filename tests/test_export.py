@@ -15,11 +15,13 @@ from labeler.store.export import ExportError, neuronpedia_explanations
 
 # Neuronpedia's explanation export, written down from its exporter (hijohnnylin/neuronpedia,
 # utils/neuronpedia-utils/neuronpedia_utils/export-data.py, export_explanations, and db_models/explanation.py):
-# {modelId}/{layer}/explanations/batch-{n}.jsonl.gz, 1024 rows per batch, rows in feature order, these columns.
+# {modelId}/{layer}/explanations/batch-{n}.jsonl.gz, 1024 rows per batch, rows in feature order, these columns;
+# `source` (= layer) is what Neuronpedia's Python client reads instead of `layer`.
 DOCUMENTED = [
     ("id", str, False),
     ("modelId", str, False),
     ("layer", str, False),
+    ("source", str, False),
     ("index", str, False),
     ("authorId", str, False),
     ("description", str, False),
@@ -55,12 +57,34 @@ def test_neuronpedia_export_matches_the_documented_format_field_by_field(
         assert list(row) == [name for name, _, _ in DOCUMENTED]
         for name, kind, nullable in DOCUMENTED:
             assert isinstance(row[name], kind) or (nullable and row[name] is None), (name, row[name])
-        assert row["modelId"] == "gpt2-small" and row["layer"] == "6-res-jb"
+        assert row["modelId"] == "gpt2-small" and row["layer"] == row["source"] == "6-res-jb"
         assert row["index"] == str(record.feature) and row["description"] == record.label
         assert row["authorId"] == "labeler" and row["explanationModelName"] == "minilm"
         assert row["typeName"] == "labeler-token-space-gd"
     assert [int(r["index"]) for r in rows] == sorted(int(r["index"]) for r in rows)
     assert len({r["id"] for r in rows}) == len(rows)
+
+
+def test_every_exported_row_loads_through_neuronpedias_own_client(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`Explanation.from_np_db_json` of PyPI `neuronpedia` (the interop extra) reads every row of the export."""
+    from neuronpedia.np_explanation import Explanation
+
+    recs = write_run(str(tmp_path / "run"), "run-a", n=1500, chunk_size=500, with_exemplars=False)
+    flags = ["--model-id", "gemma-2-2b", "--source-id", "20-gemmascope-res-16k"]
+    assert (
+        main(["export", "--data", str(tmp_path / "run"), "--format", "neuronpedia", "--out", str(tmp_path), *flags])
+        == 0
+    )
+    batches = read_batches(tmp_path / "gemma-2-2b" / "20-gemmascope-res-16k" / "explanations")
+    loaded = [Explanation.from_np_db_json(row) for batch in batches for row in batch]
+    labelled = [r for r in recs if r.status == "labelled"]
+    assert len(batches) == 2 and len(loaded) == len(labelled)
+    for explanation, record in zip(loaded, labelled, strict=True):
+        assert (explanation.modelId, explanation.source) == ("gemma-2-2b", "20-gemmascope-res-16k")
+        assert (explanation.index, explanation.text) == (record.feature, record.label)
+        assert (explanation.method, explanation.explainer_model) == ("labeler-token-space-gd", "minilm")
 
 
 def test_neuronpedia_ids_and_source_options(tmp_path: Path) -> None:

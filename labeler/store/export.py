@@ -3,7 +3,9 @@
 Neuronpedia publishes its explanations per source as
 `{modelId}/{layer}/explanations/batch-{n}.jsonl.gz`, 1024 rows per batch in feature order, each row an
 `Explanation` with the fields of NEURONPEDIA_FIELDS (as in Neuronpedia's own exporter,
-utils/neuronpedia-utils/neuronpedia_utils/export-data.py, and its db_models/explanation.py). The
+utils/neuronpedia-utils/neuronpedia_utils/export-data.py, and its db_models/explanation.py), plus `source`,
+the same id as `layer`: Neuronpedia's Python client (PyPI `neuronpedia`, `Explanation.from_np_db_json`)
+reads the source id under that name, the exporter and the database under `layer`, so both are written. The
 mapping from our columns is one pure function, `neuronpedia_explanations`, documented field by field in
 docs/schema.md. This module knows nothing about where runs are stored.
 """
@@ -29,6 +31,7 @@ NEURONPEDIA_FIELDS: dict[str, tuple[type, ...]] = {
     "id": (str,),
     "modelId": (str,),
     "layer": (str,),
+    "source": (str,),
     "index": (str,),
     "authorId": (str,),
     "description": (str,),
@@ -71,6 +74,7 @@ def neuronpedia_explanations(
                 "id": "lbl" + hashlib.sha256(f"{record['run_id']}/{model}/{layer}/{index}".encode()).hexdigest()[:22],
                 "modelId": model,
                 "layer": layer,
+                "source": layer,
                 "index": index,
                 "authorId": author_id,
                 "description": record["label"],
