@@ -16,6 +16,7 @@ Latents with no activation are written as dead. This module knows delphi's files
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -142,7 +143,7 @@ def hook_files(cache: Path, hook: str | None) -> tuple[str, list[tuple[Path, int
             raise ImportSourceError(f"{cache} has no hook {hook!r}; it holds {hooks}")
         folder = base / (hook or hooks[0])
     files = sorted(_splits(folder), key=lambda f: f[1])
-    for (a, _, a_end), (b, b_start, _) in zip(files, files[1:], strict=False):
+    for (a, _, a_end), (b, b_start, _) in itertools.pairwise(files):
         if b_start <= a_end:
             raise ImportSourceError(f"{a} and {b} hold overlapping latent ranges")
     return folder.name, files
@@ -197,7 +198,9 @@ def _read_split(path: Path, start: int, end: int) -> dict[str, np.ndarray]:
     bounds = (tokens.shape[0], tokens.shape[1], end - start + 1)
     for column, (name, bound) in enumerate(zip(("sequence", "position", "latent"), bounds, strict=True)):
         if len(locations) and (locations[:, column].max() >= bound or locations[:, column].min() < 0):
-            raise ImportSourceError(f"{path}: a location's {name} is outside [0, {bound}); the file is not this cache's")
+            raise ImportSourceError(
+                f"{path}: a location's {name} is outside [0, {bound}); the file is not this cache's"
+            )
     return {"locations": locations, "activations": activations.astype(np.float32), "tokens": tokens.astype(np.int64)}
 
 
@@ -266,8 +269,10 @@ def _feature_rows(
     status = np.select(
         [non_finite > 0, count == 0, count < sampling.min_active_tokens], ["failed", "dead", "ultra_rare"], "alive"
     )
-    error = [f"the cached activation was NaN or infinite on {n:,} tokens; no examples were written" if n else None
-             for n in non_finite.tolist()]
+    error = [
+        f"the cached activation was NaN or infinite on {n:,} tokens; no examples were written" if n else None
+        for n in non_finite.tolist()
+    ]
     return pa.table(
         {
             "feature": features.astype(np.int64),

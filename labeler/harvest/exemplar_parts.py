@@ -84,13 +84,21 @@ class PartWriter:
         part = self.parts
         with self.fs.open(f"{self.root}/exemplars/part-{part:05d}.parquet", "wb") as f:
             pq.write_table(exemplars, f)
+        self.parts += 1
+        self.rows += exemplars.num_rows
+        self._add(features, part)
+        return part
+
+    def add_features(self, features: pa.Table) -> None:
+        """Rows of features that have no exemplar rows in any part (dead ones the source lists without data): their
+        `part` is the last part written."""
+        self._add(features, max(self.parts - 1, 0))
+
+    def _add(self, features: pa.Table, part: int) -> None:
         n = features.num_rows
         features = features.append_column("part", pa.array(np.full(n, part, dtype=np.int32)))
         features = features.append_column("schema_version", pa.array(np.full(n, SCHEMA_VERSION, dtype=np.int32)))
         self._features.append(features.select(IMPORT_FEATURE_SCHEMA.names).cast(IMPORT_FEATURE_SCHEMA))
-        self.parts += 1
-        self.rows += exemplars.num_rows
-        return part
 
     def finish(self, **manifest: Any) -> ImportManifest:
         """Write features.parquet (sorted by feature; a feature in two parts is an error) and manifest.json."""
