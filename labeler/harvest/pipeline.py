@@ -266,7 +266,7 @@ def _write(
             (np.nonzero(mask)[0], kept[kind][1][at][mask], kept[kind][2][at][mask], kind)
             for kind, mask in chosen.items()
         ]
-        table = _exemplar_table(features[at], rows, texts, config.context_len)
+        table = exemplar_table(features[at], rows, texts, config.context_len)
         with fs.open(f"{root}/exemplars/part-{part:05d}.parquet", "wb") as f:
             pq.write_table(table, f)
         rows_written += table.num_rows
@@ -307,7 +307,7 @@ def _write(
     return feature_table, rows_written, len(parts)
 
 
-def _exemplar_table(
+def exemplar_table(
     features: np.ndarray,
     rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]],
     texts: Texts,
