@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from labeler import __version__
+from labeler.cli import score
 from labeler.discriminators import (
     ENCODER_OPTIMISER,
     CausalLMConfig,
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_command(commands)
     add_dataset_commands(commands)
     add_harvest_command(commands)
+    score.add_parser(commands)
     return parser
 
 
@@ -620,11 +622,12 @@ def add_dataset_commands(commands: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     export.add_argument("--data", action="append", required=True, metavar="URL", help=data_help)
-    export.add_argument("--format", choices=["neuronpedia", "jsonl"], required=True, help="output format")
+    export.add_argument("--format", choices=["neuronpedia", "jsonl", "delphi"], required=True, help="output format")
     export.add_argument("--out", required=True, type=Path, help="output folder (neuronpedia) or file (jsonl)")
     export.add_argument("--model-id", default=None, help="Neuronpedia modelId (default: the run's model)")
     export.add_argument("--source-id", default=None, help="Neuronpedia source id, e.g. 6-res-jb (default: sae_id)")
     export.add_argument("--author-id", default="labeler", help="Neuronpedia authorId of the explanations")
+    export.add_argument("--scores", type=Path, default=None, help="delphi: the scores file `labeler score` wrote")
     export.set_defaults(run=run_export)
 
     report = commands.add_parser(
@@ -654,6 +657,8 @@ def run_export(args: argparse.Namespace) -> int:
     from labeler.store.dataset import read_runs
     from labeler.store.export import neuronpedia_explanations, write_jsonl, write_neuronpedia
 
+    if args.format == "delphi":
+        return score.export_delphi(args)
     labels = read_runs(args.data).labels
     if args.format == "jsonl":
         print(f"wrote {labels.num_rows} rows to {write_jsonl(labels, args.out)}", file=sys.stderr)
