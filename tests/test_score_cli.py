@@ -98,3 +98,22 @@ def test_delphi_result_analysis_reads_our_scores(tmp_path: Path) -> None:
         assert theirs["accuracy"] == pytest.approx(score["balanced_accuracy"])
         assert analysis.compute_auc(group) == pytest.approx(score["auroc"])
     assert np.isfinite(latents.probability).all()
+
+
+def test_detection_prompt_is_delphis() -> None:
+    pytest.importorskip("delphi")
+    delphi_spec = importlib.util.find_spec("delphi")
+    assert delphi_spec is not None and delphi_spec.origin is not None
+    # delphi.scorers' __init__ imports vLLM; the prompt module itself is plain Python, loaded from its file.
+    path = Path(delphi_spec.origin).parent / "scorers" / "classifier" / "prompts" / "detection_prompt.py"
+    spec = importlib.util.spec_from_file_location("delphi_detection_prompt", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    from labeler.judge.detection import DetectionConfig, DetectionJudge
+
+    tokenizer = word_tokenizer()
+    judge = DetectionJudge(tiny_llama(len(tokenizer)), tokenizer, DetectionConfig(), name="hf:tiny")
+    text = "the cat sat near the dog"
+    assert judge.messages("cats", text) == module.prompt(examples=f"Example 0: {text}", explanation="cats")
