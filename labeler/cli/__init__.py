@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from labeler import __version__
-from labeler.cli import demo, harvest, importing, labelling, store, upload
+from labeler.cli import demo, harvest, importing, labelling, score, store, upload
 from labeler.cli.errors import UsageError
 from labeler.records.exemplars import ExemplarError
 
@@ -45,4 +45,5 @@ def build_parser() -> argparse.ArgumentParser:
     harvest.add_parser(commands)
     upload.add_parser(commands)
     importing.add_parser(commands)
+    score.add_parser(commands)
     return parser

@@ -36,7 +36,8 @@ def add_parser(commands: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     export.add_argument("--data", action="append", required=True, metavar="URL", help=data_help)
-    export.add_argument("--format", choices=["neuronpedia", "jsonl"], required=True, help="output format")
+    export.add_argument("--format", choices=["neuronpedia", "jsonl", "delphi"], required=True, help="output format")
+    export.add_argument("--scores", type=Path, default=None, help="delphi: the scores file `labeler score` wrote")
     export.add_argument("--out", required=True, type=Path, help="output folder (neuronpedia) or file (jsonl)")
     export.add_argument("--model-id", default=None, help="Neuronpedia modelId (default: the run's model)")
     export.add_argument("--source-id", default=None, help="Neuronpedia source id, e.g. 6-res-jb (default: sae_id)")
@@ -67,7 +68,11 @@ def run_query(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from labeler.cli import score
     from labeler.store.dataset import read_runs
+
+    if args.format == "delphi":
+        return score.export_delphi(args)
     from labeler.store.export import neuronpedia_explanations, write_jsonl, write_neuronpedia
 
     labels = read_runs(args.data).labels

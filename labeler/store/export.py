@@ -15,6 +15,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -154,3 +156,59 @@ def _plain_name(value: str) -> bool:
 
 def _iso(value: Any) -> str:
     return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+DELPHI_SCORERS = ("detection", "word")
+"""Scorers written in delphi's classifier output format; the embedding scorer's rows are left out, since
+delphi's `load_data` reads every score folder as classifier output."""
+
+
+def write_delphi_scores(scores: pa.Table, out: Path) -> list[Path]:
+    """delphi's per-latent score files, `OUT/scores/<scorer>/<hook>_latent<feature>.txt`, from score rows
+    (labeler/judge/records.py SCORE_SCHEMA) of the run's own labels.
+
+    Each file is the JSON list delphi's classifier scorers write: per example str_tokens (the text as one
+    piece), distance (its quantile, -1 when inactive), activating, prediction, probability, correct and
+    activations. A word score's probability is the sigmoid of its log-odds. Where several judges gave one
+    scorer's scores, each judge gets its own folder, `<scorer>-<judge>`. Refuses existing files.
+    """
+    written = []
+    own = scores.filter(pc.equal(scores.column("label_kind"), "label"))
+    rows = own.filter(pc.is_in(own.column("scorer"), pa.array(DELPHI_SCORERS))).to_pylist()
+    judges: dict[str, set[str]] = {}
+    for row in rows:
+        judges.setdefault(row["scorer"], set()).add(row["judge"])
+    for row in rows:
+        columns = ("example_texts", "example_activations", "example_quantiles", "example_scores")
+        per_example = zip(*(row[c] for c in columns), strict=True)
+        examples = []
+        for text, activation, quantile, score in per_example:
+            probability = score if row["scorer"] == "detection" else 1 / (1 + math.exp(-score))
+            activating, prediction = quantile >= 0, probability > 0.5
+            examples.append(
+                {
+                    "str_tokens": [text],
+                    "activations": [activation],
+                    "distance": quantile,
+                    "activating": activating,
+                    "prediction": prediction,
+                    "probability": probability,
+                    "correct": prediction == activating,
+                }
+            )
+        hook = (row["hook_point"] or "layer").replace("/", "--")
+        folder = row["scorer"] if len(judges[row["scorer"]]) == 1 else f"{row['scorer']}-{_slug(row['judge'])}"
+        path = out / "scores" / folder / f"{hook}_latent{row['feature']}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with path.open("x") as f:
+                f.write(json.dumps(examples))
+        except FileExistsError:
+            raise ExportError(f"{path} already exists; choose a new --out or remove it") from None
+        written.append(path)
+    return written
+
+
+def _slug(name: str) -> str:
+    """A judge's name as one folder name (hf:/models/llama -> hf-models-llama)."""
+    return "-".join(part for part in re.split(r"[^A-Za-z0-9_.]+", name) if part) or "judge"
