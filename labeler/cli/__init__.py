@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from labeler import __version__
+from labeler.cli import plan
 from labeler.discriminators import (
     ENCODER_OPTIMISER,
     CausalLMConfig,
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_command(commands)
     add_dataset_commands(commands)
     add_harvest_command(commands)
+    plan.add_parser(commands)
     return parser
 
 
