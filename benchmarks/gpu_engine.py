@@ -51,6 +51,7 @@ from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForC
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
 from labeler.discriminators.prompt import PromptTemplate
 from labeler.optimise.engine import FeatureTask, OptimiserConfig, objective, optimise
+from labeler.run.runtime import keep_freed_memory
 
 GEMMA_TEMPLATE = (  # Gemma 2's own: no system role (the discriminator then merges it into the user turn)
     "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}"
@@ -369,6 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     shape = SHAPES[args.shape]
+    # On a CPU, glibc's default of unmapping freed activations makes each step page-fault them anew (runtime.py).
+    allocator_tuned = keep_freed_memory() if args.device == "cpu" else False
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
     begun = time.perf_counter()
@@ -426,6 +429,7 @@ def main(argv: list[str] | None = None) -> None:
         if device.type == "cuda"
         else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
+        "allocator_tuned": allocator_tuned,
         "torch": torch.__version__,
         "transformers": sys.modules["transformers"].__version__,
         "date": time.strftime("%Y-%m-%d"),
