@@ -266,7 +266,8 @@ def fitting_features(
 def one_step(disc: CausalLMDiscriminator, encoded: Any, tasks: list[FeatureTask], config: OptimiserConfig) -> None:
     """The step's forward and backward (what the engine runs each step, without its AdamW update)."""
     n = config.examples_per_step
-    rows = [np.concatenate([t.train_active[: n // 2], t.train_inactive[: n // 2]]) for t in tasks]
+    # n / 2 of each class, repeated cyclically where a feature has fewer (as the engine draws with replacement)
+    rows = [np.concatenate([np.resize(t.train_active, n // 2), np.resize(t.train_inactive, n // 2)]) for t in tasks]
     example = torch.from_numpy(np.stack(rows)).to(disc.device)
     target = torch.zeros(len(tasks), n, dtype=torch.bool, device=disc.device)
     target[:, : n // 2] = True
