@@ -246,21 +246,35 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
 
 
 def fitting_features(
-    disc: CausalLMDiscriminator, encoded: Any, tasks: list[FeatureTask], config: OptimiserConfig, limit: int
+    disc: CausalLMDiscriminator,
+    contexts: list[str],
+    targets: list[str],
+    tasks: list[FeatureTask],
+    config: OptimiserConfig,
+    limit: int,
 ) -> int:
-    """On a GPU, the most features (at most `limit`) whose step fits in 85% of the device's memory, from the
-    memory one step over 2 features takes; elsewhere `limit`."""
+    """On a GPU, the most features (at most `limit`) whose prefix cache and step fit in 85% of the device's
+    memory, from what encoding 2 features and one step over them take; elsewhere `limit`. `tasks[:2]` must
+    index the first rows of `contexts`."""
     if disc.device.type != "cuda":
         return limit
     probe = min(2, len(tasks))
+    rows = 1 + max(int(r) for t in tasks[:probe] for r in (*t.train_active, *t.train_inactive, *t.heldout))
     sync(disc.device)
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated(disc.device)
+    encoded = disc.encode(contexts[:rows], targets[:rows])
+    sync(disc.device)
+    cached = torch.cuda.memory_allocated(disc.device)
     torch.cuda.reset_peak_memory_stats(disc.device)
     one_step(disc, encoded, tasks[:probe], config)
-    per_feature = (torch.cuda.max_memory_allocated(disc.device) - base) / probe
+    per_feature = (torch.cuda.max_memory_allocated(disc.device) - base) / probe  # cache and step
+    del encoded
     total = torch.cuda.get_device_properties(disc.device).total_memory
-    return max(1, min(limit, int((0.85 * total - base) / per_feature)))
+    fits = int((0.85 * total - base) / per_feature)
+    print(f"memory probe: {(cached - base) / probe / 2**30:.2f} GiB cache and {per_feature / 2**30:.2f} GiB in all "
+          f"per feature; {fits} features fit", file=sys.stderr)  # fmt: skip
+    return max(1, min(limit, fits))
 
 
 def one_step(disc: CausalLMDiscriminator, encoded: Any, tasks: list[FeatureTask], config: OptimiserConfig) -> None:
@@ -398,10 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     warm = replace(config, max_steps=2)
     timed(disc, contexts, targets, tasks[:2], warm)  # warm-up: lazy initialisation, kernels, allocator
     if args.features == "auto":
-        # the first two features' rows are the first 2 x examples rows: their tasks index this encoding as is
-        encoded = disc.encode(contexts[: 2 * args.examples], targets[: 2 * args.examples])
-        limit = fitting_features(disc, encoded, tasks[:2], config, limit)
-        del encoded
+        limit = fitting_features(disc, contexts, targets, tasks, config, limit)
     tasks = tasks[:limit]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

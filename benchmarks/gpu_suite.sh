@@ -15,7 +15,7 @@
 # wheels, exactly the missing ones are installed from it (pip --no-index) into a folder under OUT_DIR.
 #
 # Environment: PYTHON (default python3); GPU_SUITE_SHAPES (default "gemma-2-2b llama-3-8b"; "tiny" tests this
-# script on a CPU); GPU_SUITE_ARGS (extra gpu_engine.py arguments); GPU_SUITE_TIMEOUT (seconds per shape,
+# script on a CPU); GPU_SUITE_ARGS (gpu_engine.py arguments, default --loop-features 1); GPU_SUITE_TIMEOUT (seconds per shape,
 # default 200); GPU_SUITE_WHEELS (see above).
 set -uo pipefail
 
@@ -24,6 +24,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PYTHON:-python3}
 SHAPES=${GPU_SUITE_SHAPES:-gemma-2-2b llama-3-8b}
 PER_SHAPE=${GPU_SUITE_TIMEOUT:-200}
+# The loop's rate per feature needs no second feature, and on a GPU the loop is the slow half of a run.
+ARGS=${GPU_SUITE_ARGS-"--loop-features 1"}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 cd "$ROOT" || exit 1
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -63,9 +65,9 @@ EOF
 
 status=0
 for shape in $SHAPES; do
-    # shellcheck disable=SC2086  # GPU_SUITE_ARGS is a list of arguments
+    # shellcheck disable=SC2086  # ARGS is a list of arguments
     timeout --signal=INT --kill-after=10 "$PER_SHAPE" "$PY" benchmarks/gpu_engine.py --shape "$shape" \
-        --profile "$OUT/profile-$shape.txt" ${GPU_SUITE_ARGS:-} >"$OUT/gpu_engine-$shape.jsonl" 2>"$OUT/$shape.stderr"
+        --profile "$OUT/profile-$shape.txt" $ARGS >"$OUT/gpu_engine-$shape.jsonl" 2>"$OUT/$shape.stderr"
     rc=$?
     echo "gpu_suite: $shape exit $rc, $(wc -l <"$OUT/gpu_engine-$shape.jsonl") JSON lines" >&2
     [[ $rc -eq 0 ]] || { status=1; tail -5 "$OUT/$shape.stderr" >&2; }
