@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,67 @@ def test_paper_table_scores_a_label_on_the_training_examples(monkeypatch: pytest
         dict(zip(on_train.token_ids, on_train.aurocs, strict=True))[best], abs=1e-9
     )
     assert paper_table.training_auroc(disc, encoded, task, (best,)) != pytest.approx(on_heldout.aurocs[0], abs=1e-6)
+
+
+GPU_ENGINE_TINY = (
+    "--shape", "tiny", "--device", "cpu", "--features", "2", "--restarts", "2", "--steps", "2", "--examples", "12",
+    "--examples-per-step", "4", "--text-words", "16", "--loop-features", "1", "--matmul", "256",
+)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_gpu_engine_counts_flops_by_its_formula_and_compares_with_the_loop(tmp_path: Path) -> None:
+    profile = tmp_path / "profile.txt"
+    lines = run_script("gpu_engine.py", *GPU_ENGINE_TINY, "--profile", str(profile))
+    by_name = {line["measurement"]: line for line in lines}
+    assert list(by_name) == ["setup", "matmul_peak", "batched_engine", "paper_loop", "ratio", "profile"]
+    batched, loop, ratio = by_name["batched_engine"], by_name["paper_loop"], by_name["ratio"]
+    assert batched["features"] == 2 and batched["restarts"] == 2 and batched["steps"] == 2
+    assert batched["failed_features"] == 0
+    assert batched["features_per_s"] == pytest.approx(2 / batched["seconds"], rel=1e-3)
+    assert loop["features_per_s"] == pytest.approx(1 / loop["seconds"], rel=1e-3)
+    assert ratio["ratio"] == pytest.approx(batched["features_per_s"] / loop["features_per_s"], rel=1e-9)
+    assert batched["mfu"] == pytest.approx(batched["achieved_flops_per_s"] / by_name["matmul_peak"]["flops_per_s"])
+    assert 0 < batched["mfu"] < 1 and batched["peak_memory_gib"] > 0
+    # The tiny Gemma-2 shape by hand: per layer q and o 64x64, k and v 64x32, the MLP 3 x 64x256, four norms;
+    # then the final norm. The embedding table is not counted.
+    d, layers = 64, 2
+    params = layers * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 256 + 4 * d) + d
+    assert batched["non_embedding_params"] == params
+    # The formula of the module docstring, from what the line reports (every prefix has the same length here:
+    # 16 one-token words, a one-token target word, the fixed prompt).
+    rows, suffix, prefix = 2 * 2 * 4, batched["suffix_tokens"], batched["prefix_tokens_mean"]
+    assert prefix > 16 and suffix >= 2
+    context = sum(prefix + s + 1 for s in range(suffix))
+    expected = (
+        4 * rows * (params * suffix + d * 1024 * 1)
+        + 3 * rows * layers * 4 * 4 * 16 * context
+        + 4 * 2 * 2 * 1 * batched["allowed_tokens"] * d
+    )
+    assert batched["step_flops"] == pytest.approx(expected, rel=1e-6)
+    assert 0 < batched["allowed_tokens"] <= batched["vocab_size"] == 1024
+    table = profile.read_text()
+    assert "aten::mm" in table and "Self CPU" in table
+
+
+@pytest.mark.slow
+def test_gpu_suite_writes_lines_profile_and_an_environment_free_of_ray_and_pyarrow(tmp_path: Path) -> None:
+    out = tmp_path / "suite"
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "GPU_SUITE_SHAPES": "tiny",
+        "GPU_SUITE_ARGS": " ".join(GPU_ENGINE_TINY[2:]),  # the shape comes from GPU_SUITE_SHAPES
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), str(out)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    machine = json.loads((out / "env.json").read_text())
+    assert machine["missing"] == [] and machine["imported_forbidden"] == [], machine
+    lines = [json.loads(line) for line in (out / "gpu_engine-tiny.jsonl").read_text().splitlines()]
+    assert [line["measurement"] for line in lines] == [
+        "setup", "matmul_peak", "batched_engine", "paper_loop", "ratio", "profile",
+    ]  # fmt: skip
+    assert lines[-1]["written"] == str(out / "profile-tiny.txt")
+    assert "aten::mm" in (out / "profile-tiny.txt").read_text()

@@ -12,8 +12,8 @@ import pytest
 
 from labeler.cli import main
 from labeler.optimise.labelling import LabelConfig, split_examples
-from labeler.records.labels import LabelRecord
-from labeler.store.dataset import write_committed_part, write_exemplars
+from labeler.records.labels import LabelRecord, to_table
+from labeler.run.sink import PartSink
 from tests.conftest import tiny_llama, word_tokenizer
 from tests.label_runs import run_info
 from tests.test_judge import _one_token_feature
@@ -38,8 +38,11 @@ def _run(tmp_path: Path) -> Path:
         rows["target"] += list(feature.targets)
         rows["activation"] += feature.activations.tolist()
         records.append(LabelRecord(fid, "labelled", label=label, n_examples=len(feature), n_heldout=n_heldout))
-    write_committed_part(str(run), records, run_info("r1", discriminator="hf:/elsewhere", hook_point=HOOK), 0)
-    write_exemplars(str(run), pa.table(rows))
+    (tmp_path / "exemplars").mkdir()
+    pq.write_table(pa.table(rows), tmp_path / "exemplars" / "part-00000.parquet")
+    sink = PartSink(str(run))
+    assert sink.write_manifest({"run_id": "r1", "exemplars": str(tmp_path / "exemplars")})
+    assert sink.commit(0, to_table(records, run_info("r1", discriminator="hf:/elsewhere", hook_point=HOOK)))
     return run
 
 

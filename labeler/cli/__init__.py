@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from labeler import __version__
-from labeler.cli import demo, harvest, importing, labelling, score, store, upload
+from labeler.cli import demo, harvest, importing, labelling, plan, score, store, upload
 from labeler.cli.errors import UsageError
 from labeler.records.exemplars import ExemplarError
 
@@ -46,4 +46,5 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_parser(commands)
     importing.add_parser(commands)
     score.add_parser(commands)
+    plan.add_parser(commands)
     return parser
