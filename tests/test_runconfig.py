@@ -56,6 +56,10 @@ def test_manifest_round_trip_gives_the_same_config() -> None:
         ({"engine": "fast"}, r"engine must be one of \['optimise', 'noop'\]"),
         ({"scheduler.max_attempts": 0}, "scheduler.max_attempts must be at least 1"),
         ({"label": 3}, "label must be a mapping"),
+        ({"label.optimiser.lr": "nan"}, r"label.optimiser.lr must be a number, got 'nan'"),
+        ({"label.optimiser.lr": float("nan")}, "label.optimiser: lr must be a finite number, got nan"),
+        ({"label.optimiser.c_kl": float("inf")}, "label.optimiser: c_kl must be a finite number, got inf"),
+        ({"label.active_threshold": float("nan")}, "label: active_threshold must be a finite number, got nan"),
     ],
 )
 def test_bad_settings_are_named(overrides: dict[str, object], message: str) -> None:
