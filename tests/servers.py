@@ -24,6 +24,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+"""Keys moto accepts, given the environment way: a run config refuses credentials in its storage options."""
+
+
 class MotoS3:
     """`moto_server` on 127.0.0.1 that records its requests, so a restart can replay them (moto keeps
     state in memory; replaying the recording is how its state survives a stop)."""
@@ -63,8 +67,11 @@ class MotoS3:
             self.process.wait(timeout=30)
         self.process = None
 
-    def storage_options(self) -> dict[str, object]:
-        return {"endpoint_url": self.endpoint, "key": "testing", "secret": "testing", "skip_instance_cache": True}
+    def storage_options(self, keys: bool = True) -> dict[str, object]:
+        """fsspec options for this server; keys=False for a run config, which refuses credentials (they come
+        from MOTO_CREDENTIALS in the environment then)."""
+        options: dict[str, object] = {"endpoint_url": self.endpoint, "skip_instance_cache": True}
+        return {**options, "key": "testing", "secret": "testing"} if keys else options
 
     def make_bucket(self, name: str) -> None:
         import boto3
@@ -93,7 +100,7 @@ class RayCluster:
 
     def env(self) -> dict[str, str]:
         """The environment of this cluster's processes and clients (token auth off: a throwaway local cluster)."""
-        return {**os.environ, "RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "disabled"}
+        return {**os.environ, **MOTO_CREDENTIALS, "RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "disabled"}
 
     def start(self) -> None:
         subprocess.run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -138,6 +139,11 @@ def test_a_negative_seed_is_refused_when_configured() -> None:
         ("weight_decay", -0.01, r"weight_decay must be at least 0, got -0\.01"),
         ("c_kl", -0.1, r"c_kl must be at least 0, got -0\.1"),
         ("c_entropy", -0.2, r"c_entropy must be at least 0, got -0\.2"),
+        *[
+            (name, value, rf"{name} must be a finite number, got {value}")
+            for name in ("lr", "c_kl", "c_entropy", "init_std", "weight_decay")
+            for value in (math.inf, math.nan)
+        ],
     ],
 )
 def test_optimiser_settings_out_of_range_are_refused(setting: str, value: object, message: str) -> None:

@@ -608,10 +608,11 @@ def test_writes_to_s3_on_a_real_s3_server(
 def test_run_harvest_stage_writes_and_finds_the_harvest_with_the_sources_storage_options(
     tmp_path: Path, subject: Path, sae: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On moto's S3 server reached through source.storage_options only (endpoint_url and keys, no AWS
-    variables): the harvest is written where harvest_stage looks for it, so a second stage reuses it."""
+    """On moto's S3 server reached through source.storage_options' endpoint_url (the keys in the environment,
+    as a run config refuses them): the harvest is written where harvest_stage looks for it, so a second stage
+    reuses it."""
     import fsspec
-    from servers import MotoS3
+    from servers import MOTO_CREDENTIALS, MotoS3
 
     from labeler.run.config import load_config
     from labeler.run.service import harvest_stage
@@ -632,7 +633,9 @@ def test_run_harvest_stage_writes_and_finds_the_harvest_with_the_sources_storage
     server.start()
     try:
         server.make_bucket("runs")
-        options = server.storage_options()
+        for name, value in MOTO_CREDENTIALS.items():
+            monkeypatch.setenv(name, value)
+        options = server.storage_options(keys=False)
         corpus = write_corpus(tmp_path / "corpus.txt", 20)
         settings = {"sae": str(sae), "model": str(subject), "corpus": str(corpus), "context_len": 16, "tokens": 200}
         run = load_config(None, {"out": "s3://runs/r1", "harvest": settings, "source.storage_options": options})

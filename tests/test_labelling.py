@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -82,3 +84,9 @@ def test_copies_of_one_active_example_are_not_enough(copies: int) -> None:
     examples = feature([("same", "word", 1.0)] * copies + [("a", "x", 0.0), ("b", "y", 0.0)])
     reason = unlabelable_reason(examples, 0.0) or ""
     assert "has 1 active and 2 inactive" in reason and f"rows: {copies} active" in reason
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_active_threshold_must_be_finite(value: float) -> None:
+    with pytest.raises(ValueError, match=rf"active_threshold must be a finite number, got {value}"):
+        LabelConfig(active_threshold=value)

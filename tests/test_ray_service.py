@@ -294,7 +294,12 @@ def test_an_s3_server_stop_and_restart_mid_run_loses_nothing(
     try:
         moto.make_bucket("runs")
         options = moto.storage_options()
-        sink_config = {"storage_options": options, "retries": 40, "backoff_seconds": 0.1, "max_backoff_seconds": 1.0}
+        sink_config = {
+            "storage_options": moto.storage_options(keys=False),
+            "retries": 40,
+            "backoff_seconds": 0.1,
+            "max_backoff_seconds": 1.0,
+        }
         config = _config(data, "s3://runs/chaos", tmp_path, steps=20, sink=sink_config)
         driver = _driver(cluster, "--config", str(config))
         sink = PartSink("s3://runs/chaos", SinkConfig(storage_options=options))

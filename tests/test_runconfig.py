@@ -78,6 +78,10 @@ def test_a_discriminator_is_a_short_spec_or_its_kind_with_fields() -> None:
         ({"engine": "fast"}, r"engine must be one of \['optimise', 'noop'\]"),
         ({"scheduler.max_attempts": 0}, "scheduler.max_attempts must be at least 1"),
         ({"label": 3}, "label must be a mapping"),
+        ({"label.optimiser.lr": "nan"}, r"label.optimiser.lr must be a number, got 'nan'"),
+        ({"label.optimiser.lr": float("nan")}, "label.optimiser: lr must be a finite number, got nan"),
+        ({"label.optimiser.c_kl": float("inf")}, "label.optimiser: c_kl must be a finite number, got inf"),
+        ({"label.active_threshold": float("nan")}, "label: active_threshold must be a finite number, got nan"),
     ],
 )
 def test_bad_settings_are_named(overrides: dict[str, object], message: str) -> None:
@@ -112,3 +116,48 @@ def test_an_unknown_discriminator_is_refused_before_the_run_starts() -> None:
     with pytest.raises(ConfigError, match=r"unknown discriminator 'hf:'"):
         load_config(None, {"discriminator": "hf:"})
     assert load_config(None, {"discriminator": "hf:/models/x"}).discriminator.model == "/models/x"  # loaded by workers
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"source": {"storage_options": {"key": "AKIA"}}}, "source.storage_options.key"),
+        ({"sink": {"storage_options": {"secret": "s"}}}, "sink.storage_options.secret"),
+        ({"sink": {"storage_options": {"token": "t"}}}, "sink.storage_options.token"),
+        ({"sink": {"storage_options": {"AWS_Secret_Access_Key": "s"}}}, "sink.storage_options.AWS_Secret_Access_Key"),
+        ({"sink": {"storage_options": {"password": "p"}}}, "sink.storage_options.password"),
+        (
+            {"source": {"storage_options": {"client_kwargs": {"aws_session_token": "t"}}}},
+            "source.storage_options.client_kwargs.aws_session_token",
+        ),
+        ({"sink": {"storage_options": {"sessionToken": "t"}}}, "sink.storage_options.sessionToken"),
+        ({"harvest": {"corpus": "c.txt", "storage_options": {"key": "k"}}}, "harvest.storage_options.key"),
+    ],
+)
+def test_credentials_in_storage_options_are_refused(options: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build(RunConfig, options, "")
+    message = str(caught.value)
+    assert f"{named}: credentials are refused in a run config" in message
+    assert "AWS_ACCESS_KEY_ID" in message and "IRSA" in message
+    assert "AKIA" not in message  # the value is never echoed
+
+
+def test_non_secret_storage_options_pass() -> None:
+    options = {"endpoint_url": "http://127.0.0.1:9000", "anon": False, "client_kwargs": {"region_name": "eu-west-1"}}
+    assert build(RunConfig, {"sink": {"storage_options": options}}, "").sink.storage_options == options
+
+
+def test_a_config_with_a_secret_writes_no_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from labeler.cli import main
+
+    out = tmp_path / "run"
+    (tmp_path / "run.yaml").write_text(
+        f"out: {out}\nsink: {{storage_options: {{endpoint_url: 'http://127.0.0.1:9', key: AKIAEXAMPLE, "
+        "secret: wJalrEXAMPLE}}\n"
+    )
+    assert main(["run", "--config", str(tmp_path / "run.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "labeler: error:" in err and "sink.storage_options.key: credentials are refused" in err
+    assert "AWS_SECRET_ACCESS_KEY" in err and "AKIAEXAMPLE" not in err and "wJalrEXAMPLE" not in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml"]

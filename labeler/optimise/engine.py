@@ -19,6 +19,7 @@ run seed and the feature id, so a feature gets the same label whether it runs al
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -83,6 +84,9 @@ class OptimiserConfig:
         for name in ("seed", "rescore_top_k"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+        for name in ("lr", "c_kl", "c_entropy", "init_std", "weight_decay"):
+            if not math.isfinite(getattr(self, name)):  # nan passes no comparison, inf every one below
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         for name in ("lr", "init_std"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -7,6 +7,7 @@ features of its chunk down with it.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,11 @@ class LabelConfig:
     stops the run before any work, naming such features (this reads every feature's examples first)."""
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.active_threshold):
+            raise ValueError(
+                f"active_threshold must be a finite number, got {self.active_threshold}: an activation above it "
+                "counts as active"
+            )
         if not 0 < self.heldout_fraction < 1:
             raise ValueError(f"heldout_fraction must lie strictly between 0 and 1, got {self.heldout_fraction}")
         if self.features_per_batch < 1:

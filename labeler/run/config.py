@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 import types
 import typing
@@ -125,6 +126,36 @@ class RunConfig:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
+
+    def __post_init__(self) -> None:
+        check_no_credentials(self.source.storage_options, "source.storage_options")
+        check_no_credentials(self.sink.storage_options, "sink.storage_options")
+        harvest_options = (self.harvest or {}).get("storage_options")
+        if isinstance(harvest_options, Mapping):
+            check_no_credentials(harvest_options, "harvest.storage_options")
+
+
+CREDENTIAL_WORDS = frozenset({"key", "secret", "token", "password", "passwd", "session", "credential", "credentials"})
+"""A storage option whose name holds one of these words (split at `_`, `-`, `.` and camelCase) is a credential."""
+
+
+def check_no_credentials(options: Mapping[str, Any], where: str) -> None:
+    """Raise ConfigError where a key of `options` (at any depth, e.g. client_kwargs.aws_session_token) names a
+    credential: the config is written verbatim into the run folder's manifest.json, so a secret there would
+    be stored next to the labels. The value is never echoed."""
+    for name, value in options.items():
+        key = f"{where}.{name}"
+        words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(name)).lower())
+        if CREDENTIAL_WORDS.intersection(words):
+            raise ConfigError(
+                f"{key}: credentials are refused in a run config (it is written verbatim into the run folder's "
+                "manifest.json); remove it and give them the environment or IAM way: AWS_ACCESS_KEY_ID, "
+                "AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN (or AWS_PROFILE) in the environment of the driver and "
+                "every worker, or an IAM role (IRSA on Kubernetes, an instance profile on EC2); keep only "
+                "non-secret options here, e.g. endpoint_url"
+            )
+        if isinstance(value, Mapping):
+            check_no_credentials(value, key)
 
 
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] = {}) -> RunConfig:
@@ -269,8 +300,10 @@ def _value(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where} must be a mapping, got {value!r}")
         return dict(value)
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where} must be a number, got {value!r}")
     if hint in (int, str, bool) and type(value) is not hint:
         raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
     if hint is Any:

@@ -29,7 +29,8 @@ from labeler.records.exemplars import (
     REQUIRED_COLUMNS,
     ExemplarError,
     FeatureExemplars,
-    check_exemplar_schema,
+    check_features_table,
+    check_parts,
     group_by_feature,
     read_exemplars,
     split_invalid_features,
@@ -81,9 +82,10 @@ def _listed_features(url: str, storage_options: Mapping[str, Any]) -> tuple[np.n
             f"{url}: no column 'feature'; a features file needs `feature` (int) and optionally `status` (alive, "
             f"ultra_rare, dead or failed) and `frequency`, as a harvest writes it (found {names})"
         )
-    columns = ["feature", "status"] if "status" in names else ["feature"]
+    columns = [name for name in ("feature", "status", "frequency") if name in names]
     table = dataset.to_table(columns=columns)
-    for name in columns:
+    check_features_table(table, url)
+    for name in (name for name in columns if name != "frequency"):  # a null frequency is unmeasured
         if table.column(name).null_count:
             raise ExemplarError(
                 f"{url}: column {name!r} has {table.column(name).null_count} null value(s); "
@@ -101,7 +103,7 @@ def _exemplar_ids(url: str, storage_options: Mapping[str, Any]) -> np.ndarray:
     if _is_jsonl(url):
         return np.unique(read_exemplars(url).column("feature").to_numpy())
     dataset = _dataset(url, storage_options)
-    check_exemplar_schema(dataset.schema, url)
+    check_parts(dataset, url)
     pieces: list[np.ndarray] = []
     held = 0
     for batch in dataset.to_batches(columns=["feature"]):
