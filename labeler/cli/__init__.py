@@ -531,8 +531,10 @@ def run_service(args: argparse.Namespace) -> int:
     started_here = not (args.address or os.environ.get("RAY_ADDRESS"))
     ray.init(address=args.address, log_to_driver=True, include_dashboard=False if started_here else None)
     try:
-        driver_port = metrics.serve(config.metrics.port) if config.metrics.port is not None else None
-        host = ray.util.get_node_ip_address() or socket.gethostname()
+        driver_port = (
+            metrics.serve(config.metrics.port, config.metrics.host) if config.metrics.port is not None else None
+        )
+        node = ray.util.get_node_ip_address() or socket.gethostname()
         pool = RayPool(config.workers, prepared.spec(), config.out, config.sink)
         try:
             endpoints = pool.ready()
@@ -541,9 +543,13 @@ def run_service(args: argparse.Namespace) -> int:
                 prepared.sink.discard_manifest()
                 raise UsageError(f"{err}\nnothing was labelled; fix that and run the same command again") from err
             raise UsageError(f"{err}\nfix that and continue with: labeler run --resume {config.out}") from err
-        driver = [f"{host}:{driver_port}"] if driver_port is not None else []
+        driver = [metrics.endpoint(config.metrics.host, driver_port, node)] if driver_port is not None else []
         where = service.write_targets(prepared, driver + endpoints)
-        print(f"metrics: driver {driver or '-'}, workers {endpoints}; Prometheus targets in {where}", file=sys.stderr)
+        print(
+            f"metrics: driver {driver or '-'} (bound to {config.metrics.host}), workers {endpoints} "
+            f"(bound to {config.workers.metrics_host}); Prometheus targets in {where}",
+            file=sys.stderr,
+        )
         stop = {"asked": False}
 
         def on_sigint(signum: int, frame: object) -> None:

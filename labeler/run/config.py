@@ -38,6 +38,8 @@ class MetricsConfig:
 
     port: int | None = 0
     """Port of the driver's /metrics (0: a free one, printed at start; null: do not serve)."""
+    host: str = "127.0.0.1"
+    """Address the driver's /metrics listens on: loopback, or 0.0.0.0 where Prometheus scrapes from elsewhere."""
     targets_file: str | None = None
     """Prometheus file_sd JSON listing the driver's and every worker's endpoint, rewritten when workers change
     (default: prometheus_targets.json in the run folder)."""
