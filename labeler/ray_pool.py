@@ -31,10 +31,13 @@ class WorkerStartError(RuntimeError):
 class LabelActor:
     """One worker process: builds its labeller once, then runs chunks (wrapped by `ray.remote` at start)."""
 
-    def __init__(self, spec: LabellerSpec, sink_url: str, sink_config: SinkConfig, metrics_port: int) -> None:
+    def __init__(
+        self, spec: LabellerSpec, sink_url: str, sink_config: SinkConfig, metrics_port: int, metrics_host: str
+    ) -> None:
         self.worker = ChunkWorker(spec, PartSink(sink_url, sink_config))
-        self.port = metrics.serve(metrics_port)
-        self.host = ray.util.get_node_ip_address() if ray.is_initialized() else socket.gethostname()
+        self.port = metrics.serve(metrics_port, metrics_host)
+        node = ray.util.get_node_ip_address() if ray.is_initialized() else socket.gethostname()
+        self.address = metrics.endpoint(metrics_host, self.port, node)
         self.step: tuple[int, int] | None = None
 
     def run(self, chunk: Chunk) -> ChunkOutcome:
@@ -53,7 +56,7 @@ class LabelActor:
 
     def endpoint(self) -> str:
         """host:port of this worker's /metrics."""
-        return f"{self.host}:{self.port}"
+        return self.address
 
     def placement(self) -> dict[str, Any]:
         """Where Ray put this worker: node, process and the GPU ids it was given."""
@@ -82,7 +85,8 @@ class RayPool:
             runtime_env={"env_vars": dict(env)} if env else None,
         )
         self.actors: list[Any] = [
-            actor.remote(spec, sink_url, sink_config, config.metrics_port) for _ in range(config.count)
+            actor.remote(spec, sink_url, sink_config, config.metrics_port, config.metrics_host)
+            for _ in range(config.count)
         ]
         self._refs: dict[Any, tuple[int, Chunk]] = {}
         self._down: dict[int, Any] = {}  # worker -> a ping sent to it, answered once Ray has restarted it

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -150,6 +152,67 @@ def test_bad_sql_is_a_clear_error_with_exit_status_2(
     assert code == 2 and out == ""
     assert err.startswith("labeler: error: the SQL statement failed:") and says in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("sql", "says"),
+    [
+        ("COPY (SELECT * FROM labels) TO '{tmp}/out.csv'", "Cannot access file"),
+        ("COPY labels TO '{tmp}/out.parquet' (FORMAT parquet)", "Cannot access file"),
+        ("EXPORT DATABASE '{tmp}/out'", "Cannot access"),
+        ("SELECT * FROM read_csv('{tmp}/secret.csv')", "Cannot access file"),
+        ("SELECT * FROM read_text('{tmp}/secret.csv')", "Cannot access file"),
+        ("SELECT * FROM read_parquet('s3://bucket/x.parquet')", "Cannot access file"),
+        ("ATTACH '{tmp}/out.db' AS db", "Cannot access file"),
+        ("INSTALL httpfs", "disabled by configuration"),
+        ("LOAD httpfs", "disabled through configuration"),
+        ("SET enable_external_access = true", "configuration has been locked"),
+        ("SET threads = 1", "configuration has been locked"),
+        ("RESET lock_configuration", "configuration has been locked"),
+    ],
+)
+def test_statements_that_reach_past_the_tables_are_refused(
+    tmp_path: Path, sql: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Files, URLs, databases, extensions and settings are out of reach: exit 2, DuckDB's reason, nothing written."""
+    write_run(str(tmp_path / "run"), "run-a", n=5)
+    (tmp_path / "secret.csv").write_text("user,password\nroot,hunter2\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = query(["--data", str(tmp_path / "run"), sql.format(tmp=tmp_path)], capsys)
+    assert code == 2 and out == "" and "hunter2" not in err
+    assert err.startswith("labeler: error: not allowed in labeler query:") and says in err, err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_every_query_of_the_readme_still_works(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's `labeler query` lines, run inside the sandbox over two local runs (its s3:// run made local)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```bash\n(labeler query --data run1/.*?)```", readme, flags=re.S)
+    assert block is not None, "the README's block of labeler query examples was not found"
+    chunks = re.split(r"^(?=labeler )", block.group(1).replace("\\\n", " "), flags=re.M)
+    commands = [shlex.split(c) for c in chunks if c.startswith("labeler query ")]
+    assert len(commands) >= 3, "the README's labeler query examples were not found"
+    write_run(str(tmp_path / "run1"), "run-a", n=8, seed=0)
+    write_run(str(tmp_path / "a"), "run-b", n=8, seed=1)
+    places = {"run1/": str(tmp_path / "run1"), "s3://bucket/runs/a": str(tmp_path / "a")}
+    for command in commands:
+        args = [places.get(arg, arg) for arg in command[2:]]
+        code, out, err = query(args, capsys)
+        assert code == 0 and err == "", (command, err)
+        assert "(0 rows)" not in out and out.strip() not in ("", "[]"), (command, out)
+
+
+def test_the_same_run_given_twice_is_read_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recs = write_run(str(tmp_path / "run"), "run-a", n=12)
+    sql = "SELECT count(*) AS n, count(DISTINCT feature) AS features FROM labels"
+    run = str(tmp_path / "run")
+    code, out, err = query(["--data", run, "--data", run, "--data", run + "/", sql, "--format", "json"], capsys)
+    assert code == 0, err
+    assert json.loads(out) == [{"n": len(recs), "features": len(recs)}]
+    sql = "SELECT count(*) AS n FROM exemplars"
+    once = query(["--data", run, sql, "--format", "json"], capsys)[1]
+    assert query(["--data", run, "--data", run, sql, "--format", "json"], capsys)[1] == once
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ feature appears exactly once in the committed output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -29,15 +30,16 @@ from servers import BIN, MotoS3, RayCluster, exemplar_parts, tiny_model
 
 from labeler.discriminators.embedding import EmbeddingConfig
 from labeler.optimise.labelling import LabelConfig
-from labeler.ray_pool import RayPool, WorkersConfig, WorkerStartError
+from labeler.ray_pool import RayPool, WorkerStartError
 from labeler.run import metrics
-from labeler.run.config import SourceConfig
+from labeler.run.config import SourceConfig, WorkersConfig
 from labeler.run.scheduler import Scheduler, SchedulerConfig, drive, make_plan
 from labeler.run.sink import PartSink, SinkConfig
 from labeler.run.worker import LabellerSpec, give_up_chunk
 
 ROOT = Path(__file__).resolve().parent.parent
 N_FEATURES = 240
+RAY_WORKER_PORTS = (10002, 19999)  # `ray start`'s default --min-worker-port and --max-worker-port
 pytestmark = pytest.mark.slow
 
 
@@ -244,6 +246,50 @@ def test_a_killed_worker_is_restarted_and_its_chunk_retried(
     assert driver.returncode == 0, output[-3000:]
     _assert_exactly_once(sink)
     assert set(pq.read_table(out / "labels").column("status").to_pylist()) == {"labelled"}
+
+
+def _listening(pids: list[int]) -> dict[int, set[tuple[str, int]]]:
+    """The (address, port) of every listening TCP socket of each process."""
+    import psutil
+
+    found: dict[int, set[tuple[str, int]]] = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            sockets = psutil.Process(pid).net_connections(kind="tcp")
+            found[pid] = {(c.laddr.ip, c.laddr.port) for c in sockets if c.status == psutil.CONN_LISTEN}
+    return found
+
+
+def test_every_listening_socket_of_the_driver_and_the_workers_is_on_loopback(
+    cluster: RayCluster, data: dict[str, Path], tmp_path: Path
+) -> None:
+    """No host configured: the driver's and each worker's metrics servers, and anything else those processes
+    listen on, are bound to 127.0.0.1 and the targets file names those addresses. (Ray's own daemons, raylet,
+    GCS and dashboard, are configured by `ray start` and are not labeler's processes.)"""
+    out = tmp_path / "run"
+    driver = _driver(cluster, "--config", str(_config(data, str(out), tmp_path, steps=20, metrics={"port": 0})))
+    sink = PartSink(str(out))
+    try:
+        _wait_for_parts(sink, 1, driver)
+        targets = json.loads((out / "prometheus_targets.json").read_text())[0]["targets"]
+        assert len(targets) == 3, targets  # the driver and two workers
+        workers = _label_actor_pids(cluster)
+        assert len(workers) == 2, workers
+        listening = _listening([driver.pid, *workers])
+        assert driver.returncode is None and len(listening) == 3, "the driver or a worker ended early"
+        bound = {f"{ip}:{port}" for sockets in listening.values() for ip, port in sockets}
+        assert set(targets) <= bound, f"targets {targets} are not all among the listening sockets {bound}"
+        # Each Ray process (the driver too) also serves Ray's core-worker gRPC on one port of `ray start`'s
+        # worker range, on every interface: Ray's, set by the cluster's own options. Nothing else is off loopback.
+        for pid, sockets in listening.items():
+            elsewhere = [(ip, port) for ip, port in sockets if ip != "127.0.0.1"]
+            assert len(elsewhere) <= 1 and all(RAY_WORKER_PORTS[0] <= p <= RAY_WORKER_PORTS[1] for _, p in elsewhere), (
+                f"process {pid} listens off loopback: {sorted(sockets)}"
+            )
+    finally:
+        driver.kill()
+        output = driver.communicate(timeout=60)[0]
+    assert "(bound to 127.0.0.1), workers" in output and "workers ['127.0.0.1:" in output, output[-3000:]
 
 
 def _cmdline(pid: int) -> list[str]:

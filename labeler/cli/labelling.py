@@ -175,6 +175,8 @@ def execute(config: RunConfig, args: argparse.Namespace, resume: bool, on_ray: b
 def _in_process(
     prepared: PreparedRun, args: argparse.Namespace, bar: Any, on_step: Callable[[int, int], None], resume: bool
 ) -> Progress:
+    import socket
+
     from labeler.run import metrics
     from labeler.run.local import LocalPool
     from labeler.run.runtime import keep_freed_memory
@@ -189,9 +191,10 @@ def _in_process(
     pool = LocalPool(worker, on_step)
     port = prepared.config.metrics.port
     if port is not None:
-        endpoint = f"127.0.0.1:{metrics.serve(port, addr='127.0.0.1')}"
+        host = prepared.config.metrics.host
+        endpoint = metrics.endpoint(host, metrics.serve(port, host), socket.gethostname())
         where = service.write_targets(prepared, [endpoint])
-        print(f"metrics: {endpoint}; Prometheus targets in {where}", file=sys.stderr)
+        print(f"metrics: {endpoint} (bound to {host}); Prometheus targets in {where}", file=sys.stderr)
     return _drive(prepared, pool, bar, lambda: None)
 
 
@@ -209,16 +212,22 @@ def _on_ray(
     started_here = not (args.address or os.environ.get("RAY_ADDRESS"))
     ray.init(address=args.address, log_to_driver=True, include_dashboard=False if started_here else None)
     try:
-        driver_port = metrics.serve(config.metrics.port) if config.metrics.port is not None else None
-        host = ray.util.get_node_ip_address() or socket.gethostname()
+        driver_port = (
+            metrics.serve(config.metrics.port, config.metrics.host) if config.metrics.port is not None else None
+        )
+        node = ray.util.get_node_ip_address() or socket.gethostname()
         pool = RayPool(config.workers, prepared.spec(), config.out, config.sink)
         try:
             endpoints = pool.ready()
         except WorkerStartError as err:
             raise _start_failed(prepared, resume, str(err)) from err
-        driver = [f"{host}:{driver_port}"] if driver_port is not None else []
+        driver = [metrics.endpoint(config.metrics.host, driver_port, node)] if driver_port is not None else []
         where = service.write_targets(prepared, driver + endpoints)
-        print(f"metrics: driver {driver or '-'}, workers {endpoints}; Prometheus targets in {where}", file=sys.stderr)
+        print(
+            f"metrics: driver {driver or '-'} (bound to {config.metrics.host}), workers {endpoints} "
+            f"(bound to {config.workers.metrics_host}); Prometheus targets in {where}",
+            file=sys.stderr,
+        )
         last = {"targets": time.monotonic(), "alive": pool.alive(), "steps": 0.0}
 
         def every_poll() -> None:

@@ -79,6 +79,8 @@ class WorkersConfig:
     """Times Ray restarts a worker that died (its chunk is retried by the scheduler)."""
     metrics_port: int = 0
     """Port each worker serves /metrics on: 0 picks a free one (several per node); fix it for one worker per pod."""
+    metrics_host: str = "127.0.0.1"
+    """Address each worker's /metrics listens on: loopback, or 0.0.0.0 where Prometheus scrapes other nodes."""
 
     def __post_init__(self) -> None:
         if self.count < 1:
@@ -95,6 +97,8 @@ class MetricsConfig:
 
     port: int | None = 0
     """Port of the driver's /metrics (0: a free one, printed at start; null: do not serve)."""
+    host: str = "127.0.0.1"
+    """Address the driver's /metrics listens on: loopback, or 0.0.0.0 where Prometheus scrapes from elsewhere."""
     targets_file: str | None = None
     """Prometheus file_sd JSON listing the driver's and every worker's endpoint, rewritten when workers change
     (default: prometheus_targets.json in the run folder)."""

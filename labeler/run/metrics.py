@@ -42,13 +42,24 @@ DEVICE_MEMORY = Gauge(
 )
 
 
-def serve(port: int = 0, addr: str = "0.0.0.0") -> int:
+LOOPBACK = "127.0.0.1"
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def serve(port: int = 0, addr: str = LOOPBACK) -> int:
     """Serve this process's metrics at http://ADDR:PORT/metrics in a daemon thread; returns the bound port.
 
-    Port 0 picks a free one, so several workers on one node do not collide.
+    Port 0 picks a free one, so several workers on one node do not collide. ADDR is loopback unless the
+    caller says otherwise: 0.0.0.0 only where another machine (a cluster's Prometheus) must scrape it.
     """
     server, _thread = start_http_server(port, addr=addr, registry=REGISTRY)
     return int(server.server_port)
+
+
+def endpoint(addr: str, port: int, node_address: str) -> str:
+    """host:port at which a server bound to ADDR:PORT is scraped: ADDR itself, or, for a wildcard address
+    (all interfaces), this node's address, which other machines can reach."""
+    return f"{node_address if addr in WILDCARDS else addr}:{port}"
 
 
 def exported_series() -> frozenset[str]:

@@ -51,16 +51,22 @@ class Dataset:
     exemplars: pa.Table | None
     """EXEMPLAR_SCHEMA rows of the runs that have exemplars, or None when none has."""
     runs: tuple[str, ...]
-    """The URLs read, in order."""
+    """The URLs read, in order, each run once."""
 
 
 def read_runs(urls: Sequence[str], storage_options: Mapping[str, Any] | None = None) -> Dataset:
     """Read the committed labels (and exemplars) of every run URL, refusing unknown schema versions."""
     if not urls:
         raise DatasetError("no run given: pass at least one run URL (a folder or s3://bucket/prefix)")
-    labels, exemplars = [], []
+    labels, exemplars, read = [], [], []
+    seen: set[tuple[str, str]] = set()
     for url in urls:
         fs, root = _filesystem(url, storage_options)
+        where = (str(fs.protocol), root)
+        if where in seen:
+            continue  # the same run named twice (`--data R --data R`, or `R` and `R/`) is read once
+        seen.add(where)
+        read.append(url)
         run_labels = _read_labels(fs, root, url)
         labels.append(run_labels)
         found = _read_exemplars(fs, root, url, _run_ids(run_labels, fs, root), storage_options)
@@ -69,7 +75,7 @@ def read_runs(urls: Sequence[str], storage_options: Mapping[str, Any] | None = N
     return Dataset(
         labels=pa.concat_tables(labels),
         exemplars=pa.concat_tables(exemplars) if exemplars else None,
-        runs=tuple(urls),
+        runs=tuple(read),
     )
 
 

@@ -1,7 +1,10 @@
 """SQL over label datasets with DuckDB: the tables `labels` and `exemplars`, results as Arrow or text.
 
 The tables are Arrow tables already read (labeler/store/dataset.py) and registered as DuckDB views, so DuckDB
-itself never touches storage (its httpfs extension is not needed). This module knows nothing about URLs.
+itself never touches storage (its httpfs extension is not needed). After registering them the connection is
+locked: no file or network access, no extension installed or loaded, no setting changed (DuckDB's own
+settings for this, docs: operations_manual/securing_duckdb), so a statement can read the two tables and
+nothing else on the machine. This module knows nothing about URLs.
 """
 
 from __future__ import annotations
@@ -24,6 +27,20 @@ class QueryError(ValueError):
     """A SQL statement DuckDB refused (syntax, unknown table or column, ...); the message is DuckDB's."""
 
 
+class QueryNotAllowed(QueryError):
+    """A statement that would reach past the tables: write or read files or URLs, attach a database file,
+    install or load an extension, or change a setting."""
+
+
+# Set after the tables are registered, in this order: lock_configuration last, so none can be undone.
+LOCKDOWN = (
+    "SET enable_external_access = false",
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET lock_configuration = true",
+)
+
+
 def run_query(data: Dataset, sql: str) -> pa.Table:
     """The result of one SQL statement over `labels` (and `exemplars`, where the runs have them)."""
     con = duckdb.connect()
@@ -31,12 +48,16 @@ def run_query(data: Dataset, sql: str) -> pa.Table:
         con.register("labels", data.labels)
         if data.exemplars is not None:
             con.register("exemplars", data.exemplars)
+        for setting in LOCKDOWN:
+            con.execute(setting)
         try:
             relation = con.sql(sql)
             if relation is None:
                 raise QueryError("the statement returned no result: give a query such as SELECT ... FROM labels")
             return relation.to_arrow_table()
         except duckdb.Error as err:
+            if isinstance(err, duckdb.PermissionException) or "configuration has been locked" in str(err):
+                raise QueryNotAllowed(f"not allowed in labeler query: {err}") from err
             tables = "labels and exemplars" if data.exemplars is not None else "labels (these runs have no exemplars)"
             raise QueryError(f"the SQL statement failed: {err}\n(tables: {tables})") from err
     finally:
