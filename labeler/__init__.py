@@ -1,10 +1,16 @@
 """labeler: name sparse-autoencoder features by token-space gradient descent.
 
-Data flow: exemplars (exemplars.py) -> a discriminator that scores a soft label against examples
-(discriminators/) -> the batched optimiser (engine.py) -> scored label records (results.py) ->
-a Parquet dataset (results.py) -> read back from a folder or S3 (dataset.py), queried with SQL
-(query.py), exported (export.py) and shown as a page (report.py). labelling.py ties the first steps
-together for one chunk of features; cli.py is the only entry point.
+The data flow, one package a step:
+
+    harvest/ (SAE on a model over a corpus; or imported caches)  ->  exemplars, records/exemplars.py
+        -> run/ (config, plan, scheduler; a worker per chunk: read its exemplars, label, commit a part)
+              optimise/ (the batched optimiser) against discriminators/ (a frozen LM asked about a soft label)
+              on run/local.py (in this process: `labeler label`) or ray_pool.py (Ray actors: `labeler run`)
+        -> a run folder (records/layout.py: manifest.json, labels/part-*.parquet of records/labels.py)
+        -> judge/ (scores by a model that did not choose the label)
+        -> store/ (read runs from a folder or S3, SQL, export, upload, report)
+
+cli/ is the only entry point; toys/ holds the synthetic worlds and the demo SAE used by tests and demos.
 """
 
 __version__ = "0.1.0"

@@ -860,9 +860,12 @@ def test_image_installs_with_the_projects_pins() -> None:
     assert re.search(r"^FROM nvidia/cuda:[\w.-]+$", dockerfile, re.MULTILINE), "the image needs a CUDA base"
     install = " ".join(line for line in dockerfile.replace("\\\n", " ").splitlines() if "pip install" in line)
     image = pins(install)
-    makefile = pins((ROOT / "Makefile").read_text())
+    # Other tools' packages that only the tests install (the interop extra's --no-deps lines) stay out of the image.
+    test_only = {"eai-sparsify", "eai-delphi", "sentence-transformers"}
+    makefile = {name: pin for name, pin in pins((ROOT / "Makefile").read_text()).items() if name not in test_only}
     pyproject = pins((ROOT / "pyproject.toml").read_text())
     assert makefile, "no pins found in the Makefile"
+    assert not test_only & {name for name, pin in image.items() if pin is not None}
     assert {name: image.get(name) for name in makefile} == makefile
     assert {name: image.get(name) for name in pyproject} == pyproject
     readme = re.search(r"torch is pinned to ([\w.]+)", (ROOT / "README.md").read_text())
@@ -1037,7 +1040,7 @@ def test_run_configs_are_valid_labeler_run_configs() -> None:
     from labeler.run.config import load_config
 
     example = load_config(DEPLOY / "config" / "run.example.yaml")
-    assert example.discriminator.startswith("hf:") and example.out.startswith("s3://BUCKET/")
+    assert example.discriminator.kind == "hf" and example.out.startswith("s3://BUCKET/")
     assert example.workers.num_gpus == 1 and example.workers.metrics_port == example.metrics.port == 9310
     local = load_config(DEPLOY / "config" / "run.local.yaml")
     assert local.source.exemplars is None and local.harvest is not None and local.harvest["demo"] is True

@@ -19,9 +19,10 @@ from transformers import GPT2Model, PreTrainedTokenizerFast
 
 from labeler.harvest.config import HarvestConfig
 from labeler.harvest.corpus import iter_documents, iter_windows
-from labeler.harvest.pipeline import EXEMPLAR_ROW_SCHEMA, FEATURE_SCHEMA, harvest
+from labeler.harvest.pipeline import harvest
 from labeler.harvest.sae_source import SourceError, load_source
 from labeler.records.exemplars import read_exemplars
+from labeler.records.schema import EXEMPLAR_ROW_SCHEMA, FEATURE_SCHEMA
 
 D_SAE = 48
 DEAD = (3, 17)
@@ -605,12 +606,12 @@ def test_writes_to_s3_on_a_real_s3_server(
         fsspec.get_filesystem_class("s3").clear_instance_cache()
 
 
-def test_run_harvest_stage_writes_and_finds_the_harvest_with_the_sources_storage_options(
+def test_run_harvest_stage_writes_and_finds_the_harvest_with_the_run_folders_storage_options(
     tmp_path: Path, subject: Path, sae: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On moto's S3 server reached through source.storage_options' endpoint_url (the keys in the environment,
-    as a run config refuses them): the harvest is written where harvest_stage looks for it, so a second stage
-    reuses it."""
+    """On moto's S3 server reached through sink.storage_options' endpoint_url (the keys in the environment,
+    as a run config refuses them): the harvest lies in the run folder, so it is written with the run folder's
+    options, where harvest_stage looks for it, and read with them; a second stage reuses it."""
     import fsspec
     from servers import MOTO_CREDENTIALS, MotoS3
 
@@ -638,10 +639,11 @@ def test_run_harvest_stage_writes_and_finds_the_harvest_with_the_sources_storage
         options = server.storage_options(keys=False)
         corpus = write_corpus(tmp_path / "corpus.txt", 20)
         settings = {"sae": str(sae), "model": str(subject), "corpus": str(corpus), "context_len": 16, "tokens": 200}
-        run = load_config(None, {"out": "s3://runs/r1", "harvest": settings, "source.storage_options": options})
+        run = load_config(None, {"out": "s3://runs/r1", "harvest": settings, "sink.storage_options": options})
         lines: list[str] = []
         harvested = harvest_stage(run, log=lines.append)
         assert harvested.source.exemplars == "s3://runs/r1/harvest/exemplars"
+        assert harvested.source.storage_options == options
         s3 = fsspec.filesystem("s3", **options)
         assert json.loads(s3.cat("runs/r1/harvest/manifest.json"))["features"] == D_SAE
         with s3.open("runs/r1/harvest/features.parquet", "rb") as f:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labeler import __version__
-from labeler.harvest.pipeline import FEATURE_SCHEMA, SCHEMA_VERSION
+from labeler.records.schema import FEATURE_SCHEMA, HARVEST_SCHEMA_VERSION
 
 UNKNOWN_COUNTS = ("active_tokens", "frequency", "mean_active_activation")
 """FEATURE_SCHEMA columns an import may leave null: what the source did not record."""
@@ -61,7 +61,7 @@ class ImportManifest:
     seconds: float
     settings: dict[str, Any]
     labeler_version: str = __version__
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = HARVEST_SCHEMA_VERSION
 
 
 class PartWriter:
@@ -97,7 +97,9 @@ class PartWriter:
     def _add(self, features: pa.Table, part: int) -> None:
         n = features.num_rows
         features = features.append_column("part", pa.array(np.full(n, part, dtype=np.int32)))
-        features = features.append_column("schema_version", pa.array(np.full(n, SCHEMA_VERSION, dtype=np.int32)))
+        features = features.append_column(
+            "schema_version", pa.array(np.full(n, HARVEST_SCHEMA_VERSION, dtype=np.int32))
+        )
         self._features.append(features.select(IMPORT_FEATURE_SCHEMA.names).cast(IMPORT_FEATURE_SCHEMA))
 
     def finish(self, **manifest: Any) -> ImportManifest:

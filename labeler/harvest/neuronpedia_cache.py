@@ -30,23 +30,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from labeler.harvest.exemplar_parts import ImportManifest, ImportSourceError, PartWriter
-from labeler.harvest.pipeline import SCHEMA_VERSION
 from labeler.harvest.texts import token_text
+from labeler.records.schema import EXEMPLAR_ROW_SCHEMA, HARVEST_SCHEMA_VERSION
 
 _BATCH = re.compile(r"^batch-(\d+)\.jsonl(\.gz)?$")
 
-NEURONPEDIA_ROW_SCHEMA = pa.schema(
-    [
-        pa.field("feature", pa.int64(), nullable=False),
-        pa.field("context", pa.string(), nullable=False),
-        pa.field("target", pa.string(), nullable=False),
-        pa.field("activation", pa.float64(), nullable=False),
-        pa.field("position", pa.int32(), nullable=False),
-        pa.field("window", pa.int64(), nullable=False),
-        pa.field("sampling", pa.string(), nullable=False),
-        pa.field("schema_version", pa.int32(), nullable=False),
-    ]
-)
+NEURONPEDIA_ROW_SCHEMA = pa.schema([f for f in EXEMPLAR_ROW_SCHEMA if f.name not in ("window_ids", "target_id")])
 """The harvest's EXEMPLAR_ROW_SCHEMA less window_ids and target_id (the export has no token ids); `position`
 indexes the context's tokens, `window` numbers the contexts in the order read."""
 
@@ -100,7 +89,7 @@ def import_neuronpedia(
         features = sorted(maxima)
         seen.update(features)
         exemplars = pa.table(
-            {**rows, "schema_version": np.full(len(rows["feature"]), SCHEMA_VERSION, dtype=np.int32)},
+            {**rows, "schema_version": np.full(len(rows["feature"]), HARVEST_SCHEMA_VERSION, dtype=np.int32)},
             schema=NEURONPEDIA_ROW_SCHEMA,
         )
         dead = [f for f in features if maxima[f] <= 0]  # never active: no rows, as a harvest writes dead features

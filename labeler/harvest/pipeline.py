@@ -43,50 +43,8 @@ from labeler.harvest.sae_source import FeatureSource, load_source
 from labeler.harvest.select import quantile_picks, selected_features
 from labeler.harvest.stats import FeatureStats
 from labeler.harvest.texts import Texts
+from labeler.records.schema import EXEMPLAR_ROW_SCHEMA, FEATURE_SCHEMA, HARVEST_SCHEMA_VERSION
 from labeler.run.runtime import keep_freed_memory
-
-SCHEMA_VERSION = 2
-
-EXEMPLAR_ROW_SCHEMA = pa.schema(
-    [
-        pa.field("feature", pa.int64(), nullable=False),
-        pa.field("context", pa.string(), nullable=False),
-        pa.field("target", pa.string(), nullable=False),
-        pa.field("activation", pa.float64(), nullable=False),
-        pa.field("position", pa.int32(), nullable=False),
-        pa.field("window", pa.int64(), nullable=False),
-        pa.field("window_ids", pa.list_(pa.int32()), nullable=False),
-        pa.field("target_id", pa.int32(), nullable=False),
-        pa.field("sampling", pa.string(), nullable=False),
-        pa.field("schema_version", pa.int32(), nullable=False),
-    ]
-)
-"""The exemplar contract (feature, context, target, activation) plus where the example came from.
-
-`position` indexes `window_ids` (the window's token ids, BOS included); `sampling` is "top",
-"quantile" or "inactive"."""
-
-FEATURE_SCHEMA = pa.schema(
-    [
-        pa.field("feature", pa.int64(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("active_tokens", pa.int64(), nullable=False),
-        pa.field("frequency", pa.float64(), nullable=False),
-        pa.field("max_activation", pa.float64(), nullable=False),
-        pa.field("mean_active_activation", pa.float64(), nullable=False),
-        pa.field("top_examples", pa.int32(), nullable=False),
-        pa.field("quantile_examples", pa.int32(), nullable=False),
-        pa.field("inactive_examples", pa.int32(), nullable=False),
-        pa.field("part", pa.int32(), nullable=False),
-        pa.field("non_finite_tokens", pa.int64(), nullable=False),
-        pa.field("error", pa.string(), nullable=True),
-        pa.field("schema_version", pa.int32(), nullable=False),
-    ]
-)
-"""One row per harvested feature; `status` is "alive", "ultra_rare" (fewer than `min_active_tokens`
-active tokens), "dead" (never active: no exemplar rows) or "failed" (its latent was NaN or infinite on
-`non_finite_tokens` tokens: no exemplar rows; `error` says so). Tokens where every latent is non-finite
-(a model-side overflow) are left out of the harvest instead and counted in the manifest."""
 
 Progress = Callable[[int, int], None]
 """Called after every batch with (corpus tokens done, tokens expected in all): the expected total is
@@ -119,7 +77,7 @@ class HarvestManifest:
     seconds: float
     settings: dict[str, Any]
     labeler_version: str = __version__
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = HARVEST_SCHEMA_VERSION
 
 
 def harvest(
@@ -296,7 +254,7 @@ def _write(
                     "part": np.full(len(at), part, dtype=np.int32),
                     "non_finite_tokens": non_finite[at],
                     "error": pa.array(error, pa.string()),
-                    "schema_version": np.full(len(at), SCHEMA_VERSION, dtype=np.int32),
+                    "schema_version": np.full(len(at), HARVEST_SCHEMA_VERSION, dtype=np.int32),
                 },
                 schema=FEATURE_SCHEMA,
             )
@@ -343,6 +301,6 @@ def exemplar_table(
         "window_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids[window_at].ravel(), pa.int32())),
         "target_id": pa.array(target_id, pa.int32()),
         "sampling": pa.array(sampling.tolist(), pa.string()),
-        "schema_version": pa.array(np.full(len(token), SCHEMA_VERSION, dtype=np.int32)),
+        "schema_version": pa.array(np.full(len(token), HARVEST_SCHEMA_VERSION, dtype=np.int32)),
     }
     return pa.table(columns, schema=EXEMPLAR_ROW_SCHEMA)

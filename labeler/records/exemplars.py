@@ -21,16 +21,10 @@ import pyarrow.dataset as ds
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from labeler.records.schema import EXEMPLAR_SCHEMA
+
 log = logging.getLogger(__name__)
 
-EXEMPLAR_SCHEMA = pa.schema(
-    [
-        pa.field("feature", pa.int64(), nullable=False),
-        pa.field("context", pa.string(), nullable=False),
-        pa.field("target", pa.string(), nullable=False),
-        pa.field("activation", pa.float64(), nullable=False),
-    ]
-)
 REQUIRED_COLUMNS = tuple(EXEMPLAR_SCHEMA.names)
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 """File name endings read as JSON lines; anything else is Parquet (a file or a folder of parts)."""

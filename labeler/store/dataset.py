@@ -24,18 +24,9 @@ import pyarrow.parquet as pq
 from labeler.records.exemplars import JSONL_SUFFIXES, REQUIRED_COLUMNS, ExemplarError, read_exemplars
 from labeler.records.labels import LABEL_SCHEMA, check_schema
 from labeler.records.layout import LABELS, MANIFEST, PART_NAME
+from labeler.records.schema import EXEMPLARS_TABLE_SCHEMA
 
 PARQUET = ".parquet"
-EXEMPLAR_SCHEMA = pa.schema(
-    [
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("feature", pa.int64(), nullable=False),
-        pa.field("context", pa.string(), nullable=False),
-        pa.field("target", pa.string(), nullable=False),
-        pa.field("activation", pa.float64(), nullable=False),
-        pa.field("position", pa.int64()),
-    ]
-)
 
 
 class DatasetError(ValueError):
@@ -49,7 +40,7 @@ class Dataset:
     labels: pa.Table
     """LABEL_SCHEMA rows of every committed part of every run; `run_id` tells the runs apart."""
     exemplars: pa.Table | None
-    """EXEMPLAR_SCHEMA rows of the runs that have exemplars, or None when none has."""
+    """EXEMPLARS_TABLE_SCHEMA rows of the runs that have exemplars, or None when none has."""
     runs: tuple[str, ...]
     """The URLs read, in order, each run once."""
 
@@ -149,7 +140,7 @@ def _read_exemplars(
         position = table.column("position") if "position" in table.column_names else pa.nulls(table.num_rows)
         columns = [pa.array([run_ids[0]] * table.num_rows, pa.string())]
         columns += [table.column(c) for c in REQUIRED_COLUMNS] + [position]
-        projected.append(pa.Table.from_arrays(columns, names=EXEMPLAR_SCHEMA.names).cast(EXEMPLAR_SCHEMA))
+        projected.append(pa.Table.from_arrays(columns, names=EXEMPLARS_TABLE_SCHEMA.names).cast(EXEMPLARS_TABLE_SCHEMA))
     return pa.concat_tables(projected)
 
 
