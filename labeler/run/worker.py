@@ -177,6 +177,9 @@ class EngineLabeller:
     def __init__(self, spec: LabellerSpec) -> None:
         self.spec = spec
         self.disc = build_discriminator(spec.discriminator)
+        reserve = getattr(self.disc, "reserve_label", None)  # a causal LM checks the label fits its positions
+        if reserve is not None:
+            reserve(spec.label.optimiser.label_tokens)
 
     def label(self, features: np.ndarray, on_step: OnStep | None = None) -> list[LabelRecord]:
         exemplars, invalid = read_chunk_exemplars(self.spec.source, features)
