@@ -95,7 +95,8 @@ def harvest_stage(
         settings = {"sae": str(assets.sae_dir), "model": str(assets.model_dir), "corpus": str(assets.corpus)} | settings
     if "out" in settings:
         raise ConfigError("harvest.out is set by the run: the harvest goes to OUT/harvest")
-    check_new_out(config.out, config.sink)
+    if "://" not in config.out:  # before harvesting into it (prepare checks every out again)
+        check_new_out(config.out, config.sink)
     # A local run folder is named absolutely in the manifest, so readers find the harvest from anywhere.
     out = f"{_absolute(config.out).rstrip('/')}/harvest"
     harvest_config = build(HarvestConfig, {**settings, "out": out}, "harvest")

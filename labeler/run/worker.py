@@ -54,7 +54,10 @@ def _dataset(url: str, storage_options: Mapping[str, Any]) -> ds.Dataset:
     fs, path = fsspec.core.url_to_fs(url, **dict(storage_options))
     if not fs.exists(path):
         raise ExemplarError(f"not found: {url}")
-    return ds.dataset(path, filesystem=fs, format="parquet")
+    dataset = ds.dataset(path, filesystem=fs, format="parquet")
+    if not dataset.files:
+        raise ExemplarError(f"{url} holds no Parquet files; give a folder of exemplar parts, or a .parquet/.jsonl file")
+    return dataset
 
 
 def plan_features(source: SourceConfig) -> tuple[np.ndarray, np.ndarray]:
