@@ -88,6 +88,7 @@ class RayPool:
             actor.remote(spec, sink_url, sink_config, config.metrics_port, config.metrics_host)
             for _ in range(config.count)
         ]
+        self._num_gpus = config.num_gpus
         self._refs: dict[Any, tuple[int, Chunk]] = {}
         self._down: dict[int, Any] = {}  # worker -> a ping sent to it, answered once Ray has restarted it
 
@@ -116,6 +117,13 @@ class RayPool:
         """Wait for every worker to have loaded its discriminator; their metrics endpoints. Raises
         WorkerStartError when a worker cannot start (e.g. its model does not load), or when some have not
         started within `timeout` seconds (the cluster has no room for them)."""
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if self._num_gpus > gpus:  # Ray would wait for a node that has them, in silence
+            raise WorkerStartError(
+                f"workers.num_gpus is {self._num_gpus:g} but the Ray cluster has {gpus:g} GPU(s) in all "
+                "(ray.cluster_resources()); give --num-gpus 0 (or workers.num_gpus: 0) for CPU workers, or run on a "
+                "cluster with GPUs"
+            )
         refs = [actor.endpoint.remote() for actor in self.actors]
         pending, deadline = refs, time.monotonic() + timeout
         while pending:

@@ -1,3 +1,4 @@
+# ruff: noqa: E501
 """Bad input to `labeler label` and `labeler run`: exit status 2, a message naming the problem, and nothing
 that was there before changed (bytes and mtimes) or written (issue 23, points 4, 5 and 8)."""
 
@@ -132,3 +133,131 @@ def test_run_refuses_a_jsonl_with_a_wrong_type_before_the_run_folder(
     assert main(["run", "--exemplars", str(exemplars), "--out", str(out), "--set", "engine=noop"]) == 2
     assert "e.jsonl, line 4, column 'activation': '0.0' is not a number" in capsys.readouterr().err
     assert not out.exists()
+
+
+# Every command, any input: (argv, message), given a folder holding the exemplars (e.jsonl) and earlier outputs.
+HARVEST_MANIFEST = {"sae": "s", "model": "m", "windows": 3, "exemplar_rows": 9, "features": 1}
+RUN_MANIFEST = {"run_id": "r", "config": {}, "plan": {}}
+
+
+def _folder(tmp: Path, name: str, files: dict[str, str]) -> str:
+    folder = tmp / name
+    for relative, text in files.items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_text(text)
+    return str(folder)
+
+
+def _label(exemplars: str, out: str, *flags: str) -> list[str]:
+    return ["label", "--exemplars", exemplars, "--discriminator", "hf:/nowhere", "--out", out, *flags]
+
+
+def _started_run(tmp: Path) -> str:
+    """A finished noop run of e.jsonl at tmp/run, whose exemplars are then rewritten with the same feature ids."""
+    out = str(tmp / "run")
+    assert main(_label(str(tmp / "e.jsonl"), out, "--set", "engine=noop", "--no-progress")) == 0
+    _jsonl([{**row, "context": row["context"] + " again"} for row in ROWS])(tmp)
+    return out
+
+
+HARVEST = {"manifest.json": json.dumps(HARVEST_MANIFEST), "exemplars/part-0.parquet": "x"}
+COMMAND_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
+    ("label over a harvest", lambda t: _label(f"{t}/e.jsonl", _folder(t, "h", HARVEST)), r"h/manifest.json is not a labelling run's manifest \(a harvest's"),
+    ("run over a harvest", lambda t: ["run", "--exemplars", f"{t}/e.jsonl", "--out", _folder(t, "h", HARVEST), "--set", "engine=noop"], r"h/manifest.json is not a labelling run's manifest"),
+    ("label over other files", lambda t: _label(f"{t}/e.jsonl", _folder(t, "mine", {"notes.txt": "mine"})), r"mine is not empty \(it holds notes.txt\)"),
+    ("label over a run", lambda t: _label(f"{t}/e.jsonl", _folder(t, "r", {"manifest.json": json.dumps(RUN_MANIFEST)})), r"r already holds a run \(manifest.json\); continue it with `labeler run --resume"),
+    ("resume, no manifest", lambda t: _label(f"{t}/e.jsonl", _folder(t, "r", {"x.txt": ""}), "--resume"), r"nothing to resume at .*r: it has no manifest.json"),
+    ("resume, corrupt manifest", lambda t: ["run", "--resume", _folder(t, "r", {"manifest.json": "{not json"})], r"r/manifest.json is not valid JSON"),
+    ("resume, manifest a list", lambda t: ["run", "--resume", _folder(t, "r", {"manifest.json": "[1]"})], r"r/manifest.json holds a JSON list, not an object"),
+    ("resume a harvest", lambda t: ["run", "--resume", _folder(t, "h", HARVEST)], r"nothing to resume at .*h: .*h/manifest.json is not a labelling run's manifest"),
+    ("resume, exemplars changed", lambda t: ["run", "--resume", _started_run(t)], r"exemplars of .*run changed since the run started \(the same feature ids, other content\): changed: .*e.jsonl \(bytes \d+ -> \d+, sha256 differs\)"),
+    ("report over a file", lambda t: ["report", f"{t}/r", "--out", f"{t}/e.jsonl"], r"--out .*e.jsonl already exists; choose a new --out, or --force"),
+    ("report --force over input", lambda t: ["report", f"{t}/r", "--out", f"{t}/e.jsonl", "--force"], r"e.jsonl is not a report `labeler report` wrote"),
+    ("report over a folder", lambda t: ["report", f"{t}/r", "--out", _folder(t, "d", {"a": ""})], r"--out .*d is a folder"),
+    ("report --top 0", lambda t: ["report", f"{t}/r", "--top", "0"], r"--top must be at least 1, got 0"),
+    ("harvest over a harvest", lambda t: ["harvest", "--sae", "s", "--model", "m", "--corpus", "c", "--out", _folder(t, "h", HARVEST)], r"h already holds manifest.json, exemplars"),
+    ("harvest over features", lambda t: ["harvest", "--sae", "s", "--model", "m", "--corpus", "c", "--out", _folder(t, "h", {"features.parquet": "x"})], r"h already holds features.parquet"),
+    ("metrics.port 99999", lambda t: _label(f"{t}/e.jsonl", f"{t}/out", "--set", "metrics.port=99999"), r"metrics.port must be a TCP port, 0 to 65535 .*got 99999"),
+    ("workers.metrics_port -1", lambda t: ["run", "--exemplars", f"{t}/e.jsonl", "--out", f"{t}/out", "--set", "workers.metrics_port=-1"], r"workers.metrics_port must be a TCP port"),
+    ("YAML tag in --set", lambda t: _label(f"{t}/e.jsonl", f"{t}/out", "--set", "label.optimiser.lr=!!python/object/apply:os.system [ls]"), r"--set 'label.optimiser.lr=!!python.*': the value is not plain YAML"),
+    ("workers.count 0", lambda t: ["run", "--exemplars", f"{t}/e.jsonl", "--out", f"{t}/out", "--set", "workers.count=0"], r"workers.count must be at least 1, got 0"),
+    ("--set without =", lambda t: _label(f"{t}/e.jsonl", f"{t}/out", "--set", "lr"), r"--set takes KEY=VALUE"),
+    ("empty exemplar folder", lambda t: _label(_folder(t, "parts", {}) if (t / "parts").mkdir() is None else "", f"{t}/out"), r"parts holds no Parquet files"),
+    ("JSON array as JSONL", lambda t: _label(_jsonl_array(t), f"{t}/out"), r"arr.jsonl, line 1: not a JSON object"),
+    ("s3 without credentials", lambda t: ["query", "--data", "s3://bucket/run", "SELECT 1"], r"cannot use s3://bucket/run \(endpoint http://127.0.0.1:\d+\): NoCredentialsError.*AWS_ACCESS_KEY_ID"),
+    ("s3 dead endpoint", lambda t: _with_keys(["query", "--data", "s3://bucket/run", "SELECT 1"]), r"cannot use s3://bucket/run .*EndpointConnectionError.*check the endpoint"),
+]  # fmt: skip
+
+
+def _jsonl_array(tmp: Path) -> str:
+    (tmp / "arr.jsonl").write_text(json.dumps(ROWS) + "\n")
+    return str(tmp / "arr.jsonl")
+
+
+def _with_keys(argv: list[str]) -> list[str]:
+    import os
+
+    os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = "testing", "testing"
+    return argv
+
+
+@pytest.fixture
+def no_object_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 at a port nobody listens on, no credentials anywhere, one attempt per request."""
+    import s3fs
+    from servers import free_port
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    for name, value in (("AWS_MAX_ATTEMPTS", "1"), ("AWS_EC2_METADATA_DISABLED", "true")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.mark.parametrize(("name", "argv", "message"), COMMAND_CASES, ids=[case[0] for case in COMMAND_CASES])
+def test_every_command_refuses_bad_input_and_changes_nothing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    no_object_store: None,
+    name: str,
+    argv: Callable[[Path], list[str]],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # report's default --out lands here, and must not be written
+    GOOD(tmp_path)
+    args = argv(tmp_path)
+    capsys.readouterr()
+    before = _snapshot(tmp_path)
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert re.search("^labeler: error: .*" + message, err, re.MULTILINE), err
+    assert _snapshot(tmp_path) == before
+    assert not (tmp_path / "out").exists() and not (tmp_path / "report.html").exists()
+
+
+def test_table_output_escapes_control_characters() -> None:
+    from labeler.store.query import render
+
+    table = pa.table({"context": ["red \x1b[31mALERT\x1b[0m\r\nnext"], "n": [1]})
+    shown = render(table, "table")
+    assert "\x1b" not in shown and "\r" not in shown and "\\x1b[31mALERT" in shown and "\\r\\n" in shown
+    assert json.loads(render(table, "json"))[0]["context"] == "red \x1b[31mALERT\x1b[0m\r\nnext"  # kept as stored
+
+
+def test_report_force_replaces_only_its_own_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from labeler.store.report import REPORT_MARKER
+
+    GOOD(tmp_path)
+    run = _started_run(tmp_path)
+    out = tmp_path / "report.html"
+    assert main(["report", run, "--out", str(out)]) == 0
+    first = out.read_text()
+    assert REPORT_MARKER in first.splitlines()[1]
+    assert main(["report", run, "--out", str(out)]) == 2  # no --force: kept
+    assert main(["report", run, "--out", str(out), "--force"]) == 0
+    assert out.read_text().startswith("<!DOCTYPE html>\n" + REPORT_MARKER)

@@ -416,7 +416,7 @@ def test_writes_to_an_fsspec_url(tmp_path: Path, subject: Path, sae: Path) -> No
 def test_refuses_to_overwrite(tmp_path: Path, subject: Path, sae: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus.txt", 5)
     harvest(config(tmp_path, subject, sae, corpus))
-    with pytest.raises(ValueError, match="already holds a harvest"):
+    with pytest.raises(ValueError, match=r"already holds manifest\.json"):
         harvest(config(tmp_path, subject, sae, corpus))
 
 

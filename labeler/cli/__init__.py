@@ -12,6 +12,7 @@ import sys
 from labeler import __version__
 from labeler.cli import demo, harvest, importing, labelling, plan, score, store, upload
 from labeler.cli.errors import UsageError
+from labeler.cli.storage_errors import storage_error_message
 from labeler.records.exemplars import ExemplarError
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -21,7 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args))
+        try:
+            return int(args.run(args))
+        except Exception as err:  # botocore's own errors (no credentials, a dead endpoint) through s3fs
+            message = storage_error_message(err, sys.argv[1:] if argv is None else argv)
+            if message is None:
+                raise
+            raise UsageError(message) from err
     except (UsageError, ExemplarError, ValueError) as err:
         print(f"labeler: error: {err}", file=sys.stderr)
         return 2

@@ -54,6 +54,9 @@ def add_parser(commands: Any) -> None:
     report.add_argument("run_url", metavar="RUN_URL", help="the run: a local folder or s3://bucket/prefix")
     report.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file to write")
     report.add_argument("--top", type=int, default=10, help="best and worst features listed, each")
+    report.add_argument(
+        "--force", action="store_true", help="replace --out when it is a report this command wrote before"
+    )
     report.set_defaults(run=run_report)
 
 
@@ -91,9 +94,39 @@ def run_report(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise UsageError(f"--top must be at least 1, got {args.top}")
+    _check_report_out(args.out, args.force)
     data = read_runs([args.run_url])
     page = render_report(data.labels, data.exemplars, title=f"labeler run {args.run_url}", top_n=args.top)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(page)
+    if args.force:
+        args.out.write_text(page)
+    else:
+        try:
+            with args.out.open("x") as f:  # create-only: a file that appeared meanwhile is not replaced
+                f.write(page)
+        except FileExistsError:
+            _check_report_out(args.out, force=False)
+            raise
     print(f"wrote {args.out} ({data.labels.num_rows} features)", file=sys.stderr)
     return 0
+
+
+def _check_report_out(out: Path, force: bool) -> None:
+    """Refuse an --out that exists, unless --force and it is a page `labeler report` wrote (its marker line)."""
+    from labeler.store.report import REPORT_MARKER
+
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give the HTML file to write")
+    if not out.exists():
+        return
+    if not force:
+        raise UsageError(
+            f"--out {out} already exists; choose a new --out, or --force to replace a report written before"
+        )
+    with out.open("rb") as f:
+        head = f.read(256)
+    if REPORT_MARKER.encode() not in head:
+        raise UsageError(
+            f"--out {out} is not a report `labeler report` wrote (no {REPORT_MARKER!r} at its start); --force replaces "
+            "only those, so it is kept: choose a new --out"
+        )

@@ -9,6 +9,7 @@ The restarts of an example share its prefix without copying it (see prefix_atten
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,27 @@ class CausalLMDiscriminator:
         self.no_id = self._single_token(config.no_token, "no_token")
         _, suffix = self._split_prompt("text", "word")
         self.suffix_ids = torch.tensor(self._ids(suffix, first=False), device=self.device)
+        text_config = model.config.get_text_config()
+        limit = getattr(text_config, "max_position_embeddings", None) or getattr(text_config, "n_positions", None)
+        self.max_positions: int | None = int(limit) if isinstance(limit, int) and limit > 0 else None
+        """Positions the model takes (None: not limited); a longer prompt's context is cut (`encode`)."""
+        self.label_positions = 1
+        """Positions kept free for the label slot (reserve_label)."""
+        self.contexts_cut = 0
+        """Examples whose context was cut to fit max_positions, over this discriminator's life."""
+
+    def reserve_label(self, label_tokens: int) -> None:
+        """Keep `label_tokens` positions for the label slot; refuse a label that leaves no room for a prompt."""
+        if self.max_positions is not None:
+            prompt, _ = self._split_prompt("", "")
+            least = len(self._ids(prompt, first=True)) + len(self.suffix_ids) + label_tokens
+            if least > self.max_positions:
+                raise ValueError(
+                    f"label_tokens {label_tokens} does not fit {self.name}: the prompt with an empty context and a "
+                    f"{label_tokens}-token label is {least} positions, the model takes {self.max_positions}; lower "
+                    "--label-tokens"
+                )
+        self.label_positions = label_tokens
 
     @classmethod
     def from_config(cls, config: CausalLMConfig) -> CausalLMDiscriminator:
@@ -153,7 +175,17 @@ class CausalLMDiscriminator:
             raise ValueError(f"{len(contexts)} contexts but {len(targets)} targets")
         distinct: dict[tuple[str, str], int] = {}
         row = [distinct.setdefault(pair, len(distinct)) for pair in zip(contexts, targets, strict=True)]
-        prefixes = [self.prompt_ids(context, target)[0] for context, target in distinct]
+        fitted = [self._fitted_prefix(context, target) for context, target in distinct]
+        prefixes = [ids for ids, _ in fitted]
+        per_prefix = np.bincount(np.asarray(row, dtype=np.int64), minlength=len(distinct))
+        cut = int(sum(n for n, (_, was_cut) in zip(per_prefix, fitted, strict=True) if was_cut))
+        if cut:
+            self.contexts_cut += int(cut)
+            warnings.warn(
+                f"{cut} example(s) have a context longer than {self.name} takes ({self.max_positions} positions with "
+                "the prompt and label): their context's start was cut, its end kept",
+                stacklevel=2,
+            )
         width = max(len(ids) for ids in prefixes)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes], device=self.device)
@@ -244,6 +276,24 @@ class CausalLMDiscriminator:
         """log q over the allowed tokens (renormalised among them)."""
         logprobs = logits[:, self.allowed_ids].to(self.label_embeddings.dtype).log_softmax(-1)
         return logprobs.clamp_min(MIN_REFERENCE_LOGPROB)
+
+    def _fitted_prefix(self, context: str, target: str) -> tuple[list[int], bool]:
+        """(the prompt's ids before the label slot, whether the context was cut): the context's first tokens are
+        cut until the whole prompt (prefix, label slot, suffix) fits max_positions. The documented side is the
+        start, so the end of the context is kept."""
+        ids = self.prompt_ids(context, target)[0]
+        if self.max_positions is None:
+            return ids, False
+        room = self.max_positions - len(self.suffix_ids) - self.label_positions
+        context_ids: list[int] = self.tokenizer(context, add_special_tokens=False).input_ids
+        cut = False
+        while len(ids) > room and context_ids:
+            context_ids = context_ids[max(1, len(ids) - room) :]
+            text = str(self.tokenizer.decode(context_ids, clean_up_tokenization_spaces=False))
+            ids, cut = self.prompt_ids(text, target)[0], True
+        if len(ids) > room:
+            raise ValueError(f"the prompt of {self.name} does not fit its {self.max_positions} positions")
+        return ids, cut
 
     def _split_prompt(self, context: str, target: str) -> tuple[str, str]:
         """The prompt's text before and after the label slot."""

@@ -39,7 +39,7 @@ import torch
 from labeler import __version__
 from labeler.harvest.config import HarvestConfig
 from labeler.harvest.corpus import check_corpus, iter_documents, iter_windows, window_head
-from labeler.harvest.sae_source import FeatureSource, load_source
+from labeler.harvest.sae_source import FeatureSource, SourceError, load_source
 from labeler.harvest.select import quantile_picks, selected_features
 from labeler.harvest.stats import FeatureStats
 from labeler.harvest.texts import Texts
@@ -80,6 +80,17 @@ class HarvestManifest:
     schema_version: int = HARVEST_SCHEMA_VERSION
 
 
+def check_context_len(context_len: int, model_config: Any, model: str) -> None:
+    """Refuse windows longer than the subject model's positions (its embedding would fail on every batch)."""
+    limits = [getattr(model_config, name, None) for name in ("max_position_embeddings", "n_positions", "n_ctx")]
+    limit = next((int(x) for x in limits if isinstance(x, int) and x > 0), None)
+    if limit is not None and context_len > limit:
+        raise SourceError(
+            f"--context-len {context_len} is longer than the subject model {model} takes ({limit} positions); "
+            f"give --context-len {limit} or less"
+        )
+
+
 def harvest(
     config: HarvestConfig, progress: Progress | None = None, storage_options: Mapping[str, Any] | None = None
 ) -> HarvestManifest:
@@ -88,10 +99,15 @@ def harvest(
     `storage_options` are fsspec's for `config.out` (e.g. {"endpoint_url": ...} for an S3 that is not AWS's);
     they are not stored in the manifest, as they may hold credentials."""
     fs, root = fsspec.core.url_to_fs(config.out, **dict(storage_options or {}))
-    if fs.exists(f"{root}/manifest.json") or fs.exists(f"{root}/exemplars"):
-        raise ValueError(f"{config.out} already holds a harvest; choose a new --out or remove it")
+    held = [name for name in ("manifest.json", "exemplars", "features.parquet") if fs.exists(f"{root}/{name}")]
+    if held:
+        raise ValueError(
+            f"{config.out} already holds {', '.join(held)} (a harvest's or a run's names); a harvest never writes over "
+            "them: choose a new --out"
+        )
     _, characters = check_corpus(config.corpus, config.text_column, config.max_document_bytes)
     source = load_source(config.sae, config.model, config.device, config.dtype, config.hook, config.sae_format)
+    check_context_len(config.context_len, source.model.config, config.model)
     if source.device.type == "cpu":
         keep_freed_memory()  # every batch allocates the same large tensors again: reuse, don't page-fault anew
     features = selected_features(config, source.d_sae)

@@ -230,6 +230,7 @@ def _load_sae_lens(spec: str, device: torch.device) -> Any:
     missing = [key for key in ("d_in", "d_sae") if not isinstance(cfg, dict) or key not in cfg]
     if missing:
         raise SAEFormatError(f"SAE config {cfg_path} lacks {missing}; is it a sae-lens cfg.json?")
+    _check_sizes(cfg, ("d_in", "d_sae"), cfg_path)
     if not weights.is_file():
         found = sorted(p.name for p in folder.iterdir())
         raise SAEFormatError(
@@ -242,6 +243,14 @@ def _load_sae_lens(spec: str, device: torch.device) -> Any:
     return sae.eval().requires_grad_(False)
 
 
+def _check_sizes(cfg: dict[str, Any], keys: tuple[str, ...], cfg_path: Path) -> None:
+    """Sizes in an SAE config are positive JSON integers (no coercion of "abc", "32", 32.0 or true)."""
+    for key in keys:
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SAEFormatError(f"SAE config {cfg_path}: {key} must be a positive integer, got {value!r}")
+
+
 def _load_sparsify(folder: Path, device: torch.device) -> SparsifyEncoder:
     cfg_path, weights = folder / "cfg.json", folder / "sae.safetensors"
     if not cfg_path.is_file() or not weights.is_file():
@@ -251,6 +260,7 @@ def _load_sparsify(folder: Path, device: torch.device) -> SparsifyEncoder:
     cfg = _read_json(cfg_path)
     if not isinstance(cfg, dict) or "d_in" not in cfg:
         raise SAEFormatError(f"sparsify config {cfg_path} lacks d_in; is it a sparsify cfg.json?")
+    _check_sizes(cfg, ("d_in",), cfg_path)
     if cfg.get("transcode"):
         raise SAEFormatError(f"{folder} is a sparsify transcoder (transcode: true); only autoencoders harvest")
     activation = cfg.get("activation", "topk")

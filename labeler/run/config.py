@@ -89,6 +89,7 @@ class WorkersConfig:
             raise ValueError("workers.num_cpus and workers.num_gpus must be >= 0")
         if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
             raise ValueError(f"workers.num_gpus above 1 must be whole, got {self.num_gpus}")
+        _check_port("workers.metrics_port", self.metrics_port)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,15 @@ class MetricsConfig:
     targets_file: str | None = None
     """Prometheus file_sd JSON listing the driver's and every worker's endpoint, rewritten when workers change
     (default: prometheus_targets.json in the run folder)."""
+
+    def __post_init__(self) -> None:
+        if self.port is not None:
+            _check_port("metrics.port", self.port)
+
+
+def _check_port(name: str, port: int) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"{name} must be a TCP port, 0 to 65535 (0: a free one), got {port!r}")
 
 
 def _minilm() -> DiscriminatorConfig:
@@ -227,7 +237,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set takes KEY=VALUE (e.g. workers.count=4), got {text!r}")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as err:  # e.g. a tag (!!python/object) that safe_load refuses
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(
+            f"--set {text!r}: the value is not plain YAML ({problem}); give a number, true/false, null, a string, "
+            "a list or a mapping"
+        ) from None
 
 
 def to_dict(config: Any) -> Any:

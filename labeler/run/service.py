@@ -24,7 +24,9 @@ from labeler import __version__
 from labeler.discriminators.config import spec_of, templates_of
 from labeler.records.exemplars import unlabelable_reason
 from labeler.records.labels import RunInfo, config_hash
+from labeler.records.layout import HARVEST, MANIFEST
 from labeler.run.config import ConfigError, RunConfig, SourceConfig, build, to_dict
+from labeler.run.fingerprint import FINGERPRINT, describe_changes, input_fingerprint
 from labeler.run.scheduler import Plan, Pool, Progress, Scheduler, drive, make_plan
 from labeler.run.sink import PartSink, SinkConfig
 from labeler.run.worker import LabellerSpec, give_up_chunk, plan_features, read_chunk_exemplars
@@ -93,6 +95,8 @@ def harvest_stage(
         settings = {"sae": str(assets.sae_dir), "model": str(assets.model_dir), "corpus": str(assets.corpus)} | settings
     if "out" in settings:
         raise ConfigError("harvest.out is set by the run: the harvest goes to OUT/harvest")
+    if "://" not in config.out:  # before harvesting into it (prepare checks every out again)
+        check_new_out(config.out, config.sink)
     # A local run folder is named absolutely in the manifest, so readers find the harvest from anywhere.
     out = f"{_absolute(config.out).rstrip('/')}/harvest"
     harvest_config = build(HarvestConfig, {**settings, "out": out}, "harvest")
@@ -137,37 +141,48 @@ def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
     if "://" not in config.out:
         _check_local_folder(Path(config.out))
     sink = PartSink(config.out, config.sink)
+    if not resume:
+        check_new_out(config.out, config.sink)
     label_ids, dead_ids = plan_features(config.source)
     plan = make_plan(label_ids, dead_ids, config.scheduler.features_per_chunk)
     if plan.n_features == 0:
         raise ConfigError(f"{config.source.exemplars} holds no features")
     if config.label.unlabelable == "error" and not resume:
         _refuse_unlabelable(config, label_ids)
-    shape = {
+    shape: dict[str, Any] = {
         "features": plan.n_features,
         "dead": len(plan.dead_ids),
         "chunks": plan.n_chunks,
         "features_per_chunk": plan.features_per_chunk,
         PLAN_DIGEST: plan_digest(plan),
+        FINGERPRINT: input_fingerprint(
+            [u for u in (config.source.exemplars, config.source.features) if u is not None],
+            config.source.storage_options,
+        ),
     }
-    existing = sink.read_manifest()
-    if existing is not None and not resume:
-        raise ConfigError(
-            f"{config.out} already holds a run (manifest.json); continue it with `labeler run --resume {config.out}` "
-            "or choose a new out"
-        )
+    existing = sink.read_manifest() if resume else None  # a new run's out was checked above
     if existing is None and resume:
-        raise ConfigError(f"nothing to resume at {config.out}: it has no manifest.json")
+        raise ConfigError(f"nothing to resume at {config.out}: it has no {MANIFEST}")
     if existing is not None:
+        _check_run_manifest(existing, config.out)
         planned = existing.get("plan")
-        counts = {k: v for k, v in shape.items() if k != PLAN_DIGEST}
-        now = shape if isinstance(planned, dict) and PLAN_DIGEST in planned else counts  # older: counts only
+        planned = dict(planned) if isinstance(planned, dict) else planned
+        ids = {k: v for k, v in shape.items() if k != FINGERPRINT}
+        counts = {k: v for k, v in ids.items() if k != PLAN_DIGEST}
+        now = ids if isinstance(planned, dict) and PLAN_DIGEST in planned else counts  # older: counts only
+        stored_prints = planned.pop(FINGERPRINT, None) if isinstance(planned, dict) else None
         if planned != now:
             same_counts = isinstance(planned, dict) and all(planned.get(k) == v for k, v in counts.items())
             raise ConfigError(
                 f"the input of {config.out} changed since the run started: planned {planned}, now {now}"
                 f"{' (the same counts, but other feature ids)' if same_counts else ''}; "
                 "a resumed run must see the same features"
+            )
+        if stored_prints is not None and stored_prints != shape[FINGERPRINT]:  # older manifests: ids only
+            raise ConfigError(
+                f"the exemplars of {config.out} changed since the run started (the same feature ids, other "
+                f"content): {describe_changes(stored_prints, shape[FINGERPRINT])}; a resumed run must see "
+                "the same input: restore it, or label the new exemplars in a new run with a new out"
             )
         changed = _changed_label_settings(existing.get("config"), to_dict(config))
         if changed:
@@ -254,6 +269,57 @@ def plan_digest(plan: Plan) -> str:
     return digest.hexdigest()
 
 
+RUN_OWN = {HARVEST}
+"""What a new run folder may hold before the run writes its manifest: the harvest the run made itself."""
+
+
+def check_new_out(url: str, sink: SinkConfig) -> None:
+    """Refuse, writing nothing, an out that already holds a run, a harvest or anything else this run did not make."""
+    existing = PartSink(url, sink).read_manifest()
+    if existing is not None:
+        if _is_run_manifest(existing):
+            raise ConfigError(
+                f"{url} already holds a run (manifest.json); continue it with `labeler run --resume {url}` "
+                "or choose a new out"
+            )
+        raise ConfigError(
+            f"{url}/{MANIFEST} is not a labelling run's manifest ({_manifest_kind(existing)}); a run never writes "
+            "over it: choose a new, empty out"
+        )
+    fs, root = fsspec.core.url_to_fs(url, **dict(sink.storage_options))
+    try:
+        names = (
+            sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) if fs.isdir(root) else []
+        )
+    except FileNotFoundError:
+        names = []
+    foreign = [name for name in names if name not in RUN_OWN]
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ConfigError(
+            f"{url} is not empty (it holds {listed}); a new run writes only into an empty or new folder, so nothing "
+            "there is overwritten: choose a new out"
+        )
+
+
+def _is_run_manifest(manifest: dict[str, Any]) -> bool:
+    return "run_id" in manifest and "config" in manifest
+
+
+def _manifest_kind(manifest: dict[str, Any]) -> str:
+    if "windows" in manifest and "exemplar_rows" in manifest:
+        return "a harvest's: pass its exemplars/ and features.parquet as --exemplars and --features"
+    return f"keys {sorted(manifest)[:6]}"
+
+
+def _check_run_manifest(manifest: dict[str, Any], url: str) -> None:
+    if not _is_run_manifest(manifest):
+        raise ConfigError(
+            f"nothing to resume at {url}: {url}/{MANIFEST} is not a labelling run's manifest "
+            f"({_manifest_kind(manifest)})"
+        )
+
+
 def _check_local_folder(folder: Path) -> None:
     """Refuse, before any work and without creating anything, a run folder that could not be created or written."""
     existing = folder
@@ -288,7 +354,8 @@ def resume_config(url: str, sink: SinkConfig) -> RunConfig:
     """The config a run at `url` was started with (from its manifest), to continue it."""
     manifest = PartSink(url, sink).read_manifest()
     if manifest is None:
-        raise ConfigError(f"nothing to resume at {url}: it has no manifest.json")
+        raise ConfigError(f"nothing to resume at {url}: it has no {MANIFEST}")
+    _check_run_manifest(manifest, url)
     raw = dict(manifest["config"])
     raw["out"] = url
     config: RunConfig = build(RunConfig, raw, "")

@@ -43,6 +43,10 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     return tuple(kinds)
 
 
+class ManifestError(ValueError):
+    """A run folder's manifest.json that cannot be read as one."""
+
+
 @dataclass(frozen=True)
 class SinkConfig:
     """Where parts go and how storage errors are retried."""
@@ -112,12 +116,24 @@ class PartSink:
         return self._retry(lambda: self._create(f"{self.root}/{MANIFEST}", data), "write the manifest")
 
     def read_manifest(self) -> dict[str, Any] | None:
+        """The run folder's manifest.json; None where there is none. A file that is not a JSON object is an error
+        naming it (ManifestError)."""
+
         def read() -> dict[str, Any] | None:
             try:
                 with self.fs.open(f"{self.root}/{MANIFEST}", "rb") as f:
-                    return dict(json.loads(f.read()))
+                    data = f.read()
             except FileNotFoundError:
                 return None
+            try:
+                manifest = json.loads(data)
+            except ValueError as err:  # not JSON, or not UTF-8
+                raise ManifestError(
+                    f"{self.url}/{MANIFEST} is not valid JSON ({err}); it is not a run's manifest"
+                ) from None
+            if not isinstance(manifest, dict):
+                raise ManifestError(f"{self.url}/{MANIFEST} holds a JSON {type(manifest).__name__}, not an object")
+            return manifest
 
         return self._retry(read, "read the manifest")
 

@@ -54,7 +54,10 @@ def _dataset(url: str, storage_options: Mapping[str, Any]) -> ds.Dataset:
     fs, path = fsspec.core.url_to_fs(url, **dict(storage_options))
     if not fs.exists(path):
         raise ExemplarError(f"not found: {url}")
-    return ds.dataset(path, filesystem=fs, format="parquet")
+    dataset = ds.dataset(path, filesystem=fs, format="parquet")
+    if not dataset.files:
+        raise ExemplarError(f"{url} holds no Parquet files; give a folder of exemplar parts, or a .parquet/.jsonl file")
+    return dataset
 
 
 def plan_features(source: SourceConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -177,6 +180,9 @@ class EngineLabeller:
     def __init__(self, spec: LabellerSpec) -> None:
         self.spec = spec
         self.disc = build_discriminator(spec.discriminator)
+        reserve = getattr(self.disc, "reserve_label", None)  # a causal LM checks the label fits its positions
+        if reserve is not None:
+            reserve(spec.label.optimiser.label_tokens)
 
     def label(self, features: np.ndarray, on_step: OnStep | None = None) -> list[LabelRecord]:
         exemplars, invalid = read_chunk_exemplars(self.spec.source, features)

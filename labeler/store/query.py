@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import re
 from typing import Any, Literal
 
 import duckdb
@@ -83,13 +84,24 @@ def render(table: pa.Table, fmt: Format, max_width: int = 60) -> str:
         writer.writerow(unique_names(table.column_names))
         writer.writerows([_cell(value) for value in row] for row in rows)
         return out.getvalue()
-    cells = [[_cell(value, max_width) for value in row] for row in rows]
-    widths = [max([len(name)] + [len(r[i]) for r in cells]) for i, name in enumerate(table.column_names)]
-    lines = ["  ".join(name.ljust(w) for name, w in zip(table.column_names, widths, strict=True))]
+    # A terminal shows the table: control characters of a context (escape codes, carriage returns) are written
+    # as visible escapes, so no stored text can move the cursor, recolour or rewrite the screen.
+    cells = [[_cell(_visible(_cell(value)), max_width) for value in row] for row in rows]
+    names = [_visible(name) for name in table.column_names]
+    widths = [max([len(name)] + [len(r[i]) for r in cells]) for i, name in enumerate(names)]
+    lines = ["  ".join(name.ljust(w) for name, w in zip(names, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.append(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''})")
     return "\n".join(lines) + "\n"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _visible(text: str) -> str:
+    """`text` with each control character (C0, DEL, C1) written as its escape, e.g. \\x1b."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def unique_names(names: list[str]) -> list[str]:

@@ -239,7 +239,11 @@ def _e(text: str) -> str:
     return html.escape(text, quote=True)
 
 
+REPORT_MARKER = "<!-- written by labeler report -->"
+"""The page's second line: `labeler report --force` replaces only a file that holds it (one it wrote before)."""
+
 _PAGE = """<!DOCTYPE html>
+<!-- written by labeler report -->
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1100px; }}
