@@ -122,7 +122,12 @@ def test_two_gangs_label_every_feature_once_and_a_killed_rank_is_rebuilt(
     busy = [pid for pid in _gang_pids(cluster, "run") if "GangRank.run" in " ".join(_cmdline(pid))]
     assert busy, "no gang was labelling a chunk"
     os.kill(followers[0], signal.SIGKILL)  # a non-zero rank mid-chunk: its rank 0 is stuck in a collective
-    output = driver.communicate(timeout=900)[0]
+    seen = set(followers)
+    while driver.poll() is None and time.monotonic() < deadline + 600:
+        seen.update(_gang_pids(cluster, "follow"))
+        time.sleep(0.5)
+    output = driver.communicate(timeout=60)[0]
+    assert len(seen) > len(followers), "no rank was started again: the gang was not rebuilt"
     assert driver.returncode == 0, output[-3000:]
     _assert_exactly_once(sink)
     assert set(pq.read_table(out / "labels").column("status").to_pylist()) == {"labelled"}

@@ -78,6 +78,7 @@ def _rank(rank: int, port: int, builder: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("builder", ["llama", "gemma2"])
 def test_two_ranks_score_and_differentiate_like_the_whole_model(builder: str, tmp_path: Path) -> None:
     mp.spawn(_rank, args=(free_port(), builder, str(tmp_path)), nprocs=WORLD, join=True)
