@@ -3,7 +3,9 @@
 Each actor holds one `ChunkWorker` (work.py) built in its `__init__`, serves its own metrics and reports
 the endpoint. Resources come from `WorkersConfig`: CPUs and GPUs per actor (a fraction shares a GPU
 between small models). Ray restarts a dead actor (`max_restarts`); the chunk it held comes back to the
-scheduler as an error and is retried there. This module never calls `ray.init`: the CLI connects first.
+scheduler as an error and is retried there. With `workers.tensor_parallel` above 1, `GangPool` makes each
+worker a gang of actors sharing one sharded discriminator (see GangRank, Gang). This module never calls
+`ray.init`: the CLI connects first.
 """
 
 from __future__ import annotations
