@@ -205,7 +205,7 @@ def _on_ray(
 
     import ray
 
-    from labeler.ray_pool import RayPool, WorkerStartError
+    from labeler.ray_pool import GangPool, RayPool, WorkerStartError
     from labeler.run import metrics
 
     config = prepared.config
@@ -216,7 +216,8 @@ def _on_ray(
             metrics.serve(config.metrics.port, config.metrics.host) if config.metrics.port is not None else None
         )
         node = ray.util.get_node_ip_address() or socket.gethostname()
-        pool = RayPool(config.workers, prepared.spec(), config.out, config.sink)
+        make_pool = GangPool if config.workers.tensor_parallel > 1 else RayPool
+        pool = make_pool(config.workers, prepared.spec(), config.out, config.sink)
         try:
             endpoints = pool.ready()
         except WorkerStartError as err:

@@ -81,12 +81,17 @@ class WorkersConfig:
     """Port each worker serves /metrics on: 0 picks a free one (several per node); fix it for one worker per pod."""
     metrics_host: str = "127.0.0.1"
     """Address each worker's /metrics listens on: loopback, or 0.0.0.0 where Prometheus scrapes other nodes."""
+    tensor_parallel: int = 1
+    """Ranks per worker: above 1 each worker is a gang of this many actors on one node (num_cpus and num_gpus are
+    per rank), each holding 1/T of the causal-LM discriminator (hf only)."""
 
     def __post_init__(self) -> None:
         if self.count < 1:
             raise ValueError(f"workers.count must be at least 1, got {self.count}")
         if self.num_gpus < 0 or self.num_cpus < 0:
             raise ValueError("workers.num_cpus and workers.num_gpus must be >= 0")
+        if self.tensor_parallel < 1:
+            raise ValueError(f"workers.tensor_parallel must be at least 1, got {self.tensor_parallel}")
         if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
             raise ValueError(f"workers.num_gpus above 1 must be whole, got {self.num_gpus}")
         _check_port("workers.metrics_port", self.metrics_port)

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from labeler.discriminators.base import Discriminator
 from labeler.discriminators.config import DiscriminatorConfig, build_discriminator
 from labeler.optimise.labelling import LabelConfig, label_chunk
 from labeler.records.exemplars import (
@@ -177,9 +178,9 @@ class LabellerSpec:
 class EngineLabeller:
     """The real engine: a discriminator loaded once, chunks read from the source and labelled in batches."""
 
-    def __init__(self, spec: LabellerSpec) -> None:
+    def __init__(self, spec: LabellerSpec, disc: Discriminator | None = None) -> None:
         self.spec = spec
-        self.disc = build_discriminator(spec.discriminator)
+        self.disc = disc if disc is not None else build_discriminator(spec.discriminator)
         reserve = getattr(self.disc, "reserve_label", None)  # a causal LM checks the label fits its positions
         if reserve is not None:
             reserve(spec.label.optimiser.label_tokens)
