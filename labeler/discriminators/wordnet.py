@@ -11,7 +11,11 @@ Glosses: the demo corpus `labeler/data/wordnet_glosses.txt.gz` (40,000 random sy
 its words, definition and examples), built with
 `python -m labeler.discriminators.wordnet glosses /usr/share/wordnet labeler/data/wordnet_glosses.txt.gz`.
 
-Both are committed with WordNet's license (labeler/data/WORDNET_LICENSE), so nothing needs apt at run
+Taxonomy: `labeler/data/taxonomy.tsv.gz`, the noun hierarchy under animal, plant, food and artifact as
+categories with their member words (the testbed of labeler/toys/taxonomy.py), built with
+`python -m labeler.discriminators.wordnet taxonomy /usr/share/wordnet labeler/data/taxonomy.tsv.gz`.
+
+All three are committed with WordNet's license (labeler/data/WORDNET_LICENSE), so nothing needs apt at run
 time. This module knows nothing about tokenizers; labeler/discriminators/vocab.py turns a word list into allowed tokens.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import random
+import re
 import sys
 from collections import defaultdict
 from importlib import resources
@@ -117,10 +122,119 @@ def write_category_nouns(wordnet_dir: Path, out: Path) -> int:
     return len(kinds)
 
 
+TAXONOMY_ROOTS = ("00015388", "00017222", "07555863", "00021939")
+"""Offsets in WordNet 3.0's data.noun of animal, plant, (solid) food and artifact: the taxonomy's top categories."""
+TAXONOMY_MIN_MEMBERS = 10
+"""A synset below a root becomes a category when at least this many member words lie below it."""
+TAXONOMY_OTHER_NOUNS = 4000
+"""Nouns outside the roots kept as the taxonomy's other words (a random sample)."""
+_PLAIN_WORD = re.compile(r"^[a-z]{3,}$")
+
+
+def _noun_graph(data_noun: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(offset -> its plain lemmas: lower-case letters only, at least 3; offset -> its hyponyms, not instances)."""
+    lemmas: dict[str, list[str]] = {}
+    hyponyms: dict[str, list[str]] = defaultdict(list)
+    with open(data_noun, encoding="latin-1") as lines:
+        for line in lines:
+            if line.startswith("  "):
+                continue
+            fields = line.split("|", 1)[0].split()
+            offset, word_count = fields[0], int(fields[3], 16)
+            # A capitalised lemma is a proper name, an underscored one a phrase: neither is a plain word.
+            words = [fields[4 + 2 * i].split("(", 1)[0] for i in range(word_count)]
+            lemmas[offset] = list(dict.fromkeys(w for w in words if _PLAIN_WORD.match(w)))
+            at = 4 + 2 * word_count
+            for i in range(int(fields[at])):
+                symbol, target, pos = fields[at + 1 + 4 * i : at + 4 + 4 * i]
+                if symbol == "~" and pos == "n":
+                    hyponyms[offset].append(target)
+    return lemmas, hyponyms
+
+
+def taxonomy_rows(data_noun: Path) -> tuple[list[tuple[str, list[str], str, list[str]]], list[str]]:
+    """The categories below `TAXONOMY_ROOTS` as (name, its lemmas, parent category or "-", member words), and
+    a sample of other nouns.
+
+    A category is a synset whose first plain lemma (its name) no other category has taken (the most general
+    synset wins) with at least `TAXONOMY_MIN_MEMBERS` words below it. Its member words are the plain lemmas
+    of every synset below it, minus its own lemmas; a word with several senses is a member of each sense's
+    categories. The parent is the smallest other category that holds its name and all its members ("-": none).
+    """
+    lemmas, hyponyms = _noun_graph(data_noun)
+    if not lemmas:
+        raise ValueError(f"{data_noun} holds no WordNet noun synsets; pass wordnet-base's data.noun")
+    below: dict[str, frozenset[str]] = {}
+
+    def descendants(offset: str) -> frozenset[str]:
+        stack = [offset]
+        while stack:
+            node = stack[-1]
+            pending = [child for child in hyponyms[node] if child not in below]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            below[node] = frozenset(hyponyms[node]).union(*(below[child] for child in hyponyms[node]))
+        return below[offset]
+
+    found: list[tuple[str, list[str], list[str]]] = []
+    taken: set[str] = set()
+    in_roots: set[str] = set()
+    # Breadth-first from the roots, so that a name goes to its most general synset.
+    queue = list(TAXONOMY_ROOTS)
+    seen = set(queue)
+    while queue:
+        offset = queue.pop(0)
+        in_roots.add(offset)
+        names = lemmas[offset]
+        members = sorted({w for d in descendants(offset) for w in lemmas[d]} - set(names))
+        category = names[0] if names else None
+        if category is not None and category not in taken and len(members) >= TAXONOMY_MIN_MEMBERS:
+            taken.add(category)
+            found.append((category, names, members))
+        for child in hyponyms[offset]:
+            if child not in seen:
+                seen.add(child)
+                queue.append(child)
+    member_sets = {category: frozenset(members) for category, _, members in found}
+    rows = []
+    for category, names, members in found:
+        holders = [
+            other
+            for other, held in member_sets.items()
+            if other != category and category in held and member_sets[category] <= held
+        ]
+        rows.append((category, names, min(holders, key=lambda c: len(member_sets[c]), default="-"), members))
+    inside = {w for _, names, _, members in rows for w in (*names, *members)}
+    outside = sorted({w for o, words in lemmas.items() if o not in in_roots for w in words} - inside)
+    random.Random(0).shuffle(outside)
+    return rows, sorted(outside[:TAXONOMY_OTHER_NOUNS])
+
+
+def write_taxonomy(wordnet_dir: Path, out: Path) -> int:
+    rows, others = taxonomy_rows(wordnet_dir / "data.noun")
+    header = (
+        "# The WordNet 3.0 noun hierarchy under animal, plant, food and artifact, one category a line:\n"
+        "# category <tab> its lemmas (comma-separated) <tab> parent category or - <tab> member words\n"
+        "# (space-separated); the last line, starting with *, lists other nouns. Built by\n"
+        "# `python -m labeler.discriminators.wordnet taxonomy` from Debian's wordnet-base.\n"
+        "# WordNet 3.0 Copyright 2006 by Princeton University. All rights\n"
+        "# reserved. Licensed under the WordNet License (labeler/data/WORDNET_LICENSE), which permits use, copying\n"
+        "# and distribution with this notice.\n"
+    )
+    lines = [f"{name}\t{','.join(names)}\t{parent}\t{' '.join(members)}\n" for name, names, parent, members in rows]
+    with gzip.open(out, "wt", encoding="utf-8", compresslevel=9) as f:
+        f.write(header + "".join(lines) + f"*\t-\t-\t{' '.join(others)}\n")
+    return len(rows)
+
+
 def main(argv: list[str]) -> None:
-    builders = {"category-nouns": write_category_nouns, "glosses": write_glosses}
+    builders = {"category-nouns": write_category_nouns, "glosses": write_glosses, "taxonomy": write_taxonomy}
     if len(argv) != 3 or argv[0] not in builders:
-        raise SystemExit("usage: python -m labeler.discriminators.wordnet {category-nouns|glosses} WORDNET_DIR OUT")
+        raise SystemExit(
+            "usage: python -m labeler.discriminators.wordnet {category-nouns|glosses|taxonomy} WORDNET_DIR OUT"
+        )
     count = builders[argv[0]](Path(argv[1]), Path(argv[2]))
     print(f"{count} lines -> {argv[2]}")
 

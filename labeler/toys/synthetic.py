@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,8 +99,15 @@ def build_tokenizer(
     It adds `<bos>` at the start of each encoded string, as Llama-style tokenizers do; pass
     `add_special_tokens=False` for pieces that do not start a sequence.
     """
+    return word_level_tokenizer(world.words, template)
+
+
+def word_level_tokenizer(
+    words: Sequence[str], template: PromptTemplate = PromptTemplate()
+) -> transformers.PreTrainedTokenizerFast:
+    """`build_tokenizer` for any word list (the template's words, "0", "1" and the special tokens come first)."""
     vocab: dict[str, int] = {}
-    for token in (UNK, PAD, BOS, EOS, NO, YES, *_template_words(template), *world.words):
+    for token in (UNK, PAD, BOS, EOS, NO, YES, *_template_words(template), *words):
         vocab.setdefault(token, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     backend.pre_tokenizer = _pre_tokenizer()
@@ -196,16 +203,18 @@ def _eval_questions(world: SyntheticWorld, n: int, rng: np.random.Generator) -> 
     return questions
 
 
-def model_config(tokenizer: transformers.PreTrainedTokenizerFast) -> transformers.LlamaConfig:
+def model_config(
+    tokenizer: transformers.PreTrainedTokenizerFast, hidden_size: int = 64, num_hidden_layers: int = 2
+) -> transformers.LlamaConfig:
     """The tiny LM that learns the synthetic language (benchmarks time the same architecture)."""
     # A Llama rather than a GPT-2: the answer depends on two tokens at fixed distances from the end of the
     # prompt (the word and the label), which rotary position embeddings make easy to find; with learned
     # absolute positions the tiny model did not learn the task in the same time.
     return transformers.LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=256,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_hidden_layers,
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=128,
@@ -271,17 +280,52 @@ def train_tiny_lm(
 ) -> pathlib.Path:
     """Train a tiny Llama from scratch on `training_prompts`; save model and tokenizer to `out_dir`.
 
-    The loss is the ordinary next-token loss over every token, with two tokens weighted up:
-    * the answer, `answer_weight` times: it is one token in ~70, the rest mostly the constant system text;
-    * the label, `label_weight` times: half the time the label is the word's own category, so
-      predicting it teaches the model the word -> category lookup on its own, one piece at a time. The
-      answer alone needs word and label together (each alone says nothing about it), and training on it
-      alone sat on a plateau for a long and seed-dependent number of steps.
     With the defaults the answer loss drops after 400-700 steps (every seed tried, 0-8, on one thread
     and on two); the rest of the 1000 steps anneal the learning rate. About 35 s on two idle CPU cores;
     much longer if another multi-threaded torch process shares them.
     """
     tokenizer = build_tokenizer(world, template)
+    return train_prompt_lm(
+        tokenizer,
+        model_config(tokenizer),
+        lambda n, rng: training_prompts(world, template, n, rng),
+        out_dir,
+        template=template,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        answer_weight=answer_weight,
+        label_weight=label_weight,
+        seed=seed,
+        log=log,
+    )
+
+
+def train_prompt_lm(
+    tokenizer: transformers.PreTrainedTokenizerFast,
+    config: transformers.LlamaConfig,
+    sample: Callable[[int, np.random.Generator], list[str]],
+    out_dir: pathlib.Path,
+    *,
+    template: PromptTemplate = PromptTemplate(),
+    steps: int = 1000,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    answer_weight: float = 20.0,
+    label_weight: float = 5.0,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> pathlib.Path:
+    """Train a Llama from scratch on `sample(batch_size, rng)` each step; save model and tokenizer to `out_dir`.
+
+    `sample` gives answered questions (prompt + "1"/"0", the label one token) and plain texts. The loss is
+    the ordinary next-token loss over every token, with two tokens weighted up:
+    * the answer, `answer_weight` times: it is one token in ~70, the rest mostly the constant system text;
+    * the label, `label_weight` times: half the time the label is the word's own category, so
+      predicting it teaches the model the word -> category lookup on its own, one piece at a time. The
+      answer alone needs word and label together (each alone says nothing about it), and training on it
+      alone sat on a plateau for a long and seed-dependent number of steps.
+    """
     answer_ids = torch.tensor(tokenizer.convert_tokens_to_ids([NO, YES]))
     _, after = template.split_user("", "")
     n_suffix = len(tokenizer(f"{after}\n{template.assistant_prefix}", add_special_tokens=False)["input_ids"])
@@ -293,15 +337,13 @@ def train_tiny_lm(
         return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / steps)))
 
     with _seeded(seed):
-        model = transformers.LlamaForCausalLM(model_config(tokenizer))
+        model = transformers.LlamaForCausalLM(config)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         started = time.perf_counter()
         for step in range(steps):
-            ids = tokenizer(training_prompts(world, template, batch_size, rng), padding=True, return_tensors="pt")[
-                "input_ids"
-            ]
+            ids = tokenizer(sample(batch_size, rng), padding=True, return_tensors="pt")["input_ids"]
             inputs, targets = ids[:, :-1], ids[:, 1:]
             weights, answer_at = _loss_weights(
                 targets, tokenizer.pad_token_id, answer_ids, n_suffix, answer_weight, label_weight
@@ -344,24 +386,36 @@ def answer_accuracy(
     and half), and now and then a filler word as the word.
     """
     questions = _eval_questions(world, n, np.random.default_rng(seed))
+    says_yes = answers_yes(model, tokenizer, template, [(text, word, concept) for text, word, concept, _ in questions])
+    return sum(y == member for y, (*_, member) in zip(says_yes, questions, strict=True)) / n
+
+
+@torch.no_grad()
+def answers_yes(
+    model: transformers.PreTrainedModel,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    template: PromptTemplate,
+    questions: Sequence[tuple[str, str, str]],
+    batch_size: int = 64,
+) -> list[bool]:
+    """For each (text, word, concept): whether logit("1") > logit("0") after the prompt."""
     yes, no = tokenizer.convert_tokens_to_ids(YES), tokenizer.convert_tokens_to_ids(NO)
     was_training = model.training
     model.eval()
-    correct = 0
-    for start in range(0, n, 64):
-        batch = questions[start : start + 64]
+    out: list[bool] = []
+    for start in range(0, len(questions), batch_size):
+        batch = questions[start : start + batch_size]
         encoded = tokenizer(
-            [template.render_plain(text, word, concept) for text, word, concept, _ in batch],
+            [template.render_plain(text, word, concept) for text, word, concept in batch],
             padding=True,
             return_tensors="pt",
         ).to(model.device)
         logits = model(**encoded).logits
         last = encoded["attention_mask"].sum(dim=1) - 1  # right padding: the last real token
         final = logits[torch.arange(len(batch)), last]
-        says_yes = (final[:, yes] > final[:, no]).cpu()
-        correct += sum(bool(y) == member for y, (*_, member) in zip(says_yes, batch, strict=True))
+        out.extend(bool(y) for y in (final[:, yes] > final[:, no]).cpu())
     model.train(was_training)
-    return correct / n
+    return out
 
 
 def feature_exemplars(world: SyntheticWorld, n_texts: int, seed: int) -> list[dict]:

@@ -1,0 +1,391 @@
+"""A testbed with known semantics at real vocabulary scale: a causal LM that learned WordNet's noun hierarchy.
+
+The synthetic world (labeler/toys/synthetic.py) has five categories; a label search that works cannot be
+told there from one that does not. This module builds a bigger world from the packaged taxonomy
+(`labeler/data/taxonomy.tsv.gz`, made by `python -m labeler.discriminators.wordnet taxonomy`): nested
+categories (dog within canine within carnivore within ... within animal) with their member words, and
+other nouns that belong to none. It trains a tiny Llama (synthetic.py's trainer and tokenizer) on the
+paper's question about those words in short sentences, and writes SAE-style features whose right label is
+known: feature k fires on the members of category k, and its acceptable names are that category's lemmas.
+
+    python -m labeler.toys.taxonomy build --scale small|bench --out DIR [--categories FILE] [--seed N]
+
+writes DIR/lm (a Hugging Face folder), DIR/exemplars.jsonl (the exemplar contract), DIR/truth.json
+(`{"<feature>": {"category": ..., "names": [...]}}`), DIR/categories.txt (every category the LM knows)
+and DIR/accuracy.json (the LM's answer accuracy on held-out sentences). Two scales: `small` (about 50
+categories, 500 member words; for CI) and `bench` (every category with at least 20 members, 4,000 member
+words, more than 5,000 label candidates; trained once and cached under ~/.cache/labeler/taxonomy-bench).
+This module knows nothing about the optimiser; it only makes a discriminator and its exemplars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import pathlib
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+
+import numpy as np
+import transformers
+
+from labeler.discriminators.prompt import PromptTemplate
+from labeler.toys.synthetic import NO, YES, answers_yes, model_config, train_prompt_lm, word_level_tokenizer
+
+TAXONOMY_RESOURCE = "data/taxonomy.tsv.gz"
+FILLERS = (
+    "the", "a", "we", "they", "found", "near", "with", "today", "and", "on",
+    "under", "by", "there", "was", "big", "old", "small", "new", "again", "here",
+)  # fmt: skip
+"""Neutral words that pad out sentences (the same as the synthetic world's)."""
+BENCH_CACHE = pathlib.Path("~/.cache/labeler/taxonomy-bench")
+
+
+class TaxonomyError(ValueError):
+    """The testbed's input (scale, categories file) is wrong; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much of the packaged taxonomy a testbed uses, and how long its LM trains."""
+
+    min_members: int
+    """Categories with fewer member words in the packaged file are left out."""
+    root: str | None
+    """Keep only this top category and those below it (None: all four)."""
+    max_categories: int
+    """At most this many categories, the most general first (file order)."""
+    member_words: int
+    """Member words kept (a fixed random sample); categories left with fewer than 5 of them are dropped."""
+    other_words: int
+    """Nouns of no category kept, as inactive words and wrong concepts."""
+    features: int
+    """Categories in the default feature sample."""
+    steps: int
+    hidden_size: int
+    num_hidden_layers: int
+    batch_size: int
+    lr: float
+
+
+SCALES = {
+    "small": Scale(
+        min_members=15, root="animal", max_categories=60, member_words=500, other_words=300, features=8,
+        steps=1500, hidden_size=64, num_hidden_layers=2, batch_size=32, lr=2e-3,
+    ),
+    "bench": Scale(
+        min_members=20, root=None, max_categories=1000, member_words=4000, other_words=4000, features=40,
+        steps=30000, hidden_size=128, num_hidden_layers=3, batch_size=64, lr=1e-3,
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Taxonomy:
+    """Categories (name -> its lemmas, its member words) and other nouns; membership is transitive."""
+
+    lemmas: dict[str, tuple[str, ...]]
+    members: dict[str, frozenset[str]]
+    parent: dict[str, str]
+    others: tuple[str, ...]
+
+    @cached_property
+    def member_words(self) -> tuple[str, ...]:
+        return tuple(sorted(set().union(*self.members.values())))
+
+    @cached_property
+    def categories_of(self) -> dict[str, tuple[str, ...]]:
+        out: dict[str, list[str]] = {}
+        for category, members in self.members.items():
+            for word in members:
+                out.setdefault(word, []).append(category)
+        return {word: tuple(cats) for word, cats in out.items()}
+
+    @cached_property
+    def near(self) -> dict[str, tuple[str, ...]]:
+        """Category -> its siblings and children: the wrong concepts closest to its members."""
+        children: dict[str, list[str]] = {}
+        for category, parent in self.parent.items():
+            children.setdefault(parent, []).append(category)
+        return {
+            c: tuple(x for x in (*children.get(self.parent[c], []), *children.get(c, [])) if x != c)
+            for c in self.members
+        }
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        """Every word the LM must have a token for."""
+        names = [name for names in self.lemmas.values() for name in names]
+        return tuple(dict.fromkeys((*FILLERS, *names, *self.member_words, *self.others)))
+
+
+def packaged_rows() -> tuple[list[tuple[str, tuple[str, ...], str, frozenset[str]]], tuple[str, ...]]:
+    """The packaged taxonomy file: (category, lemmas, parent, members) rows, and the other nouns."""
+    raw = resources.files("labeler").joinpath(TAXONOMY_RESOURCE).read_bytes()
+    rows = []
+    others: tuple[str, ...] = ()
+    for line in gzip.decompress(raw).decode("utf-8").splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, lemmas, parent, members = line.split("\t")
+        if name == "*":
+            others = tuple(members.split())
+        else:
+            rows.append((name, tuple(lemmas.split(",")), parent, frozenset(members.split())))
+    return rows, others
+
+
+def load_taxonomy(scale: Scale) -> Taxonomy:
+    """The testbed's world at `scale`: a deterministic selection from the packaged file."""
+    rows, others = packaged_rows()
+    if scale.root is not None:
+        root = next(members for name, _, _, members in rows if name == scale.root)
+        rows = [row for row in rows if row[0] == scale.root or row[0] in root]
+    rows = [row for row in rows if len(row[3]) >= scale.min_members][: scale.max_categories]
+    rng = np.random.default_rng(0)
+    pool = sorted(set().union(*(members for *_, members in rows)))
+    kept = set(rng.choice(pool, size=min(scale.member_words, len(pool)), replace=False).tolist())
+    members = {name: frozenset(m & kept) for name, _, _, m in rows}
+    members = {name: m for name, m in members.items() if len(m) >= 5}
+    names = set(members)
+    # A category's lemmas that are also words of the world would make a name mean two things; drop them.
+    taken = kept | set(others)
+    lemmas = {
+        name: tuple(x for x in lm if x == name or (x not in taken and x not in names))
+        for name, lm, _, _ in rows
+        if name in names
+    }
+    # The parent among the kept categories: the smallest that holds the category's name and members.
+    full = {name: m for name, _, _, m in rows if name in names}
+    parent = {
+        name: min(
+            (o for o in names if o != name and name in full[o] and m <= full[o]),
+            key=lambda o: len(full[o]),
+            default="-",
+        )
+        for name, m in full.items()
+    }
+    words_in = set().union(*members.values())
+    spare = sorted(set(others) - words_in - names)
+    other = tuple(sorted(rng.choice(spare, size=min(scale.other_words, len(spare)), replace=False).tolist()))
+    return Taxonomy(lemmas=lemmas, members=members, parent=parent, others=other)
+
+
+def sentence(word: str, world: Taxonomy, rng: np.random.Generator) -> str:
+    """A 5-9 word sentence holding `word`, maybe one other word of the world, and fillers."""
+    length = int(rng.integers(5, 10))
+    words = [str(w) for w in rng.choice(FILLERS, size=length - 1)]
+    if rng.random() < 0.5:
+        pool = world.member_words if rng.random() < 0.7 else world.others
+        words[int(rng.integers(0, len(words)))] = str(rng.choice(pool))
+    words.insert(int(rng.integers(0, len(words) + 1)), word)
+    return " ".join(words)
+
+
+def _question(world: Taxonomy, rng: np.random.Generator) -> tuple[str, str, str, bool]:
+    """(text, word, concept, answer) with about half the answers yes.
+
+    The word is mostly a member word; the wrong concepts are mostly categories near one of its own
+    (siblings, children: the contrast that matters), else any category, and now and then a word that is
+    no category at all, so that only category names earn a "1".
+    """
+    names = list(world.members)
+    word = str(rng.choice(world.member_words)) if rng.random() < 0.9 else str(rng.choice(world.others))
+    own = world.categories_of.get(word, ())
+    text = sentence(word, world, rng)
+    draw = rng.random()
+    if own and draw < 0.5:
+        category = str(rng.choice(own))
+        return text, word, str(rng.choice(world.lemmas[category])), True
+    if draw < 0.92:
+        near = [c for o in own for c in world.near[o] if c not in own]
+        wrong = near if near and rng.random() < 0.6 else [c for c in names if c not in own]
+        category = str(rng.choice(wrong))
+        return text, word, str(rng.choice(world.lemmas[category])), False
+    return text, word, str(rng.choice((*world.member_words, *world.others))), False
+
+
+def training_prompts(world: Taxonomy, template: PromptTemplate, n: int, rng: np.random.Generator) -> list[str]:
+    """`n` training strings: ~90% answered questions, ~10% plain sentences."""
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.1:
+            out.append(sentence(str(rng.choice(world.member_words)), world, rng))
+            continue
+        text, word, concept, answer = _question(world, rng)
+        out.append(template.render_plain(text, word, concept) + (YES if answer else NO))
+    return out
+
+
+def held_out_accuracy(
+    model: transformers.PreTrainedModel,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    world: Taxonomy,
+    template: PromptTemplate,
+    n: int,
+    seed: int,
+) -> float:
+    """Share of `n` fresh (word, category) questions, in sentences drawn apart from training, answered right.
+
+    Half the questions ask a member word about one of its categories, half about a category it is not in
+    (siblings and children of its own ones half the time); every concept is a category name.
+    """
+    rng = np.random.default_rng(10_000 + seed)
+    questions: list[tuple[str, str, str, bool]] = []
+    while len(questions) < n:
+        text, word, concept, answer = _question(world, rng)
+        if concept in world.members or any(concept in names for names in world.lemmas.values()):
+            questions.append((text, word, concept, answer))
+    says = answers_yes(model, tokenizer, template, [q[:3] for q in questions])
+    return sum(y == q[3] for y, q in zip(says, questions, strict=True)) / n
+
+
+def read_categories(path: pathlib.Path, known: Sequence[str]) -> list[str]:
+    """The categories listed in `path` (one per line, # comments), each one of `known`."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise TaxonomyError(f"cannot read the categories file {path}: {err}") from err
+    chosen = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not chosen:
+        raise TaxonomyError(f"the categories file {path} lists no category; write one per line from categories.txt")
+    unknown = [c for c in chosen if c not in set(known)]
+    if unknown:
+        raise TaxonomyError(
+            f"the categories file {path} names {len(unknown)} categor{'y' if len(unknown) == 1 else 'ies'} the "
+            f"testbed does not know: {unknown[:5]}; pick from categories.txt (written by build, or "
+            "`python -m labeler.toys.taxonomy categories --scale ...`)"
+        )
+    duplicated = sorted({c for c in chosen if chosen.count(c) > 1})
+    if duplicated:
+        raise TaxonomyError(f"the categories file {path} lists {duplicated[:5]} more than once; list each once")
+    return chosen
+
+
+def default_features(world: Taxonomy, count: int) -> list[str]:
+    """A fixed sample of `count` categories, with at least 10 members each."""
+    pool = sorted(c for c, m in world.members.items() if len(m) >= 10)
+    return sorted(np.random.default_rng(1).choice(pool, size=min(count, len(pool)), replace=False).tolist())
+
+
+def feature_exemplars(world: Taxonomy, categories: Sequence[str], seed: int, per_side: int = 100) -> list[dict]:
+    """Exemplar rows: feature k fires (1.0) on members of categories[k], not (0.0) on other words.
+
+    Each feature gets at least `per_side` distinct active and inactive rows (more active ones if the
+    category has more members), one word per sentence; a category with few members gets several sentences
+    per word. Half the inactive words come from categories near it (siblings, children), the rest from
+    the whole vocabulary.
+    """
+    rng = np.random.default_rng(seed)
+    every = (*world.member_words, *world.others)
+    rows = []
+    for k, category in enumerate(categories):
+        members = sorted(world.members[category])
+        near = sorted({w for c in world.near[category] for w in world.members[c]} - world.members[category])
+        outside = [w for w in every if w not in world.members[category]]
+        active = [members[i % len(members)] for i in range(max(per_side, len(members)))]
+        inactive = [
+            str(rng.choice(near if near and i % 2 == 0 else outside)) for i in range(max(per_side, len(active)))
+        ]
+        for words, activation in ((active, 1.0), (inactive, 0.0)):
+            seen: set[str] = set()
+            for word in words:
+                context = sentence(word, world, rng)
+                while context in seen:
+                    context = sentence(word, world, rng)
+                seen.add(context)
+                rows.append({"feature": k, "context": context, "target": word, "activation": activation})
+    return rows
+
+
+def build(
+    scale_name: str,
+    out: pathlib.Path,
+    *,
+    categories_file: pathlib.Path | None = None,
+    seed: int = 0,
+    cache: pathlib.Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Write the testbed to `out` (see the module docstring); returns what accuracy.json holds.
+
+    The LM is trained unless `cache` holds one from the same scale and seed (it is then copied).
+    """
+    if scale_name not in SCALES:
+        raise TaxonomyError(f"unknown scale {scale_name!r}; use one of {sorted(SCALES)}")
+    scale, template = SCALES[scale_name], PromptTemplate()
+    world = load_taxonomy(scale)
+    known = list(world.members)
+    features = read_categories(categories_file, known) if categories_file else default_features(world, scale.features)
+    out.mkdir(parents=True, exist_ok=True)
+    lm = out / "lm"
+    cached = cache / f"seed{seed}" if cache is not None else None
+    if cached is not None and (cached / "accuracy.json").exists():
+        shutil.copytree(cached / "lm", lm, dirs_exist_ok=True)
+        report = json.loads((cached / "accuracy.json").read_text())
+    else:
+        tokenizer = word_level_tokenizer(world.words, template)
+        config = model_config(tokenizer, hidden_size=scale.hidden_size, num_hidden_layers=scale.num_hidden_layers)
+        started = time.perf_counter()
+        train_prompt_lm(
+            tokenizer, config, lambda n, rng: training_prompts(world, template, n, rng), lm,
+            template=template, steps=scale.steps, batch_size=scale.batch_size, lr=scale.lr, seed=seed, log=log,
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+        model = transformers.AutoModelForCausalLM.from_pretrained(lm)
+        accuracy = held_out_accuracy(model, tokenizer, world, template, n=2000, seed=seed)
+        report = {
+            "scale": scale_name,
+            "seed": seed,
+            "held_out_accuracy": accuracy,
+            "held_out_questions": 2000,
+            "train_seconds": round(seconds, 1),
+            "categories": len(world.members),
+            "member_words": len(world.member_words),
+            "vocabulary": len(tokenizer),
+        }
+        if cached is not None:
+            cached.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(lm, cached / "lm", dirs_exist_ok=True)
+            (cached / "accuracy.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "accuracy.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "categories.txt").write_text("".join(f"{c}\n" for c in known), encoding="utf-8")
+    truth = {str(k): {"category": c, "names": list(world.lemmas[c])} for k, c in enumerate(features)}
+    (out / "truth.json").write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
+    with open(out / "exemplars.jsonl", "w", encoding="utf-8") as f:
+        for row in feature_exemplars(world, features, seed):
+            f.write(json.dumps(row) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m labeler.toys.taxonomy", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("build", help="train (or reuse) the LM and write the testbed folder")
+    make.add_argument("--scale", choices=sorted(SCALES), required=True)
+    make.add_argument("--out", type=pathlib.Path, required=True)
+    make.add_argument("--categories", type=pathlib.Path, help="features: categories from categories.txt, one a line")
+    make.add_argument("--seed", type=int, default=0)
+    listing = commands.add_parser("categories", help="print every category of a scale, one a line")
+    listing.add_argument("--scale", choices=sorted(SCALES), required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "categories":
+            print("\n".join(load_taxonomy(SCALES[args.scale]).members))
+            return 0
+        cache = BENCH_CACHE.expanduser() if args.scale == "bench" else None
+        report = build(args.scale, args.out, categories_file=args.categories, seed=args.seed, cache=cache)
+    except TaxonomyError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
