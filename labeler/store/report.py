@@ -229,9 +229,11 @@ def _card(record: dict[str, Any], examples: list[dict[str, Any]], limit: int) ->
         for t in slot[:5]
     )
     return (
-        f'<article class="feature-card" data-feature="{record["feature"]}" data-confidence="{record["confidence"] or ""}">'
+        f'<article class="feature-card" data-feature="{record["feature"]}" '
+        f'data-confidence="{record["confidence"] or ""}">'
         f'<div class="label"><div class="fid">feature {record["feature"]}</div>'
-        f'<div class="name">{_e(record["label"] or "")}</div>{mark if unsure else ""}<div class="scores">{score_text}</div>'
+        f'<div class="name">{_e(record["label"] or "")}</div>{mark if unsure else ""}'
+        f'<div class="scores">{score_text}</div>'
         f'<div class="tops">{tops}</div></div>'
         f'<div class="examples">{_examples_html(examples, limit)}</div></article>'
     )
