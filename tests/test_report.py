@@ -150,3 +150,52 @@ def test_device_seconds_not_measured_are_left_out_of_the_total() -> None:
     ]
     page = render_report(to_table(recs, run_info("r")), None, title="t")
     assert "<dt>device-seconds</dt><dd>3.5</dd>" in page
+
+
+def _scored_labels() -> pa.Table:
+    """Six labels: self-scores rising with the feature id, independent scores falling; two unsure."""
+    from dataclasses import replace
+
+    rows = []
+    for i, record in enumerate(r for r in records(12, 0) if r.status == "labelled"):
+        if i >= 6:
+            break
+        independent = 0.95 - 0.1 * i
+        rows.append(
+            replace(
+                record,
+                heldout_auroc=0.5 + 0.08 * i,
+                independent_score=independent,
+                independent_scorer="embedding",
+                independent_judge="minilm",
+                independent_n_examples=20,
+                baseline_token="cat",
+                baseline_token_score=0.6,
+                confidence="low" if independent <= 0.6 else "ok",
+            )
+        )
+    return to_table(rows, run_info("run-s"))
+
+
+def test_scored_labels_are_ranked_by_the_independent_score_and_unsure_ones_marked(tmp_path: Path) -> None:
+    labels = _scored_labels()
+    page = render_report(labels, None, "scored", top_n=3)
+    order = [int(f) for f in re.findall(r'class="feature-card" data-feature="(\d+)"', page)]
+    by_independent = labels.sort_by([("independent_score", "descending")]).column("feature").to_pylist()
+    assert order[:3] == by_independent[:3]  # not the self-score order, which is the reverse
+    unsure = set(pc.filter(labels.column("feature"), pc.equal(labels.column("confidence"), "low")).to_pylist())
+    assert len(unsure) == 2 and page.count('class="unsure-mark"') == 2
+    assert set(int(f) for f in re.findall(r'data-feature="(\d+)" data-confidence="low"', page)) == unsure
+    assert page.count('<circle class="dot') == 6 and page.count('class="dot unsure"') == 2
+    assert "independent (embedding by minilm): 0.950" in page and "unsure labels</dt><dd>2" in page
+    if CHROMIUM is None:
+        return
+    (tmp_path / "scored.html").write_text(page)
+    shot, url = Path("/tmp/score-stage-report.png"), (tmp_path / "scored.html").as_uri()
+    done = subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, "--hide-scrollbars", "--window-size=1200,1400", f"--screenshot={shot}", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and png_size(shot) == (1200, 1400), done.stderr[-2000:]

@@ -293,6 +293,7 @@ def _summary(prepared: PreparedRun, progress: Progress) -> int:
             file=sys.stderr,
         )
     _print_labels(prepared)
+    _print_scores(prepared)
     print(f"labels: {out}/labels/part-*.parquet (one part per chunk)")
     print(f'query:  labeler query --data {out} "SELECT feature, status, label, heldout_auroc FROM labels"')
     print(f"report: labeler report {out} --out report.html")
@@ -300,6 +301,33 @@ def _summary(prepared: PreparedRun, progress: Progress) -> int:
         print(f"stopped early; continue with: labeler run --resume {out}", file=sys.stderr)
         return 130
     return 1 if progress.statuses["failed"] == progress.total else 0
+
+
+def _print_scores(prepared: PreparedRun) -> None:
+    """Median self-score (held-out AUROC under the discriminator), median independent score, unsure labels."""
+    import numpy as np
+
+    columns = ["status", "heldout_auroc", "independent_score", "independent_scorer", "independent_judge", "confidence"]
+    rows = [
+        row
+        for index in sorted(prepared.sink.committed())
+        for row in prepared.sink.read_part(index).select(columns).to_pylist()
+        if row["status"] == "labelled"
+    ]
+    own = [row["heldout_auroc"] for row in rows if row["heldout_auroc"] is not None]
+    if not own:
+        return
+    line = f"scores: median self-score (heldout_auroc) {np.median(own):.3f} of {len(own)} labels"
+    judged = [row for row in rows if row["confidence"] is not None]
+    independent = [row["independent_score"] for row in judged if row["independent_score"] is not None]
+    if judged:
+        by = f"{judged[0]['independent_scorer']} by {judged[0]['independent_judge']}"
+        median = f"{np.median(independent):.3f}" if independent else "-"
+        low = sum(row["confidence"] == "low" for row in judged)
+        line += f"; median independent score ({by}) {median} of {len(judged)}; {low} low-confidence label(s)"
+    elif prepared.config.score.enabled:
+        line += "; no label could be scored independently"
+    print(line, file=sys.stderr)
 
 
 def _print_labels(prepared: PreparedRun, limit: int = 20) -> None:

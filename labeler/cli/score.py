@@ -5,22 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from labeler.judge.examples import JudgeExamples, JudgeExamplesError, fresh_examples, heldout_examples, token_baseline
-from labeler.judge.records import SCORERS, LabelKind, Score, scores_table
+from labeler.judge.records import SCORERS, Score, scores_table
+from labeler.judge.stage import build_judges
 from labeler.optimise.engine import OptimiserConfig
 from labeler.optimise.labelling import LabelConfig
 from labeler.records.exemplars import FeatureExemplars, group_by_feature, read_exemplars
-
-
-class Judge(Protocol):
-    name: str
-
-    def score(self, examples: JudgeExamples, label: str, label_kind: LabelKind = "label") -> Score: ...
 
 
 def add_parser(commands: Any) -> None:
@@ -56,28 +51,6 @@ def add_parser(commands: Any) -> None:
     score.add_argument("--active-threshold", type=float, default=LabelConfig.active_threshold, help="the run's")
     score.add_argument("--device", default="auto", help="torch device of the judges")
     score.set_defaults(run=run_score)
-
-
-def build_judges(specs: list[str], scorers: list[str], device: str) -> list[Judge]:
-    """Every (scorer, judge) pair whose kinds fit; raises where a scorer gets no judge."""
-    from labeler.judge.detection import DetectionJudge
-    from labeler.judge.embedding import EmbeddingJudge
-    from labeler.judge.word import WordJudge
-
-    judges: list[Judge] = []
-    for scorer in scorers:
-        fitting = [s for s in specs if scorer == "word" or s.startswith("hf:") == (scorer == "detection")]
-        if not fitting:
-            need = "hf:MODEL_DIR" if scorer == "detection" else "minilm or embedding:MODEL_DIR"
-            raise ValueError(f"the {scorer} scorer has no judge: pass --judge {need}, or leave it out of --scorers")
-        for spec in fitting:
-            if scorer == "detection":
-                judges.append(DetectionJudge.from_spec(spec, device=device))
-            elif scorer == "embedding":
-                judges.append(EmbeddingJudge.from_spec(spec, device=device))
-            else:
-                judges.append(WordJudge.from_spec(spec))
-    return judges
 
 
 def run_score(args: argparse.Namespace) -> int:

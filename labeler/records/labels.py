@@ -1,11 +1,13 @@
-"""Label records: one row per feature per run, their Arrow schema (version 2), and writing them as Parquet.
+"""Label records: one row per feature per run, their Arrow schema (version 3), and writing them as Parquet.
 
 A record says what happened to a feature: `labelled` (with the label and its scores), `skipped` (the
 input cannot support a label, e.g. no inactive examples), `dead` (the feature never fired in its
 examples) or `failed` (an error while labelling it), with the reason in `error`. A failure is never
 stored as if it were a label. Where the label came from (run, SAE, model, discriminator, prompt,
 config, code) is a `RunInfo`, stored on every row so that rows of several runs can sit in one table.
-The columns are documented one by one in docs/schema.md. This module knows nothing about where a run
+A label scored by the run's score stage (labeler/judge/stage.py) also carries its independent score, its
+token baseline's and a `confidence`; version-2 parts, from before scoring, are read with those columns
+null. The columns are documented one by one in docs/schema.md. This module knows nothing about where a run
 is stored; labeler/store/dataset.py reads and writes runs at a URL.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -20,7 +23,10 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+READABLE_VERSIONS: tuple[int, ...] = (2, 3)
+"""Versions check_schema reads: 2 (before the score stage) has no score columns; they read as null."""
+Confidence = Literal["low", "ok"]
 Status = Literal["labelled", "skipped", "dead", "failed"]
 STATUSES: tuple[str, ...] = ("labelled", "skipped", "dead", "failed")
 
@@ -66,6 +72,17 @@ RECORD_FIELDS = [
     pa.field("n_heldout", pa.int64()),
     pa.field("device_seconds", pa.float64()),
 ]
+SCORE_FIELDS = [
+    pa.field("independent_score", pa.float64()),
+    pa.field("independent_scorer", pa.string()),
+    pa.field("independent_judge", pa.string()),
+    pa.field("independent_n_examples", pa.int64()),
+    pa.field("baseline_token", pa.string()),
+    pa.field("baseline_token_score", pa.float64()),
+    pa.field("confidence", pa.string()),
+]
+"""Added in version 3 by the score stage; null where a label was not scored (and in version-2 parts)."""
+RECORD_FIELDS += SCORE_FIELDS
 LABEL_SCHEMA = pa.schema(RECORD_FIELDS + RUN_FIELDS, metadata={b"labeler_schema_version": str(SCHEMA_VERSION).encode()})
 
 
@@ -119,6 +136,20 @@ class LabelRecord:
     n_heldout: int = 0
     device_seconds: float = 0.0
     """Time on the labelling device: the wall time of the batch the feature ran in, divided by its features."""
+    independent_score: float | None = None
+    """The label's score by a judge that did not choose it, on its held-out rows (the score stage's first scorer)."""
+    independent_scorer: str | None = None
+    """Which scorer gave independent_score: detection, embedding or word."""
+    independent_judge: str | None = None
+    """The judge model of independent_score, as its spec names it (e.g. minilm, hf:/models/gpt2)."""
+    independent_n_examples: int | None = None
+    """Held-out examples independent_score was computed on."""
+    baseline_token: str | None = None
+    """The token-identity label: the most frequent target among the training split's active rows."""
+    baseline_token_score: float | None = None
+    """baseline_token's score by the same scorer, judge and examples as independent_score."""
+    confidence: Confidence | None = None
+    """low: independent_score under the threshold, or not above baseline_token_score; ok: neither; None: not scored."""
     schema_version: int = field(default=SCHEMA_VERSION)
 
 
@@ -181,15 +212,17 @@ def to_table(records: Sequence[LabelRecord], run: RunInfo) -> pa.Table:
 
 
 def check_schema(table: pa.Table, where: str) -> pa.Table:
-    """The table cast to LABEL_SCHEMA, or a SchemaVersionError/ValueError that says what is wrong with it."""
+    """The table cast to LABEL_SCHEMA, or a SchemaVersionError/ValueError that says what is wrong with it.
+
+    A version-2 part (from before the score stage) is read with the score columns null, and a warning says so."""
     if "schema_version" not in table.column_names:
         raise SchemaVersionError(
             f"{where} has no schema_version column: it is not a labeler label dataset, or one from before "
             f"versioning; this labeler reads schema version {SCHEMA_VERSION}"
         )
     versions = sorted(set(table.column("schema_version").to_pylist()))
-    if versions != [SCHEMA_VERSION] and table.num_rows:
-        older = [v for v in versions if v is not None and v < SCHEMA_VERSION]
+    if len(versions) > 1 or (table.num_rows and versions[0] not in READABLE_VERSIONS):
+        older = [v for v in versions if v is not None and v < min(READABLE_VERSIONS)]
         advice = (
             "it was written by an older labeler; relabel with this one, or read it with the labeler release "
             "that wrote it"
@@ -198,20 +231,30 @@ def check_schema(table: pa.Table, where: str) -> pa.Table:
         )
         raise SchemaVersionError(
             f"{where} has label schema version {', '.join(map(str, versions))}, but this labeler reads only "
-            f"version {SCHEMA_VERSION}: {advice}"
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}: {advice}"
         )
-    missing = [name for name in LABEL_SCHEMA.names if name not in table.column_names]
+    version = versions[0] if versions else SCHEMA_VERSION
+    expected = [f.name for f in LABEL_SCHEMA if version >= SCHEMA_VERSION or f not in SCORE_FIELDS]
+    missing = [name for name in expected if name not in table.column_names]
     extra = [name for name in table.column_names if name not in LABEL_SCHEMA.names]
     if missing or extra:
         raise SchemaVersionError(
-            f"{where} claims schema version {SCHEMA_VERSION} but its columns differ: missing {missing}, unknown {extra}"
+            f"{where} claims schema version {version} but its columns differ: missing {missing}, unknown {extra}"
         )
+    if version < SCHEMA_VERSION:
+        absent = [f for f in SCORE_FIELDS if f.name not in table.column_names]
+        for f in absent:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+        if absent and table.num_rows:
+            warnings.warn(
+                f"{where} has label schema version {version}: it lacks the independent scores and confidence "
+                f"({', '.join(f.name for f in absent)}), read as null; score it with `labeler score`",
+                stacklevel=3,
+            )
     try:
         return table.select(LABEL_SCHEMA.names).cast(LABEL_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        raise SchemaVersionError(
-            f"{where} has columns of the wrong type for schema version {SCHEMA_VERSION}: {err}"
-        ) from err
+        raise SchemaVersionError(f"{where} has columns of the wrong type for schema version {version}: {err}") from err
 
 
 def _timestamp(value: str) -> datetime:

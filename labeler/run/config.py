@@ -25,6 +25,7 @@ import yaml
 from labeler.discriminators.config import DiscriminatorConfig, optimiser_defaults, parse_spec
 from labeler.discriminators.embedding import EmbeddingConfig
 from labeler.discriminators.vocab import read_word_list
+from labeler.judge.stage import ScoreConfig
 from labeler.optimise.labelling import LabelConfig
 from labeler.run.scheduler import SchedulerConfig
 from labeler.run.sink import SinkConfig
@@ -140,6 +141,8 @@ class RunConfig:
     (sae, model, corpus, tokens, features, ...; labeler/harvest/pipeline.py), or {demo: true} for the demo SAE.
     Neither exemplars nor harvest: the demo (service.DEMO_HARVEST)."""
     label: LabelConfig = field(default_factory=LabelConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    """The score stage (off by default): each chunk's labels judged by other models before the chunk is committed."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)

@@ -4,7 +4,8 @@ Every process of a run (the driver and each worker) holds these in its own regis
 over HTTP for Prometheus to scrape; `deploy/` scrapes them and its Grafana dashboard may query only
 the series that `exported_series()` lists (a test checks that). Who updates what:
 - the driver: features finished (by final status and reason), queue depth, chunks in flight, workers;
-- each worker: restarts and optimisation steps run, chunk latency, device memory.
+- each worker: restarts and optimisation steps run, chunk latency, device memory, low-confidence labels (score
+  stage on).
 This module knows nothing about labelling; callers record what happened after each step of work.
 """
 
@@ -24,6 +25,12 @@ FEATURES = Counter(
 RESTARTS = Counter("labeler_restarts", "Random restarts optimised to the end", registry=REGISTRY)
 STEPS = Counter(
     "labeler_optimisation_steps", "Optimisation steps run, counted once per restart per step", registry=REGISTRY
+)
+LOW_CONFIDENCE = Counter(
+    "labeler_low_confidence_labels",
+    "Labels the score stage found unsure (confidence low: independent score under the threshold or not above the "
+    "token baseline's); counted by the worker that scored them",
+    registry=REGISTRY,
 )
 CHUNK_SECONDS = Histogram(
     "labeler_chunk_seconds",

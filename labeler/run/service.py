@@ -44,7 +44,7 @@ class PreparedRun:
 
     def spec(self) -> LabellerSpec:
         c = self.config
-        return LabellerSpec(c.discriminator, c.label, c.source, self.run_info(), c.engine)
+        return LabellerSpec(c.discriminator, c.label, c.source, self.run_info(), c.engine, c.score)
 
     def run_info(self) -> RunInfo:
         """The provenance stored on every row, from the manifest (so a resumed run writes the same)."""
@@ -215,8 +215,9 @@ def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
     return PreparedRun(config, plan, sink, manifest, frozenset(sink.committed()))
 
 
-LABEL_SETTINGS = ("discriminator", "label")
-"""The settings that decide a feature's label: a resume must keep them (workers, sink, metrics may change)."""
+LABEL_SETTINGS = ("discriminator", "label", "score")
+"""The settings that decide a feature's label and its scores: a resume must keep them (workers, sink, metrics may
+change)."""
 BATCHING_ONLY = {"features_per_batch", "unlabelable"}
 """Settings under label: that change how features are batched (batched equals one at a time), or what is checked
 before work, not their labels."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import fsspec
@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from labeler.discriminators.base import Discriminator
-from labeler.discriminators.config import DiscriminatorConfig, build_discriminator
+from labeler.discriminators.config import DiscriminatorConfig, build_discriminator, spec_of
+from labeler.judge.stage import ChunkScorer, ScoreConfig
 from labeler.optimise.labelling import LabelConfig, label_chunk
 from labeler.records.exemplars import (
     JSONL_SUFFIXES,
@@ -173,10 +174,13 @@ class LabellerSpec:
     run: RunInfo
     """The run's provenance, stored on every row of its parts."""
     engine: Engine = "optimise"
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    """The score stage: with score.enabled, each chunk's labels are scored before its part is committed."""
 
 
 class EngineLabeller:
-    """The real engine: a discriminator loaded once, chunks read from the source and labelled in batches."""
+    """The real engine: a discriminator loaded once, chunks read from the source and labelled in batches; with the
+    score stage on, judges loaded once too, and each chunk's labels scored on their held-out rows."""
 
     def __init__(self, spec: LabellerSpec, disc: Discriminator | None = None) -> None:
         self.spec = spec
@@ -184,6 +188,7 @@ class EngineLabeller:
         reserve = getattr(self.disc, "reserve_label", None)  # a causal LM checks the label fits its positions
         if reserve is not None:
             reserve(spec.label.optimiser.label_tokens)
+        self.scorer = ChunkScorer(spec.score, spec_of(spec.discriminator)) if spec.score.enabled else None
 
     def label(self, features: np.ndarray, on_step: OnStep | None = None) -> list[LabelRecord]:
         exemplars, invalid = read_chunk_exemplars(self.spec.source, features)
@@ -208,6 +213,9 @@ class EngineLabeller:
                     # The engine reports the winning restart's steps; every restart ran at most that many.
                     metrics.RESTARTS.inc(record.restarts)
                     metrics.STEPS.inc(record.steps * record.restarts)
+        if self.scorer is not None:
+            records, _ = self.scorer.score(records, exemplars, self.spec.label)
+            metrics.LOW_CONFIDENCE.inc(sum(record.confidence == "low" for record in records))
         records = with_activation_frequency(records, read_harvest_column(self.spec.source, features, "frequency"))
         return sorted(records, key=lambda record: record.feature)
 

@@ -1,5 +1,10 @@
 """A static HTML page about one run: summary, score and frequency histograms, best and worst features.
 
+Where the run's score stage judged its labels (schema version 3), features are ranked by that independent
+score, each card shows the self-score (held-out AUROC under the discriminator that chose the label) beside
+the independent one and the token baseline's, unsure labels (confidence low) are marked, and a scatter
+plot sets the two scores against each other.
+
 One self-contained file (inline CSS, inline SVG plots drawn here, a few lines of inline script that
 check the page) that a browser opens from disk; no server, no network. Each listed feature shows its
 label next to its top activating examples, the target words highlighted by activation. This module
@@ -41,6 +46,11 @@ def render_report(labels: pa.Table, exemplars: pa.Table | None, title: str, top_
         '<section class="plots">',
         _figure("Held-out AUROC of the labels", _histogram(aurocs, 0.0, 1.0, 20, "AUROC"), len(aurocs)),
         _figure(
+            "Self-score (held-out AUROC) against independent score",
+            _scatter(ranked),
+            sum(_finite(v) for v in ranked.column("independent_score").to_pylist()),
+        ),
+        _figure(
             "Activation frequency (log10 share of tokens)",
             _histogram([math.log10(f) for f in frequencies if f > 0], *_log_range(frequencies), 20, "log10 frequency")
             if frequencies
@@ -75,10 +85,12 @@ def shown_exemplars(exemplars: pa.Table | None, shown: set[tuple[str, int]]) -> 
 
 
 def _ranked(labels: pa.Table) -> pa.Table:
-    """The labelled features with a finite held-out AUROC, best first (ties by feature, then in table order)."""
+    """The labelled features with a finite held-out AUROC, best first: by the independent score where it was
+    computed (features without one after those with one), then by held-out AUROC, then by feature."""
     auroc = labels.column("heldout_auroc")
     scored = labels.filter(pc.and_(pc.equal(labels.column("status"), "labelled"), pc.is_finite(auroc)))
-    return scored.sort_by([("heldout_auroc", "descending"), ("feature", "ascending")])
+    keys = [("independent_score", "descending"), ("heldout_auroc", "descending"), ("feature", "ascending")]
+    return scored.sort_by(keys)
 
 
 def _summary(labels: pa.Table, aurocs: list[float]) -> str:
@@ -101,10 +113,53 @@ def _summary(labels: pa.Table, aurocs: list[float]) -> str:
         ("features", f'<span id="feature-count">{labels.num_rows}</span>'),
         ("by status", ", ".join(f"{s}: {counts[s]}" for s in STATUSES)),
         ("median held-out AUROC", f"{median:.3f}" if aurocs else "-"),
+        *_independent_facts(labels),
         ("device-seconds", f"{device_seconds:.1f}"),
     ]
     items = "".join(f"<dt>{_e(k)}</dt><dd>{v if k == 'features' else _e(str(v))}</dd>" for k, v in facts)
     return f'<dl class="summary">{items}</dl>'
+
+
+def _independent_facts(labels: pa.Table) -> list[tuple[str, str]]:
+    judged = [v for v in labels.column("independent_score").to_pylist() if _finite(v)]
+    if not judged:
+        return [("independent score", "not scored (run with score.enabled, or `labeler score`)")]
+    low = labels.column("confidence").to_pylist().count("low")
+    return [("median independent score", f"{sorted(judged)[len(judged) // 2]:.3f}"), ("unsure labels", str(low))]
+
+
+def _scatter(ranked: pa.Table) -> str:
+    """An SVG scatter plot: self-score (x) against independent score (y), unsure labels in red, the diagonal."""
+    rows = [
+        r
+        for r in ranked.select(["feature", "label", "heldout_auroc", "independent_score", "confidence"]).to_pylist()
+        if _finite(r["independent_score"])
+    ]
+    if not rows:
+        return '<p class="note">No independent scores in this run (the score stage was off).</p>'
+    size, pad = 260, 36
+    span = size - 2 * pad
+
+    def at(v: float) -> float:
+        return pad + span * min(1.0, max(0.0, v))
+
+    dots = "".join(
+        f'<circle class="dot{" unsure" if r["confidence"] == "low" else ""}" cx="{at(r["heldout_auroc"]):.1f}" '
+        f'cy="{size - at(r["independent_score"]):.1f}" r="4"><title>feature {r["feature"]} “{_e(r["label"] or "")}”: '
+        f"self {r['heldout_auroc']:.3f}, independent {r['independent_score']:.3f}</title></circle>"
+        for r in rows
+    )
+    axis = (
+        f'<line x1="{pad}" y1="{size - pad}" x2="{size - pad}" y2="{size - pad}" stroke="#333"/>'
+        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{size - pad}" stroke="#333"/>'
+        f'<line x1="{pad}" y1="{size - pad}" x2="{size - pad}" y2="{pad}" stroke="#bbb" stroke-dasharray="3 3"/>'
+        f'<text x="{pad}" y="{size - pad + 14}" text-anchor="middle">0</text>'
+        f'<text x="{size - pad}" y="{size - pad + 14}" text-anchor="middle">1</text>'
+        f'<text x="{pad - 4}" y="{pad + 4}" text-anchor="end">1</text>'
+        f'<text x="{size / 2}" y="{size - 6}" text-anchor="middle">self-score (held-out AUROC)</text>'
+        f'<text x="12" y="{size / 2}" text-anchor="middle" transform="rotate(-90 12 {size / 2})">independent</text>'
+    )
+    return f'<svg class="scatter" width="{size}" height="{size}" viewBox="0 0 {size} {size}">{axis}{dots}</svg>'
 
 
 def _figure(caption: str, content: str, n: int) -> str:
@@ -156,16 +211,29 @@ def _card(record: dict[str, Any], examples: list[dict[str, Any]], limit: int) ->
     ]
     if record["baseline_label"] is not None:
         scores.append((f"baseline “{record['baseline_label']}”", record["baseline_auroc"]))
-    score_text = " · ".join(f"{_e(name)} {value:.3f}" for name, value in scores if _finite(value))
+    score_text = "self: " + " · ".join(f"{_e(name)} {value:.3f}" for name, value in scores if _finite(value))
+    if _finite(record["independent_score"]):
+        judge = f"{record['independent_scorer']} by {record['independent_judge']}"
+        score_text += f'<br><span class="independent">independent ({_e(judge)}): {record["independent_score"]:.3f}'
+        if _finite(record["baseline_token_score"]):
+            score_text += f" · token “{_e(record['baseline_token'])}” {record['baseline_token_score']:.3f}"
+        score_text += "</span>"
+    unsure = record["confidence"] == "low"
+    mark = (
+        '<div class="unsure-mark" title="independent score under the threshold or not above the token\'s">unsure</div>'
+    )
+
     tops = " ".join(
         f"<span class=tok>{_e(t['token'])} {t['prob']:.2f}</span>"
         for slot in (record["top_tokens"] or [])[:1]
         for t in slot[:5]
     )
     return (
-        f'<article class="feature-card" data-feature="{record["feature"]}">'
+        f'<article class="feature-card" data-feature="{record["feature"]}" '
+        f'data-confidence="{record["confidence"] or ""}">'
         f'<div class="label"><div class="fid">feature {record["feature"]}</div>'
-        f'<div class="name">{_e(record["label"] or "")}</div><div class="scores">{score_text}</div>'
+        f'<div class="name">{_e(record["label"] or "")}</div>{mark if unsure else ""}'
+        f'<div class="scores">{score_text}</div>'
         f'<div class="tops">{tops}</div></div>'
         f'<div class="examples">{_examples_html(examples, limit)}</div></article>'
     )
@@ -262,6 +330,10 @@ ol.ex {{ margin: 0; padding-left: 20px; }} ol.ex li {{ margin-bottom: 3px; }}
 .act {{ font-family: monospace; font-size: 11px; color: #888; margin-right: 4px; }}
 mark {{ padding: 0 1px; border-radius: 2px; }} .note {{ color: #888; font-style: italic; }}
 #errors {{ color: #b00; }}
+svg.scatter text {{ font-size: 11px; fill: #333; }} svg.scatter circle.dot {{ fill: #3b7dd8; opacity: 0.8; }}
+svg.scatter circle.dot.unsure {{ fill: #d33; }}
+.unsure-mark {{ display: inline-block; background: #d33; color: #fff; font-size: 11px; font-weight: 600;
+  padding: 0 6px; border-radius: 8px; }} .independent {{ color: #222; }}
 </style></head>
 <body data-status="loading" data-expected-cards="{expected}">
 <div id="errors"></div>
