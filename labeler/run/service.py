@@ -201,7 +201,7 @@ def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
             "labeler_version": __version__,
             "code_version": _code_version(),
             "discriminator": spec_of(config.discriminator),
-            "model": config.discriminator.model or spec_of(config.discriminator),
+            "discriminator_model": config.discriminator.model or spec_of(config.discriminator),
             "sae": None,
             "exemplars": config.source.exemplars,
             "started": started.isoformat(timespec="seconds"),
