@@ -66,10 +66,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             seen.add(key)
             flags = (f"--{section.prefix}{f.name.replace('_', '-')}", *ALIASES.get(key, ()))
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            help_text = f"{docs.get(f.name, '')} (default: {_shown(default)})"
-            group.add_argument(
-                *flags, dest=f"cfg:{key}", default=argparse.SUPPRESS, help=help_text, **_kind(hints[f.name])
-            )
+            help_text = f"{docs.get(f.name, '')} ({key}; default: {_shown(default)})"
+            kind = _kind(hints[f.name])
+            if "action" not in kind and "choices" not in kind:
+                kind.setdefault("metavar", f.name.upper())
+            group.add_argument(*flags, dest=f"cfg:{key}", default=argparse.SUPPRESS, help=help_text, **kind)
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
