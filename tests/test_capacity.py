@@ -119,3 +119,18 @@ def test_plan_without_a_measured_gpu_rate_says_so(
     monkeypatch.setattr(capacity, "RESULTS_DIR", Path("/nonexistent"))
     assert main(["plan", "--discriminator-config", "tiny", "--features", "10"]) == 2
     assert "pass --per-gpu-rate" in capsys.readouterr().err
+
+
+def test_tensor_parallel_gangs_count_their_gpus(capsys: pytest.CaptureFixture[str]) -> None:
+    """Gangs of T GPUs: the rate is per gang, time falls with the number of gangs, GPUs come in multiples of T."""
+    from labeler.run.capacity import make_plan
+
+    plan = make_plan(65_536, 8, 0.5, deadline_hours=10.0, tensor_parallel=2)
+    assert plan.hours == pytest.approx(65_536 / 0.5 / 4 / 3600)  # 4 gangs
+    assert plan.device_hours == pytest.approx(65_536 / 0.5 * 2 / 3600)
+    assert plan.devices_for_deadline == 2 * 4  # ceil(36.4 gang-hours / 10 h) = 4 gangs of 2
+    with pytest.raises(ValueError, match="whole number of gangs"):
+        make_plan(100, 3, 0.5, tensor_parallel=2)
+    assert main(["plan", "--discriminator-config", "llama-3-70b", "--features", "10", "--gpus", "4",
+                 "--tensor-parallel", "4"]) == 2  # fmt: skip
+    assert "no rate of a gang of 4 GPUs is measured" in capsys.readouterr().err

@@ -36,7 +36,18 @@ def add_parser(commands: Any) -> None:
     )
     plan.add_argument("--features", type=int, required=True, help="features of the SAE")
     plan.add_argument("--gpus", type=int, default=1, help="GPUs labelling in parallel")
-    plan.add_argument("--per-gpu-rate", type=float, default=None, help="features/s per GPU (default: measured)")
+    plan.add_argument(
+        "--per-gpu-rate",
+        type=float,
+        default=None,
+        help="features/s per GPU (default: measured); with --tensor-parallel T > 1, features/s per gang of T GPUs",
+    )
+    plan.add_argument(
+        "--tensor-parallel",
+        type=int,
+        default=1,
+        help="GPUs per worker (workers.tensor_parallel): a gang of T ranks holds one sharded discriminator",
+    )
     plan.add_argument("--results", type=Path, default=None, help="a gpu_engine results file (default: committed)")
     plan.add_argument(
         "--accelerator",
@@ -51,6 +62,11 @@ def add_parser(commands: Any) -> None:
 
 def run_plan(args: argparse.Namespace) -> int:
     measured: MeasuredRate | None = None
+    if args.tensor_parallel > 1 and args.per_gpu_rate is None:
+        raise NoMeasuredRate(
+            f"no rate of a gang of {args.tensor_parallel} GPUs is measured (benchmarks/gpu_engine.py measures one "
+            "GPU); pass --per-gpu-rate with the features/s of one gang"
+        )
     if args.per_gpu_rate is None:
         files = [args.results] if args.results is not None else default_results()
         if not files:
@@ -62,7 +78,7 @@ def run_plan(args: argparse.Namespace) -> int:
         rate = measured.features_per_s
     else:
         rate = args.per_gpu_rate
-    plan = make_plan(args.features, args.gpus, rate, args.deadline_hours)
+    plan = make_plan(args.features, args.gpus, rate, args.deadline_hours, args.tensor_parallel)
     source = (
         "given with --per-gpu-rate"
         if measured is None
@@ -74,7 +90,8 @@ def run_plan(args: argparse.Namespace) -> int:
         print(json.dumps({**vars(plan), "rate_source": source}))
         return 0
     unit = "GPU" if measured is None or measured.accelerator == "cuda" else "CPU device"
-    print(f"{plan.features} features on {plan.devices} {unit}(s) at {plan.per_device_rate:.4g} features/s per {unit}")
+    per = unit if plan.tensor_parallel == 1 else f"gang of {plan.tensor_parallel} {unit}s"
+    print(f"{plan.features} features on {plan.devices} {unit}(s) at {plan.per_device_rate:.4g} features/s per {per}")
     print(f"  rate: {source}")
     print(f"  wall-clock: {plan.hours:.3g} hours ({plan.device_hours:.3g} {unit}-hours)")
     print(f"  to finish within {plan.deadline_hours:g} hours: {plan.devices_for_deadline} {unit}(s)")

@@ -65,27 +65,37 @@ class Plan:
     deadline_hours: float
     devices_for_deadline: int
     """The fewest devices that finish within `deadline_hours`."""
+    tensor_parallel: int = 1
+    """Devices per worker (a gang of T ranks holds one sharded discriminator); the rate is then per gang."""
 
 
-def make_plan(features: int, devices: int, per_device_rate: float, deadline_hours: float = 10.0) -> Plan:
-    """hours = features / (rate x devices) / 3600; devices for the deadline = ceil(features / (rate x deadline))."""
+def make_plan(
+    features: int, devices: int, per_device_rate: float, deadline_hours: float = 10.0, tensor_parallel: int = 1
+) -> Plan:
+    """hours = features / (rate x workers) / 3600 with workers = devices / T; devices for the deadline =
+    T x ceil(features / (rate x deadline)). With T = 1 the rate is per device, with T > 1 per gang of T devices."""
     if features < 1:
         raise ValueError(f"the SAE must have at least 1 feature, got {features}")
     if devices < 1:
         raise ValueError(f"need at least 1 GPU, got {devices}")
+    if tensor_parallel < 1 or devices < tensor_parallel or devices % tensor_parallel:
+        raise ValueError(
+            f"need a whole number of gangs: {devices} GPU(s) for gangs of --tensor-parallel {tensor_parallel}"
+        )
     if not per_device_rate > 0 or not math.isfinite(per_device_rate):
         raise ValueError(f"the per-GPU rate must be a positive number of features per second, got {per_device_rate}")
     if not deadline_hours > 0:
         raise ValueError(f"the deadline must be a positive number of hours, got {deadline_hours}")
-    device_seconds = features / per_device_rate
+    worker_seconds = features / per_device_rate
     return Plan(
         features=features,
         devices=devices,
         per_device_rate=per_device_rate,
-        hours=device_seconds / devices / 3600,
-        device_hours=device_seconds / 3600,
+        hours=worker_seconds / (devices // tensor_parallel) / 3600,
+        device_hours=worker_seconds * tensor_parallel / 3600,
         deadline_hours=deadline_hours,
-        devices_for_deadline=math.ceil(device_seconds / (deadline_hours * 3600) - 1e-9),
+        devices_for_deadline=tensor_parallel * math.ceil(worker_seconds / (deadline_hours * 3600) - 1e-9),
+        tensor_parallel=tensor_parallel,
     )
 
 
