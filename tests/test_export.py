@@ -46,9 +46,12 @@ def test_neuronpedia_export_matches_the_documented_format_field_by_field(
     recs = write_run(str(tmp_path / "run"), "run-a", n=1500, chunk_size=500, with_exemplars=False)
     code = main(["export", "--data", str(tmp_path / "run"), "--format", "neuronpedia", "--out", str(tmp_path / "np")])
     assert code == 0, capsys.readouterr().err
-    assert [p.relative_to(tmp_path / "np").parts[:3] for p in (tmp_path / "np").rglob("*.gz")] == [
-        ("gpt2-small", "6-res-jb", "explanations")
-    ] * 2
+    written = sorted(p.relative_to(tmp_path / "np").parts[:3] for p in (tmp_path / "np").rglob("*.gz"))
+    # the explanations, and beside them their scores (test_explanation_scores_lie_beside_the_explanations)
+    assert (
+        written
+        == [("gpt2-small", "6-res-jb", "explanation-scores")] * 2 + [("gpt2-small", "6-res-jb", "explanations")] * 2
+    )
     batches = read_batches(tmp_path / "np" / "gpt2-small" / "6-res-jb" / "explanations")
     labelled = [r for r in recs if r.status == "labelled"]
     assert [len(b) for b in batches] == [1024, len(labelled) - 1024]
@@ -166,3 +169,46 @@ def test_an_export_never_overwrites_an_earlier_one(tmp_path: Path, capsys: pytes
     assert main(["export", "--data", str(tmp_path / "small"), "--format", "jsonl", "--out", str(jsonl_out)]) == 2
     assert f"{jsonl_out} already exists; choose a new --out or remove it" in capsys.readouterr().err
     assert jsonl_out.read_bytes() == jsonl_before
+
+
+def test_explanation_scores_lie_beside_the_explanations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """In the layout of Neuronpedia's ExplanationScore (apps/webapp/prisma/schema.prisma: value,
+    explanationId, explanationScoreTypeName, explanationScoreModelName, jsonDetails, initiatedByUserId): every
+    label's self-score, and its independent score where the score stage judged it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from labeler.store.export import neuronpedia_scores
+
+    recs = write_run(str(tmp_path / "run"), "run-a", n=12, with_exemplars=False)
+    labels = read_runs([str(tmp_path / "run")]).labels
+    judged = pc.equal(labels.column("feature"), 0)
+    labels = labels.set_column(
+        labels.schema.get_field_index("independent_score"),
+        "independent_score",
+        pc.if_else(judged, pa.scalar(0.42), labels.column("independent_score")),
+    )
+    for name, value in (("independent_scorer", "embedding"), ("independent_judge", "minilm"), ("confidence", "low")):
+        index = labels.schema.get_field_index(name)
+        labels = labels.set_column(index, name, pc.if_else(judged, pa.scalar(value), labels.column(name)))
+    explanations = {row["index"]: row["id"] for row in neuronpedia_explanations(labels, "me")}
+    scores = neuronpedia_scores(labels, "me")
+    labelled = [r for r in recs if r.status == "labelled"]
+    assert len(scores) == len(labelled) + 1
+    assert {s["explanationId"] for s in scores} == set(explanations.values())
+    by_kind = {(s["index"], s["explanationScoreTypeName"]): s for s in scores}
+    self_score = by_kind[("1", "labeler-heldout-auroc")]
+    assert self_score["value"] == next(r.heldout_auroc for r in recs if r.feature == 1)
+    assert self_score["explanationScoreModelName"] == "minilm" and self_score["explanationId"] == explanations["1"]
+    independent = by_kind[("0", "labeler-embedding")]
+    assert (independent["value"], independent["explanationScoreModelName"]) == (0.42, "minilm")
+    assert json.loads(independent["jsonDetails"])["confidence"] == "low"
+
+    assert (
+        main(["export", "--data", str(tmp_path / "run"), "--format", "neuronpedia", "--out", str(tmp_path / "np")]) == 0
+    )
+    assert "explanation scores" in capsys.readouterr().err
+    written = read_batches(tmp_path / "np" / "gpt2-small" / "6-res-jb" / "explanation-scores")
+    assert [row["explanationScoreTypeName"] for batch in written for row in batch] == ["labeler-heldout-auroc"] * len(
+        labelled
+    )

@@ -76,15 +76,21 @@ def run_export(args: argparse.Namespace) -> int:
 
     if args.format == "delphi":
         return score.export_delphi(args)
-    from labeler.store.export import neuronpedia_explanations, write_jsonl, write_neuronpedia
+    from labeler.store.export import neuronpedia_explanations, neuronpedia_scores, write_jsonl, write_neuronpedia
 
     labels = read_runs(args.data).labels
     if args.format == "jsonl":
         print(f"wrote {labels.num_rows} rows to {write_jsonl(labels, args.out)}", file=sys.stderr)
         return 0
     rows = neuronpedia_explanations(labels, args.author_id, args.model_id, args.source_id)
+    scores = neuronpedia_scores(labels, args.author_id, args.model_id, args.source_id)
     paths = write_neuronpedia(rows, args.out)
-    print(f"wrote {len(rows)} explanations in {len(paths)} batch file(s) under {args.out}", file=sys.stderr)
+    score_paths = write_neuronpedia(scores, args.out, "explanation-scores")
+    print(
+        f"wrote {len(rows)} explanations in {len(paths)} batch file(s) and {len(scores)} explanation scores in "
+        f"{len(score_paths)} under {args.out}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -61,7 +61,79 @@ def neuronpedia_explanations(
     `source_id` or the run's `sae_id`; description is the label; explanationModelName the discriminator.
     Features not labelled (skipped, dead, failed) have no explanation and are left out.
     """
+    rows = [
+        {
+            "id": _explanation_id(record, model, layer),
+            "modelId": model,
+            "layer": layer,
+            "source": layer,
+            "index": str(record["feature"]),
+            "authorId": author_id,
+            "description": record["label"],
+            "embedding": None,
+            "typeName": NEURONPEDIA_TYPE_NAME,
+            "explanationModelName": record["discriminator"],
+            "umap_x": None,
+            "umap_y": None,
+            "umap_cluster": None,
+            "umap_log_feature_sparsity": None,
+        }
+        for record, model, layer in _labelled(labels, model_id, source_id)
+    ]
+    return sorted(rows, key=lambda r: (r["modelId"], r["layer"], int(r["index"])))
+
+
+def neuronpedia_scores(
+    labels: pa.Table, author_id: str, model_id: str | None = None, source_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Rows in the layout of Neuronpedia's ExplanationScore for the explanations `neuronpedia_explanations`
+    gives: per label its self-score (held-out AUROC under the discriminator that chose it) and, where the run's
+    score stage judged it, its independent score (value, score type, scorer model), with the details in
+    jsonDetails. Each row's explanationId is its explanation's id."""
     rows = []
+    for record, model, layer in _labelled(labels, model_id, source_id):
+        explanation = _explanation_id(record, model, layer)
+        scores: list[tuple[str, str, float | None, dict[str, Any]]] = [
+            ("labeler-heldout-auroc", record["discriminator"], record["heldout_auroc"], {})
+        ]
+        if record.get("independent_score") is not None:
+            details = {
+                key: record.get(key)
+                for key in ("independent_n_examples", "baseline_token", "baseline_token_score", "confidence")
+            }
+            scores.append(
+                (
+                    f"labeler-{record['independent_scorer']}",
+                    record["independent_judge"],
+                    record["independent_score"],
+                    details,
+                )
+            )
+        for type_name, scorer, value, details in scores:
+            if value is None:
+                continue
+            rows.append(
+                {
+                    "id": "lbs" + hashlib.sha256(f"{explanation}/{type_name}/{scorer}".encode()).hexdigest()[:22],
+                    "modelId": model,
+                    "layer": layer,
+                    "index": str(record["feature"]),
+                    "explanationId": explanation,
+                    "value": float(value),
+                    "explanationScoreTypeName": type_name,
+                    "explanationScoreModelName": scorer,
+                    "jsonDetails": json.dumps(details) if details else "",
+                    "initiatedByUserId": author_id,
+                    "createdAt": _iso(record["started_at"]),
+                }
+            )
+    return sorted(rows, key=lambda r: (r["modelId"], r["layer"], int(r["index"]), r["explanationScoreTypeName"]))
+
+
+def _labelled(
+    labels: pa.Table, model_id: str | None, source_id: str | None
+) -> Iterable[tuple[dict[str, Any], str, str]]:
+    """(record, modelId, layer) of each labelled feature; refuses a run without a Neuronpedia model or source id."""
     for record in labels.filter(pc.equal(labels.column("status"), "labelled")).to_pylist():
         model = model_id or record["model"]
         layer = source_id or record["sae_id"]
@@ -70,30 +142,16 @@ def neuronpedia_explanations(
             raise ExportError(f"run {record['run_id']} cannot be exported to Neuronpedia: pass {missing}")
         _check_id(model, bool(model_id), f"run {record['run_id']}'s model", "--model-id", "gpt2-small")
         _check_id(layer, bool(source_id), f"run {record['run_id']}'s sae_id", "--source-id", "6-res-jb")
-        index = str(record["feature"])
-        rows.append(
-            {
-                "id": "lbl" + hashlib.sha256(f"{record['run_id']}/{model}/{layer}/{index}".encode()).hexdigest()[:22],
-                "modelId": model,
-                "layer": layer,
-                "source": layer,
-                "index": index,
-                "authorId": author_id,
-                "description": record["label"],
-                "embedding": None,
-                "typeName": NEURONPEDIA_TYPE_NAME,
-                "explanationModelName": record["discriminator"],
-                "umap_x": None,
-                "umap_y": None,
-                "umap_cluster": None,
-                "umap_log_feature_sparsity": None,
-            }
-        )
-    return sorted(rows, key=lambda r: (r["modelId"], r["layer"], int(r["index"])))
+        yield record, model, layer
 
 
-def write_neuronpedia(rows: Iterable[dict[str, Any]], out: Path) -> list[Path]:
-    """Write rows as `OUT/{modelId}/{layer}/explanations/batch-{n}.jsonl.gz`, NEURONPEDIA_BATCH rows each.
+def _explanation_id(record: dict[str, Any], model: str, layer: str) -> str:
+    return "lbl" + hashlib.sha256(f"{record['run_id']}/{model}/{layer}/{record['feature']}".encode()).hexdigest()[:22]
+
+
+def write_neuronpedia(rows: Iterable[dict[str, Any]], out: Path, kind: str = "explanations") -> list[Path]:
+    """Write rows as `OUT/{modelId}/{layer}/{kind}/batch-{n}.jsonl.gz`, NEURONPEDIA_BATCH rows each (kind:
+    explanations, or explanation-scores for the rows of `neuronpedia_scores`).
 
     Refuses a folder that already holds batch files: overwriting batch-0..k would leave an earlier export's
     higher-numbered batches beside them, and Neuronpedia would import both runs' explanations as one.
@@ -104,7 +162,7 @@ def write_neuronpedia(rows: Iterable[dict[str, Any]], out: Path) -> list[Path]:
     for model, layer in by_source:
         if not (_plain_name(model) and _plain_name(layer)):
             raise ExportError(f"modelId {model!r} and layer {layer!r} must each be one plain folder name")
-    folders = {source: out / source[0] / source[1] / "explanations" for source in by_source}
+    folders = {source: out / source[0] / source[1] / kind for source in by_source}
     for folder in folders.values():
         if any(folder.glob("batch-*.jsonl.gz")):
             raise ExportError(
