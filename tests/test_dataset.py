@@ -112,11 +112,6 @@ def test_a_version_3_part_with_wrong_columns_is_named(tmp_path: Path) -> None:
         read_runs([str(tmp_path)])
 
 
-def test_run_info_needs_a_time_zone() -> None:
-    with pytest.raises(ValueError, match="time zone"):
-        run_info("r", started_at="2026-11-21T05:00:00")
-
-
 @pytest.mark.parametrize(
     ("pointer", "says"),
     [("/moved-away/exemplars", "which is not found"), ("moved-away/exemplars", "relative to the folder")],

@@ -496,25 +496,6 @@ def test_cli_harvest(tmp_path: Path, subject: Path, sae: Path, capsys: pytest.Ca
     assert cli.main([*common, "--corpus", str(corpus), "--out", str(tmp_path / "c"), "--features", "x"]) == 2
 
 
-def test_hook_mapping_on_llama_and_module_paths() -> None:
-    from conftest import tiny_llama
-
-    from labeler.harvest.sae_source import HookedActivations, resolve_hook
-
-    model = tiny_llama(40)
-    ids = torch.randint(0, 40, (2, 6))
-    hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
-    pre = resolve_hook(model, "blocks.1.hook_resid_pre")
-    assert (pre.module, pre.side) == ("model.layers.1", "input")
-    torch.testing.assert_close(HookedActivations(model, pre)(ids, torch.ones_like(ids)), hidden[1])
-    post = resolve_hook(model, "blocks.0.hook_resid_post")
-    torch.testing.assert_close(HookedActivations(model, post)(ids, torch.ones_like(ids)), hidden[1])
-    mlp = resolve_hook(model, "model.layers.0.mlp")
-    assert HookedActivations(model, mlp)(ids, torch.ones_like(ids)).shape == (2, 6, 32)
-    with pytest.raises(SourceError, match=r"neither blocks\.N\.hook_resid_pre/post nor a module"):
-        resolve_hook(model, "blocks.0.hook_attn_z")
-
-
 def test_a_feature_with_non_finite_latents_fails_alone(tmp_path: Path, subject: Path, sae: Path) -> None:
     """An SAE latent that is NaN (a broken encoder column) fails that feature; every other feature's
     statistics and rows are exactly those of the clean SAE."""
@@ -680,50 +661,3 @@ def test_run_harvest_stage_harvests_once_and_records_provenance(tmp_path: Path, 
     bad = load_config(None, {"out": str(tmp_path / "bad"), "harvest": {**settings, "top": 3}})
     with pytest.raises(ConfigError, match=r"harvest\.top"):
         harvest_stage(bad)
-
-
-@pytest.mark.parametrize("center", [False, True])
-def test_latents_match_transformer_lens_with_and_without_center_writing_weights(tmp_path: Path, center: bool) -> None:
-    """An SAE trained on TransformerLens's GPT-2 reads what TL's hook gives; with center_writing_weights that is
-    the HF residual stream minus its mean over d_model (reference: TL itself, on the same weights)."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-
-    torch.manual_seed(0)
-    tokenizer = word_tokenizer()
-    hf = tiny_gpt2(len(tokenizer))
-    with torch.no_grad():  # a nonzero mean over d_model, as real GPT-2's residual stream has
-        hf.transformer.wte.weight += 0.5 * torch.randn(len(tokenizer), 1)
-    hf.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    c = hf.config
-    tl_config = HookedTransformerConfig(
-        n_layers=c.n_layer,
-        d_model=c.n_embd,
-        d_head=c.n_embd // c.n_head,
-        n_heads=c.n_head,
-        d_mlp=4 * c.n_embd,
-        d_vocab=c.vocab_size,
-        n_ctx=c.n_positions,
-        act_fn="gelu_new",
-        normalization_type="LN",
-    )
-    tl = HookedTransformer(tl_config)
-    tl.load_and_process_state_dict(
-        convert_gpt2_weights(hf, tl_config), fold_ln=True, center_writing_weights=center, center_unembed=True
-    )
-    sae = StandardSAE(
-        StandardSAEConfig(
-            d_in=c.n_embd,
-            d_sae=D_SAE,
-            metadata=SAEMetadata(
-                hook_name="blocks.1.hook_resid_post", model_from_pretrained_kwargs={"center_writing_weights": center}
-            ),
-        )
-    )
-    sae.save_model(tmp_path / "sae")
-    source = load_source(str(tmp_path / "sae"), str(tmp_path / "model"), device="cpu")
-    ids = torch.randint(0, len(tokenizer), (2, 9))
-    _, cache = tl.run_with_cache(ids)
-    expected = source.sae.encode(cache["blocks.1.hook_resid_post"])
-    torch.testing.assert_close(source.latents(ids, torch.ones_like(ids)), expected, atol=1e-4, rtol=1e-4)

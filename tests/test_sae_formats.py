@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import WORDS, tiny_gpt2, tiny_llama, word_tokenizer
+from conftest import WORDS, tiny_gpt2, word_tokenizer
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from transformers import GPT2Model
@@ -22,7 +22,7 @@ from transformers import GPT2Model
 from labeler.harvest.config import HarvestConfig
 from labeler.harvest.pipeline import harvest
 from labeler.harvest.sae_formats import SAEFormatError, detect_format
-from labeler.harvest.sae_source import SourceError, load_source, resolve_hook
+from labeler.harvest.sae_source import SourceError, load_source
 
 sparsify = pytest.importorskip("sparsify")  # the interop extra (Makefile install)
 
@@ -165,23 +165,6 @@ def test_a_sae_lens_hook_of_the_causal_lm_gives_the_same_exemplars(tmp_path: Pat
     rows = harvested(tmp_path, subject, corpus, causal, "a")
     assert rows == harvested(tmp_path, subject, corpus, blocks, "b")
     check_rows(rows, subject, "h.0", StandardSAE.load_from_disk(str(causal)).encode)
-
-
-def test_hook_names_under_every_spelling_and_the_nearest_names_on_error() -> None:
-    """On the causal LM and on its base model, `model.layers.0.mlp`, `layers.0.mlp` name the same module; a
-    misspelt hook's error lists the nearest valid names."""
-    causal = tiny_llama(40)
-    base = causal.model
-    for model, path in ((causal, "model.layers.0.mlp"), (base, "layers.0.mlp")):
-        for name in ("model.layers.0.mlp", "layers.0.mlp"):
-            hook = resolve_hook(model, name)
-            assert (hook.name, hook.module, hook.side) == (name, path, "output")
-            assert model.get_submodule(hook.module) is base.layers[0].mlp
-    with pytest.raises(SourceError, match=r"nearest valid names: .*model\.layers\.0\.mlp") as err:
-        resolve_hook(base, "model.layers.0.mpl")
-    assert "neither blocks.N.hook_resid_pre/post nor a module" in str(err.value)
-    with pytest.raises(SourceError, match=r"nearest valid names: blocks\.1\.hook_resid_post"):
-        resolve_hook(base, "blocks.1.hook_resid_pots")
 
 
 def test_sae_format_names_the_format(tmp_path: Path, subject: Path, corpus: Path) -> None:

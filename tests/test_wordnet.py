@@ -1,13 +1,11 @@
-"""Category nouns from a WordNet data file, the shipped list, and word lists as a vocabulary filter."""
+"""Category nouns from a WordNet data file and the shipped list (word lists as a filter: test_vocab.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from conftest import word_tokenizer
 
-from labeler.discriminators.vocab import VocabFilter, allowed_token_ids, read_word_list
 from labeler.discriminators.wordnet import category_nouns, packaged_category_nouns
 
 # A hierarchy in wordnet-base's data.noun format (wndb(5WN)): offset, lexfile, type, word count (hex),
@@ -43,24 +41,3 @@ def test_packaged_list_holds_categories_not_members() -> None:
     assert {"animal", "mammal", "number", "language"} <= words
     assert not {"harpsichord", "palindrome", "numbers"} & words  # few kinds below it, or not a lemma
     assert 5000 < len(words) < 10000
-
-
-def test_word_list_restricts_the_allowed_tokens(tmp_path: Path) -> None:
-    tokenizer = word_tokenizer()
-    everything = allowed_token_ids(tokenizer, len(tokenizer), VocabFilter())
-    listed = tmp_path / "words.txt"
-    listed.write_text("# comment\nAnimal\t4016\ncow\nunicorn\n")
-    kept = allowed_token_ids(tokenizer, len(tokenizer), VocabFilter(words=read_word_list(str(listed))))
-    assert tokenizer.batch_decode([[i] for i in kept]) == ["animal", "cow"]
-    assert set(kept) < set(everything)
-    with pytest.raises(ValueError, match="leaves no token"):
-        allowed_token_ids(tokenizer, len(tokenizer), VocabFilter(words=frozenset({"unicorn"})))
-
-
-def test_read_word_list_names_the_problem(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="cannot read the word list"):
-        read_word_list(str(tmp_path / "missing.txt"))
-    empty = tmp_path / "empty.txt"
-    empty.write_text("# only a comment\n\n")
-    with pytest.raises(ValueError, match="holds no words"):
-        read_word_list(str(empty))
