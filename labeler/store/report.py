@@ -17,6 +17,7 @@ import functools
 import html
 import math
 import re
+import statistics
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -97,8 +98,7 @@ def _summary(labels: pa.Table, aurocs: list[float]) -> str:
     counts = Counter(labels.column("status").to_pylist())
     runs = sorted(set(labels.column("run_id").to_pylist()))
     first = labels.slice(0, 1).to_pylist()[0] if labels.num_rows else {}
-    aurocs = sorted(aurocs)
-    median = aurocs[len(aurocs) // 2] if aurocs else float("nan")
+    median = statistics.median(aurocs) if aurocs else float("nan")  # as the run's summary line gives it
     # NaN or null where a feature's time was not measured; a sum that includes it would read "nan"
     device_seconds = sum(s for s in labels.column("device_seconds").to_pylist() if _finite(s))
     facts = [
@@ -125,7 +125,7 @@ def _independent_facts(labels: pa.Table) -> list[tuple[str, str]]:
     if not judged:
         return [("independent score", "not scored (run with score.enabled, or `labeler score`)")]
     low = labels.column("confidence").to_pylist().count("low")
-    return [("median independent score", f"{sorted(judged)[len(judged) // 2]:.3f}"), ("unsure labels", str(low))]
+    return [("median independent score", f"{statistics.median(judged):.3f}"), ("unsure labels", str(low))]
 
 
 def _scatter(ranked: pa.Table) -> str:
