@@ -11,6 +11,12 @@ with AdamW (together with the discriminator's per-restart head parameters, if it
 stops when its label has converged; a feature leaves the batch when all its restarts have. At the end
 each restart's argmax label is scored on the feature's held-out examples and the best restart wins;
 optionally, the top tokens of every restart's soft label are first re-scored exactly as candidates.
+
+`search="discrete"` replaces the soft label by a discrete one (GCG, Zou et al. 2023; AutoPrompt): each
+step the gradient of the loss with respect to each slot's one-hot label ranks candidate tokens, a batch
+of single-slot swaps (those and the feature's most frequent active targets) is scored exactly on the
+step's examples, and the best swap replaces the label when it lowers the loss. Successive halving
+(`halve_every`) drops the worse half of each feature's restarts at set steps, in either search.
 The engine knows nothing about tokenization, files or metrics.
 
 Randomness is per feature (example sampling) and per (feature, restart) (initial v), seeded from the
@@ -22,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -30,6 +37,9 @@ from torch import Tensor
 
 from labeler.discriminators.base import Discriminator, EncodedExamples, Scored
 from labeler.optimise.scoring import auroc, balanced_accuracy, f1, rank_labels
+
+# Discrete search takes a swap only when it lowers the loss by more than this (float noise between passes).
+SWAP_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -73,15 +83,31 @@ class OptimiserConfig:
     """0: each restart's label is its argmax (the paper). k > 0: the k most probable tokens of every slot
     of every restart also become candidate labels (one slot changed from the argmax at a time); all
     candidates are scored exactly on the training examples and the best by AUROC wins."""
+    search: Literal["gradient", "discrete"] = "gradient"
+    """gradient: descend on a soft label (the paper's, or straight-through); discrete: GCG-style token swaps,
+    ranked by the gradient at the one-hot label and scored exactly (straight_through and c_entropy do not apply;
+    a restart has converged after `converge_patience` steps in a row with no improving swap)."""
+    swap_candidates: int = 8
+    """Discrete search: tokens per slot per step, the top ones by the gradient's predicted loss drop."""
+    target_candidates: int = 4
+    """Discrete search: also try, in every slot, the feature's this many most frequent active targets that are
+    one allowed token (a token-identity feature's best label is often its token)."""
+    swap_batch: int = 8192
+    """Discrete search: (feature, candidate, example) rows per scoring pass at most."""
+    halve_every: int = 0
+    """0: keep every restart; n: every n steps each feature keeps the better half of its restarts (by the
+    step's loss, rounded up) until one is left (successive halving)."""
     seed: int = 0
     """Run seed; each feature's randomness derives from it and the feature id."""
 
     def __post_init__(self) -> None:
-        for name in ("restarts", "max_steps", "label_tokens", "top_k", "converge_patience"):
+        if self.search not in ("gradient", "discrete"):
+            raise ValueError(f"search must be 'gradient' or 'discrete', got {self.search!r}")
+        for name in ("restarts", "max_steps", "label_tokens", "top_k", "converge_patience", "swap_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         # numpy seeds each feature's split from (seed, feature id), and it takes no negative numbers.
-        for name in ("seed", "rescore_top_k"):
+        for name in ("seed", "rescore_top_k", "target_candidates", "halve_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
         for name in ("lr", "c_kl", "c_entropy", "init_std", "weight_decay"):
@@ -97,6 +123,8 @@ class OptimiserConfig:
             raise ValueError(f"betas must each lie in [0, 1), got {self.betas}: AdamW's two moment decay rates")
         if self.examples_per_step < 2 or self.examples_per_step % 2:
             raise ValueError(f"examples_per_step must be even and at least 2, got {self.examples_per_step}")
+        if self.swap_batch < 1:
+            raise ValueError(f"swap_batch must be at least 1, got {self.swap_batch}")
         if not 0 < self.converge_prob <= 1:
             raise ValueError(f"converge_prob must lie in (0, 1], got {self.converge_prob}")
 
@@ -111,6 +139,9 @@ class FeatureTask:
     heldout: np.ndarray
     heldout_active: np.ndarray
     """bool, one per held-out row."""
+    target_ids: tuple[int, ...] = ()
+    """Positions in the discriminator's allowed ids of the feature's most frequent active training targets that
+    are one allowed token, most frequent first (discrete search's extra candidates)."""
 
     def train(self) -> tuple[np.ndarray, np.ndarray]:
         """The training rows (active ones first) and, for each, whether it is active."""
@@ -143,6 +174,52 @@ class FeatureLabel:
     converged: bool
 
 
+@dataclass
+class _Restarts:
+    """The optimiser's state, Float/Int/Bool[F R' ...] for the R' restarts each feature still keeps."""
+
+    kept: Tensor
+    """Int[F R']: which of the feature's restarts each column is."""
+    v: Tensor
+    """Float[F R' L V]: label logits (discrete search: the label is their argmax)."""
+    adam_m: Tensor
+    adam_s: Tensor
+    head: Tensor
+    """Float[F R' K]."""
+    head_m: Tensor
+    head_s: Tensor
+    done: Tensor
+    streak: Tensor
+    steps: Tensor
+    last_terms: Tensor
+    """Float[F R' 3]: answer, KL and entropy at each restart's last step."""
+    last_loss: Tensor
+    """Float[F R']: the loss at each restart's last step (what successive halving ranks by)."""
+
+    def keep(self, columns: Tensor) -> None:
+        """Keep only `columns` (Int[F R'']) of every feature."""
+        rows = torch.arange(columns.shape[0], device=columns.device)[:, None]
+        for name, value in list(vars(self).items()):
+            setattr(self, name, value[rows, columns])
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one step of either search computed for the live features (F' of them)."""
+
+    loss: Tensor
+    """Float[F' R]: each restart's loss at the step's label."""
+    terms: Tensor
+    """Float[F' R 3]: answer, KL and entropy."""
+    v_grad: Tensor | None
+    """Float[F' R L V]: gradient search's gradient of the loss with respect to v (None in discrete search) ..."""
+    v_next: Tensor | None
+    """... or discrete search's next logits: argmax the next label, the rest ranked by the gradient's estimate."""
+    head_grad: Tensor | None
+    settled: Tensor
+    """Bool[F' R]: the restart's convergence test held this step (peaked p; no improving swap)."""
+
+
 def optimise(
     disc: Discriminator,
     examples: EncodedExamples,
@@ -159,48 +236,185 @@ def optimise(
     v = torch.stack([_initial_logits(config, task.feature, vocab) for task in tasks])  # [F R L V]
     v = v.to(device=device, dtype=disc.label_embeddings.dtype)
     head = disc.head_init.expand(n_feature, n_restart, -1).clone()  # [F R K]
-    adam_m, adam_s = torch.zeros_like(v), torch.zeros_like(v)
-    head_m, head_s = torch.zeros_like(head), torch.zeros_like(head)
-    done = torch.zeros(n_feature, n_restart, dtype=torch.bool, device=device)
+    per_restart = torch.zeros(n_feature, n_restart, dtype=torch.long, device=device)
+    state = _Restarts(
+        kept=torch.arange(n_restart, device=device).expand(n_feature, -1).clone(),
+        v=v,
+        adam_m=torch.zeros_like(v),
+        adam_s=torch.zeros_like(v),
+        head=head,
+        head_m=torch.zeros_like(head),
+        head_s=torch.zeros_like(head),
+        done=per_restart.bool(),
+        streak=per_restart.clone(),
+        steps=per_restart.clone(),
+        last_terms=torch.zeros(n_feature, n_restart, 3, device=device),
+        last_loss=torch.full((n_feature, n_restart), math.inf, device=device),
+    )
+    pool = _target_pool(tasks, config.target_candidates, device)  # [F M]
     failed: dict[int, str] = {}
-    streak = torch.zeros(n_feature, n_restart, dtype=torch.long, device=device)
-    steps = torch.zeros(n_feature, n_restart, dtype=torch.long, device=device)
-    last_terms = torch.zeros(n_feature, n_restart, 3, device=device)  # answer, kl, entropy at the last step
 
     for step in range(1, config.max_steps + 1):
-        live = [f for f in range(n_feature) if f not in failed and not bool(done[f].all())]
+        live = [f for f in range(n_feature) if f not in failed and not bool(state.done[f].all())]
         if not live:
             break
         idx = torch.tensor(live, device=device)
         example, target = _sample(tasks, samplers, live, config.examples_per_step, device)  # [F' N]
-        logits, head_now = v[idx].requires_grad_(True), head[idx].requires_grad_(True)
-        loss, terms, p = objective(disc, examples, example, target, logits, config, head_now)  # [F' R], [F' R 3]
-        grad, head_grad = torch.autograd.grad(loss.sum(), [logits, head_now], allow_unused=True)
+        if config.search == "discrete":
+            record = swap_step(disc, examples, example, target, state.v[idx], state.head[idx], pool[idx], config)
+        else:
+            record = gradient_step(disc, examples, example, target, state.v[idx], state.head[idx], config)
 
         # A feature whose loss is not finite fails alone; the others go on.
-        bad = ~torch.isfinite(loss).all(1)
+        bad = ~torch.isfinite(record.loss).all(1)
         for i in torch.nonzero(bad).flatten().tolist():
             failed[live[i]] = f"loss became non-finite at step {step}"
-        moving = ~done[idx] & ~bad[:, None]  # [F' R]: restarts that take this step
-        _adamw(v, adam_m, adam_s, grad, idx, moving, step, config, config.weight_decay)
-        if head_grad is not None:
-            _adamw(head, head_m, head_s, head_grad, idx, moving, step, config, weight_decay=0.0)
-        steps[idx] += moving.long()
-        last_terms[idx] = torch.where(moving[..., None], terms.detach(), last_terms[idx])
+        moving = ~state.done[idx] & ~bad[:, None]  # [F' R]: restarts that take this step
+        if record.v_grad is not None:
+            _adamw(state.v, state.adam_m, state.adam_s, record.v_grad, idx, moving, step, config, config.weight_decay)
+        if record.v_next is not None:
+            state.v[idx] = torch.where(moving[..., None, None], record.v_next, state.v[idx])
+        if record.head_grad is not None:
+            _adamw(state.head, state.head_m, state.head_s, record.head_grad, idx, moving, step, config, 0.0)
+        state.steps[idx] += moving.long()
+        state.last_terms[idx] = torch.where(moving[..., None], record.terms, state.last_terms[idx])
+        state.last_loss[idx] = torch.where(moving, record.loss, state.last_loss[idx])
 
-        # Converged: every slot's top probability above the threshold, for `patience` steps in a row.
-        peaked = (p.detach().amax(-1) > config.converge_prob).all(-1)  # [F' R]
-        streak[idx] = torch.where(moving & peaked, streak[idx] + 1, torch.where(moving, 0, streak[idx]))
-        done[idx] |= streak[idx] >= config.converge_patience
+        # Converged: the search's test held for `patience` steps in a row.
+        streak = state.streak[idx]
+        state.streak[idx] = torch.where(moving & record.settled, streak + 1, torch.where(moving, 0, streak))
+        state.done[idx] |= state.streak[idx] >= config.converge_patience
+        if config.halve_every and step % config.halve_every == 0 and state.kept.shape[1] > 1:
+            state.keep(_better_half(state.last_loss))
         if on_step is not None:
             on_step(step, len(live))
 
     return [
-        _failed(task.feature, failed[f])
-        if f in failed
-        else _pick_best(disc, examples, task, v[f], head[f], last_terms[f], steps[f], done[f], config)
+        _failed(task.feature, failed[f]) if f in failed else _pick_best(disc, examples, task, state, f, config)
         for f, task in enumerate(tasks)
     ]
+
+
+def gradient_step(
+    disc: Discriminator,
+    examples: EncodedExamples,
+    example: Tensor,
+    target: Tensor,
+    v: Tensor,
+    head: Tensor,
+    config: OptimiserConfig,
+) -> StepRecord:
+    """The soft label's step: the loss at v (Float[F R L V]) and its gradients; the caller moves v by AdamW."""
+    logits, head = v.clone().requires_grad_(True), head.clone().requires_grad_(True)
+    loss, terms, p = objective(disc, examples, example, target, logits, config, head)  # [F R], [F R 3]
+    grad, head_grad = torch.autograd.grad(loss.sum(), [logits, head], allow_unused=True)
+    peaked = (p.detach().amax(-1) > config.converge_prob).all(-1)  # every slot's top probability
+    return StepRecord(loss.detach(), terms.detach(), grad, None, head_grad, peaked)
+
+
+def swap_step(
+    disc: Discriminator,
+    examples: EncodedExamples,
+    example: Tensor,
+    target: Tensor,
+    v: Tensor,
+    head: Tensor,
+    pool: Tensor,
+    config: OptimiserConfig,
+) -> StepRecord:
+    """Discrete search's step for labels argmax(v) (Int[F R L]) on examples (Int[F N]) with answers (Bool[F N]).
+
+    `pool`: Int[F M], each feature's frequent target tokens (-1: none). Returns the loss at the current label,
+    the next label in `v_next` (the best swap where it lowers the loss) and `settled` where none did.
+    """
+    label = v.argmax(-1)  # [F R L]
+    one_hot = F.one_hot(label, v.shape[-1]).to(v.dtype).requires_grad_(True)
+    head = head.clone().requires_grad_(True)
+    scored = disc.score(examples, example, one_hot @ disc.label_embeddings, head)
+    # With a one-hot p the entropy is 0 and KL(p || q) is -log q(label): the loss of the discrete label itself.
+    terms = _loss_terms(scored, one_hot, torch.zeros_like(one_hot), target)
+    loss = terms[..., 0] + config.c_kl * terms[..., 1]
+    grad, head_grad = torch.autograd.grad(loss.sum(), [one_hot, head], allow_unused=True)
+    # First-order estimate of the loss drop from putting token j in slot l: -(g_j - g_current).
+    gain = grad.gather(-1, label[..., None]) - grad  # [F R L V]
+    candidates, valid = _swap_candidates(label, gain, pool, config.swap_candidates)  # [F R C L], [F R C]
+    swap_loss = _swap_losses(disc, examples, example, target, candidates, head.detach(), config)  # [F R C]
+    best_loss, best = swap_loss.masked_fill(~valid, math.inf).min(-1)  # [F R]
+    # A swap must gain more than float noise between passes of different shapes.
+    improved = best_loss < loss.detach() - SWAP_TOLERANCE
+    chosen = candidates.gather(2, best[..., None, None].expand(*best.shape, 1, label.shape[-1]))[:, :, 0]
+    next_label = torch.where(improved[..., None], chosen, label)  # [F R L]
+    v_next = gain.scatter(-1, next_label[..., None], gain.amax(-1, keepdim=True) + 1)  # argmax: the next label
+    return StepRecord(loss.detach(), terms.detach(), None, v_next, head_grad, ~improved)
+
+
+def _swap_candidates(label: Tensor, gain: Tensor, pool: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Single-slot swaps Int[F R C L] of each label (Int[F R L]), C = L (k + M): per slot, the k tokens of
+    largest predicted gain (Float[F R L V]) and the M pool tokens (Int[F M]). Also which are real swaps
+    (Bool[F R C]: not padding, not the current token)."""
+    _, n_restart, n_slot = label.shape
+    others = gain.scatter(-1, label[..., None], -math.inf)  # the current token is no swap
+    top = others.topk(min(k, gain.shape[-1] - 1), dim=-1).indices  # [F R L k]
+    swaps, valid = [], []
+    for slot in range(n_slot):
+        tokens = torch.cat([top[:, :, slot], pool[:, None].expand(-1, n_restart, -1)], dim=-1)  # [F R k+M]
+        ok = (tokens >= 0) & (tokens != label[:, :, slot, None])
+        swap = label[:, :, None].expand(-1, -1, tokens.shape[-1], -1).clone()  # [F R k+M L]
+        swap[..., slot] = torch.where(ok, tokens, label[:, :, slot, None])
+        swaps.append(swap)
+        valid.append(ok)
+    return torch.cat(swaps, dim=2), torch.cat(valid, dim=2)
+
+
+@torch.no_grad()
+def _swap_losses(
+    disc: Discriminator,
+    examples: EncodedExamples,
+    example: Tensor,
+    target: Tensor,
+    candidates: Tensor,
+    head: Tensor,
+    config: OptimiserConfig,
+) -> Tensor:
+    """The exact loss Float[F R C] of every candidate label (Int[F R C L]) on the step's examples (Int[F N]),
+    in passes of at most `swap_batch` (feature, candidate, example) rows; each candidate uses its restart's head."""
+    n_feature, n_restart, n_candidate, n_slot = candidates.shape
+    flat = candidates.reshape(n_feature, -1, n_slot)  # [F RC L]
+    flat_head = head[:, :, None].expand(-1, -1, n_candidate, -1).reshape(n_feature, flat.shape[1], -1)
+    per_pass = max(1, config.swap_batch // (n_feature * example.shape[1]))
+    losses = []
+    for start in range(0, flat.shape[1], per_pass):
+        ids = flat[:, start : start + per_pass]  # [F C' L]
+        scored = disc.score(examples, example, disc.label_embeddings[ids], flat_head[:, start : start + per_pass])
+        losses.append(_discrete_loss(scored, ids, target, config.c_kl))
+    return torch.cat(losses, dim=1).view(n_feature, n_restart, n_candidate)
+
+
+def _discrete_loss(scored: Scored, ids: Tensor, target: Tensor, c_kl: float) -> Tensor:
+    """answer + c_kl * KL for discrete labels Int[F C L]: `_loss_terms` at a one-hot p, without building it."""
+    grid = scored.score.shape  # [F C N]
+    answer = scored.answer_nll.gather(-1, target[:, None, :, None].expand(*grid, 1).long()).squeeze(-1).mean(-1)
+    kl = torch.zeros_like(answer)
+    for slot, log_q in enumerate(scored.reference_logprobs):
+        picked = log_q.expand(*grid, -1).gather(-1, ids[:, :, slot, None, None].expand(*grid, 1))  # [F C N 1]
+        kl = kl - picked.squeeze(-1).mean(-1)
+    return answer + c_kl * kl / max(len(scored.reference_logprobs), 1)
+
+
+def _better_half(loss: Tensor) -> Tensor:
+    """Columns Int[F ceil(R/2)] of each feature's restarts with the lowest loss (Float[F R]), in their order."""
+    n_keep = (loss.shape[1] + 1) // 2
+    best = torch.sort(loss.nan_to_num(math.inf), dim=1, stable=True).indices[:, :n_keep]
+    return best.sort(dim=1).values
+
+
+def _target_pool(tasks: list[FeatureTask], size: int, device: torch.device) -> Tensor:
+    """Int[F M]: each task's first `size` target ids, padded with -1."""
+    pool = torch.full((len(tasks), size), -1, dtype=torch.long)
+    for f, task in enumerate(tasks):
+        ids = task.target_ids[:size]
+        pool[f, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return pool.to(device)
 
 
 def objective(
@@ -291,18 +505,17 @@ def _pick_best(
     disc: Discriminator,
     examples: EncodedExamples,
     task: FeatureTask,
-    v: Tensor,
-    head: Tensor,
-    last_terms: Tensor,
-    steps: Tensor,
-    done: Tensor,
+    state: _Restarts,
+    f: int,
     config: OptimiserConfig,
 ) -> FeatureLabel:
-    """Discretise each restart (argmax per slot), score it on held-out examples, keep the best.
+    """Discretise each kept restart of feature `f` (argmax per slot), score it on held-out examples, keep the best.
 
     With `rescore_top_k`, the winner is instead the best of all restarts' candidates on the training examples.
+    Restarts dropped by successive halving get no held-out AUROC (NaN).
     """
-    label_ids = v.argmax(-1)  # [R L]
+    v, head, last_terms, steps, done = state.v[f], state.head[f], state.last_terms[f], state.steps[f], state.done[f]
+    label_ids = v.argmax(-1)  # [R' L]
     scores = disc.score_discrete(examples, task.heldout, label_ids[None], head[None])[0]  # [R N]
     order, aurocs = rank_labels(scores, task.heldout_active)
     best, best_ids, best_scores = order[0], label_ids[order[0]], scores[order[0]]
@@ -325,13 +538,21 @@ def _pick_best(
         heldout_auroc=auroc(best_scores, task.heldout_active),
         heldout_balanced_accuracy=balanced_accuracy(best_scores, task.heldout_active),
         heldout_f1=f1(best_scores, task.heldout_active),
-        restart_aurocs=tuple(aurocs),
+        restart_aurocs=tuple(_by_restart(aurocs, state.kept[f], config.restarts)),
         loss_answer=float(last_terms[best, 0]),
         loss_kl=float(last_terms[best, 1]),
         loss_entropy=float(last_terms[best, 2]),
         steps=int(steps[best]),
         converged=bool(done[best]),
     )
+
+
+def _by_restart(values: list[float], kept: Tensor, n_restart: int) -> list[float]:
+    """Values of the kept restarts spread over all restarts, NaN for the dropped ones."""
+    spread = [math.nan] * n_restart
+    for value, restart in zip(values, kept.tolist(), strict=True):
+        spread[restart] = value
+    return spread
 
 
 def _candidates(v: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -113,6 +115,8 @@ def _label_batch(
     start = time.perf_counter()
     try:
         contexts, targets, tasks = prepare_tasks(features, config)
+        if config.optimiser.search == "discrete" and config.optimiser.target_candidates:
+            tasks = [with_target_ids(disc, task, targets, config.optimiser.target_candidates) for task in tasks]
         encoded = disc.encode(contexts, targets)
         labels = optimise(disc, encoded, tasks, config.optimiser, on_step)
         baselines = [_baseline(disc, encoded, task, config) for task in tasks]
@@ -164,6 +168,35 @@ def prepare_tasks(
             )
         )
     return contexts, targets, tasks
+
+
+def with_target_ids(disc: Discriminator, task: FeatureTask, targets: Sequence[str], k: int) -> FeatureTask:
+    """The task with its `k` most frequent active training targets that are one allowed token (ties: first seen).
+
+    A target is one token when it is, stripped, the text of an allowed token (else its lower case is)."""
+    words = _allowed_words(disc)
+    counts = Counter(targets[row].strip() for row in task.train_active)
+    ids = []
+    for word, _ in counts.most_common():
+        position = words.get(word, words.get(word.lower()))
+        if position is not None and position not in ids:
+            ids.append(position)
+        if len(ids) == k:
+            break
+    return replace(task, target_ids=tuple(ids))
+
+
+_WORDS: weakref.WeakKeyDictionary[Discriminator, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
+def _allowed_words(disc: Discriminator) -> dict[str, int]:
+    """Each allowed token's stripped text -> its position in `allowed_ids` (the first, where texts repeat)."""
+    if disc not in _WORDS:
+        words: dict[str, int] = {}
+        for position, token in enumerate(disc.allowed_ids.tolist()):
+            words.setdefault(disc.decode([token]), position)
+        _WORDS[disc] = words
+    return _WORDS[disc]
 
 
 def _labelled(
