@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -61,22 +63,30 @@ def test_optimiser_finds_the_exhaustive_optimum(disc: CausalLMDiscriminator, fea
 
 
 def test_a_feature_that_breaks_fails_alone(tokenizer: object) -> None:
-    """A text too long for the model raises inside the batch; only its feature is recorded as failed."""
+    """An error inside the batch (here the discriminator refusing one feature's text) fails only that feature; a
+    text longer than the model takes is cut (labeler/discriminators/causal_lm.py) and its feature labelled."""
     from conftest import tiny_gpt2, word_tokenizer
 
+    class Refusing(CausalLMDiscriminator):
+        def encode(self, contexts: Sequence[str], targets: Sequence[str]) -> Any:
+            if any("refused" in context for context in contexts):
+                raise RuntimeError("this text is refused")
+            return super().encode(contexts, targets)
+
     tok = word_tokenizer()
-    disc = CausalLMDiscriminator(tiny_gpt2(len(tok)), tok, CausalLMConfig(model="tiny"))
+    disc = Refusing(tiny_gpt2(len(tok)), tok, CausalLMConfig(model="tiny"))
     texts = ("the dog ran", "a red apple", "the big hammer", "a cow")
     words = ("dog", "apple", "hammer", "cow")
     good = [FeatureExemplars(f, texts, words, np.array([1.0, 1.0, 0.0, 0.0])) for f in (0, 2)]
-    long_text = " ".join(["the dog"] * 200)
-    bad = FeatureExemplars(1, (*texts[:3], long_text), words, np.array([1.0, 1.0, 0.0, 0.0]))
+    bad = FeatureExemplars(1, (*texts[:3], "a refused cow"), words, np.array([1.0, 1.0, 0.0, 0.0]))
     config = LabelConfig(optimiser=replace(OptimiserConfig(), max_steps=3, examples_per_step=4), heldout_fraction=0.4)
     records = label_chunk(disc, [good[0], bad, good[1]], config)
     assert [r.feature for r in records] == [0, 1, 2]
     assert [r.status for r in records] == ["labelled", "failed", "labelled"]
-    assert records[1].error and "IndexError" in records[1].error
+    assert records[1].error and "RuntimeError: this text is refused" in records[1].error
     assert records[1].label is None
+    long_text = FeatureExemplars(3, (*texts[:3], " ".join(["the dog"] * 200)), words, np.array([1.0, 1.0, 0.0, 0.0]))
+    assert [r.status for r in label_chunk(disc, [good[0], long_text], config)] == ["labelled", "labelled"]
 
 
 def test_rescoring_candidates_are_each_restarts_argmax_and_single_slot_swaps() -> None:
