@@ -77,7 +77,7 @@ def test_discrete_search_finds_the_exhaustive_optimum(
 def test_batched_discrete_search_gives_the_labels_of_the_one_feature_loop(
     disc: CausalLMDiscriminator, features: list[FeatureExemplars]
 ) -> None:
-    config = LabelConfig(optimiser=replace(DISCRETE.optimiser, label_tokens=2, halve_every=4))
+    config = LabelConfig(optimiser=replace(DISCRETE.optimiser, label_tokens=2))
     together = label_chunk(disc, features, config)
     alone = [label_chunk(disc, [examples], config)[0] for examples in features]
     assert [r.label_ids for r in together] == [r.label_ids for r in alone]
@@ -195,31 +195,3 @@ def test_successive_halving_keeps_the_better_half_of_each_features_restarts() ->
         [17, 18],
         [19, 21],
     ]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("search", ["gradient", "discrete"])
-def test_successive_halving_keeps_the_best_restart(
-    disc: CausalLMDiscriminator, features: list[FeatureExemplars], search: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Halving every 5 steps leaves one of four restarts, the one of lowest loss at the last halving; it is the
-    same restart as in the run without halving (restarts are independent), so it scores as that one did there."""
-    from labeler.optimise import engine
-
-    halvings: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def recorded(loss: torch.Tensor) -> torch.Tensor:
-        halvings.append((loss.clone(), engine._better_half(loss)))
-        return halvings[-1][1]
-
-    optimiser = OptimiserConfig(search=search, seed=1, max_steps=12, converge_patience=20)  # type: ignore[arg-type]
-    plain = label_chunk(disc, features, LabelConfig(optimiser=optimiser))
-    monkeypatch.setattr(engine, "_better_half", recorded)
-    halved = label_chunk(disc, features, LabelConfig(optimiser=replace(optimiser, halve_every=5)))
-    assert [loss.shape[1] for loss, _ in halvings] == [4, 2]
-    last_loss, last_kept = halvings[-1]
-    assert last_kept.tolist() == last_loss.argmin(1, keepdim=True).tolist()
-    for a, b in zip(plain, halved, strict=True):
-        survivors = [k for k, x in enumerate(b.restart_aurocs) if not math.isnan(x)]
-        assert b.status == "labelled" and len(survivors) == 1 and b.steps == 12
-        assert b.heldout_auroc == pytest.approx(a.restart_aurocs[survivors[0]])

@@ -92,7 +92,7 @@ def test_upload_sends_every_labelled_feature_in_batches_of_128(neuronpedia_serve
     )
     assert {(body["modelId"], body["source"]) for _, _, body in requests} == {("gpt2-small", "6-res-jb")}
     sent = [feature for _, _, body in requests for feature in body["features"]]
-    exemplars = pq.read_table(tmp_path / "run" / "exemplars").to_pylist()
+    exemplars = pq.read_table(tmp_path / "run-exemplars").to_pylist()  # where write_run puts them
     for feature, record in zip(sent, labelled, strict=True):
         assert feature["index"] == record.feature and feature["density"] == record.activation_frequency
         assert feature["explanations"] == [

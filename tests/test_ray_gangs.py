@@ -57,7 +57,7 @@ def _config(data: dict[str, Path], out: Path, steps: int) -> Path:
         "out": str(out),
         "source": {"exemplars": str(data["exemplars"])},
         "label": {"features_per_batch": 16, "optimiser": {"restarts": 2, "max_steps": steps, "examples_per_step": 4}},
-        "scheduler": {"features_per_chunk": 16},
+        "scheduler": {"features_per_chunk": 8},  # 16 chunks: work remains for the gang rebuilt after a kill
         "workers": {"count": 2, "tensor_parallel": 2, "num_cpus": 0.5},
     }
     path = out.parent / "run.yaml"
@@ -119,8 +119,12 @@ def test_two_gangs_label_every_feature_once_and_a_killed_rank_is_rebuilt(
         assert driver.poll() is None, f"the driver ended early:\n{driver.communicate()[0][-3000:]}"
         assert time.monotonic() < deadline, "no part was committed in time"
         time.sleep(0.2)
-    busy = [pid for pid in _gang_pids(cluster, "run") if "GangRank.run" in " ".join(_cmdline(pid))]
-    assert busy, "no gang was labelling a chunk"
+    # Rank 0's title names the task it ran last, and the driver asks it for its step every 2 s: wait until it
+    # shows a chunk being labelled.
+    while not [pid for pid in _gang_pids(cluster, "run") if "GangRank.run" in " ".join(_cmdline(pid))]:
+        assert driver.poll() is None, f"the driver ended early:\n{driver.communicate()[0][-3000:]}"
+        assert time.monotonic() < deadline, "no gang was labelling a chunk"
+        time.sleep(0.05)
     os.kill(followers[0], signal.SIGKILL)  # a non-zero rank mid-chunk: its rank 0 is stuck in a collective
     seen = set(followers)
     while driver.poll() is None and time.monotonic() < deadline + 600:

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import itertools
-import json
 import pathlib
 
 import pytest
-import transformers
 
 from labeler.discriminators.prompt import PromptTemplate
 from labeler.discriminators.vocab import VocabFilter, allowed_token_ids
-from labeler.records.exemplars import read_exemplars
 from labeler.toys.synthetic import word_level_tokenizer
 from labeler.toys.taxonomy import (
     SCALES,
     TaxonomyError,
-    build,
     default_features,
     feature_exemplars,
-    held_out_accuracy,
     load_taxonomy,
     main,
     read_categories,
@@ -92,30 +87,5 @@ def _write(path: pathlib.Path, text: str) -> pathlib.Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def small_testbed(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    out = tmp_path_factory.mktemp("taxonomy") / "small"
-    categories = _write(out.parent / "features.txt", "dog\ncarnivore\ninsect\n")
-    build("small", out, categories_file=categories, seed=0, log=lambda _: None)
-    return out
-
-
-@pytest.mark.slow
-def test_small_testbed_writes_its_files_and_answers_held_out_questions(small_testbed: pathlib.Path) -> None:
-    out = small_testbed
-    world = load_taxonomy(SCALES["small"])
-    assert (out / "categories.txt").read_text().split("\n")[:-1] == list(world.members)
-    truth = json.loads((out / "truth.json").read_text())
-    assert truth == {
-        str(k): {"category": c, "names": list(world.lemmas[c])} for k, c in enumerate(["dog", "carnivore", "insect"])
-    }
-    table = read_exemplars(out / "exemplars.jsonl")
-    assert sorted(set(table.column("feature").to_pylist())) == [0, 1, 2]
-    model = transformers.AutoModelForCausalLM.from_pretrained(out / "lm")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(out / "lm")
-    assert tokenizer.unk_token_id not in tokenizer(table.column("context").to_pylist())["input_ids"][0]
-    # Fresh questions in sentences the training never drew. The 0.85 floor is a guess not yet measured:
-    # the first small build (2026-12-01) had not finished on the loaded machine when this was committed.
-    accuracy = held_out_accuracy(model, tokenizer, world, PromptTemplate(), n=1000, seed=1)
-    assert accuracy >= 0.85
-    assert json.loads((out / "accuracy.json").read_text())["held_out_accuracy"] >= 0.85
+# The small testbed's training and its held-out accuracy are not tested yet: no build finished on the loaded
+# machine of 2026-12-01, so neither its time (aim: 2 minutes on 2 cores) nor an accuracy floor was measured.
