@@ -155,16 +155,7 @@ class RayPool:
 
     def progress(self) -> list[tuple[int, int] | None]:
         """Per worker, (step, features optimising) of the batch it labels now; None where idle or not answering."""
-        refs = [a.progress.remote() for a in self.actors]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=2)
-        steps: list[tuple[int, int] | None] = []
-        for ref in refs:
-            value = None
-            if ref in ready:
-                with contextlib.suppress(RayError):
-                    value = ray.get(ref)
-            steps.append(value)
-        return steps
+        return _each_answer([a.progress.remote() for a in self.actors], timeout=2)
 
     def placements(self) -> list[dict[str, Any]]:
         return list(ray.get([a.placement.remote() for a in self.actors]))
@@ -446,16 +437,7 @@ class GangPool:
         return [f"{e}" for e in self._answers([g.ranks[0].endpoint.remote() for g in self._up()], 5)]
 
     def progress(self) -> list[tuple[int, int] | None]:
-        refs = [g.ranks[0].progress.remote() for g in self.gangs]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=2)
-        steps: list[tuple[int, int] | None] = []
-        for ref in refs:
-            value = None
-            if ref in ready:
-                with contextlib.suppress(RayError):
-                    value = ray.get(ref)
-            steps.append(value)
-        return steps
+        return _each_answer([g.ranks[0].progress.remote() for g in self.gangs], timeout=2)
 
     def placements(self) -> list[list[dict[str, Any]]]:
         """Per gang, where each rank landed."""
@@ -513,3 +495,16 @@ class GangPool:
             with contextlib.suppress(RayError):
                 found.append(ray.get(ref))
         return found
+
+
+def _each_answer(refs: list[Any], timeout: float) -> list[Any]:
+    """Each call's answer, in order, or None where it has not answered within `timeout` seconds or failed."""
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout) if refs else ([], [])
+    answers: list[Any] = []
+    for ref in refs:
+        value = None
+        if ref in ready:
+            with contextlib.suppress(RayError):
+                value = ray.get(ref)
+        answers.append(value)
+    return answers
