@@ -96,8 +96,8 @@ class OptimiserConfig:
     """Discrete search: (feature, candidate, example) rows per scoring pass at most."""
     halve_every: int = 0
     """0: keep every restart; n: every n steps each feature keeps the better half of its restarts (by the
-    step's loss, rounded up) until one is left (successive halving). Not yet verified: in a test of 2026-12-01 the
-    labels and steps of a batched run equalled a one-feature run's, but which restarts were dropped did not."""
+    step's loss, rounded up) until one is left (successive halving). A feature that stopped before a halving step
+    is halved by its final losses, so its kept restarts are the same whatever else shares its batch."""
     seed: int = 0
     """Run seed; each feature's randomness derives from it and the feature id."""
 
@@ -254,6 +254,7 @@ def optimise(
     )
     pool = _target_pool(tasks, config.target_candidates, device)  # [F M]
     failed: dict[int, str] = {}
+    halved = 0
 
     for step in range(1, config.max_steps + 1):
         live = [f for f in range(n_feature) if f not in failed and not bool(state.done[f].all())]
@@ -285,10 +286,18 @@ def optimise(
         streak = state.streak[idx]
         state.streak[idx] = torch.where(moving & record.settled, streak + 1, torch.where(moving, 0, streak))
         state.done[idx] |= state.streak[idx] >= config.converge_patience
-        if config.halve_every and step % config.halve_every == 0 and state.kept.shape[1] > 1:
-            state.keep(_better_half(state.last_loss))
+        if config.halve_every and step % config.halve_every == 0:
+            halved += 1
+            if state.kept.shape[1] > 1:
+                state.keep(_better_half(state.last_loss))
         if on_step is not None:
             on_step(step, len(live))
+    # Halvings scheduled after every feature stopped: the losses are final now, so they are taken at once. A
+    # feature's kept restarts then never depend on whether other features in its batch ran longer.
+    if config.halve_every:
+        for _ in range(halved, config.max_steps // config.halve_every):
+            if state.kept.shape[1] > 1:
+                state.keep(_better_half(state.last_loss))
 
     return [
         _failed(task.feature, failed[f]) if f in failed else _pick_best(disc, examples, task, state, f, config)
