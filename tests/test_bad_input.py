@@ -184,6 +184,7 @@ COMMAND_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("--set without =", lambda t: _label(f"{t}/e.jsonl", f"{t}/out", "--set", "lr"), r"--set takes KEY=VALUE"),
     ("empty exemplar folder", lambda t: _label(_folder(t, "parts", {}) if (t / "parts").mkdir() is None else "", f"{t}/out"), r"parts holds no Parquet files"),
     ("JSON array as JSONL", lambda t: _label(_jsonl_array(t), f"{t}/out"), r"arr.jsonl, line 1: not a JSON object"),
+    ("demo over a folder", lambda t: ["demo", "--out", _folder(t, "d", {"notes.txt": "mine"}), "--cache", f"{t}/cache"], r"--out: .*d is not empty \(it holds notes.txt\)"),
     ("s3 without credentials", lambda t: ["query", "--data", "s3://bucket/run", "SELECT 1"], r"cannot use s3://bucket/run \(endpoint http://127.0.0.1:\d+\): NoCredentialsError.*AWS_ACCESS_KEY_ID"),
     ("s3 dead endpoint", lambda t: _with_keys(["query", "--data", "s3://bucket/run", "SELECT 1"]), r"cannot use s3://bucket/run .*EndpointConnectionError.*check the endpoint"),
 ]  # fmt: skip

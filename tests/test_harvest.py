@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -494,6 +495,28 @@ def test_cli_harvest(tmp_path: Path, subject: Path, sae: Path, capsys: pytest.Ca
     assert cli.main([*common, "--corpus", str(bad), "--out", str(tmp_path / "b")]) == 2
     assert "bad.txt, line 1: invalid UTF-8" in capsys.readouterr().err
     assert cli.main([*common, "--corpus", str(corpus), "--out", str(tmp_path / "c"), "--features", "x"]) == 2
+
+
+def test_cli_harvest_refuses_too_long_windows_and_a_non_integer_d_in_before_writing(
+    tmp_path: Path, subject: Path, sae: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from labeler import cli
+
+    corpus = write_corpus(tmp_path / "corpus.txt", 5)
+    common = ["harvest", "--model", str(subject), "--corpus", str(corpus)]
+    assert cli.main([*common, "--sae", str(sae), "--context-len", "100000", "--out", str(tmp_path / "a")]) == 2
+    assert re.search(
+        r"labeler: error: --context-len 100000 is longer than the subject model .* takes \(\d+ positions\)",
+        capsys.readouterr().err,
+    )
+    odd = make_sae(tmp_path / "odd")
+    cfg = json.loads((odd / "cfg.json").read_text())
+    (odd / "cfg.json").write_text(json.dumps({**cfg, "d_in": "abc"}))
+    assert cli.main([*common, "--sae", str(odd), "--out", str(tmp_path / "b")]) == 2
+    assert re.search(
+        r"labeler: error: .*odd/cfg.json: d_in must be a positive integer, got 'abc'", capsys.readouterr().err
+    )
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_a_feature_with_non_finite_latents_fails_alone(tmp_path: Path, subject: Path, sae: Path) -> None:

@@ -32,13 +32,20 @@ def add_parser(commands: Any) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from labeler.cli.errors import UsageError
     from labeler.cli.labelling import execute
-    from labeler.run.config import load_config
+    from labeler.run.config import ConfigError, load_config
+    from labeler.run.sink import SinkConfig
+    from labeler.run.service import check_new_out
     from labeler.store.dataset import read_runs
     from labeler.toys import demo
 
-    exemplars, model_dir = demo.build(args.cache, args.seed, log=lambda line: print(line, file=sys.stderr))
     out = args.out or f"labeler-runs/toy-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    try:  # before the model is trained: a folder the demo may not write into is refused at once
+        check_new_out(out, SinkConfig())
+    except ConfigError as err:
+        raise UsageError(f"--out: {err}") from err
+    exemplars, model_dir = demo.build(args.cache, args.seed, log=lambda line: print(line, file=sys.stderr))
     overrides = {"source.exemplars": str(exemplars), "discriminator": f"hf:{model_dir}", "out": out}
     config = load_config(None, overrides | {"label.optimiser.seed": args.seed})
     status = execute(config, argparse.Namespace(no_progress=False), resume=False, on_ray=False)
