@@ -313,6 +313,7 @@ def train_prompt_lm(
     lr: float = 1e-3,
     answer_weight: float = 20.0,
     label_weight: float = 5.0,
+    all_tokens: bool = True,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> pathlib.Path:
@@ -325,6 +326,8 @@ def train_prompt_lm(
       predicting it teaches the model the word -> category lookup on its own, one piece at a time. The
       answer alone needs word and label together (each alone says nothing about it), and training on it
       alone sat on a plateau for a long and seed-dependent number of steps.
+    With `all_tokens` False the loss is only that of the label and the answer: no logits are computed
+    elsewhere, which with a vocabulary of thousands of words is most of a step's time.
     """
     answer_ids = torch.tensor(tokenizer.convert_tokens_to_ids([NO, YES]))
     _, after = template.split_user("", "")
@@ -348,8 +351,16 @@ def train_prompt_lm(
             weights, answer_at = _loss_weights(
                 targets, tokenizer.pad_token_id, answer_ids, n_suffix, answer_weight, label_weight
             )
-            logits = model(input_ids=inputs, attention_mask=(inputs != tokenizer.pad_token_id).long()).logits
-            losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+            mask = (inputs != tokenizer.pad_token_id).long()
+            if all_tokens:
+                logits = model(input_ids=inputs, attention_mask=mask).logits
+                losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+            else:
+                weights = torch.where(weights > 1.0, weights, 0.0)
+                hidden = model.model(input_ids=inputs, attention_mask=mask).last_hidden_state
+                at = weights > 0
+                picked = torch.nn.functional.cross_entropy(model.lm_head(hidden[at]), targets[at], reduction="none")
+                losses = torch.zeros(targets.shape).masked_scatter(at, picked)
             loss = (losses * weights).sum() / weights.sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -100,6 +100,11 @@ class Taxonomy:
         return tuple(sorted(set().union(*self.members.values())))
 
     @cached_property
+    def every(self) -> tuple[str, ...]:
+        """Member words and other nouns: every word a feature's example can be."""
+        return (*self.member_words, *self.others)
+
+    @cached_property
     def categories_of(self) -> dict[str, tuple[str, ...]]:
         out: dict[str, list[str]] = {}
         for category, members in self.members.items():
@@ -177,13 +182,18 @@ def load_taxonomy(scale: Scale) -> Taxonomy:
     return Taxonomy(lemmas=lemmas, members=members, parent=parent, others=other)
 
 
+def _pick(rng: np.random.Generator, words: Sequence[str]) -> str:
+    """One of `words`, uniformly (rng.choice would copy a long tuple into an array at every call)."""
+    return str(words[int(rng.integers(0, len(words)))])
+
+
 def sentence(word: str, world: Taxonomy, rng: np.random.Generator) -> str:
     """A 5-9 word sentence holding `word`, maybe one other word of the world, and fillers."""
     length = int(rng.integers(5, 10))
     words = [str(w) for w in rng.choice(FILLERS, size=length - 1)]
     if rng.random() < 0.5:
         pool = world.member_words if rng.random() < 0.7 else world.others
-        words[int(rng.integers(0, len(words)))] = str(rng.choice(pool))
+        words[int(rng.integers(0, len(words)))] = _pick(rng, pool)
     words.insert(int(rng.integers(0, len(words) + 1)), word)
     return " ".join(words)
 
@@ -196,19 +206,19 @@ def _question(world: Taxonomy, rng: np.random.Generator) -> tuple[str, str, str,
     no category at all, so that only category names earn a "1".
     """
     names = list(world.members)
-    word = str(rng.choice(world.member_words)) if rng.random() < 0.9 else str(rng.choice(world.others))
+    word = _pick(rng, world.member_words) if rng.random() < 0.9 else _pick(rng, world.others)
     own = world.categories_of.get(word, ())
     text = sentence(word, world, rng)
     draw = rng.random()
     if own and draw < 0.5:
-        category = str(rng.choice(own))
-        return text, word, str(rng.choice(world.lemmas[category])), True
+        category = _pick(rng, own)
+        return text, word, _pick(rng, world.lemmas[category]), True
     if draw < 0.92:
         near = [c for o in own for c in world.near[o] if c not in own]
         wrong = near if near and rng.random() < 0.6 else [c for c in names if c not in own]
-        category = str(rng.choice(wrong))
-        return text, word, str(rng.choice(world.lemmas[category])), False
-    return text, word, str(rng.choice((*world.member_words, *world.others))), False
+        category = _pick(rng, wrong)
+        return text, word, _pick(rng, world.lemmas[category]), False
+    return text, word, _pick(rng, world.every), False
 
 
 def training_prompts(world: Taxonomy, template: PromptTemplate, n: int, rng: np.random.Generator) -> list[str]:
@@ -216,7 +226,7 @@ def training_prompts(world: Taxonomy, template: PromptTemplate, n: int, rng: np.
     out = []
     for _ in range(n):
         if rng.random() < 0.1:
-            out.append(sentence(str(rng.choice(world.member_words)), world, rng))
+            out.append(sentence(_pick(rng, world.member_words), world, rng))
             continue
         text, word, concept, answer = _question(world, rng)
         out.append(template.render_plain(text, word, concept) + (YES if answer else NO))
@@ -283,15 +293,14 @@ def feature_exemplars(world: Taxonomy, categories: Sequence[str], seed: int, per
     the whole vocabulary.
     """
     rng = np.random.default_rng(seed)
-    every = (*world.member_words, *world.others)
     rows = []
     for k, category in enumerate(categories):
         members = sorted(world.members[category])
         near = sorted({w for c in world.near[category] for w in world.members[c]} - world.members[category])
-        outside = [w for w in every if w not in world.members[category]]
+        outside = [w for w in world.every if w not in world.members[category]]
         active = [members[i % len(members)] for i in range(max(per_side, len(members)))]
         inactive = [
-            str(rng.choice(near if near and i % 2 == 0 else outside)) for i in range(max(per_side, len(active)))
+            _pick(rng, near if near and i % 2 == 0 else outside) for i in range(max(per_side, len(active)))
         ]
         for words, activation in ((active, 1.0), (inactive, 0.0)):
             seen: set[str] = set()
@@ -335,7 +344,8 @@ def build(
         started = time.perf_counter()
         train_prompt_lm(
             tokenizer, config, lambda n, rng: training_prompts(world, template, n, rng), lm,
-            template=template, steps=scale.steps, batch_size=scale.batch_size, lr=scale.lr, seed=seed, log=log,
+            template=template, steps=scale.steps, batch_size=scale.batch_size, lr=scale.lr, all_tokens=False, seed=seed,
+            log=log,
         )  # fmt: skip
         seconds = time.perf_counter() - started
         model = transformers.AutoModelForCausalLM.from_pretrained(lm)
