@@ -37,19 +37,7 @@ from labeler.optimise.labelling import LabelConfig, prepare_tasks
 from labeler.optimise.scoring import auroc
 from labeler.records.exemplars import FeatureExemplars, group_by_feature
 from labeler.run.runtime import keep_freed_memory
-from labeler.toys.paper_datasets import PAPER_FEATURES, paper_exemplars
-
-# Words that name each feature's concept (or a synonym or close hypernym), to judge labels by; a reader
-# sees the label itself next to the verdict. "animal" is mammal's close hypernym (and the paper's own label
-# for the mammals feature).
-CONCEPT_WORDS = {
-    "animals": {"animal", "animals", "fauna", "creature", "creatures", "beast", "beasts", "wildlife", "zoo"},
-    "mammals": {"mammal", "mammals", "mammalian", "animal", "animals"},
-    "mammals_words": {"mammal", "mammals", "mammalian", "animal", "animals"},
-    "numbers": {"number", "numbers", "numeral", "numerals", "digit", "digits", "integer", "numeric", "numerical"},
-    "chinese": {"chinese", "china", "mandarin", "cantonese"},
-    "palindromes": {"palindrome", "palindromes", "palindromic"},
-}
+from labeler.toys.paper_datasets import CONCEPT_WORDS, PAPER_FEATURES, paper_exemplars
 
 
 @dataclass(frozen=True)
@@ -286,8 +274,8 @@ def markdown(rows: list[dict], header: dict) -> str:
         "Exhaustive by training AUROC: the token exhaustive search picks on the training examples, as GD must, "
         "with its held-out AUROC. Training optimum: that token's AUROC on the training examples, the best any "
         "single token does on the examples GD optimises on. Best concept word: among the words that name the "
-        "concept (CONCEPT_WORDS in benchmarks/paper_table.py) that the vocabulary allows, the best on the held-out "
-        "examples.",
+        "concept (CONCEPT_WORDS in labeler/toys/paper_datasets.py) that the vocabulary allows, the best on the "
+        "held-out examples.",
         "",
     ]
     seeds = sorted({row["seed"] for row in rows})

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from labeler.discriminators.embedding import MINILM_PACKAGE
+from labeler.toys.paper_datasets import CONCEPT_WORDS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_ROOT = ROOT.parent / "shared" / "paper-datasets"
@@ -192,3 +193,28 @@ def test_gpu_suite_writes_lines_profile_and_an_environment_free_of_ray_and_pyarr
     ]  # fmt: skip
     assert lines[-1]["written"] == str(out / "profile-tiny.txt")
     assert "aten::mm" in (out / "profile-tiny.txt").read_text()
+
+
+@pytest.mark.slow
+def test_label_quality_rows_obey_what_their_columns_mean(tmp_path: Path) -> None:
+    """One paper feature with minilm, discrete search at L = 1: the label's training AUROC cannot beat the exhaustive
+    single-token optimum on the same examples, the shares are shares, and the Markdown table holds the row."""
+    pytest.importorskip(MINILM_PACKAGE)
+    if not PAPER_ROOT.is_dir():
+        pytest.skip(f"the paper's datasets are not at {PAPER_ROOT}")
+    out = tmp_path / "table.md"
+    args = ["--paper", str(PAPER_ROOT), "--features", "1", "--methods", "discrete", "--label-tokens", "1"]
+    (row,) = run_script("label_quality.py", *args, "--out", str(out))
+    assert row["testbed"] == "paper six, minilm" and row["method"] == "discrete" and row["features"] == 1
+    assert row["mean_train_auroc_over_optimum"] <= 1 + 1e-9
+    assert row["reach_0.99_of_optimum"] == float(row["mean_train_auroc_over_optimum"] >= 0.99)
+    assert row["named_exact"] == float(row["labels"][0] in CONCEPT_WORDS["animals"])
+    assert row["forward_tokens_per_feature"] >= row["grad_tokens_per_feature"] > 0
+    table = out.read_text()
+    assert "| paper six, minilm | discrete | 1 | 1 |" in table and row["labels"][0] in table
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "label_quality.py"), *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "exists; name a new file" in done.stderr

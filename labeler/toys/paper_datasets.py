@@ -60,6 +60,17 @@ PAPER_FEATURES: tuple[PaperFeature, ...] = (
 )
 """The paper's features in a fixed order: a feature's id is its index here."""
 
+CONCEPT_WORDS: dict[str, set[str]] = {
+    "animals": {"animal", "animals", "fauna", "creature", "creatures", "beast", "beasts", "wildlife", "zoo"},
+    "mammals": {"mammal", "mammals", "mammalian", "animal", "animals"},
+    "mammals_words": {"mammal", "mammals", "mammalian", "animal", "animals"},
+    "numbers": {"number", "numbers", "numeral", "numerals", "digit", "digits", "integer", "numeric", "numerical"},
+    "chinese": {"chinese", "china", "mandarin", "cantonese"},
+    "palindromes": {"palindrome", "palindromes", "palindromic"},
+}
+"""Per feature, the words that name its concept (or a synonym, or a close hypernym: "animal" is mammal's, and the
+paper's own label for the mammals feature), to judge labels by; benchmarks print the label beside the verdict."""
+
 
 class PaperDatasetError(ValueError):
     """A paper dataset folder cannot be converted; the message names the folder and the problem."""

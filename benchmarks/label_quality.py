@@ -1,0 +1,242 @@
+"""Label quality and cost by search method, on features whose right names are known.
+
+Testbeds:
+* a taxonomy testbed folder (`python -m labeler.toys.taxonomy build --scale small|bench --out DIR`): its causal
+  LM (DIR/lm) as the discriminator, its exemplars, and DIR/truth.json's acceptable names (the category's lemmas);
+* the paper's six features with all-MiniLM-L6-v2 (`minilm`), named by CONCEPT_WORDS (labeler/toys/paper_datasets.py).
+
+Methods: the soft label as in the paper, straight-through, and discrete (GCG-style) search, each at the given
+label lengths, every other setting at the product's defaults for that discriminator kind. The baseline, in the
+same run: the exhaustive single-token optimum on each feature's own training examples.
+
+    python benchmarks/label_quality.py [--taxonomy DIR] [--paper ../shared/paper-datasets] [--label-tokens 1 2]
+        [--methods soft soft+rescore straight-through discrete discrete+rescore] [--features N]
+        [--out benchmarks/results/label_quality-DATE-cpu.md]
+
+Prints one JSON line per (testbed, method, L) and writes the Markdown table (with the command, the machine and
+the time it took) to --out. Columns: share of features whose label is an acceptable name (exactly; or, for L > 1,
+with one of its words one), the share whose exhaustive optimum is one, the share whose training AUROC reaches 0.99
+of the exhaustive optimum, the mean of that ratio, the mean held-out AUROC, and the discriminator's forward tokens
+per feature while the optimiser runs (encoding the examples is the same for every method and is not counted;
+"grad" counts those of passes that also run backward, about twice a forward's cost again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from labeler.discriminators.base import Discriminator, EncodedExamples
+from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
+from labeler.discriminators.config import optimiser_defaults
+from labeler.discriminators.embedding import EmbeddingConfig, EmbeddingDiscriminator
+from labeler.optimise.engine import FeatureTask, OptimiserConfig, optimise
+from labeler.optimise.exhaustive import exhaustive_search
+from labeler.optimise.labelling import LabelConfig, prepare_tasks, with_target_ids
+from labeler.optimise.scoring import auroc
+from labeler.records.exemplars import FeatureExemplars, group_by_feature, read_exemplars
+from labeler.toys.paper_datasets import CONCEPT_WORDS, PAPER_FEATURES, paper_exemplars
+
+SOFT = {"search": "gradient", "straight_through": False, "c_entropy": OptimiserConfig.c_entropy}
+METHODS: dict[str, dict[str, Any]] = {
+    "soft": {**SOFT, "rescore_top_k": 0},
+    "soft+rescore": {**SOFT, "rescore_top_k": 64},
+    "straight-through": {"search": "gradient", "straight_through": True, "rescore_top_k": 0},
+    "discrete": {"search": "discrete", "rescore_top_k": 0},
+    "discrete+rescore": {"search": "discrete", "rescore_top_k": 64},
+}
+"""Each method's settings over the testbed's defaults; soft is the paper's (its entropy term on for every kind);
++rescore: the 64 most probable tokens of each restart's slots scored exactly on the training examples, the best kept."""
+
+
+class TokenCounter:
+    """Counts the tokens of every forward pass of a model (rows x sequence length), with and without grad."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.forward = 0
+        self.grad = 0
+        model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        inputs = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))
+        tokens = int(inputs.shape[0] * inputs.shape[1])
+        self.forward += tokens
+        self.grad += tokens if torch.is_grad_enabled() else 0
+
+
+@dataclass
+class Testbed:
+    name: str
+    disc: Discriminator
+    features: list[FeatureExemplars]
+    names: list[set[str]]
+    """Per feature (in order), its acceptable names, lower case."""
+    base: OptimiserConfig
+    """The product's defaults for this discriminator kind."""
+
+
+def taxonomy_testbed(folder: Path) -> Testbed:
+    disc = CausalLMDiscriminator.from_config(CausalLMConfig(model=str(folder / "lm")))
+    truth = json.loads((folder / "truth.json").read_text(encoding="utf-8"))
+    features = list(group_by_feature(read_exemplars(folder / "exemplars.jsonl")))
+    names = [{name.replace("_", " ").lower() for name in truth[str(f.feature)]["names"]} for f in features]
+    return Testbed(
+        f"taxonomy {folder.name}", disc, features, names, replace(OptimiserConfig(), **optimiser_defaults("hf"))
+    )
+
+
+def paper_testbed(root: Path) -> Testbed:
+    disc = EmbeddingDiscriminator.minilm(EmbeddingConfig(kind="minilm"))
+    features = list(group_by_feature(paper_exemplars(root)))
+    names = [CONCEPT_WORDS[PAPER_FEATURES[f.feature].name] for f in features]
+    return Testbed(
+        "paper six, minilm", disc, features, names, replace(OptimiserConfig(), **optimiser_defaults("minilm"))
+    )
+
+
+def train_auroc(disc: Discriminator, encoded: EncodedExamples, task: FeatureTask, label_ids: tuple[int, ...]) -> float:
+    position = {int(token): i for i, token in enumerate(disc.allowed_ids.tolist())}
+    rows, active = task.train()
+    label = torch.tensor([[[position[token] for token in label_ids]]], device=disc.device)
+    return auroc(disc.score_discrete(encoded, rows, label)[0, 0], active)
+
+
+def measure(testbed: Testbed, methods: list[str], label_tokens: list[int], seed: int) -> list[dict[str, Any]]:
+    """One row per (method, L) on `testbed`."""
+    disc, counter = testbed.disc, TokenCounter(testbed.disc.model)
+    config = LabelConfig(optimiser=replace(testbed.base, seed=seed))
+    contexts, targets, tasks = prepare_tasks(testbed.features, config)
+    encoded = disc.encode(contexts, targets)
+    started = time.perf_counter()
+    optimum = [exhaustive_search(disc, encoded, task, on="train") for task in tasks]
+    exhaustive_seconds = (time.perf_counter() - started) / len(tasks)
+    tasks = [with_target_ids(disc, task, targets, config.optimiser.target_candidates) for task in tasks]
+    rows = []
+    for n_slot in label_tokens:
+        for method in methods:
+            optimiser = replace(config.optimiser, label_tokens=n_slot, **METHODS[method])
+            counter.forward = counter.grad = 0
+            started = time.perf_counter()
+            labels = optimise(disc, encoded, tasks, optimiser)
+            seconds = time.perf_counter() - started
+            words = [disc.decode(label.label_ids).strip().lower() for label in labels]
+            best_words = [disc.decode(best.token_ids[:1]).strip().lower() for best in optimum]
+            reached = [
+                train_auroc(disc, encoded, task, label.label_ids) / best.aurocs[0]
+                for task, label, best in zip(tasks, labels, optimum, strict=True)
+            ]
+            n = len(tasks)
+            rows.append(
+                {
+                    "testbed": testbed.name,
+                    "method": method,
+                    "label_tokens": n_slot,
+                    "features": n,
+                    "named_exact": sum(w in names for w, names in zip(words, testbed.names, strict=True)) / n,
+                    "named_contains": sum(
+                        bool(set(w.split()) & names) or w in names
+                        for w, names in zip(words, testbed.names, strict=True)
+                    )
+                    / n,
+                    "optimum_named": sum(w in names for w, names in zip(best_words, testbed.names, strict=True)) / n,
+                    "reach_0.99_of_optimum": sum(x >= 0.99 for x in reached) / n,
+                    "mean_train_auroc_over_optimum": float(np.mean(reached)),
+                    "mean_heldout_auroc": float(np.nanmean([label.heldout_auroc for label in labels])),
+                    "forward_tokens_per_feature": counter.forward / n,
+                    "grad_tokens_per_feature": counter.grad / n,
+                    "mean_steps": float(np.mean([label.steps for label in labels])),
+                    "converged": sum(label.converged for label in labels) / n,
+                    "seconds_per_feature": seconds / n,
+                    "exhaustive_seconds_per_feature": exhaustive_seconds,
+                    "labels": words,
+                    "optimum_labels": best_words,
+                    "truth": [sorted(names)[:3] for names in testbed.names],
+                }
+            )
+            print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], command: str, seconds: float) -> str:
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# Label quality by search method ({when})",
+        "",
+        f"Command: `{command}`; {seconds / 60:.1f} min on {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__} ({'CUDA' if torch.cuda.is_available() else 'CPU'}).",
+        "",
+        "Named: the label is an acceptable name (for L > 1: or one of its words is). Optimum: the exhaustive "
+        "single-token optimum of training AUROC on the feature's own training examples ('optimum named': it is an "
+        "acceptable name, the ceiling of a search that finds it at L = 1); 'reach' is the share of "
+        "features whose label's training AUROC is at least 0.99 of it. Tokens: the discriminator's forward tokens "
+        "per feature while the optimiser runs (grad: those of passes with backward).",
+        "",
+        "| testbed | method | L | features | named | named (a word) | optimum named | reach 0.99 | train / optimum "
+        "| held-out AUROC | forward tokens | grad tokens | steps | converged | s / feature |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['testbed']} | {r['method']} | {r['label_tokens']} | {r['features']} | {r['named_exact']:.0%} | "
+            f"{r['named_contains']:.0%} | {r['optimum_named']:.0%} | {r['reach_0.99_of_optimum']:.0%} | "
+            f"{r['mean_train_auroc_over_optimum']:.3f} | "
+            f"{r['mean_heldout_auroc']:.3f} | {r['forward_tokens_per_feature']:,.0f} | "
+            f"{r['grad_tokens_per_feature']:,.0f} | {r['mean_steps']:.0f} | {r['converged']:.0%} | "
+            f"{r['seconds_per_feature']:.1f} |"
+        )
+    lines += ["", "## Labels per feature", ""]
+    for r in rows:
+        pairs = ", ".join(
+            f"{label} ({truth[0] if truth else '?'}; optimum {best})"
+            for label, truth, best in zip(r["labels"], r["truth"], r["optimum_labels"], strict=True)
+        )
+        lines.append(f"- {r['testbed']}, {r['method']}, L = {r['label_tokens']}: {pairs}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--taxonomy", type=Path, help="a folder written by `python -m labeler.toys.taxonomy build`")
+    parser.add_argument("--paper", type=Path, help="the paper's datasets folder (../shared/paper-datasets)")
+    parser.add_argument("--label-tokens", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--features", type=int, help="only each testbed's first N features (a quick look)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="write the Markdown table here (refused if it exists)")
+    args = parser.parse_args()
+    if args.taxonomy is None and args.paper is None:
+        parser.error("give --taxonomy DIR, --paper DIR or both")
+    if args.taxonomy is not None and not (args.taxonomy / "truth.json").is_file():
+        parser.error(f"{args.taxonomy} is not a taxonomy testbed (no truth.json); build one with "
+                     "`python -m labeler.toys.taxonomy build --scale small --out DIR`")  # fmt: skip
+    if args.out is not None and args.out.exists():
+        parser.error(f"{args.out} exists; name a new file")
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+    testbeds = [
+        *([taxonomy_testbed(args.taxonomy)] if args.taxonomy is not None else []),
+        *([paper_testbed(args.paper)] if args.paper is not None else []),
+    ]
+    rows = []
+    for testbed in testbeds:
+        if args.features is not None:
+            testbed.features, testbed.names = testbed.features[: args.features], testbed.names[: args.features]
+        rows += measure(testbed, args.methods, args.label_tokens, args.seed)
+    if args.out is not None:
+        command = "python benchmarks/label_quality.py " + " ".join(sys.argv[1:])
+        args.out.write_text(markdown(rows, command, time.perf_counter() - started), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
