@@ -139,10 +139,10 @@ def test_harvest_matches_brute_force(tmp_path: Path, subject: Path, sae: Path) -
     assert inactive and all(r["activation"] <= 0 for r in inactive)
     dense_inactive = [r for r in inactive if r["feature"] == DENSE]
     assert rows[DENSE]["frequency"] > 0.6
-    assert len(dense_inactive) == min(50, len(acts) - rows[DENSE]["active_tokens"])
+    assert len(dense_inactive) == min(cfg.inactive_examples, len(acts) - rows[DENSE]["active_tokens"])
     assert len({(r["window"], r["position"]) for r in dense_inactive}) == len(dense_inactive)
     quantile = [r for r in table if r["sampling"] == "quantile" and r["feature"] == 0]
-    assert len(quantile) == 40 and all(r["activation"] > 0 for r in quantile)
+    assert len(quantile) == cfg.quantile_examples and all(r["activation"] > 0 for r in quantile)
     saved = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert saved["hook"] == "blocks.0.hook_resid_post" and saved["tokens"] == manifest.tokens
 

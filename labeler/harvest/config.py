@@ -30,15 +30,16 @@ class HarvestConfig:
     """Tokens per window, BOS/CLS included."""
     batch_size: int = 32
     """Windows per forward pass."""
-    top_examples: int = 10
+    top_examples: int = 20
     """Exact top-activating examples per feature."""
-    quantile_examples: int = 40
-    """Further active examples per feature, spread over the activation quantile bins."""
+    quantile_examples: int = 80
+    """Further active examples per feature, spread over the activation quantile bins (with the top ones, 100 active
+    examples where the corpus has them: fewer let chance words win on the held-out share)."""
     quantiles: int = 10
     """Equal-width bins of (0, max activation] the quantile examples are spread over."""
     reservoir: int = 200
     """Uniformly sampled active tokens kept per feature to draw the quantile examples from."""
-    inactive_examples: int = 50
+    inactive_examples: int = 100
     """Random non-activating examples per feature."""
     min_active_tokens: int = 10
     """A feature active on fewer tokens is reported as ultra_rare (on none: dead)."""

@@ -53,17 +53,17 @@ class DelphiImportConfig:
     """Output folder or fsspec URL; must not hold exemplars yet."""
     hook: str | None = None
     """Which hook's folder under latents/ (needed only when there are several)."""
-    top_examples: int = 10
+    top_examples: int = HarvestConfig.top_examples
     """Exact top-activating examples per feature."""
-    quantile_examples: int = 40
+    quantile_examples: int = HarvestConfig.quantile_examples
     """Further active examples per feature, spread over the activation quantile bins."""
-    quantiles: int = 10
+    quantiles: int = HarvestConfig.quantiles
     """Equal-width bins of (0, max activation] the quantile examples are spread over."""
-    reservoir: int = 200
+    reservoir: int = HarvestConfig.reservoir
     """Uniformly sampled active tokens kept per feature to draw the quantile examples from."""
-    inactive_examples: int = 50
+    inactive_examples: int = HarvestConfig.inactive_examples
     """Random non-activating examples per feature."""
-    min_active_tokens: int = 10
+    min_active_tokens: int = HarvestConfig.min_active_tokens
     """A feature active on fewer cached tokens is reported as ultra_rare (on none: dead)."""
     seed: int = 0
     """Seed of the random samples."""
