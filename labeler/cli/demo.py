@@ -35,8 +35,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from labeler.cli.errors import UsageError
     from labeler.cli.labelling import execute
     from labeler.run.config import ConfigError, load_config
-    from labeler.run.sink import SinkConfig
     from labeler.run.service import check_new_out
+    from labeler.run.sink import SinkConfig
     from labeler.store.dataset import read_runs
     from labeler.toys import demo
 

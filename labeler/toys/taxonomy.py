@@ -299,9 +299,7 @@ def feature_exemplars(world: Taxonomy, categories: Sequence[str], seed: int, per
         near = sorted({w for c in world.near[category] for w in world.members[c]} - world.members[category])
         outside = [w for w in world.every if w not in world.members[category]]
         active = [members[i % len(members)] for i in range(max(per_side, len(members)))]
-        inactive = [
-            _pick(rng, near if near and i % 2 == 0 else outside) for i in range(max(per_side, len(active)))
-        ]
+        inactive = [_pick(rng, near if near and i % 2 == 0 else outside) for i in range(max(per_side, len(active)))]
         for words, activation in ((active, 1.0), (inactive, 0.0)):
             seen: set[str] = set()
             for word in words:
