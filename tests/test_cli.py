@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -158,7 +157,7 @@ def test_optimiser_defaults_follow_the_discriminator_kind(exemplars: Path, tmp_p
         optimiser("--discriminator", "minilm").straight_through
         and optimiser("--discriminator", "minilm").c_entropy == 0
     )
-    assert optimiser("--discriminator", "hf:/m") == replace(OptimiserConfig(), rescore_top_k=64)
+    assert optimiser("--discriminator", "hf:/m") == OptimiserConfig(rescore_top_k=64)
     assert optimiser("--discriminator", "hf:/m", "--rescore-top-k", "0").rescore_top_k == 0  # the paper's pick
     chosen = optimiser("--discriminator", "minilm", "--no-straight-through", "--c-entropy", "0.2")
     assert not chosen.straight_through and chosen.c_entropy == 0.2
