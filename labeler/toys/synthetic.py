@@ -250,15 +250,18 @@ def _loss_weights(
     n_suffix: int,
     answer_weight: float,
     label_weight: float,
+    all_tokens: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token loss weights for right-padded targets, and the index of each question's answer (-1: none).
 
-    Every real token weighs 1; a question's answer (its last token; plain texts never end in a digit)
-    weighs `answer_weight`, and its label (just before the `n_suffix` tokens that end the prompt) `label_weight`.
+    Every real token weighs 1 (0 unless `all_tokens`); a question's answer (its last token; plain texts never end
+    in a digit) weighs `answer_weight`, and its label (just before the `n_suffix` tokens that end the prompt)
+    `label_weight`.
     """
-    weights = (targets != pad_id).float()
+    real = targets != pad_id
+    weights = real.float() if all_tokens else torch.zeros(targets.shape)
     rows = torch.arange(len(targets))
-    last = weights.sum(dim=1).long() - 1
+    last = real.sum(dim=1) - 1
     is_question = torch.isin(targets[rows, last], answer_ids)
     weights[rows[is_question], last[is_question]] = answer_weight
     weights[rows[is_question], last[is_question] - n_suffix - 1] = label_weight
@@ -349,14 +352,13 @@ def train_prompt_lm(
             ids = tokenizer(sample(batch_size, rng), padding=True, return_tensors="pt")["input_ids"]
             inputs, targets = ids[:, :-1], ids[:, 1:]
             weights, answer_at = _loss_weights(
-                targets, tokenizer.pad_token_id, answer_ids, n_suffix, answer_weight, label_weight
+                targets, tokenizer.pad_token_id, answer_ids, n_suffix, answer_weight, label_weight, all_tokens
             )
             mask = (inputs != tokenizer.pad_token_id).long()
             if all_tokens:
                 logits = model(input_ids=inputs, attention_mask=mask).logits
                 losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
             else:
-                weights = torch.where(weights > 1.0, weights, 0.0)
                 hidden = model.model(input_ids=inputs, attention_mask=mask).last_hidden_state
                 at = weights > 0
                 picked = torch.nn.functional.cross_entropy(model.lm_head(hidden[at]), targets[at], reduction="none")
