@@ -220,3 +220,15 @@ def test_label_quality_rows_obey_what_their_columns_mean(tmp_path: Path) -> None
         text=True,
     )
     assert done.returncode == 2 and "exists; name a new file" in done.stderr
+
+
+def test_label_quality_refuses_a_folder_that_is_not_a_taxonomy_testbed(tmp_path: Path) -> None:
+    (tmp_path / "lm").mkdir()  # a folder with an LM but no truth.json
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "label_quality.py"), "--taxonomy", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert f"{tmp_path} is not a taxonomy testbed (no truth.json)" in done.stderr
+    assert "python -m labeler.toys.taxonomy build" in done.stderr

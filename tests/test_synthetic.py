@@ -12,11 +12,16 @@ import transformers
 
 from labeler.discriminators.prompt import PromptTemplate
 from labeler.toys.synthetic import (
+    NO,
+    YES,
+    _hidden_after_shared_start,
+    _loss_weights,
     answer_accuracy,
     build_tokenizer,
     default_world,
     feature_exemplars,
     make_texts,
+    model_config,
     train_tiny_lm,
     training_prompts,
 )
@@ -88,6 +93,46 @@ def test_feature_exemplars_follow_the_contract() -> None:
         assert any(row["activation"] == 0.0 for row in mine)
         assert all((row["activation"] == 1.0) == (row["target"] in members) for row in mine)
         assert all(row["target"] in row["context"].split() for row in mine)
+
+
+def test_running_the_shared_start_once_gives_the_full_passs_hidden_states_and_gradients() -> None:
+    world, template = default_world(), PromptTemplate()
+    tokenizer = build_tokenizer(world, template)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(model_config(tokenizer))
+    rng = np.random.default_rng(0)
+    texts = make_texts(world, 6, rng)
+    prompts = [template.render_plain(t, t.split()[0], "animal") + (YES, NO)[i % 2] for i, t in enumerate(texts)]
+    ids = tokenizer(prompts, padding=True, return_tensors="pt")["input_ids"]
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    _, after = template.split_user("", "")
+    n_suffix = len(tokenizer(f"{after}\n{template.assistant_prefix}", add_special_tokens=False)["input_ids"])
+    answers = torch.tensor(tokenizer.convert_tokens_to_ids([NO, YES]))
+    weights, _ = _loss_weights(targets, tokenizer.pad_token_id, answers, n_suffix, 20.0, 5.0, all_tokens=False)
+    mask, at = (inputs != tokenizer.pad_token_id).long(), weights > 0
+
+    def hidden_and_grads(shared: bool) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        if shared:
+            hidden = _hidden_after_shared_start(model, inputs, mask, at)
+        else:
+            hidden = model.model(input_ids=inputs, attention_mask=mask).last_hidden_state
+        cut = inputs.shape[1] - hidden.shape[1]
+        picked = hidden[at[:, cut:]]
+        model.lm_head(picked).logsumexp(-1).sum().backward()
+        return cut, picked, [p.grad.clone() for p in model.parameters()]
+
+    _, full, full_grads = hidden_and_grads(shared=False)
+    cut, shared, shared_grads = hidden_and_grads(shared=True)
+    # At least the system text is the same in every row: it ran once.
+    assert cut >= len(tokenizer(template.system)["input_ids"])
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
+    for a, b in zip(shared_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # Rows that differ from the first token after BOS on (a plain text among the questions) run but for BOS.
+    plain = tokenizer([*prompts[:2], texts[0]], padding=True, return_tensors="pt")["input_ids"][:, :-1]
+    no_loss = torch.zeros(plain.shape, dtype=torch.bool)
+    assert _hidden_after_shared_start(model, plain, torch.ones_like(plain), no_loss).shape[1] == plain.shape[1] - 1
 
 
 def test_training_is_deterministic_and_leaves_torch_seeding_alone(tmp_path: pathlib.Path) -> None:

@@ -26,9 +26,10 @@ from labeler.toys.taxonomy import (
     read_categories,
 )
 
-SMALL_ACCURACY = 0.83
-"""Floor of the small testbed LM's held-out answer accuracy: 0.873 on 2,000 questions, built in 111 s (108.7 s of
-training) on this project's 2-core CPU machine, 2026-12-01 (python -m labeler.toys.taxonomy build --scale small)."""
+SMALL_ACCURACY = 0.88
+"""Floor of the small testbed LM's held-out answer accuracy: 0.916 on 2,000 questions, trained in 79.9 s (3,000 steps,
+the prompts' shared start run once per step) on this project's 2-core CPU machine, 2026-12-02
+(python -m labeler.toys.taxonomy build --scale small)."""
 LABEL_AUROC = 0.6
 """Floor of the held-out AUROC of each label `labeler label` gives the testbed's features at default settings: the
 8 default features of the small build above got 0.718 to 0.871 (2026-12-01)."""
@@ -102,7 +103,7 @@ def _write(path: pathlib.Path, text: str) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def small_testbed(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """The small testbed with three features (about 2 minutes of training on two cores)."""
+    """The small testbed with three features (about 80 s of training on two cores)."""
     out = tmp_path_factory.mktemp("taxonomy") / "small"
     categories = _write(out.parent / "features.txt", "carnivore\ninsect\nrodent\n")
     build("small", out, categories_file=categories, seed=0, log=lambda _: None)

@@ -77,7 +77,7 @@ class Scale:
 SCALES = {
     "small": Scale(
         min_members=15, root="animal", max_categories=60, member_words=500, other_words=300, features=8,
-        steps=1500, hidden_size=64, num_hidden_layers=2, batch_size=32, lr=2e-3,
+        steps=3000, hidden_size=64, num_hidden_layers=2, batch_size=32, lr=2e-3,
     ),
     "bench": Scale(
         min_members=20, root=None, max_categories=1000, member_words=4000, other_words=4000, features=40,
@@ -222,12 +222,10 @@ def _question(world: Taxonomy, rng: np.random.Generator) -> tuple[str, str, str,
 
 
 def training_prompts(world: Taxonomy, template: PromptTemplate, n: int, rng: np.random.Generator) -> list[str]:
-    """`n` training strings: ~90% answered questions, ~10% plain sentences."""
+    """`n` answered questions. No plain sentences: the LM is trained on the label and the answer only
+    (`all_tokens=False`), so they would add nothing, and every prompt starting alike lets a step run that start once."""
     out = []
     for _ in range(n):
-        if rng.random() < 0.1:
-            out.append(sentence(_pick(rng, world.member_words), world, rng))
-            continue
         text, word, concept, answer = _question(world, rng)
         out.append(template.render_plain(text, word, concept) + (YES if answer else NO))
     return out
