@@ -20,6 +20,7 @@ from labeler.optimise.engine import (
     OptimiserConfig,
     _better_half,
     _loss_terms,
+    _prior_tokens,
     _Restarts,
     _sample,
     _swap_losses,
@@ -131,7 +132,9 @@ def test_the_swap_step_takes_the_best_swap_and_only_when_it_lowers_the_loss() ->
     target = torch.tensor([[True, False, True, False]] * 2)
     vocab = len(disc.allowed_ids)
     for n_slot in (1, 2, 3):
-        config = OptimiserConfig(search="discrete", label_tokens=n_slot, swap_candidates=3, c_entropy=0.0)
+        config = OptimiserConfig(
+            search="discrete", label_tokens=n_slot, swap_candidates=3, prior_candidates=2, c_entropy=0.0
+        )
         v = torch.randn(2, 2, n_slot, vocab)
         pool = torch.tensor([[5, -1], [7, 8]])
         record = swap_step(disc, encoded, example, target, v, disc.head_init.expand(2, 2, 0), pool, config)
@@ -185,6 +188,23 @@ def test_frequent_active_targets_become_candidates(tokenizer: object) -> None:
     expected = sorted({w for w in train_words if w != "two words"}, key=lambda w: -train_words.count(w))
     assert [disc.decode([int(disc.allowed_ids[p])]) for p in found] == expected[:3]
     assert "dog" in expected  # dog is twice in the data, so it is trained on and first
+
+
+def test_prior_candidates_are_the_tokens_q_favours_on_active_examples_over_inactive_ones() -> None:
+    """Token 3 is likelier on the active examples than on the inactive ones; token 5 is likeliest everywhere, so
+    only the contrast, not q's mean, puts 3 first. Later slots use their own q, per restart; an encoder has none."""
+    n_feature, n_restart, n_example, vocab = 2, 3, 4, 8
+    target = torch.tensor([[True, True, False, False], [False, True, False, True]])
+    first = torch.full((n_feature, 1, n_example, vocab), -5.0)
+    first[..., 5] = -0.5
+    first[..., 3] = torch.where(target, -1.0, -4.0)[:, None, :]
+    second = torch.full((n_feature, n_restart, n_example, vocab), -5.0)
+    second[:, 1, :, 6] = torch.where(target, -1.0, -3.0)
+    tokens = _prior_tokens((first, second), target, 1, torch.Size((n_feature, n_restart, 2)))
+    assert tokens.shape == (n_feature, n_restart, 2, 1)
+    assert (tokens[:, :, 0, 0] == 3).all() and (tokens[:, 1, 1, 0] == 6).all()
+    none = _prior_tokens((), target, 4, torch.Size((n_feature, n_restart, 1)))
+    assert none.shape == (n_feature, n_restart, 1, 0)
 
 
 def test_successive_halving_keeps_the_better_half_of_each_features_restarts() -> None:

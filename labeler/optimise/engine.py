@@ -92,6 +92,10 @@ class OptimiserConfig:
     target_candidates: int = 4
     """Discrete search: also try, in every slot, the feature's this many most frequent active targets that are
     one allowed token (a token-identity feature's best label is often its token)."""
+    prior_candidates: int = 0
+    """Discrete search: also try, in every slot, this many tokens that the discriminator's own next-token
+    distribution there (q, the KL term's prior) ranks most above its mean on the step's inactive examples, on its
+    active ones: the concepts the discriminator itself would name for them (causal LMs; an encoder has no q)."""
     swap_batch: int = 8192
     """Discrete search: (feature, candidate, example) rows per scoring pass at most."""
     halve_every: int = 0
@@ -108,7 +112,7 @@ class OptimiserConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         # numpy seeds each feature's split from (seed, feature id), and it takes no negative numbers.
-        for name in ("seed", "rescore_top_k", "target_candidates", "halve_every"):
+        for name in ("seed", "rescore_top_k", "target_candidates", "prior_candidates", "halve_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
         for name in ("lr", "c_kl", "c_entropy", "init_std", "weight_decay"):
@@ -347,7 +351,8 @@ def swap_step(
     grad, head_grad = torch.autograd.grad(loss.sum(), [one_hot, head], allow_unused=True)
     # First-order estimate of the loss drop from putting token j in slot l: -(g_j - g_current).
     gain = grad.gather(-1, label[..., None]) - grad  # [F R L V]
-    candidates, valid = _swap_candidates(label, gain, pool, config.swap_candidates)  # [F R C L], [F R C]
+    prior = _prior_tokens(scored.reference_logprobs, target, config.prior_candidates, label.shape)  # [F R L P]
+    candidates, valid = _swap_candidates(label, gain, prior, pool, config.swap_candidates)  # [F R C L], [F R C]
     swap_loss = _swap_losses(disc, examples, example, target, candidates, head.detach(), config)  # [F R C]
     best_loss, best = swap_loss.masked_fill(~valid, math.inf).min(-1)  # [F R]
     # A swap must gain more than float noise between passes of different shapes.
@@ -358,18 +363,32 @@ def swap_step(
     return StepRecord(loss.detach(), terms.detach(), None, v_next, head_grad, ~improved)
 
 
-def _swap_candidates(label: Tensor, gain: Tensor, pool: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Single-slot swaps Int[F R C L] of each label (Int[F R L]), C = L (k + M): per slot, the k tokens of
-    largest predicted gain (Float[F R L V]) and the M pool tokens (Int[F M]). Also which are real swaps
-    (Bool[F R C]: not padding, not the current token)."""
+def _prior_tokens(reference_logprobs: tuple[Tensor, ...], target: Tensor, k: int, shape: torch.Size) -> Tensor:
+    """Int[F R L k]: per slot, the k tokens whose log q (Float[F R|1 N V] per slot) on the active examples of the
+    step (Bool[F N]) most exceeds its mean on the inactive ones; none (k = 0) where the discriminator has no q."""
+    n_feature, n_restart, n_slot = shape
+    if k == 0 or len(reference_logprobs) != n_slot:
+        return torch.zeros(n_feature, n_restart, n_slot, 0, dtype=torch.long, device=target.device)
+    active = target.float()[:, None, :, None]  # [F 1 N 1]
+    inactive = 1 - active
+    weight = active / active.sum(2, keepdim=True).clamp_min(1) - inactive / inactive.sum(2, keepdim=True).clamp_min(1)
+    contrast = [(log_q.detach() * weight).sum(2) for log_q in reference_logprobs]  # per slot, Float[F R|1 V]
+    tokens = [c.topk(min(k, c.shape[-1]), dim=-1).indices.expand(n_feature, n_restart, -1) for c in contrast]
+    return torch.stack(tokens, dim=2)
+
+
+def _swap_candidates(label: Tensor, gain: Tensor, prior: Tensor, pool: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Single-slot swaps Int[F R C L] of each label (Int[F R L]), C = L (k + P + M): per slot, the k tokens of
+    largest predicted gain (Float[F R L V]), the P prior tokens (Int[F R L P]) and the M pool tokens (Int[F M]).
+    Also which are real swaps (Bool[F R C]: not padding, not the current token)."""
     _, n_restart, n_slot = label.shape
     others = gain.scatter(-1, label[..., None], -math.inf)  # the current token is no swap
     top = others.topk(min(k, gain.shape[-1] - 1), dim=-1).indices  # [F R L k]
     swaps, valid = [], []
     for slot in range(n_slot):
-        tokens = torch.cat([top[:, :, slot], pool[:, None].expand(-1, n_restart, -1)], dim=-1)  # [F R k+M]
+        tokens = torch.cat([top[:, :, slot], prior[:, :, slot], pool[:, None].expand(-1, n_restart, -1)], dim=-1)
         ok = (tokens >= 0) & (tokens != label[:, :, slot, None])
-        swap = label[:, :, None].expand(-1, -1, tokens.shape[-1], -1).clone()  # [F R k+M L]
+        swap = label[:, :, None].expand(-1, -1, tokens.shape[-1], -1).clone()  # [F R k+P+M L]
         swap[..., slot] = torch.where(ok, tokens, label[:, :, slot, None])
         swaps.append(swap)
         valid.append(ok)
