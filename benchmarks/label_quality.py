@@ -55,9 +55,11 @@ METHODS: dict[str, dict[str, Any]] = {
     "straight-through": {"search": "gradient", "straight_through": True, "rescore_top_k": 0},
     "discrete": {"search": "discrete", "rescore_top_k": 0},
     "discrete+rescore": {"search": "discrete", "rescore_top_k": 64},
+    "discrete+prior": {"search": "discrete", "rescore_top_k": 0, "prior_candidates": 8},
 }
 """Each method's settings over the testbed's defaults; soft is the paper's (its entropy term on for every kind);
-+rescore: the 64 most probable tokens of each restart's slots scored exactly on the training examples, the best kept."""
++rescore: the 64 most probable tokens of each restart's slots scored exactly on the training examples, the best kept;
++prior: also the 8 tokens the discriminator's own q favours on the step's active examples are swap candidates."""
 
 
 class TokenCounter:

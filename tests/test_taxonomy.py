@@ -61,13 +61,14 @@ def test_small_world_has_about_fifty_categories_and_500_words() -> None:
 
 def test_exemplars_have_100_distinct_active_and_inactive_rows_per_feature() -> None:
     world = load_taxonomy(SCALES["small"])
-    features = default_features(world, 8)
+    features = [*default_features(world, 8), "animal"]  # animal: every member word; 100 are sampled
+    assert len(world.members["animal"]) > 100
     rows = feature_exemplars(world, features, seed=0)
     for k, category in enumerate(features):
         mine = [row for row in rows if row["feature"] == k]
         active = {(r["context"], r["target"]) for r in mine if r["activation"] == 1.0}
         inactive = {(r["context"], r["target"]) for r in mine if r["activation"] == 0.0}
-        assert len(active) >= 100 and len(inactive) >= 100
+        assert len(mine) == 200 and len(active) == 100 and len(inactive) == 100
         assert all((r["activation"] == 1.0) == (r["target"] in world.members[category]) for r in mine)
         assert all(r["target"] in r["context"].split() for r in mine)
         # Inactive words include members of sibling categories, the hardest contrast.
