@@ -114,10 +114,10 @@ def test_running_the_shared_start_once_gives_the_full_passs_hidden_states_and_gr
     def hidden_and_grads(shared: bool) -> tuple[int, torch.Tensor, list[torch.Tensor]]:
         model.zero_grad()
         if shared:
-            hidden = _hidden_after_shared_start(model, inputs, mask, at)
+            cut, hidden = _hidden_after_shared_start(model, inputs, mask, at)
+            assert hidden.shape[1] == inputs.shape[1] - cut
         else:
-            hidden = model.model(input_ids=inputs, attention_mask=mask).last_hidden_state
-        cut = inputs.shape[1] - hidden.shape[1]
+            cut, hidden = 0, model.model(input_ids=inputs, attention_mask=mask).last_hidden_state
         picked = hidden[at[:, cut:]]
         model.lm_head(picked).logsumexp(-1).sum().backward()
         return cut, picked, [p.grad.clone() for p in model.parameters()]
@@ -132,7 +132,8 @@ def test_running_the_shared_start_once_gives_the_full_passs_hidden_states_and_gr
     # Rows that differ from the first token after BOS on (a plain text among the questions) run but for BOS.
     plain = tokenizer([*prompts[:2], texts[0]], padding=True, return_tensors="pt")["input_ids"][:, :-1]
     no_loss = torch.zeros(plain.shape, dtype=torch.bool)
-    assert _hidden_after_shared_start(model, plain, torch.ones_like(plain), no_loss).shape[1] == plain.shape[1] - 1
+    start, hidden = _hidden_after_shared_start(model, plain, torch.ones_like(plain), no_loss)
+    assert start == 1 and hidden.shape[1] == plain.shape[1] - 1
 
 
 def test_training_is_deterministic_and_leaves_torch_seeding_alone(tmp_path: pathlib.Path) -> None:

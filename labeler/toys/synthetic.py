@@ -270,8 +270,9 @@ def _loss_weights(
 
 def _hidden_after_shared_start(
     model: transformers.LlamaForCausalLM, inputs: torch.Tensor, mask: torch.Tensor, at: torch.Tensor
-) -> torch.Tensor:
-    """The last hidden states of right-padded `inputs` from the first column where rows differ or a loss is taken.
+) -> tuple[int, torch.Tensor]:
+    """(start, the last hidden states of right-padded `inputs` from column `start` on): the first column where rows
+    differ or a loss is taken.
 
     The columns before it (the prompt's constant start: system text and question opening, 40 of a taxonomy
     prompt's ~70 tokens) are the same in every row; they run once, as one row, and their keys and values are
@@ -282,11 +283,11 @@ def _hidden_after_shared_start(
     start = int(same.long().cumprod(dim=0).sum())
     start = min(start, inputs.shape[1] - 1)
     if start == 0:
-        return model.model(input_ids=inputs, attention_mask=mask).last_hidden_state
-    head = model.model(input_ids=inputs[:1, :start], use_cache=True)
-    cache = head.cache
+        return 0, model.model(input_ids=inputs, attention_mask=mask).last_hidden_state
+    cache = model.model(input_ids=inputs[:1, :start], use_cache=True).cache
     cache.batch_repeat_interleave(len(inputs))
-    return model.model(input_ids=inputs[:, start:], attention_mask=mask, cache=cache, use_cache=True).last_hidden_state
+    rest = model.model(input_ids=inputs[:, start:], attention_mask=mask, cache=cache, use_cache=True)
+    return start, rest.last_hidden_state
 
 
 def train_tiny_lm(
@@ -383,10 +384,9 @@ def train_prompt_lm(
                 losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
             else:
                 at = weights > 0
-                hidden = _hidden_after_shared_start(model, inputs, mask, at)
-                cut = inputs.shape[1] - hidden.shape[1]
+                start, hidden = _hidden_after_shared_start(model, inputs, mask, at)
                 picked = torch.nn.functional.cross_entropy(
-                    model.lm_head(hidden[at[:, cut:]]), targets[at], reduction="none"
+                    model.lm_head(hidden[at[:, start:]]), targets[at], reduction="none"
                 )
                 losses = torch.zeros(targets.shape).masked_scatter(at, picked)
             loss = (losses * weights).sum() / weights.sum()
