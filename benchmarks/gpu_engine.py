@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
     emit(
         {
             "measurement": "batched_engine",
-            "seconds": round(seconds, 4),
+            "seconds": seconds,
             "features_per_s": rate,
             "failed_features": failed,
             "step_seconds_median": float(np.median(step_times)) if step_times else None,
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     emit(
         {
             "measurement": "paper_loop",
-            "seconds": round(loop_seconds, 4),
+            "seconds": loop_seconds,
             "features_per_s": loop_rate,
             "loop_features": len(loop_tasks),
         }

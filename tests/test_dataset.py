@@ -102,6 +102,38 @@ def test_old_version_through_the_command_line_has_no_traceback(tmp_path: Path) -
     assert not (tmp_path / "r.html").exists()
 
 
+THREADS_AFTER_READING = """
+import os, sys
+import fsspec
+import pyarrow.parquet as pq
+from labeler.records.parquet import read_parquet
+fs = fsspec.filesystem("file")
+before = len(os.listdir("/proc/self/task"))
+if sys.argv[2] == "read_parquet":
+    read_parquet(fs, sys.argv[1])
+else:
+    with fs.open(sys.argv[1], "rb") as f:
+        pq.read_table(f)
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="counts threads in /proc")
+def test_reading_a_part_starts_no_arrow_thread_that_could_outlive_the_process(tmp_path: Path) -> None:
+    """pq.read_table on an fsspec file leaves Arrow pool threads that may release the file's Python buffer
+    during interpreter shutdown and abort the process (exit 134, seen in CI); read_parquet starts none."""
+    write_version(tmp_path / "run", 1)
+    part = str(tmp_path / "run" / "labels" / "part-00000.parquet")
+
+    def new_threads(how: str) -> int:
+        done = subprocess.run([sys.executable, "-c", THREADS_AFTER_READING, part, how], capture_output=True,
+                              text=True, timeout=120, check=True)  # fmt: skip
+        return int(done.stdout)
+
+    assert new_threads("pq.read_table") > 0  # the reference: the way that could abort starts pool threads
+    assert new_threads("read_parquet") == 0
+
+
 def test_a_version_3_part_with_wrong_columns_is_named(tmp_path: Path) -> None:
     (tmp_path / "labels").mkdir()
     table = to_table(records(3, 0), run_info("r")).drop_columns(["heldout_f1", "confidence"])

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labeler.records.layout import LABELS, MANIFEST, PART_NAME, part_name
+from labeler.records.parquet import read_parquet
 
 T = TypeVar("T")
 
@@ -104,11 +105,7 @@ class PartSink:
         return {int(m.group(1)) for name in names if (m := PART_NAME.match(name.rsplit("/", 1)[-1]))}
 
     def read_part(self, index: int) -> pa.Table:
-        def read() -> pa.Table:
-            with self.fs.open(self.part_path(index), "rb") as f:
-                return pq.read_table(f)
-
-        return self._retry(read, f"read part {index}")
+        return self._retry(lambda: read_parquet(self.fs, self.part_path(index)), f"read part {index}")
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> bool:
         """Write manifest.json once; False when the run folder already has one (a resumed run keeps it)."""

@@ -19,11 +19,11 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from labeler.records.exemplars import JSONL_SUFFIXES, REQUIRED_COLUMNS, ExemplarError, read_exemplars
 from labeler.records.labels import LABEL_SCHEMA, check_schema
 from labeler.records.layout import LABELS, MANIFEST, PART_NAME
+from labeler.records.parquet import read_parquet
 from labeler.records.schema import EXEMPLARS_TABLE_SCHEMA
 
 PARQUET = ".parquet"
@@ -103,8 +103,7 @@ def _read_labels(fs: Any, root: str, url: str) -> pa.Table:
     for path in _committed_parts(fs, root, url):
         where = f"{url}/labels/{posixpath.basename(path)}"
         try:
-            with fs.open(path, "rb") as part:
-                table = pq.read_table(part)
+            table = read_parquet(fs, path)
         except (OSError, pa.ArrowInvalid) as err:
             raise DatasetError(f"cannot read {where} as Parquet: {err}") from err
         tables.append(check_schema(table, where))
@@ -180,8 +179,7 @@ def _read_parquet(fs: Any, paths: Sequence[str]) -> list[tuple[str, pa.Table]]:
     tables = []
     for path in paths:
         try:
-            with fs.open(path, "rb") as part:
-                tables.append((path, pq.read_table(part)))
+            tables.append((path, read_parquet(fs, path)))
         except (OSError, pa.ArrowInvalid) as err:
             raise DatasetError(f"cannot read exemplars {path} as Parquet: {err}") from err
     return tables
