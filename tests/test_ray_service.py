@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -326,7 +327,10 @@ def test_ctrl_c_drains_and_a_killed_driver_resumes_without_rewriting_committed_p
     resumed = _driver(cluster, "--resume", str(out))
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output[-3000:]
-    assert f"{len(before)} chunks already committed" in output
+    # A worker of the killed driver may still commit the chunk it held before Ray reaps it (a part then
+    # appears after `before` was taken, whole), so the resumed run finds at least the parts seen.
+    found = re.search(r"(\d+) chunks already committed", output)
+    assert found and len(before) <= int(found.group(1)) < N_FEATURES // 20, output[-3000:]
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "labels").glob("part-*.parquet")}
     assert {name: after[name] for name in before} == before  # no committed part was rewritten
     _assert_exactly_once(sink)
