@@ -103,7 +103,7 @@ class RayCluster:
         return {**os.environ, **MOTO_CREDENTIALS, "RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "disabled"}
 
     def start(self) -> None:
-        subprocess.run(
+        done = subprocess.run(
             [
                 str(BIN / "ray"),
                 "start",
@@ -126,11 +126,14 @@ class RayCluster:
                 f"--ray-client-server-port={free_port()}",
                 "--disable-usage-stats",
             ],
-            check=True,
             capture_output=True,
+            text=True,
             timeout=180,
             env=self.env(),
         )
+        if done.returncode != 0:  # say why: `ray start` failed once in CI, and its stderr was not kept
+            said = f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            raise RuntimeError(f"`ray start --head` exited {done.returncode}:\n{said}")
 
     def stop(self) -> None:
         # `ray stop` would stop every cluster of this user; this one's processes are found by its temp folder.
