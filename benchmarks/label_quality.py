@@ -42,7 +42,7 @@ from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminat
 from labeler.discriminators.config import optimiser_defaults
 from labeler.discriminators.embedding import EmbeddingConfig, EmbeddingDiscriminator
 from labeler.optimise.engine import FeatureTask, OptimiserConfig, optimise
-from labeler.optimise.exhaustive import exhaustive_search
+from labeler.optimise.exhaustive import best_token
 from labeler.optimise.labelling import LabelConfig, prepare_tasks, with_target_ids
 from labeler.optimise.scoring import auroc
 from labeler.records.exemplars import FeatureExemplars, group_by_feature, read_exemplars
@@ -121,7 +121,7 @@ def measure(testbed: Testbed, methods: list[str], label_tokens: list[int], seed:
     contexts, targets, tasks = prepare_tasks(testbed.features, config)
     encoded = disc.encode(contexts, targets)
     started = time.perf_counter()
-    optimum = [exhaustive_search(disc, encoded, task, on="train") for task in tasks]
+    optimum = [best_token(disc, encoded, task) for task in tasks]
     exhaustive_seconds = (time.perf_counter() - started) / len(tasks)
     tasks = [with_target_ids(disc, task, targets, config.optimiser.target_candidates) for task in tasks]
     rows = []

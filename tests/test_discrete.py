@@ -27,7 +27,7 @@ from labeler.optimise.engine import (
     objective,
     swap_step,
 )
-from labeler.optimise.exhaustive import exhaustive_search
+from labeler.optimise.exhaustive import best_token, exhaustive_search
 from labeler.optimise.labelling import LabelConfig, label_chunk, prepare_tasks, with_target_ids
 from labeler.optimise.scoring import _midranks, auroc
 from labeler.records.exemplars import FeatureExemplars, group_by_feature, validate_exemplars
@@ -246,3 +246,18 @@ def test_successive_halving_keeps_the_best_restart(
         survivors = [k for k, x in enumerate(record.restart_aurocs) if not math.isnan(x)]
         assert record.status == "labelled" and record.steps == 12
         assert survivors == [int(first_kept[f, int(last_kept[f, 0])])]
+
+
+def test_pruned_search_gives_the_top_of_the_exhaustive_search(
+    disc: CausalLMDiscriminator, features: list[FeatureExemplars]
+) -> None:
+    """The benchmark's baseline: the same best token and AUROC as scoring every token on every example, also when the
+    first look is a single token."""
+    contexts, targets, tasks = prepare_tasks(features, DISCRETE)
+    encoded = disc.encode(contexts, targets)
+    for task in tasks:
+        full = exhaustive_search(disc, encoded, task, on="train")
+        for first_look in (1, 64):
+            best = best_token(disc, encoded, task, first_look=first_look)
+            assert best.token_ids == full.token_ids[:1]
+            assert best.aurocs[0] == pytest.approx(full.aurocs[0])
