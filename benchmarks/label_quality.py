@@ -14,11 +14,12 @@ same run: the exhaustive single-token optimum on each feature's own training exa
         [--out benchmarks/results/label_quality-DATE-cpu.md]
 
 Prints one JSON line per (testbed, method, L) and writes the Markdown table (with the command, the machine and
-the time it took) to --out. Columns: share of features whose label is an acceptable name (exactly; or, for L > 1,
-with one of its words one), the share whose exhaustive optimum is one, the share whose training AUROC reaches 0.99
-of the exhaustive optimum, the mean of that ratio, the mean held-out AUROC, and the discriminator's forward tokens
-per feature while the optimiser runs (encoding the examples is the same for every method and is not counted;
-"grad" counts those of passes that also run backward, about twice a forward's cost again).
+the time it took) to --out, rewritten after every row and marked UNFINISHED until the last. Columns: share of
+features whose label is an acceptable name (exactly; or, for L > 1, with one of its words one), the share whose
+exhaustive optimum is one, the share whose training AUROC reaches 0.99 of the exhaustive optimum, the mean of that
+ratio, the mean held-out AUROC, and the discriminator's forward tokens per feature while the optimiser runs
+(encoding the examples is the same for every method and is not counted; "grad" counts those of passes that also run
+backward, about twice a forward's cost again).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -114,8 +116,8 @@ def train_auroc(disc: Discriminator, encoded: EncodedExamples, task: FeatureTask
     return auroc(disc.score_discrete(encoded, rows, label)[0, 0], active)
 
 
-def measure(testbed: Testbed, methods: list[str], label_tokens: list[int], seed: int) -> list[dict[str, Any]]:
-    """One row per (method, L) on `testbed`."""
+def measure(testbed: Testbed, methods: list[str], label_tokens: list[int], seed: int) -> Iterator[dict[str, Any]]:
+    """One row per (method, L) on `testbed`, each as soon as it is measured."""
     disc, counter = testbed.disc, TokenCounter(testbed.disc.model)
     config = LabelConfig(optimiser=replace(testbed.base, seed=seed))
     contexts, targets, tasks = prepare_tasks(testbed.features, config)
@@ -124,7 +126,6 @@ def measure(testbed: Testbed, methods: list[str], label_tokens: list[int], seed:
     optimum = [best_token(disc, encoded, task) for task in tasks]
     exhaustive_seconds = (time.perf_counter() - started) / len(tasks)
     tasks = [with_target_ids(disc, task, targets, config.optimiser.target_candidates) for task in tasks]
-    rows = []
     for n_slot in label_tokens:
         for method in methods:
             optimiser = replace(config.optimiser, label_tokens=n_slot, **METHODS[method])
@@ -139,44 +140,47 @@ def measure(testbed: Testbed, methods: list[str], label_tokens: list[int], seed:
                 for task, label, best in zip(tasks, labels, optimum, strict=True)
             ]
             n = len(tasks)
-            rows.append(
-                {
-                    "testbed": testbed.name,
-                    "method": method,
-                    "label_tokens": n_slot,
-                    "features": n,
-                    "named_exact": sum(w in names for w, names in zip(words, testbed.names, strict=True)) / n,
-                    "named_contains": sum(
-                        bool(set(w.split()) & names) or w in names
-                        for w, names in zip(words, testbed.names, strict=True)
-                    )
-                    / n,
-                    "optimum_named": sum(w in names for w, names in zip(best_words, testbed.names, strict=True)) / n,
-                    "reach_0.99_of_optimum": sum(x >= 0.99 for x in reached) / n,
-                    "mean_train_auroc_over_optimum": float(np.mean(reached)),
-                    "mean_heldout_auroc": float(np.nanmean([label.heldout_auroc for label in labels])),
-                    "forward_tokens_per_feature": counter.forward / n,
-                    "grad_tokens_per_feature": counter.grad / n,
-                    "mean_steps": float(np.mean([label.steps for label in labels])),
-                    "converged": sum(label.converged for label in labels) / n,
-                    "seconds_per_feature": seconds / n,
-                    "exhaustive_seconds_per_feature": exhaustive_seconds,
-                    "labels": words,
-                    "optimum_labels": best_words,
-                    "truth": [sorted(names)[:3] for names in testbed.names],
-                }
-            )
-            print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
-    return rows
+            row = {
+                "testbed": testbed.name,
+                "method": method,
+                "label_tokens": n_slot,
+                "features": n,
+                "named_exact": sum(w in names for w, names in zip(words, testbed.names, strict=True)) / n,
+                "named_contains": sum(
+                    bool(set(w.split()) & names) or w in names for w, names in zip(words, testbed.names, strict=True)
+                )
+                / n,
+                "optimum_named": sum(w in names for w, names in zip(best_words, testbed.names, strict=True)) / n,
+                "reach_0.99_of_optimum": sum(x >= 0.99 for x in reached) / n,
+                "mean_train_auroc_over_optimum": float(np.mean(reached)),
+                "mean_heldout_auroc": float(np.nanmean([label.heldout_auroc for label in labels])),
+                "forward_tokens_per_feature": counter.forward / n,
+                "grad_tokens_per_feature": counter.grad / n,
+                "mean_steps": float(np.mean([label.steps for label in labels])),
+                "converged": sum(label.converged for label in labels) / n,
+                "seconds_per_feature": seconds / n,
+                "exhaustive_seconds_per_feature": exhaustive_seconds,
+                "labels": words,
+                "optimum_labels": best_words,
+                "truth": [sorted(names)[:3] for names in testbed.names],
+            }
+            print(json.dumps(row, ensure_ascii=False), flush=True)
+            yield row
 
 
-def markdown(rows: list[dict[str, Any]], command: str, seconds: float) -> str:
+def markdown(rows: list[dict[str, Any]], command: str, seconds: float, finished: bool) -> str:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    baselines = {r["testbed"]: r["exhaustive_seconds_per_feature"] for r in rows}
     lines = [
         f"# Label quality by search method ({when})",
         "",
         f"Command: `{command}`; {seconds / 60:.1f} min on {platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__} ({'CUDA' if torch.cuda.is_available() else 'CPU'}).",
+        f"torch {torch.__version__} ({'CUDA' if torch.cuda.is_available() else 'CPU'})"
+        + ("." if finished else f"; UNFINISHED: the rows measured in the first {seconds / 60:.1f} min only."),
+        "",
+        "Exhaustive baseline (`best_token`): "
+        + ", ".join(f"{name} {s:.1f} s per feature" for name, s in baselines.items())
+        + ".",
         "",
         "Named: the label is an acceptable name (for L > 1: or one of its words is). Optimum: the exhaustive "
         "single-token optimum of training AUROC on the feature's own training examples ('optimum named': it is an "
@@ -230,14 +234,17 @@ def main() -> None:
         *([taxonomy_testbed(args.taxonomy)] if args.taxonomy is not None else []),
         *([paper_testbed(args.paper)] if args.paper is not None else []),
     ]
-    rows = []
-    for testbed in testbeds:
+    command = "python benchmarks/label_quality.py " + " ".join(sys.argv[1:])
+    rows: list[dict[str, Any]] = []
+    for i, testbed in enumerate(testbeds):
         if args.features is not None:
             testbed.features, testbed.names = testbed.features[: args.features], testbed.names[: args.features]
-        rows += measure(testbed, args.methods, args.label_tokens, args.seed)
-    if args.out is not None:
-        command = "python benchmarks/label_quality.py " + " ".join(sys.argv[1:])
-        args.out.write_text(markdown(rows, command, time.perf_counter() - started), encoding="utf-8")
+        for j, row in enumerate(measure(testbed, args.methods, args.label_tokens, args.seed)):
+            rows.append(row)
+            last = i == len(testbeds) - 1 and j == len(args.methods) * len(args.label_tokens) - 1
+            if args.out is not None:  # after every row: a long run cut short keeps what it measured
+                table = markdown(rows, command, time.perf_counter() - started, finished=last)
+                args.out.write_text(table, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -214,6 +214,8 @@ def test_label_quality_rows_obey_what_their_columns_mean(tmp_path: Path) -> None
     assert row["forward_tokens_per_feature"] >= row["grad_tokens_per_feature"] > 0
     table = out.read_text()
     assert "| paper six, minilm | discrete | 1 | 1 |" in table and row["labels"][0] in table
+    assert "UNFINISHED" not in table  # rewritten after its last row
+    assert f"(`best_token`): paper six, minilm {row['exhaustive_seconds_per_feature']:.1f} s per feature" in table
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "label_quality.py"), *args, "--out", str(out)],
         capture_output=True,
