@@ -211,7 +211,9 @@ class CausalLMDiscriminator:
                 use_cache=True,
                 logits_to_keep=1,
             )
-            for layer, cached in enumerate(out.past_key_values.layers):
+            # transformers 5 renamed the output's past_key_values to cache (the old name warns); 4.x has only it
+            kv_cache = out.cache if "cache" in out else out.past_key_values
+            for layer, cached in enumerate(kv_cache.layers):
                 if start == 0:
                     keys.append([])
                     values.append([])
