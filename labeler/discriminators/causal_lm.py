@@ -211,9 +211,7 @@ class CausalLMDiscriminator:
                 use_cache=True,
                 logits_to_keep=1,
             )
-            # transformers 5 renamed the output's past_key_values to cache (the old name warns); 4.x has only it
-            kv_cache = out.cache if "cache" in out else out.past_key_values
-            for layer, cached in enumerate(kv_cache.layers):
+            for layer, cached in enumerate(out.cache.layers):
                 if start == 0:
                     keys.append([])
                     values.append([])
