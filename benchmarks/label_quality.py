@@ -10,8 +10,11 @@ label lengths, every other setting at the product's defaults for that discrimina
 same run: the exhaustive single-token optimum on each feature's own training examples.
 
     python benchmarks/label_quality.py [--taxonomy DIR] [--paper ../shared/paper-datasets] [--label-tokens 1 2]
-        [--methods soft soft+rescore straight-through discrete discrete+rescore] [--features N]
+        [--methods soft soft+rescore straight-through discrete discrete+rescore discrete+prior]
+        [--multi-token-methods soft straight-through discrete] [--features N]
         [--out benchmarks/results/label_quality-DATE-cpu.md]
+
+The paper's six run first (minutes), then the taxonomy testbed (hours at bench scale on a CPU).
 
 Prints one JSON line per (testbed, method, L) and writes the Markdown table (with the command, the machine and
 the time it took) to --out, rewritten after every row and marked UNFINISHED until the last. Columns: share of
@@ -116,8 +119,19 @@ def train_auroc(disc: Discriminator, encoded: EncodedExamples, task: FeatureTask
     return auroc(disc.score_discrete(encoded, rows, label)[0, 0], active)
 
 
-def measure(testbed: Testbed, methods: list[str], label_tokens: list[int], seed: int) -> Iterator[dict[str, Any]]:
-    """One row per (method, L) on `testbed`, each as soon as it is measured."""
+def runs(methods: list[str], multi_token_methods: list[str], label_tokens: list[int]) -> list[tuple[int, str]]:
+    """The (L, method) pairs to measure, in order: `methods` at L = 1, `multi_token_methods` at L > 1."""
+    return [(n_slot, method) for n_slot in label_tokens for method in (methods if n_slot == 1 else multi_token_methods)]
+
+
+def named_where_optimum_named(words: list[str], best_words: list[str], names: list[set[str]]) -> float:
+    """Of the features whose exhaustive optimum is an acceptable name, the share whose label is one (NaN if none)."""
+    named = [word in ok for word, best, ok in zip(words, best_words, names, strict=True) if best in ok]
+    return sum(named) / len(named) if named else float("nan")
+
+
+def measure(testbed: Testbed, pairs: list[tuple[int, str]], seed: int) -> Iterator[dict[str, Any]]:
+    """One row per (L, method) in `pairs` on `testbed`, each as soon as it is measured."""
     disc, counter = testbed.disc, TokenCounter(testbed.disc.model)
     config = LabelConfig(optimiser=replace(testbed.base, seed=seed))
     contexts, targets, tasks = prepare_tasks(testbed.features, config)
@@ -126,46 +140,47 @@ def measure(testbed: Testbed, methods: list[str], label_tokens: list[int], seed:
     optimum = [best_token(disc, encoded, task) for task in tasks]
     exhaustive_seconds = (time.perf_counter() - started) / len(tasks)
     tasks = [with_target_ids(disc, task, targets, config.optimiser.target_candidates) for task in tasks]
-    for n_slot in label_tokens:
-        for method in methods:
-            optimiser = replace(config.optimiser, label_tokens=n_slot, **METHODS[method])
-            counter.forward = counter.grad = 0
-            started = time.perf_counter()
-            labels = optimise(disc, encoded, tasks, optimiser)
-            seconds = time.perf_counter() - started
-            words = [disc.decode(label.label_ids).strip().lower() for label in labels]
-            best_words = [disc.decode(best.token_ids[:1]).strip().lower() for best in optimum]
-            reached = [
-                train_auroc(disc, encoded, task, label.label_ids) / best.aurocs[0]
-                for task, label, best in zip(tasks, labels, optimum, strict=True)
-            ]
-            n = len(tasks)
-            row = {
-                "testbed": testbed.name,
-                "method": method,
-                "label_tokens": n_slot,
-                "features": n,
-                "named_exact": sum(w in names for w, names in zip(words, testbed.names, strict=True)) / n,
-                "named_contains": sum(
-                    bool(set(w.split()) & names) or w in names for w, names in zip(words, testbed.names, strict=True)
-                )
-                / n,
-                "optimum_named": sum(w in names for w, names in zip(best_words, testbed.names, strict=True)) / n,
-                "reach_0.99_of_optimum": sum(x >= 0.99 for x in reached) / n,
-                "mean_train_auroc_over_optimum": float(np.mean(reached)),
-                "mean_heldout_auroc": float(np.nanmean([label.heldout_auroc for label in labels])),
-                "forward_tokens_per_feature": counter.forward / n,
-                "grad_tokens_per_feature": counter.grad / n,
-                "mean_steps": float(np.mean([label.steps for label in labels])),
-                "converged": sum(label.converged for label in labels) / n,
-                "seconds_per_feature": seconds / n,
-                "exhaustive_seconds_per_feature": exhaustive_seconds,
-                "labels": words,
-                "optimum_labels": best_words,
-                "truth": [sorted(names)[:3] for names in testbed.names],
-            }
-            print(json.dumps(row, ensure_ascii=False), flush=True)
-            yield row
+    for n_slot, method in pairs:
+        optimiser = replace(config.optimiser, label_tokens=n_slot, **METHODS[method])
+        counter.forward = counter.grad = 0
+        started = time.perf_counter()
+        labels = optimise(disc, encoded, tasks, optimiser)
+        seconds = time.perf_counter() - started
+        words = [disc.decode(label.label_ids).strip().lower() for label in labels]
+        best_words = [disc.decode(best.token_ids[:1]).strip().lower() for best in optimum]
+        reached = [
+            train_auroc(disc, encoded, task, label.label_ids) / best.aurocs[0]
+            for task, label, best in zip(tasks, labels, optimum, strict=True)
+        ]
+        n = len(tasks)
+        row = {
+            "testbed": testbed.name,
+            "method": method,
+            "label_tokens": n_slot,
+            "features": n,
+            "named_exact": sum(w in names for w, names in zip(words, testbed.names, strict=True)) / n,
+            "named_contains": sum(
+                bool(set(w.split()) & names) or w in names for w, names in zip(words, testbed.names, strict=True)
+            )
+            / n,
+            "optimum_named": sum(w in names for w, names in zip(best_words, testbed.names, strict=True)) / n,
+            "named_where_optimum_named": named_where_optimum_named(words, best_words, testbed.names),
+            "reach_0.99_of_optimum": sum(x >= 0.99 for x in reached) / n,
+            "mean_train_auroc_over_optimum": float(np.mean(reached)),
+            "mean_heldout_auroc": float(np.nanmean([label.heldout_auroc for label in labels])),
+            "forward_tokens_per_feature": counter.forward / n,
+            "grad_tokens_per_feature": counter.grad / n,
+            "mean_steps": float(np.mean([label.steps for label in labels])),
+            "converged": sum(label.converged for label in labels) / n,
+            "seconds_per_feature": seconds / n,
+            "exhaustive_seconds_per_feature": exhaustive_seconds,
+            "train_auroc_over_optimum": [round(x, 4) for x in reached],
+            "labels": words,
+            "optimum_labels": best_words,
+            "truth": [sorted(names)[:3] for names in testbed.names],
+        }
+        print(json.dumps(row, ensure_ascii=False), flush=True)
+        yield row
 
 
 def markdown(rows: list[dict[str, Any]], command: str, seconds: float, finished: bool) -> str:
@@ -184,18 +199,21 @@ def markdown(rows: list[dict[str, Any]], command: str, seconds: float, finished:
         "",
         "Named: the label is an acceptable name (for L > 1: or one of its words is). Optimum: the exhaustive "
         "single-token optimum of training AUROC on the feature's own training examples ('optimum named': it is an "
-        "acceptable name, the ceiling of a search that finds it at L = 1); 'reach' is the share of "
+        "acceptable name, the ceiling of a search that finds it at L = 1; 'named where optimum named': the share "
+        "named among those features); 'reach' is the share of "
         "features whose label's training AUROC is at least 0.99 of it. Tokens: the discriminator's forward tokens "
         "per feature while the optimiser runs (grad: those of passes with backward).",
         "",
-        "| testbed | method | L | features | named | named (a word) | optimum named | reach 0.99 | train / optimum "
-        "| held-out AUROC | forward tokens | grad tokens | steps | converged | s / feature |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| testbed | method | L | features | named | named (a word) | optimum named | named where optimum named "
+        "| reach 0.99 | train / optimum | held-out AUROC | forward tokens | grad tokens | steps | converged "
+        "| s / feature |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['testbed']} | {r['method']} | {r['label_tokens']} | {r['features']} | {r['named_exact']:.0%} | "
-            f"{r['named_contains']:.0%} | {r['optimum_named']:.0%} | {r['reach_0.99_of_optimum']:.0%} | "
+            f"{r['named_contains']:.0%} | {r['optimum_named']:.0%} | {r['named_where_optimum_named']:.0%} | "
+            f"{r['reach_0.99_of_optimum']:.0%} | "
             f"{r['mean_train_auroc_over_optimum']:.3f} | "
             f"{r['mean_heldout_auroc']:.3f} | {r['forward_tokens_per_feature']:,.0f} | "
             f"{r['grad_tokens_per_feature']:,.0f} | {r['mean_steps']:.0f} | {r['converged']:.0%} | "
@@ -216,7 +234,13 @@ def main() -> None:
     parser.add_argument("--taxonomy", type=Path, help="a folder written by `python -m labeler.toys.taxonomy build`")
     parser.add_argument("--paper", type=Path, help="the paper's datasets folder (../shared/paper-datasets)")
     parser.add_argument("--label-tokens", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="at L = 1")
+    parser.add_argument(
+        "--multi-token-methods",
+        nargs="+",
+        choices=list(METHODS),
+        help="the methods at L > 1 (default: the same as --methods)",
+    )
     parser.add_argument("--features", type=int, help="only each testbed's first N features (a quick look)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the Markdown table here (refused if it exists)")
@@ -230,18 +254,19 @@ def main() -> None:
         parser.error(f"{args.out} exists; name a new file")
     torch.manual_seed(args.seed)
     started = time.perf_counter()
-    testbeds = [
-        *([taxonomy_testbed(args.taxonomy)] if args.taxonomy is not None else []),
+    testbeds = [  # the paper's six first: minutes, where the taxonomy testbed takes hours
         *([paper_testbed(args.paper)] if args.paper is not None else []),
+        *([taxonomy_testbed(args.taxonomy)] if args.taxonomy is not None else []),
     ]
+    pairs = runs(args.methods, args.multi_token_methods or args.methods, args.label_tokens)
     command = "python benchmarks/label_quality.py " + " ".join(sys.argv[1:])
     rows: list[dict[str, Any]] = []
     for i, testbed in enumerate(testbeds):
         if args.features is not None:
             testbed.features, testbed.names = testbed.features[: args.features], testbed.names[: args.features]
-        for j, row in enumerate(measure(testbed, args.methods, args.label_tokens, args.seed)):
+        for j, row in enumerate(measure(testbed, pairs, args.seed)):
             rows.append(row)
-            last = i == len(testbeds) - 1 and j == len(args.methods) * len(args.label_tokens) - 1
+            last = i == len(testbeds) - 1 and j == len(pairs) - 1
             if args.out is not None:  # after every row: a long run cut short keeps what it measured
                 table = markdown(rows, command, time.perf_counter() - started, finished=last)
                 args.out.write_text(table, encoding="utf-8")

@@ -199,21 +199,32 @@ def test_gpu_suite_writes_lines_profile_and_an_environment_free_of_ray_and_pyarr
 
 @pytest.mark.slow
 def test_label_quality_rows_obey_what_their_columns_mean(tmp_path: Path) -> None:
-    """One paper feature with minilm, discrete search at L = 1: the label's training AUROC cannot beat the exhaustive
-    single-token optimum on the same examples, the shares are shares, and the Markdown table holds the row."""
+    """One paper feature with minilm, discrete search at L = 1 and the soft label at L = 2: the label's training AUROC
+    cannot beat the exhaustive single-token optimum on the same examples at L = 1, the shares are shares, and the
+    Markdown table holds the rows."""
     pytest.importorskip(MINILM_PACKAGE)
     if not PAPER_ROOT.is_dir():
         pytest.skip(f"the paper's datasets are not at {PAPER_ROOT}")
     out = tmp_path / "table.md"
-    args = ["--paper", str(PAPER_ROOT), "--features", "1", "--methods", "discrete", "--label-tokens", "1"]
-    (row,) = run_script("label_quality.py", *args, "--out", str(out))
+    args = ["--paper", str(PAPER_ROOT), "--features", "1", "--methods", "discrete", "--label-tokens", "1", "2",
+            "--multi-token-methods", "soft"]  # fmt: skip
+    row, multi = run_script("label_quality.py", *args, "--out", str(out))
+    assert (multi["method"], multi["label_tokens"], len(multi["labels"][0].split())) == ("soft", 2, 2)
     assert row["testbed"] == "paper six, minilm" and row["method"] == "discrete" and row["features"] == 1
     assert row["mean_train_auroc_over_optimum"] <= 1 + 1e-9
+    assert row["train_auroc_over_optimum"] == [round(row["mean_train_auroc_over_optimum"], 4)]
     assert row["reach_0.99_of_optimum"] == float(row["mean_train_auroc_over_optimum"] >= 0.99)
     assert row["named_exact"] == float(row["labels"][0] in CONCEPT_WORDS["animals"])
+    optimum_named = row["optimum_labels"][0] in CONCEPT_WORDS["animals"]
+    assert row["optimum_named"] == float(optimum_named)
+    if optimum_named:
+        assert row["named_where_optimum_named"] == row["named_exact"]
+    else:
+        assert row["named_where_optimum_named"] != row["named_where_optimum_named"]  # NaN: no such feature
     assert row["forward_tokens_per_feature"] >= row["grad_tokens_per_feature"] > 0
     table = out.read_text()
     assert "| paper six, minilm | discrete | 1 | 1 |" in table and row["labels"][0] in table
+    assert "| paper six, minilm | soft | 2 | 1 |" in table and multi["labels"][0] in table
     assert "UNFINISHED" not in table  # rewritten after its last row
     assert f"(`best_token`): paper six, minilm {row['exhaustive_seconds_per_feature']:.1f} s per feature" in table
     done = subprocess.run(
