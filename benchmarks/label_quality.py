@@ -124,10 +124,10 @@ def runs(methods: list[str], multi_token_methods: list[str], label_tokens: list[
     return [(n_slot, method) for n_slot in label_tokens for method in (methods if n_slot == 1 else multi_token_methods)]
 
 
-def named_where_optimum_named(words: list[str], best_words: list[str], names: list[set[str]]) -> float:
+def named_where_optimum_named(named: list[bool], optimum_named: list[bool]) -> float:
     """Of the features whose exhaustive optimum is an acceptable name, the share whose label is one (NaN if none)."""
-    named = [word in ok for word, best, ok in zip(words, best_words, names, strict=True) if best in ok]
-    return sum(named) / len(named) if named else float("nan")
+    kept = [label for label, optimum in zip(named, optimum_named, strict=True) if optimum]
+    return sum(kept) / len(kept) if kept else float("nan")
 
 
 def measure(testbed: Testbed, pairs: list[tuple[int, str]], seed: int) -> Iterator[dict[str, Any]]:
@@ -140,6 +140,8 @@ def measure(testbed: Testbed, pairs: list[tuple[int, str]], seed: int) -> Iterat
     optimum = [best_token(disc, encoded, task) for task in tasks]
     exhaustive_seconds = (time.perf_counter() - started) / len(tasks)
     tasks = [with_target_ids(disc, task, targets, config.optimiser.target_candidates) for task in tasks]
+    best_words = [disc.decode(best.token_ids[:1]).strip().lower() for best in optimum]
+    optimum_named = [word in names for word, names in zip(best_words, testbed.names, strict=True)]
     for n_slot, method in pairs:
         optimiser = replace(config.optimiser, label_tokens=n_slot, **METHODS[method])
         counter.forward = counter.grad = 0
@@ -147,7 +149,7 @@ def measure(testbed: Testbed, pairs: list[tuple[int, str]], seed: int) -> Iterat
         labels = optimise(disc, encoded, tasks, optimiser)
         seconds = time.perf_counter() - started
         words = [disc.decode(label.label_ids).strip().lower() for label in labels]
-        best_words = [disc.decode(best.token_ids[:1]).strip().lower() for best in optimum]
+        named = [word in names for word, names in zip(words, testbed.names, strict=True)]
         reached = [
             train_auroc(disc, encoded, task, label.label_ids) / best.aurocs[0]
             for task, label, best in zip(tasks, labels, optimum, strict=True)
@@ -158,13 +160,13 @@ def measure(testbed: Testbed, pairs: list[tuple[int, str]], seed: int) -> Iterat
             "method": method,
             "label_tokens": n_slot,
             "features": n,
-            "named_exact": sum(w in names for w, names in zip(words, testbed.names, strict=True)) / n,
+            "named_exact": sum(named) / n,
             "named_contains": sum(
                 bool(set(w.split()) & names) or w in names for w, names in zip(words, testbed.names, strict=True)
             )
             / n,
-            "optimum_named": sum(w in names for w, names in zip(best_words, testbed.names, strict=True)) / n,
-            "named_where_optimum_named": named_where_optimum_named(words, best_words, testbed.names),
+            "optimum_named": sum(optimum_named) / n,
+            "named_where_optimum_named": named_where_optimum_named(named, optimum_named),
             "reach_0.99_of_optimum": sum(x >= 0.99 for x in reached) / n,
             "mean_train_auroc_over_optimum": float(np.mean(reached)),
             "mean_heldout_auroc": float(np.nanmean([label.heldout_auroc for label in labels])),

@@ -245,3 +245,16 @@ def test_label_quality_refuses_a_folder_that_is_not_a_taxonomy_testbed(tmp_path:
     assert done.returncode == 2
     assert f"{tmp_path} is not a taxonomy testbed (no truth.json)" in done.stderr
     assert "python -m labeler.toys.taxonomy build" in done.stderr
+
+
+def test_label_quality_refuses_an_unknown_multi_token_method(tmp_path: Path) -> None:
+    out = tmp_path / "table.md"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "label_quality.py"), "--paper", str(PAPER_ROOT),
+         "--multi-token-methods", "gcg", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--multi-token-methods: invalid choice: 'gcg'" in done.stderr
+    assert not out.exists()
