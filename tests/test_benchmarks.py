@@ -208,7 +208,8 @@ def test_label_quality_rows_obey_what_their_columns_mean(tmp_path: Path) -> None
     out = tmp_path / "table.md"
     args = ["--paper", str(PAPER_ROOT), "--features", "1", "--methods", "discrete", "--label-tokens", "1", "2",
             "--multi-token-methods", "soft"]  # fmt: skip
-    row, multi = run_script("label_quality.py", *args, "--out", str(out))
+    cache = tmp_path / "optima.json"
+    row, multi = run_script("label_quality.py", *args, "--out", str(out), "--optimum-cache", str(cache))
     assert (multi["method"], multi["label_tokens"], len(multi["labels"][0].split())) == ("soft", 2, 2)
     assert row["testbed"] == "paper six, minilm" and row["method"] == "discrete" and row["features"] == 1
     assert row["mean_train_auroc_over_optimum"] <= 1 + 1e-9
@@ -226,7 +227,14 @@ def test_label_quality_rows_obey_what_their_columns_mean(tmp_path: Path) -> None
     assert "| paper six, minilm | discrete | 1 | 1 |" in table and row["labels"][0] in table
     assert "| paper six, minilm | soft | 2 | 1 |" in table and multi["labels"][0] in table
     assert "UNFINISHED" not in table  # rewritten after its last row
-    assert f"(`best_token`): paper six, minilm {row['exhaustive_seconds_per_feature']:.1f} s per feature" in table
+    searched = f"(`best_token`): paper six, minilm {row['exhaustive_seconds_per_feature']:.1f} s per feature searched."
+    assert searched in table and row["optima_from_cache"] == 0
+    # Again with the cache the first run wrote: the optimum is read, not searched, and every figure is the same.
+    again = tmp_path / "again.md"
+    (cached,) = run_script("label_quality.py", *args[:-3], "--out", str(again), "--optimum-cache", str(cache))
+    assert cached["optima_from_cache"] == 1 and "(1 of 1 optima from the cache)" in again.read_text()
+    same = ("optimum_labels", "labels", "train_auroc_over_optimum", "reach_0.99_of_optimum", "mean_heldout_auroc")
+    assert {key: cached[key] for key in same} == {key: row[key] for key in same}
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "label_quality.py"), *args, "--out", str(out)],
         capture_output=True,
@@ -245,6 +253,19 @@ def test_label_quality_refuses_a_folder_that_is_not_a_taxonomy_testbed(tmp_path:
     assert done.returncode == 2
     assert f"{tmp_path} is not a taxonomy testbed (no truth.json)" in done.stderr
     assert "python -m labeler.toys.taxonomy build" in done.stderr
+
+
+def test_label_quality_refuses_an_optimum_cache_it_did_not_write(tmp_path: Path) -> None:
+    cache = tmp_path / "optima.json"
+    cache.write_text("not json")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "label_quality.py"), "--paper", str(PAPER_ROOT),
+         "--optimum-cache", str(cache)],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert f"{cache} is not an optimum cache this script wrote" in done.stderr
 
 
 def test_label_quality_refuses_an_unknown_multi_token_method(tmp_path: Path) -> None:
