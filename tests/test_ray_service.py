@@ -44,6 +44,21 @@ RAY_WORKER_PORTS = (10002, 19999)  # `ray start`'s default --min-worker-port and
 pytestmark = pytest.mark.slow
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+"""Every `labeler` process a test started; one still running when its test ends is killed then, so a test that
+failed midway never leaves a driver holding the shared cluster's CPUs for the tests after it."""
+
+
+@pytest.fixture(autouse=True)
+def _stop_leftover_processes() -> Iterator[None]:
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=60)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("service-data")
@@ -77,13 +92,15 @@ def _config(data: dict[str, Path], out: str, tmp: Path, steps: int = 4, **extra:
 
 
 def _driver(cluster: RayCluster, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "labeler.cli", "run", "--address", cluster.address, "--no-progress", *args],
         env=cluster.env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    _STARTED.append(process)
+    return process
 
 
 def _features(sink: PartSink) -> Counter[int]:
@@ -379,12 +396,14 @@ def test_a_discriminator_that_does_not_load_stops_the_run_cleanly_and_leaves_the
 
 def _label(*args: str) -> subprocess.Popen[str]:
     """`labeler label` as a user runs it (in-process pool, no Ray)."""
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "labeler.cli", "label", "--no-progress", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    _STARTED.append(process)
+    return process
 
 
 def _rows(out: Path) -> list[dict[str, object]]:
