@@ -468,7 +468,7 @@ class GangPool:
             except RayError as err:
                 cause = getattr(err, "cause", None)
                 kind = type(cause).__name__ if cause is not None else type(err).__name__
-                if "DistBackendError" in kind or "gloo" in str(cause or err).lower():
+                if kind in ("RankLostError", "DistBackendError") or "gloo" in str(cause or err).lower():
                     broken.add(worker)  # a peer rank died under a collective
                 completions.append(Completion(worker, chunk, error=f"{kind}: {_first_line(cause or err)}"))
         for worker in broken:

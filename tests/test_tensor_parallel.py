@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,15 @@ from conftest import tiny_gemma2, tiny_llama, word_tokenizer
 from transformers import LlamaConfig
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
-from labeler.discriminators.tensor_parallel import RowParallelLinear, TensorParallelError, check_divisible, shard_model
+from labeler.discriminators.tensor_parallel import (
+    RankLostError,
+    RowParallelLinear,
+    TensorParallelError,
+    check_divisible,
+    shard_model,
+)
 from labeler.optimise.engine import OptimiserConfig, objective, optimise
-from labeler.optimise.labelling import LabelConfig, prepare_tasks
+from labeler.optimise.labelling import LabelConfig, label_chunk, prepare_tasks
 from labeler.records.exemplars import group_by_feature, validate_exemplars
 from labeler.toys.synthetic import default_world, feature_exemplars
 
@@ -92,6 +99,40 @@ def test_two_ranks_score_and_differentiate_like_the_whole_model(builder: str, tm
             torch.testing.assert_close(got["sharded"][name], whole[name], atol=1e-5, rtol=0)
         assert got["labels_sharded"] == got["labels_whole"] == ranks[0]["labels_whole"]
     assert whole["grad"].abs().max() > 1e-4  # the gradient compared is not zero
+
+
+def _rank_that_loses_its_peer(rank: int, port: int, out: str) -> None:
+    """Rank 1 joins, shards its model and dies; rank 0 then labels features and reports what label_chunk did."""
+    import os
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    tokenizer = word_tokenizer()
+    torch.manual_seed(0)
+    disc = CausalLMDiscriminator(shard_model(tiny_llama(len(tokenizer))), tokenizer, CausalLMConfig(model="tiny"))
+    dist.barrier()
+    if rank == 1:
+        os._exit(0)  # as a killed process: no goodbye to the group
+    table = validate_exemplars(pa.Table.from_pylist(feature_exemplars(default_world(), 50, seed=3)))
+    config = LabelConfig(optimiser=OptimiserConfig(max_steps=2, restarts=1, examples_per_step=4))
+    try:
+        records = label_chunk(disc, list(group_by_feature(table))[:2], config)
+        outcome = f"returned {[(r.status, r.error) for r in records]}"
+    except RankLostError as err:
+        outcome = f"raised RankLostError: {err}"
+    (Path(out) / "outcome.txt").write_text(outcome, encoding="utf-8")
+    os._exit(0)  # the group cannot be destroyed cleanly without its peer
+
+
+@pytest.mark.slow
+def test_a_lost_rank_is_raised_to_the_pool_not_recorded_as_the_features_failure(tmp_path: Path) -> None:
+    """CI saw a killed rank's chunk committed with its features 'failed' (gloo: Connection reset by peer): the
+    collective's RuntimeError was caught as the features' own. Now it leaves label_chunk, so the pool retries."""
+    ranks = mp.spawn(_rank_that_loses_its_peer, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + 300
+    while not ranks.join(timeout=5):  # True once both ranks have ended; a rank's error raises
+        assert time.monotonic() < deadline, "rank 0 is still labelling 300 s after its peer died"
+    outcome = (tmp_path / "outcome.txt").read_text(encoding="utf-8")
+    assert outcome.startswith("raised RankLostError: a collective of the gang failed"), outcome
 
 
 @pytest.mark.parametrize(("heads", "kv_heads", "units", "what"), [(4, 2, 66, "4 attention heads"),

@@ -52,6 +52,21 @@ class TensorParallelError(ValueError):
     """A model that cannot be split over this many ranks, or a plan this module cannot apply."""
 
 
+class RankLostError(Exception):
+    """A collective over the gang's process group failed: a peer rank is gone (killed, or its node lost).
+
+    Not a RuntimeError, which is what gloo and NCCL raise: the labelling loop records those as the failure of the
+    features it was labelling, while this one is no feature's fault and reaches the pool, which rebuilds the gang
+    and retries the chunk."""
+
+
+def _all_reduce(x: Tensor, group: dist.ProcessGroup | None) -> None:
+    try:
+        dist.all_reduce(x, group=group)
+    except RuntimeError as err:  # gloo's errors are RuntimeErrors; NCCL's DistBackendError is one
+        raise RankLostError(f"a collective of the gang failed (is a rank gone?): {err}") from err
+
+
 class _CopyToRanks(torch.autograd.Function):
     """Megatron's f: identity forward; the backward sums the input's gradient over the ranks."""
 
@@ -63,7 +78,7 @@ class _CopyToRanks(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         grad = grad.contiguous()
-        dist.all_reduce(grad, group=ctx.group)
+        _all_reduce(grad, ctx.group)
         return grad, None
 
 
@@ -73,7 +88,7 @@ class _SumOverRanks(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, group: dist.ProcessGroup | None) -> Tensor:
         x = x.contiguous()
-        dist.all_reduce(x, group=group)
+        _all_reduce(x, group)
         return x
 
     @staticmethod
