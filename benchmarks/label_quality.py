@@ -10,7 +10,7 @@ label lengths, every other setting at the product's defaults for that discrimina
 same run: the exhaustive single-token optimum on each feature's own training examples.
 
     python benchmarks/label_quality.py [--taxonomy DIR] [--paper ../shared/paper-datasets] [--label-tokens 1 2]
-        [--methods soft soft+rescore straight-through discrete discrete+rescore discrete+prior]
+        [--methods soft soft+rescore straight-through discrete discrete+rescore discrete+prior soft+pick discrete+pick]
         [--multi-token-methods soft straight-through discrete] [--features N] [--optimum-cache FILE]
         [--out benchmarks/results/label_quality-DATE-cpu.md]
 
@@ -58,6 +58,7 @@ from labeler.records.exemplars import FeatureExemplars, group_by_feature, read_e
 from labeler.toys.paper_datasets import CONCEPT_WORDS, PAPER_FEATURES, paper_exemplars
 
 SOFT = {"search": "gradient", "straight_through": False, "c_entropy": OptimiserConfig.c_entropy}
+PICK: dict[str, Any] = {"rescore_prior": 64, "rescore_neighbours": 64}
 METHODS: dict[str, dict[str, Any]] = {
     "soft": {**SOFT, "rescore_top_k": 0},
     "soft+rescore": {**SOFT, "rescore_top_k": 64},
@@ -65,10 +66,14 @@ METHODS: dict[str, dict[str, Any]] = {
     "discrete": {"search": "discrete", "rescore_top_k": 0},
     "discrete+rescore": {"search": "discrete", "rescore_top_k": 64},
     "discrete+prior": {"search": "discrete", "rescore_top_k": 0, "prior_candidates": 8},
+    "soft+pick": {**SOFT, **PICK, "rescore_top_k": 64},
+    "discrete+pick": {"search": "discrete", **PICK, "rescore_top_k": 0, "prior_candidates": 8},
 }
 """Each method's settings over the testbed's defaults; soft is the paper's (its entropy term on for every kind);
 +rescore: the 64 most probable tokens of each restart's slots scored exactly on the training examples, the best kept;
-+prior: also the 8 tokens the discriminator's own q favours on the step's active examples are swap candidates."""
++prior: also the 8 tokens the discriminator's own q favours on the step's active examples are swap candidates;
++pick: at the pick, also the 64 tokens q favours on all the training examples' active ones and the 64 nearest
+neighbours of each restart's token are scored on the training examples (with +prior's swaps for discrete)."""
 
 
 class TokenCounter:

@@ -98,7 +98,7 @@ def test_rescoring_candidates_are_each_restarts_argmax_and_single_slot_swaps() -
             [[0.0, 3.0, 2.0, 1.0], [0.0, 1.0, 9.0, 0.5]],  # restart 1: argmax (1, 2); top-2 per slot (1, 2), (2, 1)
         ]
     )
-    labels, owner = _candidates(v, k=2)
+    labels, owner = _candidates(v.argmax(-1), v.topk(2, dim=-1).indices)
     got = {tuple(label): restart for label, restart in zip(labels.tolist(), owner.tolist(), strict=True)}
     assert got == {(1, 0): 0, (2, 0): 0, (1, 3): 0, (1, 2): 1, (2, 2): 1, (1, 1): 1}
 

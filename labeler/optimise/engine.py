@@ -83,6 +83,13 @@ class OptimiserConfig:
     """0: each restart's label is its argmax (the paper). k > 0: the k most probable tokens of every slot
     of every restart also become candidate labels (one slot changed from the argmax at a time); all
     candidates are scored exactly on the training examples and the best by AUROC wins."""
+    rescore_prior: int = 0
+    """At the pick, like `rescore_top_k`: the k tokens of every slot that the discriminator's own next-token
+    distribution there (q) ranks most above its mean on the inactive training examples, on the active ones, with
+    each kept restart's label before that slot (causal LMs; an encoder has no q, so none)."""
+    rescore_neighbours: int = 0
+    """At the pick, like `rescore_top_k`: the k tokens whose label embeddings lie nearest (cosine) each kept
+    restart's token in every slot (a search that settled next to the concept's word: its synonyms, its plural)."""
     search: Literal["gradient", "discrete"] = "gradient"
     """gradient: descend on a soft label (the paper's, or straight-through); discrete: GCG-style token swaps,
     ranked by the gradient at the one-hot label and scored exactly (straight_through and c_entropy do not apply;
@@ -112,7 +119,15 @@ class OptimiserConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         # numpy seeds each feature's split from (seed, feature id), and it takes no negative numbers.
-        for name in ("seed", "rescore_top_k", "target_candidates", "prior_candidates", "halve_every"):
+        for name in (
+            "seed",
+            "rescore_top_k",
+            "rescore_prior",
+            "rescore_neighbours",
+            "target_candidates",
+            "prior_candidates",
+            "halve_every",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
         for name in ("lr", "c_kl", "c_entropy", "init_std", "weight_decay"):
@@ -540,17 +555,26 @@ def _pick_best(
 ) -> FeatureLabel:
     """Discretise each kept restart of feature `f` (argmax per slot), score it on held-out examples, keep the best.
 
-    With `rescore_top_k`, the winner is instead the best of all restarts' candidates on the training examples.
-    Restarts dropped by successive halving get no held-out AUROC (NaN).
+    With `rescore_top_k`, `rescore_prior` or `rescore_neighbours`, the winner is instead the best on the training
+    examples of the restarts' labels and their one-slot variants from those sources. Restarts dropped by
+    successive halving get no held-out AUROC (NaN).
     """
     v, head, last_terms, steps, done = state.v[f], state.head[f], state.last_terms[f], state.steps[f], state.done[f]
     label_ids = v.argmax(-1)  # [R' L]
     scores = disc.score_discrete(examples, task.heldout, label_ids[None], head[None])[0]  # [R N]
     order, aurocs = rank_labels(scores, task.heldout_active)
     best, best_ids, best_scores = order[0], label_ids[order[0]], scores[order[0]]
-    if config.rescore_top_k:
-        candidates, owner = _candidates(v, config.rescore_top_k)  # [C L], [C]
+    if config.rescore_top_k or config.rescore_prior or config.rescore_neighbours:
         train, train_active = task.train()
+        tokens = torch.cat(
+            [
+                v.topk(min(config.rescore_top_k, v.shape[-1]), dim=-1).indices,
+                _train_prior(disc, examples, train, train_active, label_ids, head, config),
+                _neighbours(disc.label_embeddings, label_ids, config.rescore_neighbours),
+            ],
+            dim=-1,
+        )  # [R' L K]
+        candidates, owner = _candidates(label_ids, tokens)  # [C L], [C]
         train_scores = disc.score_discrete(examples, train, candidates[None], head[owner][None])[0]
         pick = rank_labels(train_scores, train_active)[0][0]
         best, best_ids = int(owner[pick]), candidates[pick]
@@ -584,24 +608,68 @@ def _by_restart(values: list[float], kept: Tensor, n_restart: int) -> list[float
     return spread
 
 
-def _candidates(v: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Each restart's argmax label and its variants with one slot set to one of that slot's top-k tokens.
+def _candidates(label_ids: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """Each restart's label (Int[R L]) and its variants with one slot set to one of that slot's tokens (Int[R L K]).
 
     Returns the distinct labels Int[C L] and, for each, the restart it came from (the first one).
     """
-    n_restart, n_slot, _ = v.shape
-    argmax = v.argmax(-1)  # [R L]
-    top = v.topk(min(k, v.shape[-1]), dim=-1).indices  # [R L k]
+    n_restart, n_slot = label_ids.shape
     seen: dict[tuple[int, ...], int] = {}
     for r in range(n_restart):
-        seen.setdefault(tuple(argmax[r].tolist()), r)
+        seen.setdefault(tuple(label_ids[r].tolist()), r)
         for slot in range(n_slot):
-            for token in top[r, slot].tolist():
-                label = argmax[r].clone()
+            for token in tokens[r, slot].tolist():
+                label = label_ids[r].clone()
                 label[slot] = token
                 seen.setdefault(tuple(label.tolist()), r)
-    labels = torch.tensor(list(seen), device=v.device)
-    return labels, torch.tensor(list(seen.values()), device=v.device)
+    labels = torch.tensor(list(seen), device=label_ids.device)
+    return labels, torch.tensor(list(seen.values()), device=label_ids.device)
+
+
+def _train_prior(
+    disc: Discriminator,
+    examples: EncodedExamples,
+    train: np.ndarray,
+    train_active: np.ndarray,
+    label_ids: Tensor,
+    head: Tensor,
+    config: OptimiserConfig,
+) -> Tensor:
+    """Int[R L k], k = `rescore_prior`: per restart and slot, the k tokens whose log q over the training examples
+    (rows `train`, Bool `train_active`) is highest on the active ones relative to the inactive ones, q being the
+    discriminator's next-token distribution at that slot after the restart's label (Int[R L]) before it. None
+    (k = 0) where the discriminator has no q. Computed in passes of at most `swap_batch` (restart, example) rows."""
+    n_restart, n_slot = label_ids.shape
+    none = torch.zeros(n_restart, n_slot, 0, dtype=torch.long, device=label_ids.device)
+    if config.rescore_prior == 0:
+        return none
+    active = torch.from_numpy(train_active).to(disc.device)
+    n_active = max(int(active.sum()), 1)
+    weight = torch.where(active, 1 / n_active, -1 / max(len(train) - n_active, 1))  # [N]
+    label = disc.label_embeddings[label_ids][None]  # [1 R L d]
+    contrast = None
+    per_pass = max(1, config.swap_batch // n_restart)
+    for start in range(0, len(train), per_pass):
+        example = torch.from_numpy(train[start : start + per_pass]).to(disc.device)[None]  # [1 N']
+        scored = disc.score(examples, example, label, head[None])
+        if len(scored.reference_logprobs) != n_slot:
+            return none
+        w = weight[start : start + per_pass, None].to(scored.reference_logprobs[0].dtype)  # [N' 1]
+        part = torch.stack([(log_q[0] * w).sum(-2).expand(n_restart, -1) for log_q in scored.reference_logprobs], 1)
+        contrast = part if contrast is None else contrast + part  # [R L V]
+    assert contrast is not None  # a feature has training examples
+    return contrast.topk(min(config.rescore_prior, contrast.shape[-1]), dim=-1).indices
+
+
+def _neighbours(embeddings: Tensor, label_ids: Tensor, k: int) -> Tensor:
+    """Int[R L k]: per restart and slot, the k tokens other than the label's own (Int[R L]) whose embeddings
+    (Float[V d]) have the largest cosine similarity to its embedding."""
+    if k == 0:
+        return torch.zeros(*label_ids.shape, 0, dtype=torch.long, device=label_ids.device)
+    norms = embeddings.norm(dim=-1).clamp_min(1e-12)  # [V]
+    cosine = (embeddings[label_ids] @ embeddings.T) / (norms[label_ids][..., None] * norms)  # [R L V]
+    cosine = cosine.scatter(-1, label_ids[..., None], -math.inf)
+    return cosine.topk(min(k, embeddings.shape[0] - 1), dim=-1).indices
 
 
 def _initial_logits(config: OptimiserConfig, feature: int, vocab: int) -> Tensor:
