@@ -384,12 +384,17 @@ def _prior_tokens(reference_logprobs: tuple[Tensor, ...], target: Tensor, k: int
     n_feature, n_restart, n_slot = shape
     if k == 0 or len(reference_logprobs) != n_slot:
         return torch.zeros(n_feature, n_restart, n_slot, 0, dtype=torch.long, device=target.device)
-    active = target.float()[:, None, :, None]  # [F 1 N 1]
-    inactive = 1 - active
-    weight = active / active.sum(2, keepdim=True).clamp_min(1) - inactive / inactive.sum(2, keepdim=True).clamp_min(1)
+    weight = _contrast_weight(target)[:, None, :, None]  # [F 1 N 1]
     contrast = [(log_q.detach() * weight).sum(2) for log_q in reference_logprobs]  # per slot, Float[F R|1 V]
     tokens = [c.topk(min(k, c.shape[-1]), dim=-1).indices.expand(n_feature, n_restart, -1) for c in contrast]
     return torch.stack(tokens, dim=2)
+
+
+def _contrast_weight(active: Tensor) -> Tensor:
+    """Float like Bool `active` [..., N]: 1/(active count) on the active, -1/(inactive count) on the others, so a
+    weighted sum over N is the mean on the active minus the mean on the inactive."""
+    on = active.float()
+    return on / on.sum(-1, keepdim=True).clamp_min(1) - (1 - on) / (1 - on).sum(-1, keepdim=True).clamp_min(1)
 
 
 def _swap_candidates(label: Tensor, gain: Tensor, prior: Tensor, pool: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -643,9 +648,7 @@ def _train_prior(
     none = torch.zeros(n_restart, n_slot, 0, dtype=torch.long, device=label_ids.device)
     if config.rescore_prior == 0:
         return none
-    active = torch.from_numpy(train_active).to(disc.device)
-    n_active = max(int(active.sum()), 1)
-    weight = torch.where(active, 1 / n_active, -1 / max(len(train) - n_active, 1))  # [N]
+    weight = _contrast_weight(torch.from_numpy(train_active).to(disc.device))  # [N]
     label = disc.label_embeddings[label_ids][None]  # [1 R L d]
     contrast = None
     per_pass = max(1, config.swap_batch // n_restart)
