@@ -114,13 +114,15 @@ def test_model_folder_that_does_not_load(exemplars: Path, tmp_path: Path, capsys
     assert code == 2 and "cannot load a causal LM" in err
 
 
-def test_negative_prior_candidates_are_refused_before_any_work(
-    exemplars: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("field", ["prior_candidates", "rescore_prior", "rescore_neighbours"])
+def test_negative_candidate_counts_are_refused_before_any_work(
+    exemplars: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str
 ) -> None:
     out = tmp_path / "o"
     argv = ["label", "--exemplars", str(exemplars), "--discriminator", "hf:/m", "--search", "discrete"]
-    code, err = run_cli([*argv, "--prior-candidates", "-1", "--out", str(out)], capsys)
-    assert code == 2 and "prior_candidates must be at least 0, got -1" in err
+    flag = "--" + field.replace("_", "-")
+    code, err = run_cli([*argv, flag, "-1", "--out", str(out)], capsys)
+    assert code == 2 and f"{field} must be at least 0, got -1" in err
     assert not out.exists()
 
 
