@@ -86,6 +86,8 @@ class TokenCounter:
 
     def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         inputs = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))
+        if inputs is None:
+            raise TypeError(f"{type(module).__name__} was called with neither input_ids nor inputs_embeds")
         tokens = int(inputs.shape[0] * inputs.shape[1])
         self.forward += tokens
         self.grad += tokens if torch.is_grad_enabled() else 0
