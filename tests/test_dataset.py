@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -125,13 +126,16 @@ def test_reading_a_part_starts_no_arrow_thread_that_could_outlive_the_process(tm
     write_version(tmp_path / "run", 1)
     part = str(tmp_path / "run" / "labels" / "part-00000.parquet")
 
-    def new_threads(how: str) -> int:
+    def new_threads(how: str, exits: set[int]) -> int:
         done = subprocess.run([sys.executable, "-c", THREADS_AFTER_READING, part, how], capture_output=True,
-                              text=True, timeout=120, check=True)  # fmt: skip
+                              text=True, timeout=120)  # fmt: skip
+        assert done.returncode in exits, (done.returncode, done.stderr[-2000:])
         return int(done.stdout)
 
-    assert new_threads("pq.read_table") > 0  # the reference: the way that could abort starts pool threads
-    assert new_threads("read_parquet") == 0
+    # The reference: the way that could abort starts pool threads, and now and then it does abort at exit
+    # (SIGABRT after its count is printed), which is the failure read_parquet exists to avoid.
+    assert new_threads("pq.read_table", exits={0, -signal.SIGABRT}) > 0
+    assert new_threads("read_parquet", exits={0}) == 0
 
 
 def test_a_version_3_part_with_wrong_columns_is_named(tmp_path: Path) -> None:
