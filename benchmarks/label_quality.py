@@ -58,18 +58,21 @@ from labeler.records.exemplars import FeatureExemplars, group_by_feature, read_e
 from labeler.toys.paper_datasets import CONCEPT_WORDS, PAPER_FEATURES, paper_exemplars
 
 SOFT = {"search": "gradient", "straight_through": False, "c_entropy": OptimiserConfig.c_entropy}
+PLAIN: dict[str, Any] = {"rescore_top_k": 0, "rescore_prior": 0, "rescore_neighbours": 0, "prior_candidates": 0}
 PICK: dict[str, Any] = {"rescore_prior": 64, "rescore_neighbours": 64}
 METHODS: dict[str, dict[str, Any]] = {
-    "soft": {**SOFT, "rescore_top_k": 0},
-    "soft+rescore": {**SOFT, "rescore_top_k": 64},
-    "straight-through": {"search": "gradient", "straight_through": True, "rescore_top_k": 0},
-    "discrete": {"search": "discrete", "rescore_top_k": 0},
-    "discrete+rescore": {"search": "discrete", "rescore_top_k": 64},
-    "discrete+prior": {"search": "discrete", "rescore_top_k": 0, "prior_candidates": 8},
-    "soft+pick": {**SOFT, **PICK, "rescore_top_k": 64},
-    "discrete+pick": {"search": "discrete", **PICK, "rescore_top_k": 0, "prior_candidates": 8},
+    "soft": {**PLAIN, **SOFT},
+    "soft+rescore": {**PLAIN, **SOFT, "rescore_top_k": 64},
+    "straight-through": {**PLAIN, "search": "gradient", "straight_through": True},
+    "discrete": {**PLAIN, "search": "discrete"},
+    "discrete+rescore": {**PLAIN, "search": "discrete", "rescore_top_k": 64},
+    "discrete+prior": {**PLAIN, "search": "discrete", "prior_candidates": 8},
+    "soft+pick": {**PLAIN, **SOFT, **PICK, "rescore_top_k": 64},
+    "discrete+pick": {**PLAIN, "search": "discrete", **PICK, "prior_candidates": 8},
 }
-"""Each method's settings over the testbed's defaults; soft is the paper's (its entropy term on for every kind);
+"""Each method's settings over the testbed's defaults (every pick and candidate source named, so that a method means the
+same whatever the kind's defaults are; the causal-LM default is discrete+pick); soft is the paper's (its entropy term
+on for every kind);
 +rescore: the 64 most probable tokens of each restart's slots scored exactly on the training examples, the best kept;
 +prior: also the 8 tokens the discriminator's own q favours on the step's active examples are swap candidates;
 +pick: at the pick, also the 64 tokens q favours on all the training examples' active ones and the 64 nearest

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -24,6 +26,32 @@ def run_script(name: str, *args: str) -> list[dict]:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def load_benchmark(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Import benchmarks/NAME.py as module NAME (registered, since its dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_label_quality_methods_mean_the_same_whatever_the_kinds_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each method names every pick and candidate source, so over the causal-LM defaults it is the method itself;
+    and those defaults are the table's discrete+pick."""
+    from dataclasses import replace
+
+    from labeler.discriminators.config import optimiser_defaults
+    from labeler.optimise.engine import OptimiserConfig
+
+    methods = load_benchmark("label_quality", monkeypatch).METHODS
+    hf = replace(OptimiserConfig(), **optimiser_defaults("hf"))
+    assert hf != OptimiserConfig()
+    for name, settings in methods.items():
+        assert replace(hf, **settings) == replace(OptimiserConfig(), **settings), name
+    assert hf == replace(OptimiserConfig(), **methods["discrete+pick"])
 
 
 @pytest.mark.slow
@@ -97,8 +125,6 @@ def test_paper_table_scores_a_label_on_the_training_examples(monkeypatch: pytest
     pytest.importorskip(MINILM_PACKAGE)
     if not PAPER_ROOT.is_dir():
         pytest.skip(f"the paper's datasets are not at {PAPER_ROOT}")
-    import importlib.util
-
     from labeler.discriminators.embedding import EmbeddingConfig, EmbeddingDiscriminator
     from labeler.discriminators.vocab import VocabFilter, read_word_list
     from labeler.optimise.exhaustive import exhaustive_search
@@ -106,11 +132,7 @@ def test_paper_table_scores_a_label_on_the_training_examples(monkeypatch: pytest
     from labeler.records.exemplars import group_by_feature
     from labeler.toys.paper_datasets import paper_exemplars
 
-    spec = importlib.util.spec_from_file_location("paper_table", ROOT / "benchmarks" / "paper_table.py")
-    assert spec is not None and spec.loader is not None
-    paper_table = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "paper_table", paper_table)  # its dataclasses look their module up there
-    spec.loader.exec_module(paper_table)
+    paper_table = load_benchmark("paper_table", monkeypatch)
 
     disc = EmbeddingDiscriminator.minilm(EmbeddingConfig(vocab=VocabFilter(words=read_word_list("category-nouns"))))
     mammals = next(f for f in group_by_feature(paper_exemplars(PAPER_ROOT)) if f.feature == 1)

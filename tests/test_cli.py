@@ -17,6 +17,11 @@ from labeler.optimise.engine import OptimiserConfig
 from labeler.store.dataset import read_runs
 from labeler.toys.synthetic import default_world, feature_exemplars
 
+HF_DEFAULTS = OptimiserConfig(
+    search="discrete", prior_candidates=8, rescore_prior=64, rescore_neighbours=64, rescore_top_k=0
+)
+"""What a causal-LM discriminator's run gets where it sets no optimiser field (CausalLMConfig.optimiser_defaults)."""
+
 
 def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -157,6 +162,9 @@ def test_help_lists_the_options() -> None:
     assert out.returncode == 0
     for option in ("--exemplars", "--discriminator", "--out", "--restarts", "--steps", "--label-tokens", "--seed"):
         assert option in out.stdout
+    said = " ".join(out.stdout.split())  # the kinds' own defaults, as the optimiser group says them
+    assert "hf: search='discrete', prior_candidates=8, rescore_prior=64" in said
+    assert "minilm: straight_through=True, c_entropy=0.0" in said
 
 
 def test_optimiser_defaults_follow_the_discriminator_kind(exemplars: Path, tmp_path: Path) -> None:
@@ -169,8 +177,9 @@ def test_optimiser_defaults_follow_the_discriminator_kind(exemplars: Path, tmp_p
         optimiser("--discriminator", "minilm").straight_through
         and optimiser("--discriminator", "minilm").c_entropy == 0
     )
-    assert optimiser("--discriminator", "hf:/m") == OptimiserConfig(rescore_top_k=64)
-    assert optimiser("--discriminator", "hf:/m", "--rescore-top-k", "0").rescore_top_k == 0  # the paper's pick
+    assert optimiser("--discriminator", "hf:/m") == HF_DEFAULTS
+    paper = ["--search", "gradient", "--rescore-prior", "0", "--rescore-neighbours", "0", "--prior-candidates", "0"]
+    assert optimiser("--discriminator", "hf:/m", *paper) == OptimiserConfig()  # the paper's soft label and pick
     chosen = optimiser("--discriminator", "minilm", "--no-straight-through", "--c-entropy", "0.2")
     assert not chosen.straight_through and chosen.c_entropy == 0.2
     assert optimiser("--discriminator", "hf:/m", "--straight-through").straight_through

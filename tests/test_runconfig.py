@@ -33,14 +33,16 @@ def test_yaml_and_toml_fill_nested_stages_and_overrides_win(tmp_path: Path) -> N
 
 
 def test_the_optimiser_defaults_follow_the_discriminator_kind() -> None:
-    """Encoders default to straight-through without the entropy term; a causal LM keeps the paper's soft label and
-    rescores its top 64 tokens exactly; what a config sets wins either way."""
+    """Encoders default to straight-through without the entropy term; a causal LM to discrete search with its
+    prior's swaps and the wider pick; what a config sets wins either way."""
     for spec in ("minilm", "embedding:/models/e5"):
         optimiser = load_config(None, {"discriminator": spec}).label.optimiser
         assert optimiser.straight_through and optimiser.c_entropy == 0.0
-    assert load_config(None, {"discriminator": "hf:/m"}).label.optimiser == OptimiserConfig(rescore_top_k=64)
-    paper = load_config(None, {"discriminator": "hf:/m", "label.optimiser.rescore_top_k": 0}).label.optimiser
-    assert paper == OptimiserConfig()
+    hf = load_config(None, {"discriminator": "hf:/m"}).label.optimiser
+    assert hf == replace(OptimiserConfig(), **CausalLMConfig.optimiser_defaults) and hf.search == "discrete"
+    paper = {"search": "gradient", "prior_candidates": 0, "rescore_prior": 0, "rescore_neighbours": 0}
+    overrides = {"discriminator": "hf:/m"} | {f"label.optimiser.{key}": value for key, value in paper.items()}
+    assert load_config(None, overrides).label.optimiser == OptimiserConfig()
     mine = load_config(None, {"label.optimiser.c_entropy": 0.3, "label.optimiser.straight_through": False})
     assert (mine.discriminator.kind, mine.label.optimiser.c_entropy, mine.label.optimiser.straight_through) == (
         "minilm",

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Literal
 
 from labeler.discriminators.causal_lm import CausalLMConfig
+from labeler.discriminators.config import optimiser_defaults
 from labeler.discriminators.embedding import EmbeddingConfig
 from labeler.discriminators.vocab import VocabFilter
 from labeler.optimise.engine import OptimiserConfig
@@ -38,10 +39,27 @@ class Section:
     """Put before each field's name in the flag (e.g. vocab- for --vocab-min-chars)."""
     skip: tuple[str, ...] = ()
     """Fields that have no flag (set in other ways)."""
+    description: str = ""
+    """Shown under the group's title."""
+
+
+def _shown(default: Any) -> str:
+    if isinstance(default, frozenset):
+        return f"{len(default)} words"
+    if isinstance(default, Mapping) or is_dataclass(default):
+        return "see --print-config-help"
+    return repr(default) if isinstance(default, str) else str(default)
+
+
+def _kind_defaults() -> str:
+    """The optimiser fields each discriminator kind defaults to, as the optimiser group's help says them."""
+    kinds = {kind: optimiser_defaults(kind) for kind in ("hf", "embedding", "minilm")}
+    said = "; ".join(f"{kind}: " + ", ".join(f"{k}={_shown(v)}" for k, v in d.items()) for kind, d in kinds.items())
+    return f"The defaults below hold for every discriminator kind except where the kind sets its own ({said})."
 
 
 SECTIONS = (
-    Section("label.optimiser", OptimiserConfig, "optimiser"),
+    Section("label.optimiser", OptimiserConfig, "optimiser", description=_kind_defaults()),
     Section("label", LabelConfig, "data", skip=("optimiser",)),
     Section("discriminator", CausalLMConfig, "discriminator (hf:)", skip=("kind", "model", "vocab", "template")),
     Section("discriminator", EmbeddingConfig, "discriminator (embedding:, minilm)", skip=("kind", "model", "vocab")),
@@ -56,7 +74,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """Add a flag for every field of SECTIONS, grouped, each storing into `dest` "cfg:<dotted key>"."""
     seen: set[str] = set()
     for section in SECTIONS:
-        group = parser.add_argument_group(section.group)
+        group = parser.add_argument_group(section.group, section.description or None)
         docs = field_docs(section.cls)
         hints = typing.get_type_hints(section.cls)
         for f in fields(section.cls):
@@ -101,11 +119,3 @@ def _kind(hint: Any) -> dict[str, Any]:
 
 def _number(text: str) -> int | float:
     return float(text) if any(c in text for c in ".eEn") else int(text)
-
-
-def _shown(default: Any) -> str:
-    if isinstance(default, frozenset):
-        return f"{len(default)} words"
-    if isinstance(default, Mapping) or is_dataclass(default):
-        return "see --print-config-help"
-    return repr(default) if isinstance(default, str) else str(default)

@@ -69,14 +69,24 @@ class CausalLMConfig:
     score_batch: int = 1024
     """(label, example) pairs per forward pass when scoring discrete labels."""
 
-    optimiser_defaults: ClassVar[dict[str, Any]] = {"rescore_top_k": 64}
-    """OptimiserConfig fields this kind defaults to where a run sets none: the paper's soft label, then the 64 most
-    probable tokens of every restart's slots scored exactly on the training examples, the best by AUROC kept.
+    optimiser_defaults: ClassVar[dict[str, Any]] = {
+        "search": "discrete",
+        "prior_candidates": 8,
+        "rescore_prior": 64,
+        "rescore_neighbours": 64,
+        "rescore_top_k": 0,
+    }
+    """OptimiserConfig fields this kind defaults to where a run sets none: discrete (GCG-style) search whose swap
+    candidates include the 8 tokens the LM's own next-token distribution favours on the active examples; at the
+    pick, the 64 such tokens of every kept restart and its label's 64 nearest tokens scored exactly on the training
+    examples, the best by AUROC kept.
 
-    Tuned on the 8 default features of the small taxonomy testbed (2026-12-01, CPU; the report features are others,
-    benchmarks/results/label_quality-*): the soft label's argmax reached 0.99 of the exhaustive single-token
-    optimum's training AUROC on 4 of 8 features (mean ratio 0.977), with rescoring on 8 of 8 (1.000), for 2.8 times
-    the forward tokens (183k per feature against 65k); discrete search reached it on 2 of 8, 6 of 8 with rescoring."""
+    Chosen among the benchmark's methods by benchmarks/results/label_quality-2026-12-06-pick-bench-cpu.md (the 40 bench
+    taxonomy report categories; the pick's 64s were set on the bench testbed's 9 default categories): at L = 1 it
+    reached 0.99 of the exhaustive single-token optimum's training AUROC on 39 of 40 features and named the category on
+    77.5% (29 of the 30 whose optimum is a name), for 276k forward tokens per feature, 4.4 times the paper's soft label
+    (66k) and 1.5 times the soft label rescored (181k; 34 of 40), yet in less time (5.4 s against 6.8 s per feature on 2
+    CPU cores: only 9k of its tokens run backward, 64k of the soft label's)."""
 
 
 @dataclass(frozen=True)
