@@ -81,12 +81,15 @@ class CausalLMConfig:
     pick, the 64 such tokens of every kept restart and its label's 64 nearest tokens scored exactly on the training
     examples, the best by AUROC kept.
 
-    Chosen among the benchmark's methods by benchmarks/results/label_quality-2026-12-06-pick-bench-cpu.md (the 40 bench
-    taxonomy report categories; the pick's 64s were set on the bench testbed's 9 default categories): at L = 1 it
-    reached 0.99 of the exhaustive single-token optimum's training AUROC on 39 of 40 features and named the category on
-    77.5% (29 of the 30 whose optimum is a name), for 276k forward tokens per feature, 4.4 times the paper's soft label
-    (66k) and 1.5 times the soft label rescored (181k; 34 of 40), yet in less time (5.4 s against 6.8 s per feature on 2
-    CPU cores: only 9k of its tokens run backward, 64k of the soft label's)."""
+    Chosen among the benchmark's methods by benchmarks/results/label_quality-2026-12-06-pick-bench-cpu.md (the 40
+    bench taxonomy report categories; the pick's 64s were set on the bench testbed's 9 default categories) and
+    measured again beside the paper's soft label and straight-through on the same weights in
+    benchmarks/results/label_quality-2026-12-07-complete-cpu.md: at L = 1 it reached 0.99 of the exhaustive
+    single-token optimum's training AUROC on 39 of 40 features (the soft label 16, straight-through 11, the soft
+    label rescored 34) and named the category on 31 (29 of the 30 whose optimum is a name), for 276k forward tokens
+    per feature, 4.2 times the soft label's 66k and 1.5 times the rescored soft label's 181k; in time 6.2 s per
+    feature on 2 CPU cores against 4.7 s and 6.7 s, since only 9k of its tokens run backward (the soft label's:
+    64k)."""
 
 
 @dataclass(frozen=True)
