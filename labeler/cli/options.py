@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Literal
 
 from labeler.discriminators.causal_lm import CausalLMConfig
-from labeler.discriminators.config import optimiser_defaults
+from labeler.discriminators.config import KINDS, optimiser_defaults
 from labeler.discriminators.embedding import EmbeddingConfig
 from labeler.discriminators.vocab import VocabFilter
 from labeler.optimise.engine import OptimiserConfig
@@ -53,7 +53,7 @@ def _shown(default: Any) -> str:
 
 def _kind_defaults() -> str:
     """The optimiser fields each discriminator kind defaults to, as the optimiser group's help says them."""
-    kinds = {kind: optimiser_defaults(kind) for kind in ("hf", "embedding", "minilm")}
+    kinds = {kind: optimiser_defaults(kind) for kind in KINDS}
     said = "; ".join(f"{kind}: " + ", ".join(f"{k}={_shown(v)}" for k, v in d.items()) for kind, d in kinds.items())
     return f"The defaults below hold for every discriminator kind except where the kind sets its own ({said})."
 

@@ -74,7 +74,6 @@ class CausalLMConfig:
         "prior_candidates": 8,
         "rescore_prior": 64,
         "rescore_neighbours": 64,
-        "rescore_top_k": 0,
     }
     """OptimiserConfig fields this kind defaults to where a run sets none: discrete (GCG-style) search whose swap
     candidates include the 8 tokens the LM's own next-token distribution favours on the active examples; at the
