@@ -210,16 +210,23 @@ class GangRank:
         self.metrics_host = metrics_host
         self.host = ray.util.get_node_ip_address() if ray.is_initialized() else socket.gethostname()
         self.port = 0
+        self.store: Any = None  # rank 0's TCPStore, hosted from `rendezvous` until the actor ends
         self.step: tuple[int, int] | None = None
         self.lock = threading.Lock()
 
-    def rendezvous(self) -> str:
-        """tcp://host:port for the process group, on this (rank 0's) node."""
-        with socket.socket() as s:
-            s.bind((self.host, 0))
-            return f"tcp://{self.host}:{s.getsockname()[1]}"
+    def rendezvous(self, world: int) -> tuple[str, int]:
+        """Host the process group's store on this (rank 0's) node; its host and port.
 
-    def join(self, address: str, rank: int, world: int) -> str:
+        The store listens on a port the OS picks as it binds (port 0), so no other process can take that port
+        between choosing it and listening on it (a free port chosen first and bound later was taken by
+        another process once in CI: EADDRINUSE, and the run stopped).
+        """
+        import torch.distributed as dist
+
+        self.store = dist.TCPStore(self.host, 0, world, is_master=True, wait_for_workers=False)
+        return self.host, self.store.port
+
+    def join(self, address: tuple[str, int], rank: int, world: int) -> str:
         """Join the gang's process group, load this rank's shard of the discriminator; rank 0's metrics endpoint."""
         import torch
         import torch.distributed as dist
@@ -234,7 +241,8 @@ class GangRank:
                 f"{self.spec.discriminator.kind!r} cannot be sharded: set workers.tensor_parallel to 1"
             )
         backend = "nccl" if ray.get_gpu_ids() and torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, init_method=address, rank=rank, world_size=world)
+        store = self.store if rank == 0 else dist.TCPStore(*address, world, is_master=False)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world)
         self.rank = rank
         self.labeller = EngineLabeller(self.spec, sharded_discriminator(self.spec.discriminator))
         if rank == 0:
@@ -326,8 +334,8 @@ class Gang:
 
     def start(self) -> Any:
         """Join the process group (once placed); returns the ref that resolves when the gang is ready."""
-        address = self.ranks[0].rendezvous.remote()
         world = len(self.ranks)
+        address = self.ranks[0].rendezvous.remote(world)
         joins = [rank.join.remote(address, i, world) for i, rank in enumerate(self.ranks)]
         self.started = joins[0]
         self.joined = joins

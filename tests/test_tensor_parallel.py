@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-import socket
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from labeler.discriminators.tensor_parallel import (
 )
 from labeler.optimise.engine import OptimiserConfig, objective, optimise
 from labeler.optimise.labelling import LabelConfig, label_chunk, prepare_tasks
+from labeler.ray_pool import GangRank
 from labeler.records.exemplars import group_by_feature, validate_exemplars
 from labeler.toys.synthetic import default_world, feature_exemplars
 
@@ -35,10 +36,9 @@ BUILDERS = {"llama": tiny_llama, "gemma2": tiny_gemma2}
 WORLD = 2
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def rendezvous(tmp_path: Path) -> str:
+    """The ranks meet through a file, not a port: a free port chosen here could be taken before rank 0 binds it."""
+    return f"file://{tmp_path / 'store'}"
 
 
 def scores_and_gradient(disc: CausalLMDiscriminator) -> dict[str, torch.Tensor]:
@@ -64,8 +64,8 @@ def engine_labels(disc: CausalLMDiscriminator) -> list[tuple[int, ...]]:
     return [label.label_ids for label in optimise(disc, disc.encode(contexts, targets), tasks, config.optimiser)]
 
 
-def _rank(rank: int, port: int, builder: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+def _rank(rank: int, init_method: str, builder: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD)
     try:
         tokenizer = word_tokenizer()
         torch.manual_seed(0)  # every rank builds the same weights, as if loaded from one folder
@@ -88,7 +88,7 @@ def _rank(rank: int, port: int, builder: str, out: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("builder", ["llama", "gemma2"])
 def test_two_ranks_score_and_differentiate_like_the_whole_model(builder: str, tmp_path: Path) -> None:
-    mp.spawn(_rank, args=(free_port(), builder, str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_rank, args=(rendezvous(tmp_path), builder, str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     whole = ranks[0]["whole"]
     for got in ranks:
@@ -101,11 +101,11 @@ def test_two_ranks_score_and_differentiate_like_the_whole_model(builder: str, tm
     assert whole["grad"].abs().max() > 1e-4  # the gradient compared is not zero
 
 
-def _rank_that_loses_its_peer(rank: int, port: int, out: str) -> None:
+def _rank_that_loses_its_peer(rank: int, init_method: str, out: str) -> None:
     """Rank 1 joins, shards its model and dies; rank 0 then labels features and reports what label_chunk did."""
     import os
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD)
     tokenizer = word_tokenizer()
     torch.manual_seed(0)
     disc = CausalLMDiscriminator(shard_model(tiny_llama(len(tokenizer))), tokenizer, CausalLMConfig(model="tiny"))
@@ -127,7 +127,7 @@ def _rank_that_loses_its_peer(rank: int, port: int, out: str) -> None:
 def test_a_lost_rank_is_raised_to_the_pool_not_recorded_as_the_features_failure(tmp_path: Path) -> None:
     """CI saw a killed rank's chunk committed with its features 'failed' (gloo: Connection reset by peer): the
     collective's RuntimeError was caught as the features' own. Now it leaves label_chunk, so the pool retries."""
-    ranks = mp.spawn(_rank_that_loses_its_peer, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=False)
+    ranks = mp.spawn(_rank_that_loses_its_peer, args=(rendezvous(tmp_path), str(tmp_path)), nprocs=WORLD, join=False)
     deadline = time.monotonic() + 300
     while not ranks.join(timeout=5):  # True once both ranks have ended; a rank's error raises
         assert time.monotonic() < deadline, "rank 0 is still labelling 300 s after its peer died"
@@ -146,11 +146,21 @@ def test_a_split_that_does_not_divide_is_refused(heads: int, kv_heads: int, unit
     assert check_divisible(config, 1) == (heads, kv_heads)
 
 
-def test_row_parallel_adds_its_bias_once_after_the_sum() -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+def test_row_parallel_adds_its_bias_once_after_the_sum(tmp_path: Path) -> None:
+    dist.init_process_group("gloo", init_method=rendezvous(tmp_path), rank=0, world_size=1)
     try:
         linear = torch.nn.Linear(6, 4)
         x = torch.randn(3, 6)
         torch.testing.assert_close(RowParallelLinear(linear, 0, 1, None)(x), linear(x))
     finally:
         dist.destroy_process_group()
+
+
+def test_a_gangs_store_listens_on_the_port_it_names() -> None:
+    """CI once stopped a run with EADDRINUSE: rank 0 chose a free port, released it, and another process took it
+    before the process group's store bound it. The store now binds a port of the OS's choice and names that one."""
+    rank0 = GangRank(None, "", None, 0, "127.0.0.1")  # type: ignore[arg-type]  # only the rendezvous is used
+    host, port = rank0.rendezvous(2)
+    rank0.store.set("ready", "yes")
+    follower = dist.TCPStore(host, port, 2, is_master=False, timeout=timedelta(seconds=10))
+    assert follower.get("ready") == b"yes"
