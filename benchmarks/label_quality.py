@@ -100,6 +100,8 @@ class TokenCounter:
 class Testbed:
     name: str
     disc: Discriminator
+    model: torch.nn.Module
+    """The discriminator's network, whose forward passes are counted."""
     features: list[FeatureExemplars]
     names: list[set[str]]
     """Per feature (in order), its acceptable names, lower case."""
@@ -118,6 +120,7 @@ def taxonomy_testbed(folder: Path) -> Testbed:
     return Testbed(
         f"taxonomy {folder.name}",
         disc,
+        disc.model,
         features,
         names,
         replace(OptimiserConfig(), **optimiser_defaults("hf")),
@@ -132,6 +135,7 @@ def paper_testbed(root: Path) -> Testbed:
     return Testbed(
         "paper six, minilm",
         disc,
+        disc.model,
         features,
         names,
         replace(OptimiserConfig(), **optimiser_defaults("minilm")),
@@ -194,7 +198,7 @@ class OptimumCache:
 
 def measure(testbed: Testbed, pairs: list[tuple[int, str]], seed: int, cache: OptimumCache) -> Iterator[dict[str, Any]]:
     """One row per (L, method) in `pairs` on `testbed`, each as soon as it is measured."""
-    disc, counter = testbed.disc, TokenCounter(testbed.disc.model)
+    disc, counter = testbed.disc, TokenCounter(testbed.model)
     config = LabelConfig(optimiser=replace(testbed.base, seed=seed))
     contexts, targets, tasks = prepare_tasks(testbed.features, config)
     encoded = disc.encode(contexts, targets)

@@ -76,6 +76,21 @@ def test_exemplars_have_100_distinct_active_and_inactive_rows_per_feature() -> N
         assert not near or {t for _, t in inactive} & near
 
 
+def test_the_benchmarks_feature_sets_are_apart() -> None:
+    """benchmarks/data's report and held-out categories: known to the bench LM, 40 each with at least 10 members, and
+    none a tuning feature (the scales' defaults) or one of another set, as their files say."""
+    bench, small = load_taxonomy(SCALES["bench"]), load_taxonomy(SCALES["small"])
+    data = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "data"
+    report = read_categories(data / "taxonomy-bench-report.txt", list(bench.members))
+    heldout = read_categories(data / "taxonomy-bench-heldout.txt", list(bench.members))
+    small_report = read_categories(data / "taxonomy-small-report.txt", list(small.members))
+    tuning = {*default_features(bench, SCALES["bench"].features), *default_features(small, SCALES["small"].features)}
+    for chosen in (report, heldout):
+        assert len(chosen) == 40 and all(len(bench.members[c]) >= 10 for c in chosen)
+        assert not set(chosen) & tuning
+    assert not set(heldout) & {*report, *small_report}
+
+
 def test_bad_categories_files_get_a_clear_error(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
     known = list(load_taxonomy(SCALES["small"]).members)
     bad = tmp_path / "bad.txt"
