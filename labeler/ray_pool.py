@@ -300,8 +300,11 @@ def _broadcast(features: Any) -> Any:
     """Rank 0's feature ids on every rank (the other ranks pass None)."""
     import torch.distributed as dist
 
+    from labeler.discriminators.tensor_parallel import gang_collective
+
     box = [features]
-    dist.broadcast_object_list(box, src=0)
+    with gang_collective():
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -476,8 +479,8 @@ class GangPool:
             except RayError as err:
                 cause = getattr(err, "cause", None)
                 kind = type(cause).__name__ if cause is not None else type(err).__name__
-                if kind in ("RankLostError", "DistBackendError") or "gloo" in str(cause or err).lower():
-                    broken.add(worker)  # a peer rank died under a collective
+                if kind == "RankLostError":  # a peer rank died under a collective (gang_collective)
+                    broken.add(worker)
                 completions.append(Completion(worker, chunk, error=f"{kind}: {_first_line(cause or err)}"))
         for worker in broken:
             # Rank 0 may still be blocked in a collective with the dead rank: its chunk fails with the gang.

@@ -23,7 +23,9 @@ This module knows nothing of Ray; the process group is the caller's.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -60,11 +62,18 @@ class RankLostError(Exception):
     and retries the chunk."""
 
 
-def _all_reduce(x: Tensor, group: dist.ProcessGroup | None) -> None:
+@contextlib.contextmanager
+def gang_collective() -> Iterator[None]:
+    """Around every collective of a gang: its failure is raised as RankLostError."""
     try:
-        dist.all_reduce(x, group=group)
+        yield
     except RuntimeError as err:  # gloo's errors are RuntimeErrors; NCCL's DistBackendError is one
         raise RankLostError(f"a collective of the gang failed (is a rank gone?): {err}") from err
+
+
+def _all_reduce(x: Tensor, group: dist.ProcessGroup | None) -> None:
+    with gang_collective():
+        dist.all_reduce(x, group=group)
 
 
 class _CopyToRanks(torch.autograd.Function):
