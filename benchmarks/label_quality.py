@@ -99,9 +99,8 @@ class TokenCounter:
 @dataclass
 class Testbed:
     name: str
-    disc: Discriminator
-    model: torch.nn.Module
-    """The discriminator's network, whose forward passes are counted."""
+    disc: CausalLMDiscriminator | EmbeddingDiscriminator
+    """A kind whose network (`.model`) the TokenCounter can count."""
     features: list[FeatureExemplars]
     names: list[set[str]]
     """Per feature (in order), its acceptable names, lower case."""
@@ -120,7 +119,6 @@ def taxonomy_testbed(folder: Path) -> Testbed:
     return Testbed(
         f"taxonomy {folder.name}",
         disc,
-        disc.model,
         features,
         names,
         replace(OptimiserConfig(), **optimiser_defaults("hf")),
@@ -135,7 +133,6 @@ def paper_testbed(root: Path) -> Testbed:
     return Testbed(
         "paper six, minilm",
         disc,
-        disc.model,
         features,
         names,
         replace(OptimiserConfig(), **optimiser_defaults("minilm")),
@@ -198,7 +195,7 @@ class OptimumCache:
 
 def measure(testbed: Testbed, pairs: list[tuple[int, str]], seed: int, cache: OptimumCache) -> Iterator[dict[str, Any]]:
     """One row per (L, method) in `pairs` on `testbed`, each as soon as it is measured."""
-    disc, counter = testbed.disc, TokenCounter(testbed.model)
+    disc, counter = testbed.disc, TokenCounter(testbed.disc.model)
     config = LabelConfig(optimiser=replace(testbed.base, seed=seed))
     contexts, targets, tasks = prepare_tasks(testbed.features, config)
     encoded = disc.encode(contexts, targets)
