@@ -71,9 +71,23 @@ def test_exemplars_have_100_distinct_active_and_inactive_rows_per_feature() -> N
         assert len(mine) == 200 and len(active) == 100 and len(inactive) == 100
         assert all((r["activation"] == 1.0) == (r["target"] in world.members[category]) for r in mine)
         assert all(r["target"] in r["context"].split() for r in mine)
-        # Inactive words include members of sibling categories, the hardest contrast.
-        near = {w for c in world.near[category] for w in world.members[c]} - world.members[category]
-        assert not near or {t for _, t in inactive} & near
+        # Half the inactive words are just outside the category (its parent's other members), the hardest contrast.
+        near = set(world.just_outside(category))
+        assert not near or sum(t in near for _, t in inactive) >= 50
+
+
+def test_the_words_just_outside_a_category_are_its_nearest_ancestors_other_members() -> None:
+    """What tells a category's name from its parent's: hawk's features have raptors that are no hawks among their
+    inactive words (before, hawk had no kept sibling category, so none, and "raptor" fitted as well as "hawk")."""
+    world = load_taxonomy(SCALES["bench"])
+    assert world.parent["hawk"] == "raptor"
+    assert set(world.just_outside("hawk")) == world.members["raptor"] - world.members["hawk"] != set()
+    # engine's parent (motor) holds no other word, so they come from the next ancestor up (machine).
+    assert world.parent["engine"] == "motor" and world.members["motor"] == world.members["engine"]
+    assert set(world.just_outside("engine")) == world.members["machine"] - world.members["engine"] != set()
+    rows = feature_exemplars(world, ["hawk"], seed=0)
+    inactive = [row["target"] for row in rows if row["activation"] == 0.0]
+    assert sum(word in world.just_outside("hawk") for word in inactive) >= 50
 
 
 def test_the_benchmarks_feature_sets_are_apart() -> None:

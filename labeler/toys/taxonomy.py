@@ -125,6 +125,18 @@ class Taxonomy:
             for c in self.members
         }
 
+    def just_outside(self, category: str) -> tuple[str, ...]:
+        """The words closest to `category` without being in it: the other members of its nearest ancestor that has
+        any (its siblings' members and its parent's own). Examples of these are what tell the category's name from
+        its parent's; without them a feature of "hawk" is fitted as well by "raptor"."""
+        ancestor = self.parent[category]
+        while ancestor != "-":
+            words = self.members[ancestor] - self.members[category]
+            if words:
+                return tuple(sorted(words))
+            ancestor = self.parent[ancestor]
+        return ()
+
     @property
     def words(self) -> tuple[str, ...]:
         """Every word the LM must have a token for."""
@@ -290,13 +302,14 @@ def feature_exemplars(world: Taxonomy, categories: Sequence[str], seed: int, per
     Each feature gets `per_side` distinct active and inactive rows, one word per sentence: a category with
     fewer members gets several sentences per word, one with more a sample of them (so that no feature costs
     more to label, or to search exhaustively, than another: "artifact" has 2,439 members). Half the inactive
-    words come from categories near it (siblings, children), the rest from the whole vocabulary.
+    words are words just outside it (`Taxonomy.just_outside`: its parent's other members), the rest come from the
+    whole vocabulary.
     """
     rng = np.random.default_rng(seed)
     rows = []
     for k, category in enumerate(categories):
         members = sorted(world.members[category])
-        near = sorted({w for c in world.near[category] for w in world.members[c]} - world.members[category])
+        near = world.just_outside(category)
         outside = [w for w in world.every if w not in world.members[category]]
         if len(members) > per_side:
             members = sorted(str(w) for w in rng.choice(members, size=per_side, replace=False))
