@@ -74,6 +74,7 @@ class CausalLMConfig:
         "prior_candidates": 8,
         "rescore_prior": 64,
         "rescore_neighbours": 64,
+        "pick_within": 0.01,
     }
     """OptimiserConfig fields this kind defaults to where a run sets none: discrete (GCG-style) search whose swap
     candidates include the 8 tokens the LM's own next-token distribution favours on the active examples; at the
