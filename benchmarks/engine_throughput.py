@@ -93,7 +93,7 @@ def main() -> None:
         model, tokenizer, CausalLMConfig(model="random-llama", vocab=VocabFilter(min_chars=2), dtype=args.dtype)
     )
     if args.compile:
-        disc.model.forward = torch.compile(disc.model.forward)  # type: ignore[method-assign]
+        disc.model.forward = torch.compile(disc.model.forward)
     # converge_prob above 1 can never be reached: every restart runs all steps in both methods.
     optimiser = OptimiserConfig(
         restarts=args.restarts,
@@ -102,11 +102,11 @@ def main() -> None:
         converge_prob=1.0,
         seed=args.seed,
     )
-    config = LabelConfig(optimiser=optimiser, features_per_batch=args.features)
+    label_config = LabelConfig(optimiser=optimiser, features_per_batch=args.features)
     features = random_features(args.features, args.examples, args.seed)
-    batched(disc, features[:2], config)  # warm-up: first calls pay for lazy initialisation
+    batched(disc, features[:2], label_config)  # warm-up: first calls pay for lazy initialisation
     if args.compile:  # and for compiling each shape the two methods run
-        one_step = replace(config, optimiser=replace(optimiser, max_steps=1))
+        one_step = replace(label_config, optimiser=replace(optimiser, max_steps=1))
         batched(disc, features, one_step)
         paper_loop(disc, features[:4], one_step)
 
@@ -132,7 +132,7 @@ def main() -> None:
     }
     results = {}
     for name, run in (("batched_engine", batched), ("paper_loop", paper_loop)):
-        seconds = run(disc, features, config)
+        seconds = run(disc, features, label_config)
         results[name] = args.features / seconds
         print(
             json.dumps(

@@ -46,7 +46,14 @@ from typing import Any
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
 from labeler.discriminators.prompt import PromptTemplate
@@ -140,14 +147,14 @@ def build_tokenizer(shape: Shape) -> PreTrainedTokenizerFast:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", bos_token=shape.bos, eos_token=shape.eos
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": list(shape.specials)})  # type: ignore[dict-item]
+    tokenizer.add_special_tokens({"additional_special_tokens": list(shape.specials)})
     tokenizer.chat_template = shape.template
     if len(tokenizer) != vocab_size:
         raise RuntimeError(f"tokenizer has {len(tokenizer)} tokens, the model {vocab_size} embedding rows")
     return tokenizer
 
 
-def build_model(shape: Shape, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+def build_model(shape: Shape, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
     """Random weights at the shape, made directly on the device in the dtype."""
     config = shape.arch.config_class(**shape.config)
     default = torch.get_default_dtype()
@@ -214,7 +221,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) 
     return 2 * n**3 / best
 
 
-def step_flops(model: torch.nn.Module, disc: CausalLMDiscriminator, prefix_len: float, rows: int, fr: int) -> float:
+def step_flops(model: PreTrainedModel, disc: CausalLMDiscriminator, prefix_len: float, rows: int, fr: int) -> float:
     """The counted FLOPs of one optimisation step over `rows` (feature, restart, example) rows, `fr` of
     (feature, restart) (the formula in the module docstring)."""
     config = model.config
@@ -393,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = build_tokenizer(shape)
     model = build_model(shape, device, dtype)
     disc = CausalLMDiscriminator(
-        model,  # type: ignore[arg-type]
+        model,
         tokenizer,
         CausalLMConfig(model=f"random:{args.shape}", dtype=args.dtype, device=str(device)),
     )
