@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -18,10 +19,32 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
+SPARE_PORTS = range(20000, 32768)
+"""Where a test's server ports come from: above Ray's worker ports (10002-19999 by default) and below the kernel's
+range for the local ports of outgoing connections (32768-60999 by default; checked in `free_port`). A server is told
+its port on its command line and binds it later; in between, nothing but another explicit bind can take a port here
+(an OS-picked port, the kernel's range, went to a connection of a busy Ray cluster now and then)."""
+
+_chosen: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port in SPARE_PORTS that nothing listens on now and that no earlier call of this process returned."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    spare = range(SPARE_PORTS.start, min(SPARE_PORTS.stop, low))
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.choice(spare)
+        if port in _chosen:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _chosen.add(port)
+        return port
+    raise RuntimeError(f"no free port in {spare} after 200 tries")
 
 
 MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}

@@ -18,7 +18,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import pytest
 import ray
 import yaml
 from referencing import Registry, Resource
+from servers import free_port
 
 from labeler.run.metrics import exported_series
 
@@ -966,16 +966,6 @@ def test_runbook_commands_use_the_committed_files() -> None:
 # ---------------------------------------------------------------------------------------------- local cluster
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [int(sock.getsockname()[1]) for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 def processes_mentioning(marker: str) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
@@ -1003,7 +993,9 @@ def local_ray_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         "RAY_USAGE_STATS_ENABLED": "0",
         "HOME": str(tmp_path / "home"),  # the demo SAE's cache (~/.cache/labeler) stays in the test's folder
     }
-    gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics, node_manager, object_manager = free_ports(9)
+    gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics, node_manager, object_manager = (
+        free_port() for _ in range(9)
+    )
     start = [
         str(bin_dir / "ray"),
         "start",
