@@ -58,10 +58,8 @@ from labeler.records.exemplars import FeatureExemplars, group_by_feature, read_e
 from labeler.toys.paper_datasets import CONCEPT_WORDS, PAPER_FEATURES, paper_exemplars
 
 SOFT = {"search": "gradient", "straight_through": False, "c_entropy": OptimiserConfig.c_entropy}
-PLAIN: dict[str, Any] = {
-    "rescore_top_k": 0, "rescore_prior": 0, "rescore_neighbours": 0, "prior_candidates": 0, "pick_within": 0.0,
-}  # fmt: skip
-PICK: dict[str, Any] = {"rescore_prior": 64, "rescore_neighbours": 64, "pick_within": 0.01}
+PLAIN: dict[str, Any] = {"rescore_top_k": 0, "rescore_prior": 0, "rescore_neighbours": 0, "prior_candidates": 0}
+PICK: dict[str, Any] = {"rescore_prior": 64, "rescore_neighbours": 64}
 METHODS: dict[str, dict[str, Any]] = {
     "soft": {**PLAIN, **SOFT},
     "soft+rescore": {**PLAIN, **SOFT, "rescore_top_k": 64},
@@ -71,7 +69,6 @@ METHODS: dict[str, dict[str, Any]] = {
     "discrete+prior": {**PLAIN, "search": "discrete", "prior_candidates": 8},
     "soft+pick": {**PLAIN, **SOFT, **PICK, "rescore_top_k": 64},
     "discrete+pick": {**PLAIN, "search": "discrete", **PICK, "prior_candidates": 8},
-    "discrete+pick-by-auroc": {**PLAIN, "search": "discrete", **PICK, "prior_candidates": 8, "pick_within": 0.0},
 }
 """Each method's settings over the testbed's defaults (every pick and candidate source named, so that a method means the
 same whatever the kind's defaults are; the causal-LM default is discrete+pick); soft is the paper's (its entropy term
@@ -79,9 +76,7 @@ on for every kind);
 +rescore: the 64 most probable tokens of each restart's slots scored exactly on the training examples, the best kept;
 +prior: also the 8 tokens the discriminator's own q favours on the step's active examples are swap candidates;
 +pick: at the pick, also the 64 tokens q favours on all the training examples' active ones and the 64 nearest
-neighbours of each restart's token are scored on the training examples (with +prior's swaps for discrete), and the
-lowest logistic loss among those within 1% of the best training AUROC wins; -by-auroc: the best AUROC wins (the
-causal-LM default until 2026-12-07)."""
+neighbours of each restart's token are scored on the training examples (with +prior's swaps for discrete)."""
 
 
 class TokenCounter:

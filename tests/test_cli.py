@@ -18,7 +18,7 @@ from labeler.store.dataset import read_runs
 from labeler.toys.synthetic import default_world, feature_exemplars
 
 HF_DEFAULTS = OptimiserConfig(
-    search="discrete", prior_candidates=8, rescore_prior=64, rescore_neighbours=64, rescore_top_k=0, pick_within=0.01
+    search="discrete", prior_candidates=8, rescore_prior=64, rescore_neighbours=64, rescore_top_k=0
 )
 """What a causal-LM discriminator's run gets where it sets no optimiser field (CausalLMConfig.optimiser_defaults)."""
 
@@ -178,10 +178,7 @@ def test_optimiser_defaults_follow_the_discriminator_kind(exemplars: Path, tmp_p
         and optimiser("--discriminator", "minilm").c_entropy == 0
     )
     assert optimiser("--discriminator", "hf:/m") == HF_DEFAULTS
-    paper = [
-        "--search", "gradient", "--rescore-prior", "0", "--rescore-neighbours", "0", "--prior-candidates", "0",
-        "--pick-within", "0",
-    ]  # fmt: skip
+    paper = ["--search", "gradient", "--rescore-prior", "0", "--rescore-neighbours", "0", "--prior-candidates", "0"]
     assert optimiser("--discriminator", "hf:/m", *paper) == OptimiserConfig()  # the paper's soft label and pick
     chosen = optimiser("--discriminator", "minilm", "--no-straight-through", "--c-entropy", "0.2")
     assert not chosen.straight_through and chosen.c_entropy == 0.2

@@ -40,7 +40,7 @@ def test_the_optimiser_defaults_follow_the_discriminator_kind() -> None:
         assert optimiser.straight_through and optimiser.c_entropy == 0.0
     hf = load_config(None, {"discriminator": "hf:/m"}).label.optimiser
     assert hf == replace(OptimiserConfig(), **CausalLMConfig.optimiser_defaults) and hf.search == "discrete"
-    paper = {"search": "gradient", "prior_candidates": 0, "rescore_prior": 0, "rescore_neighbours": 0, "pick_within": 0}
+    paper = {"search": "gradient", "prior_candidates": 0, "rescore_prior": 0, "rescore_neighbours": 0}
     overrides = {"discriminator": "hf:/m"} | {f"label.optimiser.{key}": value for key, value in paper.items()}
     assert load_config(None, overrides).label.optimiser == OptimiserConfig()
     mine = load_config(None, {"label.optimiser.c_entropy": 0.3, "label.optimiser.straight_through": False})

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from labeler.optimise.scoring import auroc, balanced_accuracy, f1, mean_logistic_loss, pick_label, rank_labels
+from labeler.optimise.scoring import auroc, balanced_accuracy, f1, rank_labels
 
 
 def brute_auroc(scores: np.ndarray, active: np.ndarray) -> float:
@@ -43,22 +43,6 @@ def test_rank_labels_breaks_auroc_ties_by_confidence() -> None:
     scores = np.array([[1.0, -1.0], [5.0, -5.0], [-1.0, 1.0]])
     order, aurocs = rank_labels(scores, active)
     assert order == [1, 0, 2] and aurocs == [1.0, 1.0, 0.0]
-
-
-def test_pick_label_takes_the_most_confidently_right_among_near_ties() -> None:
-    active = np.array([True] * 4 + [False] * 4)
-    says_no = np.array([-1.0, -1.5, -2.0, -2.5, -3.0, -3.5, -4.0, -4.5])  # orders all 16 pairs right, but "no" to all
-    right = np.array([3.0, 3.0, 3.0, 0.5, 1.0, -3.0, -3.0, -3.0])  # one inactive above one active: 15 of 16 pairs
-    scores = np.stack([says_no, right])
-    assert [auroc(row, active) for row in scores] == [1.0, 15 / 16]
-    assert mean_logistic_loss(right, active) < mean_logistic_loss(says_no, active)
-    assert pick_label(scores, active) == 0  # within 0: the best AUROC
-    assert pick_label(scores, active, within=0.05) == 0  # 15/16 is below 0.95 of 1.0
-    assert pick_label(scores, active, within=0.1) == 1  # within 10%: the lower loss
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        scores, active = rng.normal(size=(30, 12)).round(1), np.arange(12) % 3 == 0
-        assert pick_label(scores, active) == rank_labels(scores, active)[0][0]
 
 
 def test_f1_against_counts() -> None:

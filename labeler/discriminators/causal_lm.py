@@ -74,14 +74,11 @@ class CausalLMConfig:
         "prior_candidates": 8,
         "rescore_prior": 64,
         "rescore_neighbours": 64,
-        "pick_within": 0.01,
     }
     """OptimiserConfig fields this kind defaults to where a run sets none: discrete (GCG-style) search whose swap
     candidates include the 8 tokens the LM's own next-token distribution favours on the active examples; at the
     pick, the 64 such tokens of every kept restart and its label's 64 nearest tokens scored exactly on the training
-    examples, and of those within 1% of the best training AUROC, the one with the lowest logistic loss kept
-    (`pick_within`, 2026-12-07: on the bench testbed's 40 tuning categories it named 36 against 35 for the best AUROC
-    alone).
+    examples, the best by AUROC kept.
 
     Chosen among the benchmark's methods by benchmarks/results/label_quality-2026-12-06-pick-bench-cpu.md (the 40
     bench taxonomy report categories; the pick's 64s were set on the bench testbed's 9 default categories) and

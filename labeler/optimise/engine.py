@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from labeler.discriminators.base import Discriminator, EncodedExamples, Scored
-from labeler.optimise.scoring import auroc, balanced_accuracy, f1, pick_label, rank_labels
+from labeler.optimise.scoring import auroc, balanced_accuracy, f1, rank_labels
 
 # Discrete search takes a swap only when it lowers the loss by more than this (float noise between passes).
 SWAP_TOLERANCE = 1e-6
@@ -90,9 +90,6 @@ class OptimiserConfig:
     rescore_neighbours: int = 0
     """At the pick, like `rescore_top_k`: the k tokens whose label embeddings lie nearest (cosine) each kept
     restart's token in every slot (a search that settled next to the concept's word: its synonyms, its plural)."""
-    pick_within: float = 0.0
-    """At the pick (with `rescore_*`): candidates whose training AUROC is at least (1 - this) times the best one's
-    count as equally good, and the lowest logistic loss among them wins (0: the best AUROC, ties by loss)."""
     search: Literal["gradient", "discrete"] = "gradient"
     """gradient: descend on a soft label (the paper's, or straight-through); discrete: GCG-style token swaps,
     ranked by the gradient at the one-hot label and scored exactly (straight_through and c_entropy do not apply;
@@ -142,8 +139,6 @@ class OptimiserConfig:
         for name in ("weight_decay", "c_kl", "c_entropy"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
-        if not 0 <= self.pick_within < 1:  # nan fails too
-            raise ValueError(f"pick_within must lie in [0, 1), got {self.pick_within}: a share of the best AUROC")
         if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
             raise ValueError(f"betas must each lie in [0, 1), got {self.betas}: AdamW's two moment decay rates")
         if self.examples_per_step < 2 or self.examples_per_step % 2:
@@ -586,7 +581,7 @@ def _pick_best(
         )  # [R' L K]
         candidates, owner = _candidates(label_ids, tokens)  # [C L], [C]
         train_scores = disc.score_discrete(examples, train, candidates[None], head[owner][None])[0]
-        pick = pick_label(train_scores, train_active, config.pick_within)
+        pick = rank_labels(train_scores, train_active)[0][0]
         best, best_ids = int(owner[pick]), candidates[pick]
         best_scores = disc.score_discrete(examples, task.heldout, best_ids[None, None], head[best][None, None])[0, 0]
     top = v[best].softmax(-1).topk(min(config.top_k, v.shape[-1]), dim=-1)  # at most the allowed vocabulary

@@ -73,18 +73,3 @@ def rank_labels(scores: np.ndarray, active: np.ndarray) -> tuple[list[int], list
     losses = [mean_logistic_loss(row, active) for row in scores]
     order = sorted(range(len(aurocs)), key=lambda c: (-aurocs[c], losses[c]))
     return order, aurocs
-
-
-def pick_label(scores: np.ndarray, active: np.ndarray, within: float = 0.0) -> int:
-    """The candidate label to keep: the lowest logistic loss among those whose AUROC is at least (1 - `within`) times
-    the best one's. `within` = 0: the best AUROC, ties broken by lower loss (`rank_labels`' first).
-
-    AUROC sees only the order of the answers; a label the discriminator answers "no" to for every example can still
-    order them well. Among labels that order the examples about as well, the one whose answers are right (yes where the
-    feature fires, no where not) is the better name. `scores` is Float[C N] (candidate x example).
-    """
-    aurocs = np.array([auroc(row, active) for row in scores])
-    losses = np.array([mean_logistic_loss(row, active) for row in scores])
-    best = np.nanmax(aurocs) if not np.isnan(aurocs).all() else np.nan
-    tied = np.flatnonzero(aurocs >= best * (1.0 - within)) if not np.isnan(best) else np.arange(len(aurocs))
-    return int(tied[np.argmin(losses[tied])])
