@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import pathlib
@@ -13,11 +14,13 @@ from labeler.discriminators.prompt import PromptTemplate
 from labeler.discriminators.vocab import VocabFilter, allowed_token_ids
 from labeler.records.exemplars import read_exemplars
 from labeler.store.dataset import read_runs
+from labeler.toys import taxonomy
 from labeler.toys.synthetic import word_level_tokenizer
 from labeler.toys.taxonomy import (
     SCALES,
     TaxonomyError,
     build,
+    cache_key,
     default_features,
     feature_exemplars,
     held_out_accuracy,
@@ -129,6 +132,28 @@ def test_bad_categories_files_get_a_clear_error(tmp_path: pathlib.Path, capsys: 
 def _write(path: pathlib.Path, text: str) -> pathlib.Path:
     path.write_text(text)
     return path
+
+
+def test_a_cached_lm_is_reused_only_under_its_own_recipe_scale_and_seed(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = SCALES["small"]
+    key = cache_key(small, 0)
+    assert key == cache_key(small, 0) and key.startswith("seed0-")
+    assert cache_key(small, 1) != key
+    assert cache_key(dataclasses.replace(small, steps=small.steps + 1), 0) != key
+    with monkeypatch.context() as patch:
+        patch.setattr(taxonomy, "TRAINING_RECIPE", taxonomy.TRAINING_RECIPE + 1)
+        assert cache_key(small, 0) != key
+    # An LM under the key is copied, not trained again (training would take minutes and measure its own accuracy).
+    cached = tmp_path / "cache" / key
+    (cached / "lm").mkdir(parents=True)
+    (cached / "lm" / "config.json").write_text("{}")
+    (cached / "accuracy.json").write_text(json.dumps({"scale": "small", "held_out_accuracy": 0.5}))
+    report = build("small", tmp_path / "out", seed=0, cache=tmp_path / "cache", log=lambda _: None)
+    assert report["held_out_accuracy"] == 0.5
+    assert (tmp_path / "out" / "lm" / "config.json").read_text() == "{}"
+    assert json.loads((tmp_path / "out" / "accuracy.json").read_text()) == report
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,9 @@ This module knows nothing about the optimiser; it only makes a discriminator and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
+import hashlib
 import json
 import pathlib
 import shutil
@@ -47,6 +49,10 @@ FILLERS = (
 )  # fmt: skip
 """Neutral words that pad out sentences (the same as the synthetic world's)."""
 BENCH_CACHE = pathlib.Path("~/.cache/labeler/taxonomy-bench")
+TRAINING_RECIPE = 1
+"""How the LM is trained (its questions, their sentences, the trainer). Raise it with any change to them: a cached LM
+is kept under a key of this, the scale, the packaged taxonomy and the seed (`cache_key`), so that one trained another
+way is never reused."""
 
 
 class TaxonomyError(ValueError):
@@ -142,6 +148,13 @@ class Taxonomy:
         """Every word the LM must have a token for."""
         names = [name for names in self.lemmas.values() for name in names]
         return tuple(dict.fromkeys((*FILLERS, *names, *self.member_words, *self.others)))
+
+
+def cache_key(scale: Scale, seed: int) -> str:
+    """The folder name of a cached LM: the seed, and a digest of everything else that decides its weights."""
+    taxonomy = hashlib.sha256(resources.files("labeler").joinpath(TAXONOMY_RESOURCE).read_bytes()).hexdigest()
+    recipe = json.dumps([TRAINING_RECIPE, dataclasses.asdict(scale), taxonomy, seed], sort_keys=True)
+    return f"seed{seed}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
 
 
 def packaged_rows() -> tuple[list[tuple[str, tuple[str, ...], str, frozenset[str]]], tuple[str, ...]]:
@@ -337,7 +350,8 @@ def build(
 ) -> dict:
     """Write the testbed to `out` (see the module docstring); returns what accuracy.json holds.
 
-    The LM is trained unless `cache` holds one from the same scale and seed (it is then copied).
+    The LM is trained unless `cache` holds one of the same `cache_key` (same recipe, scale, taxonomy and seed); it is
+    then copied.
     """
     if scale_name not in SCALES:
         raise TaxonomyError(f"unknown scale {scale_name!r}; use one of {sorted(SCALES)}")
@@ -347,7 +361,7 @@ def build(
     features = read_categories(categories_file, known) if categories_file else default_features(world, scale.features)
     out.mkdir(parents=True, exist_ok=True)
     lm = out / "lm"
-    cached = cache / f"seed{seed}" if cache is not None else None
+    cached = cache / cache_key(scale, seed) if cache is not None else None
     if cached is not None and (cached / "accuracy.json").exists():
         shutil.copytree(cached / "lm", lm, dirs_exist_ok=True)
         report = json.loads((cached / "accuracy.json").read_text())
