@@ -152,14 +152,19 @@ class Taxonomy:
 
 def cache_key(scale: Scale, seed: int) -> str:
     """The folder name of a cached LM: the seed, and a digest of everything else that decides its weights."""
-    taxonomy = hashlib.sha256(resources.files("labeler").joinpath(TAXONOMY_RESOURCE).read_bytes()).hexdigest()
+    taxonomy = hashlib.sha256(packaged_bytes()).hexdigest()
     recipe = json.dumps([TRAINING_RECIPE, dataclasses.asdict(scale), taxonomy, seed], sort_keys=True)
     return f"seed{seed}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
 
 
+def packaged_bytes() -> bytes:
+    """The packaged taxonomy file, gzipped as shipped."""
+    return resources.files("labeler").joinpath(TAXONOMY_RESOURCE).read_bytes()
+
+
 def packaged_rows() -> tuple[list[tuple[str, tuple[str, ...], str, frozenset[str]]], tuple[str, ...]]:
     """The packaged taxonomy file: (category, lemmas, parent, members) rows, and the other nouns."""
-    raw = resources.files("labeler").joinpath(TAXONOMY_RESOURCE).read_bytes()
+    raw = packaged_bytes()
     rows = []
     others: tuple[str, ...] = ()
     for line in gzip.decompress(raw).decode("utf-8").splitlines():
