@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import json
 import pathlib
 
+import numpy as np
 import pytest
 import transformers
 
@@ -75,7 +77,7 @@ def test_exemplars_have_100_distinct_active_and_inactive_rows_per_feature() -> N
         assert all((r["activation"] == 1.0) == (r["target"] in world.members[category]) for r in mine)
         assert all(r["target"] in r["context"].split() for r in mine)
         # Half the inactive words are just outside the category (its parent's other members), the hardest contrast.
-        near = set(world.just_outside(category))
+        near = set(world.just_outside[category])
         assert not near or sum(t in near for _, t in inactive) >= 50
 
 
@@ -84,13 +86,34 @@ def test_the_words_just_outside_a_category_are_its_nearest_ancestors_other_membe
     inactive words (before, hawk had no kept sibling category, so none, and "raptor" fitted as well as "hawk")."""
     world = load_taxonomy(SCALES["bench"])
     assert world.parent["hawk"] == "raptor"
-    assert set(world.just_outside("hawk")) == world.members["raptor"] - world.members["hawk"] != set()
+    assert set(world.just_outside["hawk"]) == world.members["raptor"] - world.members["hawk"] != set()
     # engine's parent (motor) holds no other word, so they come from the next ancestor up (machine).
     assert world.parent["engine"] == "motor" and world.members["motor"] == world.members["engine"]
-    assert set(world.just_outside("engine")) == world.members["machine"] - world.members["engine"] != set()
-    rows, near = feature_exemplars(world, ["hawk"], seed=0), set(world.just_outside("hawk"))
+    assert set(world.just_outside["engine"]) == world.members["machine"] - world.members["engine"] != set()
+    rows, near = feature_exemplars(world, ["hawk"], seed=0), set(world.just_outside["hawk"])
     inactive = [row["target"] for row in rows if row["activation"] == 0.0]
     assert sum(word in near for word in inactive) >= 50
+
+
+def test_training_asks_about_every_category_and_the_words_just_outside_it() -> None:
+    """Half the LM's questions start from a category drawn uniformly, so a small category is asked about about as
+    often as a large one (from words alone, a tenth of the bench's categories had under 210 yes-questions of 1.9
+    million, the largest 73,000), and its "no"s are mostly about the words just outside it."""
+    world = load_taxonomy(SCALES["bench"])
+    rng, n = np.random.default_rng(0), 120_000
+    yes, no_outside = collections.Counter[str](), collections.Counter[str]()
+    lemma_of = {names[0]: c for c, names in world.lemmas.items()}
+    for _, word, concept, answer in (taxonomy._question(world, rng) for _ in range(n)):
+        category = lemma_of.get(concept)
+        if category is not None and answer:
+            yes[category] += 1
+        elif category is not None and word in world.just_outside[category]:
+            no_outside[category] += 1
+    single = [c for c, names in world.lemmas.items() if len(names) == 1]
+    expected = n * 0.5 * 0.5 / len(world.members)  # the category half, half of it yes
+    assert min(yes[c] for c in single) >= 0.6 * expected
+    has_outside = [c for c in single if world.just_outside[c]]
+    assert min(no_outside[c] for c in has_outside) >= 0.5 * expected * 0.6
 
 
 def test_the_benchmarks_feature_sets_are_apart() -> None:
