@@ -23,7 +23,8 @@ from transformers import LlamaForCausalLM
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
 from labeler.discriminators.vocab import VocabFilter
-from labeler.optimise.engine import OptimiserConfig, optimise
+from labeler.optimise.config import OptimiserConfig
+from labeler.optimise.engine import optimise
 from labeler.optimise.labelling import LabelConfig, prepare_tasks
 from labeler.records.exemplars import FeatureExemplars
 from labeler.run.runtime import keep_freed_memory

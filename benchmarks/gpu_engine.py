@@ -57,7 +57,10 @@ from transformers import (
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
 from labeler.discriminators.prompt import PromptTemplate
-from labeler.optimise.engine import FeatureTask, OptimiserConfig, objective, optimise
+from labeler.optimise.config import OptimiserConfig
+from labeler.optimise.engine import optimise
+from labeler.optimise.loss import objective
+from labeler.optimise.task import FeatureTask
 from labeler.run.runtime import keep_freed_memory
 
 GEMMA_TEMPLATE = (  # Gemma 2's own: no system role (the discriminator then merges it into the user turn)

@@ -48,12 +48,14 @@ import torch
 
 from labeler.discriminators.base import Discriminator, EncodedExamples
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
-from labeler.discriminators.config import optimiser_defaults
+from labeler.discriminators.config import default_optimiser
 from labeler.discriminators.embedding import EmbeddingConfig, EmbeddingDiscriminator
-from labeler.optimise.engine import FeatureTask, OptimiserConfig, optimise
+from labeler.optimise.config import OptimiserConfig
+from labeler.optimise.engine import optimise
 from labeler.optimise.exhaustive import SearchResult, best_token
 from labeler.optimise.labelling import LabelConfig, prepare_tasks, with_target_ids
 from labeler.optimise.scoring import auroc
+from labeler.optimise.task import FeatureTask
 from labeler.records.exemplars import FeatureExemplars, group_by_feature, read_exemplars
 from labeler.toys.paper_datasets import CONCEPT_WORDS, PAPER_FEATURES, paper_exemplars
 
@@ -121,7 +123,7 @@ def taxonomy_testbed(folder: Path) -> Testbed:
         disc,
         features,
         names,
-        replace(OptimiserConfig(), **optimiser_defaults("hf")),
+        default_optimiser("hf"),
         digest,
     )
 
@@ -135,7 +137,7 @@ def paper_testbed(root: Path) -> Testbed:
         disc,
         features,
         names,
-        replace(OptimiserConfig(), **optimiser_defaults("minilm")),
+        default_optimiser("minilm"),
         "all-MiniLM-L6-v2",
     )
 

@@ -31,10 +31,12 @@ import torch
 from labeler.discriminators.base import EncodedExamples
 from labeler.discriminators.embedding import EmbeddingConfig, EmbeddingDiscriminator
 from labeler.discriminators.vocab import VocabFilter, read_word_list
-from labeler.optimise.engine import FeatureTask, OptimiserConfig, optimise
+from labeler.optimise.config import OptimiserConfig
+from labeler.optimise.engine import optimise
 from labeler.optimise.exhaustive import exhaustive_search
 from labeler.optimise.labelling import LabelConfig, prepare_tasks
 from labeler.optimise.scoring import auroc
+from labeler.optimise.task import FeatureTask
 from labeler.records.exemplars import FeatureExemplars, group_by_feature
 from labeler.run.runtime import keep_freed_memory
 from labeler.toys.paper_datasets import CONCEPT_WORDS, PAPER_FEATURES, paper_exemplars

@@ -43,11 +43,11 @@ def test_label_quality_methods_mean_the_same_whatever_the_kinds_defaults(monkeyp
     and those defaults are the table's discrete+pick."""
     from dataclasses import replace
 
-    from labeler.discriminators.config import optimiser_defaults
-    from labeler.optimise.engine import OptimiserConfig
+    from labeler.discriminators.config import default_optimiser
+    from labeler.optimise.config import OptimiserConfig
 
     methods = load_benchmark("label_quality", monkeypatch).METHODS
-    hf = replace(OptimiserConfig(), **optimiser_defaults("hf"))
+    hf = default_optimiser("hf")
     assert hf != OptimiserConfig()
     for name, settings in methods.items():
         assert replace(hf, **settings) == replace(OptimiserConfig(), **settings), name

@@ -12,7 +12,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
 from labeler.discriminators.vocab import VocabFilter
-from labeler.optimise.engine import OptimiserConfig, objective
+from labeler.optimise.config import OptimiserConfig
+from labeler.optimise.loss import objective
 
 CONTEXTS = ["the dog ran near the cat", "a red apple", "the big hammer saw a small green bird today", "a cow"]
 TARGETS = ["dog", "apple", "bird", "cow"]

@@ -13,14 +13,14 @@ import pytest
 from labeler import __version__
 from labeler.cli import build_parser, main
 from labeler.cli.labelling import config_from_args
-from labeler.optimise.engine import OptimiserConfig
+from labeler.optimise.config import OptimiserConfig
 from labeler.store.dataset import read_runs
 from labeler.toys.synthetic import default_world, feature_exemplars
 
 HF_DEFAULTS = OptimiserConfig(
     search="discrete", prior_candidates=8, rescore_prior=64, rescore_neighbours=64, rescore_top_k=0
 )
-"""What a causal-LM discriminator's run gets where it sets no optimiser field (CausalLMConfig.optimiser_defaults)."""
+"""What a causal-LM discriminator's run gets where it sets no optimiser field (CausalLMConfig.default_optimiser)."""
 
 
 def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
@@ -163,8 +163,11 @@ def test_help_lists_the_options() -> None:
     for option in ("--exemplars", "--discriminator", "--out", "--restarts", "--steps", "--label-tokens", "--seed"):
         assert option in out.stdout
     said = " ".join(out.stdout.split())  # the kinds' own defaults, as the optimiser group says them
-    assert "hf: search='discrete', prior_candidates=8, rescore_prior=64" in said
-    assert "minilm: straight_through=True, c_entropy=0.0" in said
+    hf = said.partition("hf: ")[2].partition("; embedding: ")[0]
+    assert {"search='discrete'", "prior_candidates=8", "rescore_prior=64", "rescore_neighbours=64"} <= set(
+        hf.replace(",", " ").split()
+    )
+    assert "minilm: c_entropy=0.0, straight_through=True" in said
 
 
 def test_optimiser_defaults_follow_the_discriminator_kind(exemplars: Path, tmp_path: Path) -> None:

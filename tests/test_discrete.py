@@ -16,22 +16,15 @@ from conftest import tiny_gemma2, tiny_llama, word_tokenizer
 from test_embedding import make_disc
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
-from labeler.optimise.engine import (
-    OptimiserConfig,
-    _better_half,
-    _loss_terms,
-    _neighbours,
-    _prior_tokens,
-    _Restarts,
-    _sample,
-    _swap_losses,
-    _train_prior,
-    objective,
-    swap_step,
-)
+from labeler.optimise.config import OptimiserConfig
+from labeler.optimise.discrete import _prior_tokens, _swap_losses, swap_step
+from labeler.optimise.engine import _better_half, _sample
 from labeler.optimise.exhaustive import best_token, exhaustive_search
 from labeler.optimise.labelling import LabelConfig, label_chunk, prepare_tasks, with_target_ids
+from labeler.optimise.loss import loss_terms, objective
+from labeler.optimise.pick import _neighbours, _train_prior
 from labeler.optimise.scoring import _midranks, auroc
+from labeler.optimise.task import Restarts
 from labeler.records.exemplars import FeatureExemplars, group_by_feature, validate_exemplars
 from labeler.toys.synthetic import default_world, feature_exemplars
 
@@ -110,7 +103,7 @@ def test_gradient_ranking_of_swaps_agrees_with_exact_loss_drops(
     example, target = _sample(tasks, generator, list(range(len(tasks))), 32, disc.device)
     label = torch.full((len(tasks), 1, 1), current, device=disc.device)
     one_hot = F.one_hot(label, vocab).float().requires_grad_(True)
-    terms = _loss_terms(disc.score(encoded, example, one_hot @ disc.label_embeddings), one_hot, one_hot * 0, target)
+    terms = loss_terms(disc.score(encoded, example, one_hot @ disc.label_embeddings), one_hot, one_hot * 0, target)
     loss = terms[..., 0] + config.c_kl * terms[..., 1]
     (grad,) = torch.autograd.grad(loss.sum(), [one_hot])
     predicted = (grad[..., current : current + 1] - grad)[:, 0, 0]  # [F V]
@@ -277,7 +270,7 @@ def test_successive_halving_keeps_the_better_half_of_each_features_restarts() ->
     loss = torch.tensor([[0.5, 0.1, 0.9, 0.3], [1.0, math.nan, 0.2, 0.2], [0.0, 2.0, 1.0, 3.0]])
     assert _better_half(loss).tolist() == [[1, 3], [2, 3], [0, 2]]
     assert _better_half(loss[:, :3]).tolist() == [[0, 1], [0, 2], [0, 2]]  # rounded up, NaN last
-    state = _Restarts(*(torch.arange(12).view(3, 4) + k for k in range(12)))
+    state = Restarts(*(torch.arange(12).view(3, 4) + k for k in range(12)))
     state.keep(_better_half(loss))
     assert state.kept.tolist() == [[1, 3], [6, 7], [8, 10]] and state.last_loss.tolist() == [
         [12, 14],

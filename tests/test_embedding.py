@@ -17,9 +17,11 @@ from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 from labeler.discriminators.config import build_discriminator, parse_spec
 from labeler.discriminators.embedding import MINILM_PACKAGE, EmbeddingConfig, EmbeddingDiscriminator
 from labeler.discriminators.vocab import VocabFilter
-from labeler.optimise.engine import FeatureTask, OptimiserConfig, objective
+from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.exhaustive import exhaustive_search
+from labeler.optimise.loss import objective
 from labeler.optimise.scoring import auroc, mean_logistic_loss
+from labeler.optimise.task import FeatureTask
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # The tiny vocabulary: the default templates' words, conftest's words and a few inanimate objects.

@@ -15,7 +15,7 @@ import torch
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
 from labeler.discriminators.vocab import VocabFilter
-from labeler.optimise.engine import OptimiserConfig
+from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.exhaustive import exhaustive_search
 from labeler.optimise.labelling import LabelConfig, label_chunk, prepare_tasks
 from labeler.records.exemplars import FeatureExemplars, group_by_feature, validate_exemplars
@@ -90,7 +90,7 @@ def test_a_feature_that_breaks_fails_alone(tokenizer: object) -> None:
 
 
 def test_rescoring_candidates_are_each_restarts_argmax_and_single_slot_swaps() -> None:
-    from labeler.optimise.engine import _candidates
+    from labeler.optimise.pick import _candidates
 
     v = torch.tensor(
         [

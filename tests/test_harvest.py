@@ -547,7 +547,7 @@ def test_a_feature_with_non_finite_latents_fails_alone(tmp_path: Path, subject: 
     from label_runs import run_info
 
     from labeler.discriminators.causal_lm import CausalLMConfig
-    from labeler.optimise.engine import OptimiserConfig
+    from labeler.optimise.config import OptimiserConfig
     from labeler.optimise.labelling import LabelConfig
     from labeler.run.config import SourceConfig
     from labeler.run.worker import EngineLabeller, LabellerSpec

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from labeler.optimise.engine import OptimiserConfig
+from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.labelling import LabelConfig, split_examples
 from labeler.records.exemplars import FeatureExemplars, unlabelable_reason
 

@@ -10,7 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from labeler.cli import build_parser
-from labeler.optimise.engine import OptimiserConfig
+from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.labelling import LabelConfig
 
 PACKAGE = Path(__file__).resolve().parent.parent / "labeler"

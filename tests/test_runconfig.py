@@ -10,7 +10,7 @@ import pytest
 from labeler.discriminators.causal_lm import CausalLMConfig
 from labeler.discriminators.embedding import EmbeddingConfig
 from labeler.discriminators.prompt import PromptTemplate
-from labeler.optimise.engine import OptimiserConfig
+from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.labelling import LabelConfig
 from labeler.run.config import ConfigError, RunConfig, build, describe, load_config, parse_override, to_dict
 
@@ -27,9 +27,7 @@ def test_yaml_and_toml_fill_nested_stages_and_overrides_win(tmp_path: Path) -> N
     assert config.sink.storage_options == {"endpoint_url": "http://127.0.0.1:5000"}
     (tmp_path / "run.toml").write_text('discriminator = "minilm"\n[scheduler]\nfeatures_per_chunk = 128\n')
     assert load_config(tmp_path / "run.toml").scheduler.features_per_chunk == 128
-    assert load_config(None) == RunConfig(
-        label=LabelConfig(optimiser=OptimiserConfig(**EmbeddingConfig.optimiser_defaults))
-    )
+    assert load_config(None) == RunConfig(label=LabelConfig(optimiser=EmbeddingConfig.default_optimiser))
 
 
 def test_the_optimiser_defaults_follow_the_discriminator_kind() -> None:
@@ -39,7 +37,7 @@ def test_the_optimiser_defaults_follow_the_discriminator_kind() -> None:
         optimiser = load_config(None, {"discriminator": spec}).label.optimiser
         assert optimiser.straight_through and optimiser.c_entropy == 0.0
     hf = load_config(None, {"discriminator": "hf:/m"}).label.optimiser
-    assert hf == replace(OptimiserConfig(), **CausalLMConfig.optimiser_defaults) and hf.search == "discrete"
+    assert hf == CausalLMConfig.default_optimiser and hf.search == "discrete"
     paper = {"search": "gradient", "prior_candidates": 0, "rescore_prior": 0, "rescore_neighbours": 0}
     overrides = {"discriminator": "hf:/m"} | {f"label.optimiser.{key}": value for key, value in paper.items()}
     assert load_config(None, overrides).label.optimiser == OptimiserConfig()

@@ -24,8 +24,10 @@ from labeler.discriminators.tensor_parallel import (
     check_divisible,
     shard_model,
 )
-from labeler.optimise.engine import OptimiserConfig, objective, optimise
+from labeler.optimise.config import OptimiserConfig
+from labeler.optimise.engine import optimise
 from labeler.optimise.labelling import LabelConfig, label_chunk, prepare_tasks
+from labeler.optimise.loss import objective
 from labeler.ray_pool import GangRank
 from labeler.records.exemplars import group_by_feature, validate_exemplars
 from labeler.toys.synthetic import default_world, feature_exemplars

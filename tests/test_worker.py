@@ -26,7 +26,7 @@ def test_a_bad_row_fails_only_its_feature_and_an_empty_chunk_records_every_featu
     from label_runs import run_info
 
     from labeler.discriminators.causal_lm import CausalLMConfig
-    from labeler.optimise.engine import OptimiserConfig
+    from labeler.optimise.config import OptimiserConfig
     from labeler.optimise.labelling import LabelConfig
     from labeler.run.worker import EngineLabeller, LabellerSpec
 

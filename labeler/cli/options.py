@@ -18,10 +18,10 @@ from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Literal
 
 from labeler.discriminators.causal_lm import CausalLMConfig
-from labeler.discriminators.config import KINDS, optimiser_defaults
+from labeler.discriminators.config import KINDS, default_optimiser
 from labeler.discriminators.embedding import EmbeddingConfig
 from labeler.discriminators.vocab import VocabFilter
-from labeler.optimise.engine import OptimiserConfig
+from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.labelling import LabelConfig
 from labeler.run.config import ProvenanceConfig, field_docs
 
@@ -53,8 +53,16 @@ def _shown(default: Any) -> str:
 
 def _kind_defaults() -> str:
     """The optimiser fields each discriminator kind defaults to, as the optimiser group's help says them."""
-    kinds = {kind: optimiser_defaults(kind) for kind in KINDS}
-    said = "; ".join(f"{kind}: " + ", ".join(f"{k}={_shown(v)}" for k, v in d.items()) for kind, d in kinds.items())
+    base = OptimiserConfig()
+    said = "; ".join(
+        f"{kind}: "
+        + ", ".join(
+            f"{f.name}={_shown(getattr(config, f.name))}"
+            for f in fields(config)
+            if getattr(config, f.name) != getattr(base, f.name)
+        )
+        for kind, config in ((kind, default_optimiser(kind)) for kind in KINDS)
+    )
     return f"The defaults below hold for every discriminator kind except where the kind sets its own ({said})."
 
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from labeler.judge.examples import JudgeExamples, JudgeExamplesError, fresh_examples, heldout_examples, token_baseline
 from labeler.judge.records import SCORERS, Score, scores_table
 from labeler.judge.stage import build_judges
-from labeler.optimise.engine import OptimiserConfig
+from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.labelling import LabelConfig
 from labeler.records.exemplars import FeatureExemplars, group_by_feature, read_exemplars
 

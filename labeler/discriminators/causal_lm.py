@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from labeler.discriminators.prefix_attention import NAME as SHARED_PREFIX_ATTENT
 from labeler.discriminators.prefix_attention import SharedPrefix
 from labeler.discriminators.prompt import PromptTemplate
 from labeler.discriminators.vocab import VocabFilter
+from labeler.optimise.config import OptimiserConfig
 
 # log q below this is clamped: a reference probability of exactly 0 would make KL(p || q) infinite.
 MIN_REFERENCE_LOGPROB = -100.0
@@ -69,26 +70,15 @@ class CausalLMConfig:
     score_batch: int = 1024
     """(label, example) pairs per forward pass when scoring discrete labels."""
 
-    optimiser_defaults: ClassVar[dict[str, Any]] = {
-        "search": "discrete",
-        "prior_candidates": 8,
-        "rescore_prior": 64,
-        "rescore_neighbours": 64,
-    }
-    """OptimiserConfig fields this kind defaults to where a run sets none: discrete (GCG-style) search whose swap
-    candidates include the 8 tokens the LM's own next-token distribution favours on the active examples; at the
-    pick, the 64 such tokens of every kept restart and its label's 64 nearest tokens scored exactly on the training
-    examples, the best by AUROC kept.
-
-    Chosen among the benchmark's methods by benchmarks/results/label_quality-2026-12-06-pick-bench-cpu.md (the 40
-    bench taxonomy report categories; the pick's 64s were set on the bench testbed's 9 default categories) and
-    measured again beside the paper's soft label and straight-through on the same weights in
-    benchmarks/results/label_quality-2026-12-07-complete-cpu.md: at L = 1 it reached 0.99 of the exhaustive
-    single-token optimum's training AUROC on 39 of 40 features (the soft label 16, straight-through 11, the soft
-    label rescored 34) and named the category on 31 (29 of the 30 whose optimum is a name), for 276k forward tokens
-    per feature, 4.2 times the soft label's 66k and 1.5 times the rescored soft label's 181k; in time 6.2 s per
-    feature on 2 CPU cores against 4.7 s and 6.7 s, since only 9k of its tokens run backward (the soft label's:
-    64k)."""
+    default_optimiser: ClassVar[OptimiserConfig] = OptimiserConfig(
+        search="discrete", prior_candidates=8, rescore_prior=64, rescore_neighbours=64
+    )
+    """The optimiser a run of this kind uses where its config sets no optimiser field: discrete (GCG-style) search
+    whose swap candidates include the 8 tokens the LM's own next-token distribution favours on the active examples;
+    at the pick, the 64 such tokens of every kept restart and its label's 64 nearest tokens, scored exactly on the
+    training examples, the best by AUROC kept. Chosen among the methods of benchmarks/label_quality.py on the taxonomy
+    testbed's report categories (benchmarks/results/README.md); it costs more forward tokens than the paper's soft
+    label (`OptimiserConfig()`), which stays one flag away (`--search gradient` and the three sources at 0)."""
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,10 @@ This module loads nothing until `build_discriminator` is called.
 
 from __future__ import annotations
 
-from typing import Any
-
 from labeler.discriminators.base import Discriminator
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
 from labeler.discriminators.embedding import EmbeddingConfig, EmbeddingDiscriminator
+from labeler.optimise.config import OptimiserConfig
 
 DiscriminatorConfig = CausalLMConfig | EmbeddingConfig
 KINDS: dict[str, type[CausalLMConfig] | type[EmbeddingConfig]] = {
@@ -42,9 +41,12 @@ def spec_of(config: DiscriminatorConfig) -> str:
     return "minilm" if config.kind == "minilm" else f"{config.kind}:{config.model}"
 
 
-def optimiser_defaults(kind: str) -> dict[str, Any]:
-    """OptimiserConfig fields that differ from its defaults for discriminators of `kind`."""
-    return dict(KINDS[kind].optimiser_defaults) if kind in KINDS else {}
+def default_optimiser(kind: str) -> OptimiserConfig:
+    """The optimiser a run with a discriminator of `kind` uses where its config sets no optimiser field: the one
+    default, for the CLI, the config file, Python and the benchmarks alike."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown discriminator kind {kind!r}; use one of {sorted(KINDS)}")
+    return KINDS[kind].default_optimiser
 
 
 def check_config(config: DiscriminatorConfig) -> None:

