@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from labeler import __version__
-from labeler.cli import demo, harvest, importing, labelling, plan, score, store, upload
+from labeler.cli import demo, harvest, importing, labelling, plan, score, store, upload, wordnet
 from labeler.cli.errors import UsageError
 from labeler.cli.storage_errors import storage_error_message
 from labeler.records.exemplars import ExemplarError
@@ -54,4 +54,5 @@ def build_parser() -> argparse.ArgumentParser:
     importing.add_parser(commands)
     score.add_parser(commands)
     plan.add_parser(commands)
+    wordnet.add_parser(commands)
     return parser
