@@ -361,7 +361,9 @@ def test_the_testbed_command_builds_lists_and_refuses_bad_input(
     """`labeler testbed`: build from the shipped LM, categories, and exit status 2 with a message for bad input,
     before anything is written."""
     from labeler.cli import main as labeler
+    from labeler.cli.testbed import SCALE_NAMES
 
+    assert set(SCALE_NAMES) == set(SCALES)
     features = _write(tmp_path / "features.txt", "carnivore\nmix:insect+rodent\ngraded:dog\nnone:2\n")
     out = tmp_path / "testbed"
     assert labeler(["testbed", "build", "--scale", "small", "--out", str(out), "--categories", str(features)]) == 0
