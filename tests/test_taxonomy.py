@@ -135,7 +135,7 @@ def test_the_benchmarks_feature_sets_are_apart() -> None:
     """benchmarks/data's feature sets: the report and held-out categories, known to the bench LM, 40 each with at least
     10 members, and none a tuning feature (the scales' defaults) or one of another set; the kinds sets (fit and report),
     each with at least 20 mixtures, 20 graded and 20 no-concept features, whose categories are none of those and
-    apart from each other's, and whose no-concept seeds differ."""
+    apart from each other's, and whose no-concept seeds differ; the small kinds set, apart from the small sets."""
     bench, small = load_taxonomy(SCALES["bench"]), load_taxonomy(SCALES["small"])
     report = _categories(read_features(DATA / "taxonomy-bench-report.txt", bench))
     heldout = _categories(read_features(DATA / "taxonomy-bench-heldout.txt", bench))
@@ -154,7 +154,12 @@ def test_the_benchmarks_feature_sets_are_apart() -> None:
         assert not set(used) & {*tuning, *report, *heldout, *small_report}
     assert not set(_categories(kinds["fit"])) & set(_categories(kinds["report"]))
     seeds = [{f.seed for f in features if f.kind == "none"} for features in kinds.values()]
-    assert not seeds[0] & seeds[1]
+    small_kinds = read_features(DATA / "taxonomy-small-kinds.txt", small)
+    seeds.append({f.seed for f in small_kinds if f.kind == "none"})
+    assert not seeds[0] & seeds[1] and not seeds[2] & (seeds[0] | seeds[1])
+    used = _categories(small_kinds)
+    small_tuning = default_features(small, SCALES["small"].features)
+    assert len(used) == len(set(used)) and not set(used) & {*small_tuning, *small_report}
 
 
 def _categories(features: list[FeatureSpec]) -> list[str]:
