@@ -324,7 +324,11 @@ def test_a_stale_missing_or_damaged_shipped_lm_is_refused(tmp_path: pathlib.Path
     weights = root / "small" / "lm" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
     out = tmp_path / "damaged"
-    with pytest.raises(TaxonomyError, match=r"model\.safetensors.*sha256.*reinstall"):
+    with pytest.raises(TaxonomyError, match=r"model\.safetensors.*do not match their sha256.*reinstall"):
+        build("small", out, shipped=root, log=lambda _: None)
+    assert list(out.iterdir()) == []
+    (root / "small" / "lm" / "tokenizer.json").unlink()
+    with pytest.raises(TaxonomyError, match=r"tokenizer\.json.*missing"):
         build("small", out, shipped=root, log=lambda _: None)
     assert list(out.iterdir()) == []
 
@@ -393,6 +397,15 @@ def test_the_testbed_command_builds_lists_and_refuses_bad_input(
     with pytest.raises(SystemExit) as exit_info:
         labeler(["testbed", "build", "--scale", "huge", "--out", str(tmp_path / "b")])
     assert exit_info.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
+    # ship: a built testbed's LM into a folder of shipped LMs (here not the package's).
+    into = tmp_path / "shipped"
+    ship_argv = ["testbed", "ship", "--scale", "small", "--from", str(out), "--into", str(into)]
+    assert labeler(ship_argv) == 2 and "is not a folder" in capsys.readouterr().err
+    into.mkdir()
+    assert labeler(ship_argv) == 0 and json.loads(capsys.readouterr().out)["megabytes"] > 0.5
+    assert shipped_manifest("small", into) == shipped_manifest("small")
+    assert labeler([*ship_argv[:3], "bench", *ship_argv[4:]]) == 2
+    assert "holds a small testbed, not a bench one" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

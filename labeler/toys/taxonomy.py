@@ -638,20 +638,21 @@ def _copy_shipped(scale_name: str, manifest: dict, root: Traversable, out: pathl
     """Copy the shipped LM and its accuracy report into `out`, then check every copy against the manifest's sha256;
     on a mismatch remove the copies and raise TaxonomyError."""
     source = root.joinpath(scale_name)
-    written = []
     for name in manifest["files"]:
         target = out / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(source.joinpath(*name.split("/")).read_bytes())
-        written.append(target)
+        try:
+            target.write_bytes(source.joinpath(*name.split("/")).read_bytes())
+        except FileNotFoundError:
+            target.write_bytes(b"")  # a missing file is reported with the mismatches below
     bad = [name for name, digest in manifest["files"].items() if sha256_file(out / name) != digest]
     if bad:
         shutil.rmtree(out / "lm", ignore_errors=True)
         (out / "accuracy.json").unlink(missing_ok=True)
         raise TaxonomyError(
-            f"the shipped {scale_name} LM's {bad} do not match their sha256 in labeler/{SHIPPED_RESOURCE}/"
-            f"{scale_name}/{MANIFEST}: the package was damaged or edited; reinstall labeler, or train one with "
-            "--retrain"
+            f"the shipped {scale_name} LM's {bad} are missing or do not match their sha256 in labeler/"
+            f"{SHIPPED_RESOURCE}/{scale_name}/{MANIFEST}: the package was damaged or edited; reinstall labeler, or "
+            "train one with --retrain"
         )
 
 
