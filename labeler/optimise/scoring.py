@@ -29,12 +29,12 @@ def aurocs(scores: np.ndarray, active: np.ndarray) -> np.ndarray:
     For each active example, the inactive ones below it (and half those equal) are counted by a binary search in the
     row's sorted inactive scores."""
     active = np.asarray(active, dtype=bool)
-    scores = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    grid = torch.as_tensor(np.asarray(scores, dtype=np.float64))
     n_pos, n_neg = int(active.sum()), int((~active).sum())
     if n_pos == 0 or n_neg == 0:
-        return np.full(scores.shape[0], np.nan)
+        return np.full(grid.shape[0], np.nan)
     mask = torch.from_numpy(active)
-    pos, neg = scores[:, mask].contiguous(), torch.sort(scores[:, ~mask], dim=1).values
+    pos, neg = grid[:, mask].contiguous(), torch.sort(grid[:, ~mask], dim=1).values
     below = torch.searchsorted(neg, pos, right=False).double()
     up_to = torch.searchsorted(neg, pos, right=True).double()
     return ((below + up_to).sum(1) / (2 * n_pos * n_neg)).numpy()
