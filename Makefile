@@ -28,7 +28,7 @@ install: $(VENV)/.installed
 # The main job on embedded defaults: a local Ray in-process, the demo SAE on all-MiniLM-L6-v2 (trained once,
 # cached in ~/.cache/labeler), harvested and labelled offline into a new local run folder.
 demo: install
-	$(BIN)/labeler run --out labeler-runs/demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/labeler demo
 
 lint: install
 	$(BIN)/ruff check labeler tests benchmarks deploy

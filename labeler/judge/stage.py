@@ -1,10 +1,10 @@
-"""The score stage of a run: a chunk's labelled features judged on their held-out rows, and their confidence.
+"""The score stage of a run: a chunk's concept labels judged on their held-out rows by models that did not choose them.
 
-`ScoreConfig` is the run config's `score:` section (off by default, so a run without it labels exactly as
-before). `ChunkScorer` holds the judges, built once per worker, and turns a chunk's label records into the
-same records with their independent score, their token baseline's score and a `confidence` (see
-`confidence`): the worker commits the chunk's part only after this, so a resumed run scores each chunk
-exactly as an uninterrupted one. Judging uses the held-out rows that labelling split off (same seed, same
+`ScoreConfig` is the run config's `score:` section (off by default). `ChunkScorer` holds the judges, built once per
+worker, and turns a chunk's label records into the same records with their independent score and their token
+baseline's score; where the judge disagrees (`disagreement`), the label's confidence becomes low and the reason
+says why. The worker commits the chunk's part only after this, so a resumed run scores each chunk exactly as an
+uninterrupted one. Judging uses the held-out rows that labelling split off (same seed, same
 fraction), never the rows that chose the label. This module knows nothing about where parts are stored.
 """
 
@@ -20,7 +20,7 @@ from labeler.judge.examples import JudgeExamples, JudgeExamplesError, heldout_ex
 from labeler.judge.records import SCORERS, LabelKind, Score
 from labeler.optimise.labelling import LabelConfig
 from labeler.records.exemplars import FeatureExemplars
-from labeler.records.labels import Confidence, LabelRecord
+from labeler.records.labels import LabelRecord
 
 
 class Judge(Protocol):
@@ -78,14 +78,14 @@ def build_judges(specs: Sequence[str], scorers: Sequence[str], device: str) -> l
     return judges
 
 
-def confidence(score: float, baseline_score: float | None, threshold: float, is_baseline: bool) -> Confidence:
-    """low where the score is under `threshold`, or not above the token baseline's (unless the label *is* the
-    baseline token, which cannot beat itself); ok otherwise. A NaN score is low."""
+def disagreement(score: float, baseline_score: float | None, threshold: float, is_baseline: bool) -> str | None:
+    """Why a judge's score makes a label unsure: under `threshold`, or not above the token baseline's (unless the
+    label *is* the baseline token, which cannot beat itself); None where it does not. A NaN score is unsure."""
     if not np.isfinite(score) or score < threshold:
-        return "low"
+        return f"the independent judge scored it {score:.2f}, under the score stage's threshold {threshold}"
     if not is_baseline and baseline_score is not None and np.isfinite(baseline_score) and score <= baseline_score:
-        return "low"
-    return "ok"
+        return f"the independent judge scored it {score:.2f}, not above its token baseline's {baseline_score:.2f}"
+    return None
 
 
 class ChunkScorer:
@@ -108,20 +108,22 @@ class ChunkScorer:
         out, scores = [], []
         for record in records:
             examples = by_feature.get(record.feature)
-            if record.status != "labelled" or record.label is None or examples is None:
-                out.append(record)
+            text = record.label if record.status == "labelled" and record.label_kind == "concept" else None
+            if text is None or examples is None:
+                out.append(record)  # a token label names strings, which no judge's question fits
                 continue
             try:
                 judged = heldout_examples(examples, label, expected=record.n_heldout)
                 baseline = token_baseline(examples, label)
             except JudgeExamplesError:
-                out.append(record)  # no fair examples: left unscored (confidence null)
+                out.append(record)  # no fair examples: left unscored
                 continue
-            mine = [judge.score(judged, record.label, "label") for judge in self.judges]
+            mine = [judge.score(judged, text, "label") for judge in self.judges]
             theirs = [judge.score(judged, baseline, "token_baseline") for judge in self.judges]
             scores += mine + theirs
             head, base = mine[0], theirs[0]
-            is_baseline = record.label.strip().lower() == baseline.strip().lower()
+            is_baseline = text.strip().lower() == baseline.strip().lower()
+            unsure = disagreement(head.value, base.value, self.config.threshold, is_baseline)
             out.append(
                 replace(
                     record,
@@ -131,7 +133,8 @@ class ChunkScorer:
                     independent_n_examples=head.n_examples,
                     baseline_token=baseline,
                     baseline_token_score=_finite(base.value),
-                    confidence=confidence(head.value, base.value, self.config.threshold, is_baseline),
+                    confidence="low" if unsure else record.confidence,
+                    confidence_reason="; ".join(r for r in (record.confidence_reason, unsure) if r) or None,
                 )
             )
         return out, scores

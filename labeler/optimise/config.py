@@ -72,6 +72,10 @@ class OptimiserConfig:
     """Discrete search: also try, in every slot, this many tokens that the discriminator's own next-token
     distribution there (q, the KL term's prior) ranks most above its mean on the step's inactive examples, on its
     active ones: the concepts the discriminator itself would name for them (causal LMs; an encoder has no q)."""
+    target_prior: float = 0.0
+    """At the pick: the feature's most frequent active training target that is one allowed token (among its
+    `target_candidates` most frequent) becomes the label where its training AUROC is within this of the picked
+    label's (L = 1 only; 0: off). A prior for the words a feature itself fires on."""
     swap_batch: int = 8192
     """Discrete search: (feature, candidate, example) rows per scoring pass at most."""
     halve_every: int = 0
@@ -99,6 +103,8 @@ class OptimiserConfig:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+        if not 0 <= self.target_prior <= 1:  # nan fails both
+            raise ValueError(f"target_prior must lie in [0, 1] (an AUROC difference), got {self.target_prior}")
         for name in ("lr", "c_kl", "c_entropy", "init_std", "weight_decay"):
             if not math.isfinite(getattr(self, name)):  # nan passes no comparison, inf every one below
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")

@@ -69,6 +69,7 @@ def optimise(
     pool = target_pool(tasks, config.target_candidates, device)  # [F M]
     failed: dict[int, str] = {}
     halved = 0
+    steps_total = torch.zeros(n_feature, dtype=torch.long, device=device)  # every restart's steps, dropped ones too
 
     for step in range(1, config.max_steps + 1):
         live = [f for f in range(n_feature) if f not in failed and not bool(state.done[f].all())]
@@ -93,6 +94,7 @@ def optimise(
         if record.head_grad is not None:
             _adamw(state.head, state.head_m, state.head_s, record.head_grad, idx, moving, step, config, 0.0)
         state.steps[idx] += moving.long()
+        steps_total[idx] += moving.long().sum(1)
         state.last_terms[idx] = torch.where(moving[..., None], record.terms, state.last_terms[idx])
         state.last_loss[idx] = torch.where(moving, record.loss, state.last_loss[idx])
 
@@ -114,7 +116,9 @@ def optimise(
                 state.keep(_better_half(state.last_loss))
 
     return [
-        _failed(task.feature, failed[f]) if f in failed else pick_best(disc, examples, task, state, f, config)
+        _failed(task.feature, failed[f])
+        if f in failed
+        else pick_best(disc, examples, task, state, f, config, steps_total[f])
         for f, task in enumerate(tasks)
     ]
 
@@ -220,6 +224,7 @@ def _failed(feature: int, error: str) -> FeatureLabel:
         loss_kl=nan,
         loss_entropy=nan,
         steps=0,
+        steps_total=0,
         converged=False,
     )
 

@@ -18,12 +18,14 @@ from typing import Literal
 import numpy as np
 
 from labeler.discriminators.base import Discriminator, EncodedExamples
+from labeler.optimise.confidence import Confidence, Signals, calibration, judge, read_calibration, signals
 from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.engine import optimise
 from labeler.optimise.exhaustive import exhaustive_search
 from labeler.optimise.task import FeatureLabel, FeatureTask
+from labeler.optimise.token_label import TokenLabel, token_key, token_label
 from labeler.records.exemplars import FeatureExemplars, example_groups, unlabelable_reason
-from labeler.records.labels import LabelRecord, TopToken
+from labeler.records.labels import LabelKind, LabelRecord, TopToken
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,13 @@ class LabelConfig:
     """F: features optimised together in one batch."""
     baseline: Literal["none", "exhaustive"] = "none"
     """Also find the best single-token label by exhaustive search (held out) and record it as the baseline."""
+    token_share: float | None = 0.6
+    """A feature whose active training examples hold at least this share of their activation on at most 3 target
+    strings gets a token label (`tokens: "a" / "an"`) instead of its searched label, unless that label is one of the
+    strings (None: never)."""
+    calibration: str | None = None
+    """A confidence calibration file (benchmarks/confidence_fit.py writes one, for features whose right labels you
+    know) used instead of the one shipped for the discriminator's kind."""
     unlabelable: Literal["skip", "error"] = "skip"
     """A feature with too few active or inactive examples: skip records it as `skipped` with the reason; error
     stops the run before any work, naming such features (this reads every feature's examples first)."""
@@ -54,6 +63,10 @@ class LabelConfig:
             raise ValueError(f"heldout_fraction must lie strictly between 0 and 1, got {self.heldout_fraction}")
         if self.features_per_batch < 1:
             raise ValueError(f"features_per_batch must be at least 1, got {self.features_per_batch}")
+        if self.token_share is not None and not 0 < self.token_share <= 1:
+            raise ValueError(
+                f"token_share must lie in (0, 1] (a share of the activation) or be null, got {self.token_share}"
+            )
 
 
 def split_examples(examples: FeatureExemplars, config: LabelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -117,10 +130,15 @@ def _label_batch(
     start = time.perf_counter()
     try:
         contexts, targets, tasks = prepare_tasks(features, config)
-        if config.optimiser.search == "discrete" and config.optimiser.target_candidates:
+        if config.optimiser.target_candidates:
             tasks = [with_target_ids(disc, task, targets, config.optimiser.target_candidates) for task in tasks]
         encoded = disc.encode(contexts, targets)
         labels = optimise(disc, encoded, tasks, config.optimiser, on_step)
+        activations = np.concatenate([examples.activations for examples in features])
+        assessed = [
+            _assess(disc, encoded, task, label, targets, activations, config)
+            for task, label in zip(tasks, labels, strict=True)
+        ]
         baselines = [_baseline(disc, encoded, task, config) for task in tasks]
     except (RuntimeError, ValueError, IndexError) as err:
         if len(features) == 1:
@@ -128,9 +146,55 @@ def _label_batch(
         return [record for examples in features for record in _label_batch(disc, [examples], config)]
     seconds = (time.perf_counter() - start) / len(features)
     return [
-        _labelled(examples, label, baseline, disc, config, seconds)
-        for examples, label, baseline in zip(features, labels, baselines, strict=True)
+        _labelled(examples, label, judged, baseline, disc, config, seconds)
+        for examples, label, judged, baseline in zip(features, labels, assessed, baselines, strict=True)
     ]
+
+
+@dataclass(frozen=True)
+class _Assessed:
+    """A labelled feature's kind of label, its token label and its confidence."""
+
+    kind: LabelKind
+    token: TokenLabel
+    signals: Signals
+    confidence: Confidence
+
+
+def _assess(
+    disc: Discriminator,
+    encoded: EncodedExamples,
+    task: FeatureTask,
+    label: FeatureLabel,
+    targets: Sequence[str],
+    activations: np.ndarray,
+    config: LabelConfig,
+) -> _Assessed | None:
+    """Which label the feature gets (its searched label, or its token label where it fires on a few strings that the
+    searched label is not one of) and how far to trust it; None for a feature the engine failed."""
+    if label.status != "labelled":
+        return None
+    share = config.token_share if config.token_share is not None else math.inf
+    token = token_label(targets, activations, task.train_active, task.heldout, task.heldout_active, min(share, 1.0))
+    searched = token_key(disc.decode(label.label_ids))
+    is_token = token.share >= share and searched not in {token_key(s) for s in token.strings}
+    positions = _positions(disc)
+    label_ids = tuple(positions[i] for i in label.label_ids)
+    rivals = tuple((t,) for t in task.target_ids) if len(label_ids) == 1 else ()
+    found = signals(
+        disc,
+        encoded,
+        task,
+        list(targets),
+        activations,
+        label_ids,
+        rivals,
+        token.heldout_auroc if is_token else label.heldout_auroc,
+        token if is_token else None,
+        config.optimiser.seed,
+    )
+    model = read_calibration(config.calibration) if config.calibration else calibration(disc.kind)
+    return _Assessed("token" if is_token else "concept", token, found, judge(found, model))
 
 
 def _baseline(
@@ -189,6 +253,14 @@ def with_target_ids(disc: Discriminator, task: FeatureTask, targets: Sequence[st
 
 
 _WORDS: weakref.WeakKeyDictionary[Discriminator, dict[str, int]] = weakref.WeakKeyDictionary()
+_POSITIONS: weakref.WeakKeyDictionary[Discriminator, dict[int, int]] = weakref.WeakKeyDictionary()
+
+
+def _positions(disc: Discriminator) -> dict[int, int]:
+    """Each allowed vocabulary id -> its position in `allowed_ids`."""
+    if disc not in _POSITIONS:
+        _POSITIONS[disc] = {token: position for position, token in enumerate(disc.allowed_ids.tolist())}
+    return _POSITIONS[disc]
 
 
 def _allowed_words(disc: Discriminator) -> dict[str, int]:
@@ -204,32 +276,46 @@ def _allowed_words(disc: Discriminator) -> dict[str, int]:
 def _labelled(
     examples: FeatureExemplars,
     label: FeatureLabel,
+    judged: _Assessed | None,
     baseline: dict[str, object],
     disc: Discriminator,
     config: LabelConfig,
     seconds: float,
 ) -> LabelRecord:
-    if label.status != "labelled":
+    if label.status != "labelled" or judged is None:
         return _record(examples, config, status="failed", error=label.error, device_seconds=seconds)
     top = tuple(
         tuple(TopToken(disc.decode([i]), i, p) for i, p in zip(ids, probs, strict=True))
         for ids, probs in zip(label.top_ids, label.top_probs, strict=True)
     )
+    searched = disc.decode(label.label_ids)
+    is_token = judged.kind == "token"
     return _record(
         examples,
         config,
         status="labelled",
-        label=disc.decode(label.label_ids),
+        label=judged.token.label if is_token else searched,
+        label_kind=judged.kind,
+        search_label=searched,
         label_ids=label.label_ids,
         top_tokens=top,
-        heldout_auroc=label.heldout_auroc,
-        heldout_balanced_accuracy=label.heldout_balanced_accuracy,
-        heldout_f1=label.heldout_f1,
+        heldout_auroc=judged.token.heldout_auroc if is_token else label.heldout_auroc,
+        heldout_balanced_accuracy=None if is_token else label.heldout_balanced_accuracy,
+        heldout_f1=None if is_token else label.heldout_f1,
         restart_aurocs=label.restart_aurocs,
+        token_label=judged.token.label,
+        token_heldout_auroc=judged.token.heldout_auroc,
+        confidence_score=judged.confidence.score,
+        confidence=judged.confidence.flag,
+        confidence_reason=judged.confidence.reason,
+        coverage=judged.signals.coverage,
+        margin=judged.signals.margin,
+        stability=judged.signals.stability,
         loss_answer=label.loss_answer,
         loss_kl=label.loss_kl,
         loss_entropy=label.loss_entropy,
         steps=label.steps,
+        steps_total=label.steps_total,
         converged=label.converged,
         device_seconds=seconds,
         **baseline,

@@ -17,7 +17,7 @@ from torch import Tensor
 from labeler.discriminators.base import Discriminator, EncodedExamples
 from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.loss import contrast_weight
-from labeler.optimise.scoring import auroc, balanced_accuracy, f1, rank_labels
+from labeler.optimise.scoring import auroc, aurocs, balanced_accuracy, f1, rank_labels
 from labeler.optimise.task import FeatureLabel, FeatureTask, Restarts
 
 
@@ -29,12 +29,14 @@ def pick_best(
     state: Restarts,
     f: int,
     config: OptimiserConfig,
+    steps_total: Tensor,
 ) -> FeatureLabel:
     """Discretise each kept restart of feature `f` (argmax per slot), score it on held-out examples, keep the best.
 
     With `rescore_top_k`, `rescore_prior` or `rescore_neighbours`, the winner is instead the best on the training
-    examples of the restarts' labels and their one-slot variants from those sources. Restarts dropped by
-    successive halving get no held-out AUROC (NaN).
+    examples of the restarts' labels and their one-slot variants from those sources. With `target_prior`, one of the
+    feature's own frequent active targets replaces the winner where it fits the training examples nearly as well
+    (`_grounded`). Restarts dropped by successive halving get no held-out AUROC (NaN).
     """
     v, head, last_terms, steps, done = state.v[f], state.head[f], state.last_terms[f], state.steps[f], state.done[f]
     label_ids = v.argmax(-1)  # [R' L]
@@ -56,6 +58,11 @@ def pick_best(
         pick = rank_labels(train_scores, train_active)[0][0]
         best, best_ids = int(owner[pick]), candidates[pick]
         best_scores = disc.score_discrete(examples, task.heldout, best_ids[None, None], head[best][None, None])[0, 0]
+    if config.target_prior and task.target_ids and config.label_tokens == 1:
+        grounded = _grounded(disc, examples, task, best_ids, head[best], config.target_prior)
+        if not torch.equal(grounded, best_ids):
+            best_ids, heldout = grounded, task.heldout
+            best_scores = disc.score_discrete(examples, heldout, best_ids[None, None], head[best][None, None])[0, 0]
     top = v[best].softmax(-1).topk(min(config.top_k, v.shape[-1]), dim=-1)  # at most the allowed vocabulary
     allowed = disc.allowed_ids
     return FeatureLabel(
@@ -73,8 +80,26 @@ def pick_best(
         loss_kl=float(last_terms[best, 1]),
         loss_entropy=float(last_terms[best, 2]),
         steps=int(steps[best]),
+        steps_total=int(steps_total),
         converged=bool(done[best]),
     )
+
+
+def _grounded(
+    disc: Discriminator, examples: EncodedExamples, task: FeatureTask, label_ids: Tensor, head: Tensor, prior: float
+) -> Tensor:
+    """The feature's most frequent active training target that is one allowed token (`task.target_ids`, most
+    frequent first) whose training AUROC is within `prior` of the label's (Int[1]), or the label itself.
+
+    A prior for words the feature itself fires on: where the discriminator rates such a word about as high as the
+    searched one, a person reading the feature's examples recognises it, and the searched word is often a chance fit
+    of a few examples."""
+    train, train_active = task.train()
+    candidates = torch.cat([label_ids[None], torch.tensor(task.target_ids, device=label_ids.device)[:, None]])
+    heads = head[None, None].expand(1, len(candidates), -1)
+    fits = aurocs(disc.score_discrete(examples, train, candidates[None], heads)[0], train_active)  # [1 + M]
+    near = [i for i in range(1, len(candidates)) if fits[i] >= fits[0] - prior]
+    return candidates[near[0]] if near else label_ids
 
 
 def _by_restart(values: list[float], kept: Tensor, n_restart: int) -> list[float]:

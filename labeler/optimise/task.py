@@ -56,6 +56,8 @@ class FeatureLabel:
     loss_entropy: float
     steps: int
     """Steps the winning restart ran."""
+    steps_total: int
+    """Steps all the feature's restarts ran, summed (those dropped by successive halving included)."""
     converged: bool
 
 

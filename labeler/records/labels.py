@@ -1,21 +1,21 @@
-"""Label records: one row per feature per run, their Arrow schema (version 3), and writing them as Parquet.
+"""Label records: one row per feature per run, their Arrow schema (version 4), and writing them as Parquet.
 
 A record says what happened to a feature: `labelled` (with the label and its scores), `skipped` (the
 input cannot support a label, e.g. no inactive examples), `dead` (the feature never fired in its
 examples) or `failed` (an error while labelling it), with the reason in `error`. A failure is never
 stored as if it were a label. Where the label came from (run, SAE, model, discriminator, prompt,
 config, code) is a `RunInfo`, stored on every row so that rows of several runs can sit in one table.
-A label scored by the run's score stage (labeler/judge/stage.py) also carries its independent score, its
-token baseline's and a `confidence`; version-2 parts, from before scoring, are read with those columns
-null. The columns are documented one by one in docs/schema.md. This module knows nothing about where a run
-is stored; labeler/store/dataset.py reads and writes runs at a URL.
+Every label carries its kind (a searched word, or the feature's own target strings), and a confidence
+(labeler/optimise/confidence.py): a score in [0, 1], the flag `low` or `ok` and the reason for a low flag. A label
+scored by the run's score stage (labeler/judge/stage.py) also carries its independent score and its token
+baseline's; a judge that disagrees lowers the flag. The columns are documented one by one in docs/schema.md.
+This module knows nothing about where a run is stored; labeler/store/dataset.py reads and writes runs at a URL.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -23,10 +23,9 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
-READABLE_VERSIONS: tuple[int, ...] = (2, 3)
-"""Versions check_schema reads: 2 (before the score stage) has no score columns; they read as null."""
+SCHEMA_VERSION = 4
 Confidence = Literal["low", "ok"]
+LabelKind = Literal["concept", "token"]
 Status = Literal["labelled", "skipped", "dead", "failed"]
 STATUSES: tuple[str, ...] = ("labelled", "skipped", "dead", "failed")
 
@@ -50,12 +49,22 @@ RECORD_FIELDS = [
     pa.field("status", pa.string(), nullable=False),
     pa.field("error", pa.string()),
     pa.field("label", pa.string()),
+    pa.field("label_kind", pa.string()),
+    pa.field("search_label", pa.string()),
     pa.field("label_ids", pa.list_(pa.int64())),
     pa.field("top_tokens", pa.list_(pa.list_(TOP_TOKEN))),
     pa.field("heldout_auroc", pa.float64()),
     pa.field("heldout_balanced_accuracy", pa.float64()),
     pa.field("heldout_f1", pa.float64()),
     pa.field("restart_aurocs", pa.list_(pa.float64())),
+    pa.field("token_label", pa.string()),
+    pa.field("token_heldout_auroc", pa.float64()),
+    pa.field("confidence_score", pa.float64()),
+    pa.field("confidence", pa.string()),
+    pa.field("confidence_reason", pa.string()),
+    pa.field("coverage", pa.float64()),
+    pa.field("margin", pa.float64()),
+    pa.field("stability", pa.float64()),
     pa.field("baseline_method", pa.string()),
     pa.field("baseline_label", pa.string()),
     pa.field("baseline_label_ids", pa.list_(pa.int64())),
@@ -65,6 +74,7 @@ RECORD_FIELDS = [
     pa.field("loss_kl", pa.float64()),
     pa.field("loss_entropy", pa.float64()),
     pa.field("steps", pa.int64()),
+    pa.field("steps_total", pa.int64()),
     pa.field("restarts", pa.int64()),
     pa.field("converged", pa.bool_()),
     pa.field("n_examples", pa.int64()),
@@ -79,9 +89,8 @@ SCORE_FIELDS = [
     pa.field("independent_n_examples", pa.int64()),
     pa.field("baseline_token", pa.string()),
     pa.field("baseline_token_score", pa.float64()),
-    pa.field("confidence", pa.string()),
 ]
-"""Added in version 3 by the score stage; null where a label was not scored (and in version-2 parts)."""
+"""Filled by the score stage; null where a label was not scored."""
 RECORD_FIELDS += SCORE_FIELDS
 LABEL_SCHEMA = pa.schema(RECORD_FIELDS + RUN_FIELDS, metadata={b"labeler_schema_version": str(SCHEMA_VERSION).encode()})
 
@@ -105,8 +114,14 @@ class LabelRecord:
     status: Status
     error: str | None = None
     label: str | None = None
-    """The winning discrete label as text."""
+    """The label: the searched word(s), or the feature's target strings where those name it better (`label_kind`)."""
+    label_kind: LabelKind | None = None
+    """concept: `label` is the searched label; token: `label` lists the target strings the feature fires on
+    (`token: "("`, `tokens: "a" / "an"`), because they fit its held-out examples at least as well."""
+    search_label: str | None = None
+    """The searched label as text, whichever kind won."""
     label_ids: tuple[int, ...] = ()
+    """The searched label's token ids."""
     top_tokens: tuple[tuple[TopToken, ...], ...] = ()
     """Per label slot, the final soft label's most probable tokens."""
     heldout_auroc: float | None = None
@@ -116,6 +131,27 @@ class LabelRecord:
     heldout_f1: float | None = None
     """F1 of the discriminator's yes/no answers under the discrete label (active = positive), held out."""
     restart_aurocs: tuple[float, ...] = ()
+    token_label: str | None = None
+    """The token label (the fewest frequent active target strings that fit the training examples about as well as
+    the best few), whichever kind won."""
+    token_heldout_auroc: float | None = None
+    """AUROC of "the target is one of token_label's strings" on the same held-out examples as heldout_auroc."""
+    confidence_score: float | None = None
+    """How likely the label is right, in [0, 1], from signals of the run itself (no second model); calibrated on
+    features whose right label is known (docs/confidence.md). None where nothing was labelled."""
+    confidence: Confidence | None = None
+    """low: confidence_score under the flag's threshold, or a judge of the score stage disagreed; ok otherwise."""
+    confidence_reason: str | None = None
+    """Why a label is flagged low, in words (the signals that lowered it); None when ok."""
+    coverage: float | None = None
+    """Confidence signal: the share of the feature's activation (its active training examples) on targets the label
+    names."""
+    margin: float | None = None
+    """Confidence signal: the label's training AUROC minus its best rival's (the searched label, the feature's frequent
+    targets, the label's nearest tokens)."""
+    stability: float | None = None
+    """Confidence signal: the share of bootstrap resamples of the training examples in which the label stays ahead of
+    its rivals."""
     baseline_method: str | None = None
     """How the baseline label was found ("exhaustive": the best single allowed token), or None if not computed."""
     baseline_label: str | None = None
@@ -129,6 +165,8 @@ class LabelRecord:
     loss_entropy: float | None = None
     steps: int = 0
     """Optimisation steps the winning restart ran."""
+    steps_total: int = 0
+    """Optimisation steps run by all the feature's restarts together (each restart's steps, summed)."""
     restarts: int = 0
     converged: bool = False
     n_examples: int = 0
@@ -148,8 +186,6 @@ class LabelRecord:
     """The token-identity label: the most frequent target among the training split's active rows."""
     baseline_token_score: float | None = None
     """baseline_token's score by the same scorer, judge and examples as independent_score."""
-    confidence: Confidence | None = None
-    """low: independent_score under the threshold, or not above baseline_token_score; ok: neither; None: not scored."""
     schema_version: int = field(default=SCHEMA_VERSION)
 
 
@@ -212,49 +248,34 @@ def to_table(records: Sequence[LabelRecord], run: RunInfo) -> pa.Table:
 
 
 def check_schema(table: pa.Table, where: str) -> pa.Table:
-    """The table cast to LABEL_SCHEMA, or a SchemaVersionError/ValueError that says what is wrong with it.
-
-    A version-2 part (from before the score stage) is read with the score columns null, and a warning says so."""
+    """The table cast to LABEL_SCHEMA, or a SchemaVersionError that says what is wrong with it."""
     if "schema_version" not in table.column_names:
         raise SchemaVersionError(
-            f"{where} has no schema_version column: it is not a labeler label dataset, or one from before "
-            f"versioning; this labeler reads schema version {SCHEMA_VERSION}"
+            f"{where} has no schema_version column: it is not a labeler label dataset; this labeler reads label "
+            f"schema version {SCHEMA_VERSION}"
         )
     versions = sorted(set(table.column("schema_version").to_pylist()))
-    if len(versions) > 1 or (table.num_rows and versions[0] not in READABLE_VERSIONS):
-        older = [v for v in versions if v is not None and v < min(READABLE_VERSIONS)]
+    if table.num_rows and versions != [SCHEMA_VERSION]:
         advice = (
-            "it was written by an older labeler; relabel with this one, or read it with the labeler release "
+            "it was written by a newer labeler; upgrade labeler to read it"
+            if any(v is not None and v > SCHEMA_VERSION for v in versions)
+            else "it was written by an older labeler; relabel with this one, or read it with the labeler release "
             "that wrote it"
-            if older
-            else "it was written by a newer labeler; upgrade labeler to read it"
         )
         raise SchemaVersionError(
-            f"{where} has label schema version {', '.join(map(str, versions))}, but this labeler reads only "
-            f"versions {', '.join(map(str, READABLE_VERSIONS))}: {advice}"
+            f"{where} has label schema version {', '.join(map(str, versions))}, but this labeler reads only version "
+            f"{SCHEMA_VERSION}: {advice}"
         )
-    version = versions[0] if versions else SCHEMA_VERSION
-    expected = [f.name for f in LABEL_SCHEMA if version >= SCHEMA_VERSION or f not in SCORE_FIELDS]
-    missing = [name for name in expected if name not in table.column_names]
+    missing = [name for name in LABEL_SCHEMA.names if name not in table.column_names]
     extra = [name for name in table.column_names if name not in LABEL_SCHEMA.names]
     if missing or extra:
         raise SchemaVersionError(
-            f"{where} claims schema version {version} but its columns differ: missing {missing}, unknown {extra}"
+            f"{where} claims schema version {SCHEMA_VERSION} but its columns differ: missing {missing}, unknown {extra}"
         )
-    if version < SCHEMA_VERSION:
-        absent = [f for f in SCORE_FIELDS if f.name not in table.column_names]
-        for f in absent:
-            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
-        if absent and table.num_rows:
-            warnings.warn(
-                f"{where} has label schema version {version}: it lacks the independent scores and confidence "
-                f"({', '.join(f.name for f in absent)}), read as null; score it with `labeler score`",
-                stacklevel=3,
-            )
     try:
         return table.select(LABEL_SCHEMA.names).cast(LABEL_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        raise SchemaVersionError(f"{where} has columns of the wrong type for schema version {version}: {err}") from err
+        raise SchemaVersionError(f"{where} has columns of the wrong type: {err}") from err
 
 
 def _timestamp(value: str) -> datetime:

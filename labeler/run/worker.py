@@ -210,9 +210,8 @@ class EngineLabeller:
             records.extend(batch)
             for record in batch:
                 if record.status == "labelled":
-                    # The engine reports the winning restart's steps; every restart ran at most that many.
                     metrics.RESTARTS.inc(record.restarts)
-                    metrics.STEPS.inc(record.steps * record.restarts)
+                    metrics.STEPS.inc(record.steps_total)
         if self.scorer is not None:
             records, _ = self.scorer.score(records, exemplars, self.spec.label)
             metrics.LOW_CONFIDENCE.inc(sum(record.confidence == "low" for record in records))

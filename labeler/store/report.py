@@ -1,9 +1,11 @@
-"""A static HTML page about one run: summary, score and frequency histograms, best and worst features.
+"""A static HTML page about one run: summary, score and frequency histograms, its most trusted labels and, apart,
+its low-confidence ones with the reason for each.
 
-Where the run's score stage judged its labels (schema version 3), features are ranked by that independent
-score, each card shows the self-score (held-out AUROC under the discriminator that chose the label) beside
-the independent one and the token baseline's, unsure labels (confidence low) are marked, and a scatter
-plot sets the two scores against each other.
+Labels flagged low confidence are listed in a section of their own, least confident first, each card saying why
+(labeler/optimise/confidence.py). The others are ranked by the score stage's independent score where it judged
+them, then by their confidence score; each card shows the self-score (held-out AUROC under the discriminator that
+chose the label) beside the independent one and the token baseline's, and a scatter plot sets the two scores
+against each other.
 
 One self-contained file (inline CSS, inline SVG plots drawn here, a few lines of inline script that
 check the page) that a browser opens from disk; no server, no network. Each listed feature shows its
@@ -35,9 +37,11 @@ def render_report(labels: pa.Table, exemplars: pa.Table | None, title: str, top_
     the exemplars, which for a harvest cover every feature of the SAE, are filtered in Arrow to those listed.
     """
     ranked = _ranked(labels)
-    best = ranked.slice(0, top_n).to_pylist()
-    worst = ranked.slice(max(top_n, ranked.num_rows - top_n)).to_pylist()[::-1]  # not already among the best
-    listed = [*best, *worst]
+    low_mask = pc.fill_null(pc.equal(ranked.column("confidence"), "low"), False)
+    trusted, low = ranked.filter(pc.invert(low_mask)), ranked.filter(low_mask)
+    best = trusted.slice(0, top_n).to_pylist()
+    unsure = low.sort_by([("confidence_score", "ascending"), ("feature", "ascending")]).slice(0, top_n).to_pylist()
+    listed = [*best, *unsure]
     by_feature = _examples_by_feature(shown_exemplars(exemplars, {(r["run_id"], r["feature"]) for r in listed}))
     aurocs = ranked.column("heldout_auroc").to_pylist()
     frequencies = [f for f in labels.column("activation_frequency").to_pylist() if _finite(f)]
@@ -61,8 +65,10 @@ def render_report(labels: pa.Table, exemplars: pa.Table | None, title: str, top_
         "</section>",
         f"<h2>Best {len(best)} labelled features</h2>",
         *[_card(r, by_feature.get((r["run_id"], r["feature"]), []), examples) for r in best],
-        f"<h2>Worst {len(worst)} labelled features</h2>",
-        *[_card(r, by_feature.get((r["run_id"], r["feature"]), []), examples) for r in worst],
+        f'<h2 id="low-confidence">Low-confidence labels: {low.num_rows} of {ranked.num_rows}'
+        f"{f', the {len(unsure)} least confident' if len(unsure) < low.num_rows else ''}</h2>",
+        '<p class="note">Read their examples before using these labels; each says why it is low.</p>' if unsure else "",
+        *[_card(r, by_feature.get((r["run_id"], r["feature"]), []), examples) for r in unsure],
     ]
     return _PAGE.format(title=_e(title), expected=len(listed), body="\n".join(body))
 
@@ -87,10 +93,10 @@ def shown_exemplars(exemplars: pa.Table | None, shown: set[tuple[str, int]]) -> 
 
 def _ranked(labels: pa.Table) -> pa.Table:
     """The labelled features with a finite held-out AUROC, best first: by the independent score where it was
-    computed (features without one after those with one), then by held-out AUROC, then by feature."""
+    computed (features without one after those with one), then by confidence score, then by feature."""
     auroc = labels.column("heldout_auroc")
     scored = labels.filter(pc.and_(pc.equal(labels.column("status"), "labelled"), pc.is_finite(auroc)))
-    keys = [("independent_score", "descending"), ("heldout_auroc", "descending"), ("feature", "ascending")]
+    keys = [("independent_score", "descending"), ("confidence_score", "descending"), ("feature", "ascending")]
     return scored.sort_by(keys)
 
 
@@ -113,6 +119,7 @@ def _summary(labels: pa.Table, aurocs: list[float]) -> str:
         ("features", f'<span id="feature-count">{labels.num_rows}</span>'),
         ("by status", ", ".join(f"{s}: {counts[s]}" for s in STATUSES)),
         ("median held-out AUROC", f"{median:.3f}" if aurocs else "-"),
+        ("low-confidence labels", str(labels.column("confidence").to_pylist().count("low"))),
         *_independent_facts(labels),
         ("device-seconds", f"{device_seconds:.1f}"),
     ]
@@ -124,8 +131,7 @@ def _independent_facts(labels: pa.Table) -> list[tuple[str, str]]:
     judged = [v for v in labels.column("independent_score").to_pylist() if _finite(v)]
     if not judged:
         return [("independent score", "not scored (run with score.enabled, or `labeler score`)")]
-    low = labels.column("confidence").to_pylist().count("low")
-    return [("median independent score", f"{statistics.median(judged):.3f}"), ("unsure labels", str(low))]
+    return [("median independent score", f"{statistics.median(judged):.3f}")]
 
 
 def _scatter(ranked: pa.Table) -> str:
@@ -218,10 +224,11 @@ def _card(record: dict[str, Any], examples: list[dict[str, Any]], limit: int) ->
         if _finite(record["baseline_token_score"]):
             score_text += f" · token “{_e(record['baseline_token'])}” {record['baseline_token_score']:.3f}"
         score_text += "</span>"
+    if _finite(record["confidence_score"]):
+        score_text += f'<br><span class="confidence">confidence {record["confidence_score"]:.2f}</span>'
     unsure = record["confidence"] == "low"
-    mark = (
-        '<div class="unsure-mark" title="independent score under the threshold or not above the token\'s">unsure</div>'
-    )
+    reason = _e(record["confidence_reason"] or "")
+    mark = f'<div class="unsure-mark">low confidence</div><div class="reason">{reason}</div>'
 
     tops = " ".join(
         f"<span class=tok>{_e(t['token'])} {t['prob']:.2f}</span>"
@@ -332,6 +339,7 @@ mark {{ padding: 0 1px; border-radius: 2px; }} .note {{ color: #888; font-style:
 #errors {{ color: #b00; }}
 svg.scatter text {{ font-size: 11px; fill: #333; }} svg.scatter circle.dot {{ fill: #3b7dd8; opacity: 0.8; }}
 svg.scatter circle.dot.unsure {{ fill: #d33; }}
+.reason {{ color: #a22; font-size: 12px; margin: 2px 0; }}
 .unsure-mark {{ display: inline-block; background: #d33; color: #fff; font-size: 11px; font-weight: 600;
   padding: 0 6px; border-radius: 8px; }} .independent {{ color: #222; }}
 </style></head>
