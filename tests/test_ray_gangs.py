@@ -23,8 +23,8 @@ from test_ray_service import _cmdline, _driver, _features
 
 from labeler.discriminators.causal_lm import CausalLMConfig
 from labeler.optimise.labelling import LabelConfig
-from labeler.ray_pool import GangPool, WorkersConfig, WorkerStartError
-from labeler.run.config import SourceConfig
+from labeler.ray_pool import GangPool, WorkerStartError
+from labeler.run.config import SourceConfig, WorkersConfig
 from labeler.run.sink import PartSink, SinkConfig
 from labeler.run.worker import LabellerSpec
 
