@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from servers import MotoS3
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     Gemma2Config,
@@ -20,7 +23,12 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from labeler.cli.labelling import LOOPBACK_RAY_ENV
 from labeler.discriminators.prompt import PromptTemplate
+
+# Every Ray a test starts or connects to (in this process or in the processes it starts) listens on loopback only,
+# as a local `labeler run`'s does; set before any test module imports ray, which reads it then.
+os.environ.update(LOOPBACK_RAY_ENV)
 
 WORDS = [
     "animal",
@@ -138,3 +146,13 @@ def trained_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from labeler.toys.synthetic import default_world, train_tiny_lm
 
     return train_tiny_lm(default_world(), tmp_path_factory.mktemp("trained-lm"), seed=0)
+
+
+@pytest.fixture
+def moto(tmp_path: Path) -> Iterator[MotoS3]:
+    """moto's S3 server on 127.0.0.1 with an empty bucket `runs`, stopped after the test."""
+    server = MotoS3(tmp_path)
+    server.start()
+    server.make_bucket("runs")
+    yield server
+    server.stop()
