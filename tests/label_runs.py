@@ -97,10 +97,12 @@ def write_run(
     storage_options: dict[str, object] | None = None,
     with_exemplars: bool = True,
     exemplars_at: str | None = None,
+    **provenance: object,
 ) -> list[LabelRecord]:
     """A run at `url`: its manifest and committed parts of `chunk_size` records, as `labeler run` writes them, and
-    (optionally) its exemplars at `URL-exemplars/`, which the manifest names (or the manifest names `exemplars_at`)."""
-    info = run_info(run_id)
+    (optionally) its exemplars at `URL-exemplars/`, which the manifest names (or the manifest names `exemplars_at`).
+    `provenance` overrides run_info's fields (e.g. discriminator)."""
+    info = run_info(run_id, **provenance)
     recs = records(n, seed)
     sink = PartSink(url, SinkConfig(storage_options=storage_options or {}))
     pointer = exemplars_at
