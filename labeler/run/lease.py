@@ -17,6 +17,7 @@ the hosts of two drivers. This module knows nothing of runs beyond the sink's si
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -123,7 +124,8 @@ class RunLease:
 
     def release(self) -> None:
         """Stop beating and mark this driver's lease released (unless another took the run over), so the next
-        driver starts at once."""
+        driver starts at once. Where the mark cannot be written (the storage is away or full), the lease is left
+        to end as a stopped holder's does: at once on this host, after its expiry elsewhere."""
         self._stop.set()
         if self._beating is not None:
             self._beating.join(timeout=60)
@@ -131,7 +133,8 @@ class RunLease:
         held, self.held = self.held, None
         if held is not None and self.lost is None:
             released = Holder(**{**asdict(held), "released": _now().isoformat(timespec="seconds")})
-            self.sink.write_file(_name(held.generation), _encode(released))
+            with contextlib.suppress(OSError):
+                self.sink.write_file(_name(held.generation), _encode(released))
 
     def newest(self) -> Holder | None:
         """The lease object of the newest generation, or None where the run has none."""
