@@ -9,6 +9,7 @@ nothing of how a chunk is labelled beyond broadcasting its feature ids.
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -45,13 +46,18 @@ class GangRank(base.ReportingActor):
     def rendezvous(self, world: int) -> tuple[str, int]:
         """Host the process group's store on this (rank 0's) node; its host and port.
 
-        The store listens on a port the OS picks as it binds (port 0), so no other process can take that port
-        between choosing it and listening on it (a free port chosen first and bound later can be taken by
-        another process in between: EADDRINUSE, and the run stops).
+        The store listens on a socket bound here to the node's address alone (127.0.0.1 on a local Ray; the
+        store's own would listen on every interface) and to a port the OS picks as it binds (port 0), so no other
+        process can take that port between choosing it and listening on it (a free port chosen first and bound
+        later can be taken by another process in between: EADDRINUSE, and the run stops).
         """
         import torch.distributed as dist
 
-        self.store = dist.TCPStore(self.host, 0, world, is_master=True, wait_for_workers=False)
+        self.listener = socket.create_server((self.host, 0))
+        port = self.listener.getsockname()[1]
+        self.store = dist.TCPStore(
+            self.host, port, world, is_master=True, wait_for_workers=False, master_listen_fd=self.listener.fileno()
+        )
         return self.host, self.store.port
 
     def join(self, address: tuple[str, int], rank: int, world: int) -> str:
