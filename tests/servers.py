@@ -226,3 +226,9 @@ def exemplar_parts(folder: Path, n_features: int, parts: int = 3, rows: int = 8)
         )
         pq.write_table(table, folder / f"part-{part:05d}.parquet")
     return folder
+
+
+def labelling_data(folder: Path, n_features: int) -> dict[str, Path]:
+    """What a labelling run of these tests reads: a tiny model (`model`) and exemplar parts of features 0..n-1
+    (`exemplars`), under `folder`."""
+    return {"model": tiny_model(folder / "model"), "exemplars": exemplar_parts(folder / "exemplars", n_features)}

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import MOTO_CREDENTIALS, MotoS3, exemplar_parts, tiny_model
+from label_runs import assert_each_feature_once, start_labeler
+from servers import MOTO_CREDENTIALS, MotoS3, labelling_data
 
 from labeler.run.lease import LeaseHeld, RunLease
 from labeler.run.sink import PartSink, SinkConfig
@@ -159,18 +160,11 @@ N_FEATURES = 60
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("lease-data")
-    return {"model": tiny_model(folder / "model"), "exemplars": exemplar_parts(folder / "exemplars", N_FEATURES)}
+    return labelling_data(tmp_path_factory.mktemp("lease-data"), N_FEATURES)
 
 
 def _labeler(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "labeler.cli", *args, "--no-progress"],
-        env={**os.environ, **MOTO_CREDENTIALS, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return start_labeler(*args, env={**MOTO_CREDENTIALS, "RAY_AUTH_MODE": "disabled"})
 
 
 def _flags(data: dict[str, Path], out: Path) -> list[str]:
@@ -203,11 +197,7 @@ def _wait(condition: object, process: subprocess.Popen[str], what: str, timeout:
 
 
 def _once(out: Path) -> None:
-    sink = PartSink(str(out))
-    found: Counter[int] = Counter()
-    for index in sink.committed():
-        found.update(sink.read_part(index).column("feature").to_pylist())
-    assert sorted(found) == list(range(N_FEATURES)) and set(found.values()) == {1}, found
+    assert_each_feature_once(PartSink(str(out)), N_FEATURES)
 
 
 def _snapshot(out: Path) -> dict[str, tuple[int, int]]:

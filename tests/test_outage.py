@@ -12,16 +12,15 @@ import contextlib
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from servers import MOTO_CREDENTIALS, MotoS3, exemplar_parts, free_port, tiny_model
+from label_runs import assert_each_feature_once, start_labeler
+from servers import MOTO_CREDENTIALS, MotoS3, free_port, labelling_data
 
 from labeler.run.sink import PartSink, SinkConfig
 
@@ -98,31 +97,11 @@ def _reset(end: socket.socket) -> None:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("outage-data")
-    return {"model": tiny_model(folder / "model"), "exemplars": exemplar_parts(folder / "exemplars", N_FEATURES)}
+    return labelling_data(tmp_path_factory.mktemp("outage-data"), N_FEATURES)
 
 
 def _label(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "labeler.cli", "label", *args, "--no-progress"],
-        env={**os.environ, **MOTO_CREDENTIALS, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _features(sink: PartSink) -> Counter[int]:
-    found: Counter[int] = Counter()
-    for index in sink.committed():
-        found.update(sink.read_part(index).column("feature").to_pylist())
-    return found
-
-
-def _exactly_once(sink: PartSink) -> None:
-    found = _features(sink)
-    assert sorted(found) == list(range(N_FEATURES)), f"missing: {sorted(set(range(N_FEATURES)) - set(found))}"
-    assert set(found.values()) == {1}, f"duplicated: {[f for f, n in found.items() if n > 1]}"
+    return start_labeler("label", *args, env=MOTO_CREDENTIALS)
 
 
 @pytest.mark.slow
@@ -166,7 +145,7 @@ def test_an_object_store_that_goes_away_and_comes_back_loses_and_repeats_nothing
         assert run.returncode == 0, output[-3000:]
         assert before < N_FEATURES // 3, "the run ended before the outage"
         assert proxy.refused > 0, "no request met the outage"
-        _exactly_once(direct)
+        assert_each_feature_once(direct, N_FEATURES)
         assert f"{N_FEATURES} of {N_FEATURES} features committed" in output
     finally:
         proxy.close()
@@ -214,4 +193,4 @@ def test_a_full_run_folder_stops_the_run_naming_it_and_the_resume_finishes(
     resumed = _label(*flags, "--resume")
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output[-3000:]
-    _exactly_once(sink)
+    assert_each_feature_once(sink, N_FEATURES)

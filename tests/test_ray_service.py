@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import yaml
-from label_runs import run_info
-from servers import BIN, MOTO_CREDENTIALS, MotoS3, RayCluster, exemplar_parts, tiny_model
+from label_runs import assert_each_feature_once, run_info
+from servers import BIN, MOTO_CREDENTIALS, MotoS3, RayCluster, labelling_data
 
 from labeler.discriminators.embedding import EmbeddingConfig
 from labeler.optimise.labelling import LabelConfig
@@ -62,8 +62,7 @@ def _stop_leftover_processes() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("service-data")
-    return {"model": tiny_model(folder / "model"), "exemplars": exemplar_parts(folder / "exemplars", N_FEATURES)}
+    return labelling_data(tmp_path_factory.mktemp("service-data"), N_FEATURES)
 
 
 @pytest.fixture(scope="module")
@@ -104,17 +103,8 @@ def _driver(cluster: RayCluster, *args: str) -> subprocess.Popen[str]:
     return process
 
 
-def _features(sink: PartSink) -> Counter[int]:
-    found: Counter[int] = Counter()
-    for index in sink.committed():
-        found.update(sink.read_part(index).column("feature").to_pylist())
-    return found
-
-
 def _assert_exactly_once(sink: PartSink) -> None:
-    found = _features(sink)
-    assert sorted(found) == list(range(N_FEATURES)), f"missing: {sorted(set(range(N_FEATURES)) - set(found))[:10]}"
-    assert set(found.values()) == {1}, f"duplicated: {[f for f, n in found.items() if n > 1][:10]}"
+    assert_each_feature_once(sink, N_FEATURES)
 
 
 def _wait_for_parts(sink: PartSink, n: int, process: subprocess.Popen[str], timeout: float = 300) -> None:

@@ -234,19 +234,17 @@ def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
 
 
 def _replace_local(path: str, data: bytes) -> None:
-    folder, name = os.path.split(path)
-    os.makedirs(folder, exist_ok=True)
-    partial = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.partial")
+    partial = _write_partial(path, data)
     try:
-        with open(partial, "wb") as f:
-            f.write(data)
         os.replace(partial, path)
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
 
 
-def _create_local(path: str, data: bytes) -> bool:
+def _write_partial(path: str, data: bytes) -> str:
+    """Write `data` to a new hidden file beside `path`, synced; its path. Nothing is left where it fails (e.g. the
+    device is full)."""
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
     partial = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.partial")
@@ -255,10 +253,15 @@ def _create_local(path: str, data: bytes) -> bool:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-    except OSError:  # e.g. the device is full: no partial file is left behind
+    except OSError:
         if os.path.exists(partial):
             os.unlink(partial)
         raise
+    return partial
+
+
+def _create_local(path: str, data: bytes) -> bool:
+    partial = _write_partial(path, data)
     try:
         os.link(partial, path)
     except FileExistsError:
