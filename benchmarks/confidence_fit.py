@@ -16,6 +16,7 @@ error, and the shares flagged low.
 from __future__ import annotations
 
 import argparse
+import itertools
 import datetime
 import json
 import shlex
@@ -88,7 +89,7 @@ def check(model: Calibration, rows: list[dict[str, Any]]) -> dict[str, Any]:
     right = np.array([bool(r["named"]) for r in rows])
     edges = np.linspace(0, 1, BINS + 1)
     table, ece = [], 0.0
-    for low, high in zip(edges[:-1], edges[1:], strict=True):
+    for low, high in itertools.pairwise(edges):
         inside = (scores >= low) & ((scores < high) | (high == 1.0))
         if inside.any():
             table.append((low, high, int(inside.sum()), float(scores[inside].mean()), float(right[inside].mean())))
@@ -113,7 +114,9 @@ def check(model: Calibration, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_into(path: Path, kind: str, model: Calibration) -> None:
     """Set `kind`'s entry of the calibration file at `path` (made when absent)."""
-    raw = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"signals": list(SIGNALS), "kinds": {}}
+    raw: dict[str, Any] = (
+        json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"signals": list(SIGNALS), "kinds": {}}
+    )
     if raw["signals"] != list(SIGNALS):
         raise SystemExit(f"{path} holds models of other signals ({raw['signals']}); write to another file")
     raw["kinds"][kind] = asdict(model)
@@ -145,7 +148,10 @@ def markdown(kind: str, model: Calibration, fitted: dict[str, Any], reports: dic
             "",
             "| truth kind | features | flagged low | right |",
             "|---|---|---|---|",
-            *[f"| {k} | {v['features']} | {v['flagged']} | {v['right']} |" for k, v in sorted(result["by_truth"].items())],
+            *[
+                f"| {k} | {v['features']} | {v['flagged']} | {v['right']} |"
+                for k, v in sorted(result["by_truth"].items())
+            ],
             "",
         ]
     return "\n".join(lines)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from servers import MotoS3
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     Gemma2Config,
@@ -21,10 +24,15 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from labeler.cli.labelling import LOOPBACK_RAY_ENV
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
 from labeler.discriminators.prompt import PromptTemplate
 from labeler.records.exemplars import FeatureExemplars, group_by_feature, validate_exemplars
 from labeler.toys.synthetic import default_world, feature_exemplars
+
+# Every Ray a test starts or connects to (in this process or in the processes it starts) listens on loopback only,
+# as a local `labeler run`'s does; set before any test module imports ray, which reads it then.
+os.environ.update(LOOPBACK_RAY_ENV)
 
 WORDS = [
     "animal",
@@ -150,3 +158,13 @@ def features() -> list[FeatureExemplars]:
     """The synthetic world's concept features, 60 examples a side each (seed 3)."""
     table = validate_exemplars(pa.Table.from_pylist(feature_exemplars(default_world(), 60, seed=3)))
     return list(group_by_feature(table))
+
+
+@pytest.fixture
+def moto(tmp_path: Path) -> Iterator[MotoS3]:
+    """moto's S3 server on 127.0.0.1 with an empty bucket `runs`, stopped after the test."""
+    server = MotoS3(tmp_path)
+    server.start()
+    server.make_bucket("runs")
+    yield server
+    server.stop()

@@ -1,6 +1,14 @@
-"""Test runs: label records written by the run's own sink (committed parts, manifest), and the exemplars it names."""
+"""Test runs: label records written by the run's own sink (committed parts, manifest), and the exemplars it names;
+`labeler` started as a user starts it, and what a run committed, read back."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -97,10 +105,12 @@ def write_run(
     storage_options: dict[str, object] | None = None,
     with_exemplars: bool = True,
     exemplars_at: str | None = None,
+    **provenance: object,
 ) -> list[LabelRecord]:
     """A run at `url`: its manifest and committed parts of `chunk_size` records, as `labeler run` writes them, and
-    (optionally) its exemplars at `URL-exemplars/`, which the manifest names (or the manifest names `exemplars_at`)."""
-    info = run_info(run_id)
+    (optionally) its exemplars at `URL-exemplars/`, which the manifest names (or the manifest names `exemplars_at`).
+    `provenance` overrides run_info's fields (e.g. discriminator)."""
+    info = run_info(run_id, **provenance)
     recs = records(n, seed)
     sink = PartSink(url, SinkConfig(storage_options=storage_options or {}))
     pointer = exemplars_at
@@ -115,3 +125,32 @@ def write_run(
     for chunk, start in enumerate(range(0, n, chunk_size)):
         assert sink.commit(chunk, to_table(recs[start : start + chunk_size], info))
     return recs
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_labeler(*args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    """`labeler ARGS --no-progress` in a new process, this checkout first on its path; stdout and stderr together."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "labeler.cli", *args, "--no-progress"],
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def committed_features(sink: PartSink) -> Counter[int]:
+    """How many committed rows each feature of the run has."""
+    found: Counter[int] = Counter()
+    for index in sink.committed():
+        found.update(sink.read_part(index).column("feature").to_pylist())
+    return found
+
+
+def assert_each_feature_once(sink: PartSink, n_features: int) -> None:
+    """Features 0..n-1, each in exactly one committed row."""
+    found = committed_features(sink)
+    assert sorted(found) == list(range(n_features)), f"missing: {sorted(set(range(n_features)) - set(found))[:10]}"
+    assert set(found.values()) == {1}, f"duplicated: {[f for f, n in found.items() if n > 1][:10]}"

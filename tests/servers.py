@@ -123,7 +123,8 @@ class MotoS3:
 
 
 class RayCluster:
-    """`ray start --head` on 127.0.0.1 with its own temp folder and ports; `stop` ends only this cluster."""
+    """`ray start --head` on 127.0.0.1 with its own temp folder and ports, every process of it listening on loopback
+    only; `stop` ends only this cluster."""
 
     def __init__(self, folder: Path, num_cpus: int = 2, num_gpus: int = 0) -> None:
         self.folder = folder
@@ -135,8 +136,17 @@ class RayCluster:
         self.num_gpus = num_gpus
 
     def env(self) -> dict[str, str]:
-        """The environment of this cluster's processes and clients (token auth off: a throwaway local cluster)."""
-        return {**os.environ, **MOTO_CREDENTIALS, "RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "disabled"}
+        """The environment of this cluster's processes and clients: token auth off (a throwaway local cluster), and
+        every process on loopback (LOOPBACK_RAY_ENV, as a local `labeler run`'s Ray)."""
+        from labeler.cli.labelling import LOOPBACK_RAY_ENV
+
+        return {
+            **os.environ,
+            **MOTO_CREDENTIALS,
+            **LOOPBACK_RAY_ENV,
+            "RAY_ADDRESS": self.address,
+            "RAY_AUTH_MODE": "disabled",
+        }
 
     def start(self) -> None:
         done = subprocess.run(
@@ -216,3 +226,9 @@ def exemplar_parts(folder: Path, n_features: int, parts: int = 3, rows: int = 8)
         )
         pq.write_table(table, folder / f"part-{part:05d}.parquet")
     return folder
+
+
+def labelling_data(folder: Path, n_features: int) -> dict[str, Path]:
+    """What a labelling run of these tests reads: a tiny model (`model`) and exemplar parts of features 0..n-1
+    (`exemplars`), under `folder`."""
+    return {"model": tiny_model(folder / "model"), "exemplars": exemplar_parts(folder / "exemplars", n_features)}

@@ -74,6 +74,12 @@ CASES = [
     ("lr nan", GOOD, ["--lr", "nan"], "lr must be a finite number, got nan"),
     ("c-kl inf", GOOD, ["--c-kl", "inf"], "c_kl must be a finite number, got inf"),
     ("active-threshold nan", GOOD, ["--active-threshold", "nan"], "active_threshold must be a finite number"),
+    (
+        "NaN activation",
+        _jsonl([*ROWS[:3], {**ROWS[3], "activation": float("nan")}]),
+        [],
+        r"e.jsonl: column 'activation' has 1 NaN or infinite value\(s\) \(first at line 4\)",
+    ),
 ]
 
 
@@ -187,6 +193,13 @@ COMMAND_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("demo over a folder", lambda t: ["demo", "--out", _folder(t, "d", {"notes.txt": "mine"}), "--cache", f"{t}/cache"], r"--out: .*d is not empty \(it holds notes.txt\)"),
     ("s3 without credentials", lambda t: ["query", "--data", "s3://bucket/run", "SELECT 1"], r"cannot use s3://bucket/run \(endpoint http://127.0.0.1:\d+\): NoCredentialsError.*AWS_ACCESS_KEY_ID"),
     ("s3 dead endpoint", lambda t: _with_keys(["query", "--data", "s3://bucket/run", "SELECT 1"]), r"cannot use s3://bucket/run .*EndpointConnectionError.*check the endpoint"),
+    ("query, corrupt manifest", lambda t: ["query", "--data", _folder(t, "r", {"manifest.json": "{not json", "labels/.keep": ""}), "SELECT 1"], r"r/manifest.json is not valid JSON \(.*\); a run writes its manifest once .*restore it"),
+    ("report, corrupt manifest", lambda t: ["report", _folder(t, "r", {"manifest.json": "{not json"}), "--out", f"{t}/page.html"], r"r/manifest.json is not valid JSON"),
+    ("query, manifest a list", lambda t: ["query", "--data", _folder(t, "r", {"manifest.json": "[1]"}), "SELECT 1"], r"r/manifest.json holds a JSON list, not an object"),
+    ("score --judge nosuch:x", lambda t: ["score", _folder(t, "r", {"manifest.json": json.dumps(RUN_MANIFEST)}), "--judge", "nosuch:x", "--out", f"{t}/s"], r"--judge 'nosuch:x' is not a judge: give hf:MODEL_DIR .*minilm or embedding:MODEL_DIR"),
+    ("score --out a file", lambda t: ["score", _folder(t, "r", {"manifest.json": json.dumps(RUN_MANIFEST)}), "--judge", "minilm", "--out", f"{t}/e.jsonl"], r"--out .*e.jsonl is a file, not a folder; give a new .parquet file or a folder"),
+    ("score --out existing", lambda t: ["score", _folder(t, "r", {"manifest.json": json.dumps(RUN_MANIFEST), "s.parquet": "mine"}), "--judge", "minilm", "--out", f"{t}/r/s.parquet"], r"--out: .*r/s.parquet already exists; scores are never written over"),
+    ("score --heldout-fraction not the run's", lambda t: ["score", _folder(t, "r", {"manifest.json": json.dumps({**RUN_MANIFEST, "config": {"label": {"heldout_fraction": 0.2}}})}), "--judge", "minilm", "--out", f"{t}/s", "--heldout-fraction", "0.5"], r"--heldout-fraction 0.5, but .*r was labelled with label.heldout_fraction 0.2 \(its manifest.json\).*leave out --heldout-fraction"),
 ]  # fmt: skip
 
 
@@ -262,3 +275,30 @@ def test_report_force_replaces_only_its_own_report(tmp_path: Path, capsys: pytes
     assert main(["report", run, "--out", str(out)]) == 2  # no --force: kept
     assert main(["report", run, "--out", str(out), "--force"]) == 0
     assert out.read_text().startswith("<!DOCTYPE html>\n" + REPORT_MARKER)
+
+
+def test_gpu_workers_on_a_machine_without_a_gpu_are_refused_before_ray_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from labeler.cli import labelling
+
+    if torch.cuda.device_count():
+        pytest.skip("this machine has a GPU")
+
+    def ray_started() -> None:
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(labelling, "_init_local_ray", ray_started)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    exemplars = GOOD(tmp_path)
+    before = _snapshot(tmp_path)
+    out = tmp_path / "out"
+    assert (
+        main(["run", "--exemplars", str(exemplars), "--out", str(out), "--num-gpus", "1", "--set", "engine=noop"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "--num-gpus 1 (workers.num_gpus) asks for a GPU per worker, but this machine has none" in err, err
+    assert "give --num-gpus 0 for CPU workers, or --address of a Ray cluster with GPUs" in err
+    assert _snapshot(tmp_path) == before and not out.exists()

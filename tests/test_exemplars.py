@@ -104,13 +104,13 @@ def test_invalid_utf8_is_named_by_line_and_byte(tmp_path: Path) -> None:
 
 
 def test_empty_target_is_refused_and_absent_target_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with pytest.raises(ExemplarError, match=r"column 'target' has 1 empty value\(s\) \(first at row 2\)"):
+    with pytest.raises(ExemplarError, match=r"column 'target' has 1 empty value\(s\) \(first at line 3\)"):
         read_exemplars(write_jsonl(tmp_path / "e.jsonl", [*ROWS[:2], {**ROWS[2], "target": ""}]))
     rows = [*ROWS, {**ROWS[0], "target": "cat"}, {**ROWS[1], "target": "\ufffd"}]
     with caplog.at_level("WARNING", logger="labeler.records.exemplars"):
         table = read_exemplars(write_jsonl(tmp_path / "e.jsonl", rows))
     assert table.num_rows == 6  # kept as given
-    assert "2 row(s) whose target does not occur in its context (first at row 4)" in caplog.text
+    assert "2 row(s) whose target does not occur in its context (first at line 5)" in caplog.text
     kept, invalid = split_invalid_features(pa.Table.from_pylist([*ROWS, {**ROWS[0], "target": ""}]))
     assert set(kept.column("feature").to_pylist()) == {1}
     assert "column 'target' has 1 empty value(s)" in invalid[3]

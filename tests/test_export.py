@@ -62,7 +62,7 @@ def test_neuronpedia_export_matches_the_documented_format_field_by_field(
             assert isinstance(row[name], kind) or (nullable and row[name] is None), (name, row[name])
         assert row["modelId"] == "gpt2-small" and row["layer"] == row["source"] == "6-res-jb"
         assert row["index"] == str(record.feature) and row["description"] == record.label
-        assert row["authorId"] == "labeler" and row["explanationModelName"] == "minilm"
+        assert row["authorId"] == "labeler" and row["explanationModelName"] == "sentence-transformers/all-MiniLM-L6-v2"
         assert row["typeName"] == "labeler-token-space-gd"
     assert [int(r["index"]) for r in rows] == sorted(int(r["index"]) for r in rows)
     assert len({r["id"] for r in rows}) == len(rows)
@@ -87,7 +87,10 @@ def test_every_exported_row_loads_through_neuronpedias_own_client(
     for explanation, record in zip(loaded, labelled, strict=True):
         assert (explanation.modelId, explanation.source) == ("gemma-2-2b", "20-gemmascope-res-16k")
         assert (explanation.index, explanation.text) == (record.feature, record.label)
-        assert (explanation.method, explanation.explainer_model) == ("labeler-token-space-gd", "minilm")
+        assert (explanation.method, explanation.explainer_model) == (
+            "labeler-token-space-gd",
+            "sentence-transformers/all-MiniLM-L6-v2",
+        )
 
 
 def test_neuronpedia_ids_and_source_options(tmp_path: Path) -> None:
@@ -199,9 +202,10 @@ def test_explanation_scores_lie_beside_the_explanations(tmp_path: Path, capsys: 
     by_kind = {(s["index"], s["explanationScoreTypeName"]): s for s in scores}
     self_score = by_kind[("1", "labeler-heldout-auroc")]
     assert self_score["value"] == next(r.heldout_auroc for r in recs if r.feature == 1)
-    assert self_score["explanationScoreModelName"] == "minilm" and self_score["explanationId"] == explanations["1"]
+    minilm = "sentence-transformers/all-MiniLM-L6-v2"
+    assert self_score["explanationScoreModelName"] == minilm and self_score["explanationId"] == explanations["1"]
     independent = by_kind[("0", "labeler-embedding")]
-    assert (independent["value"], independent["explanationScoreModelName"]) == (0.42, "minilm")
+    assert (independent["value"], independent["explanationScoreModelName"]) == (0.42, minilm)
     assert json.loads(independent["jsonDetails"])["confidence"] == "low"
 
     assert (
@@ -212,3 +216,40 @@ def test_explanation_scores_lie_beside_the_explanations(tmp_path: Path, capsys: 
     assert [row["explanationScoreTypeName"] for batch in written for row in batch] == ["labeler-heldout-auroc"] * len(
         labelled
     )
+
+
+def _gz_rows(folder: Path) -> list[dict[str, object]]:
+    return [
+        json.loads(line) for p in folder.rglob("*.jsonl.gz") for line in gzip.decompress(p.read_bytes()).splitlines()
+    ]
+
+
+def test_exports_name_models_by_their_name_never_by_a_local_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run whose discriminator is a folder of this machine: the export asks for its published name (exit 2,
+    nothing written), then writes that name and never the folder."""
+    folder = str(tmp_path / "models" / "gemma-2-2b-it")
+    write_run(str(tmp_path / "run"), "run-a", n=12, with_exemplars=False, discriminator=f"hf:{folder}")
+    argv = ["export", "--data", str(tmp_path / "run"), "--format", "neuronpedia", "--out", str(tmp_path / "np")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"the run names model(s) ['hf:{folder}'] by a folder of this machine" in err, err
+    assert f"--model-name hf:{folder}=NAME" in err
+    assert not (tmp_path / "np").exists()
+    assert main([*argv, "--model-name", f"hf:{folder}=./models/gemma"]) == 2  # a path given as the name
+    assert "is not a model's name but looks like a path" in capsys.readouterr().err
+    assert main([*argv, "--model-name", f"hf:{folder}=google/gemma-2-2b-it"]) == 0
+    rows = _gz_rows(tmp_path / "np")
+    assert {row["explanationModelName"] for row in rows if "explanationModelName" in row} == {"google/gemma-2-2b-it"}
+    assert {row["explanationScoreModelName"] for row in rows if "explanationScoreModelName" in row} == {
+        "google/gemma-2-2b-it"
+    }
+    assert not [row for row in rows if str(tmp_path) in json.dumps(row)]
+
+
+def test_a_model_in_the_hugging_face_cache_is_named_by_its_hub_id(tmp_path: Path) -> None:
+    snapshot = tmp_path / "hub" / "models--google--gemma-2-2b" / "snapshots" / "0123abcd"
+    write_run(str(tmp_path / "run"), "run-a", n=5, with_exemplars=False, discriminator=f"hf:{snapshot}")
+    labels = read_runs([str(tmp_path / "run")]).labels
+    assert {row["explanationModelName"] for row in neuronpedia_explanations(labels, "me")} == {"google/gemma-2-2b"}

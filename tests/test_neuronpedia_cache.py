@@ -132,3 +132,30 @@ def test_an_out_folder_holding_exemplars_is_refused(export: Path, tmp_path: Path
     assert main(["import", "neuronpedia", str(export), "--out", str(out)]) == 0
     assert main(["import", "neuronpedia", str(export), "--out", str(out)]) == 2
     assert "already holds exemplars" in capsys.readouterr().err
+
+
+def test_a_failed_import_removes_what_it_wrote_so_the_same_command_runs_again(
+    export: Path, tmp_path: Path, capsys: Any
+) -> None:
+    """The second activation file is damaged: the import stops there, naming the file and line, exit 2, and takes
+    back the exemplars part it had written (and the folder it made); fixed, the same command imports."""
+    good = (export / "activations" / "batch-1.jsonl.gz").read_bytes()
+    _write(export / "activations" / "batch-1.jsonl.gz", [{"index": "2", "tokens": [" a"], "values": [1.0, 2.0]}])
+    out = tmp_path / "imported"
+    argv = ["import", "neuronpedia", str(export), "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "batch-1.jsonl.gz:1" in err and "one value per token (found 1 tokens, 2 values)" in err, err
+    assert not out.exists()
+    (export / "activations" / "batch-1.jsonl.gz").write_bytes(good)
+    assert main(argv) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["exemplars", "features.parquet", "manifest.json"]
+
+
+def test_a_failed_import_into_an_existing_folder_keeps_what_was_there(export: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    _write(export / "activations" / "batch-1.jsonl.gz", [{"index": "2", "tokens": [" a"], "values": [1.0, 2.0]}])
+    assert main(["import", "neuronpedia", str(export), "--out", str(out)]) == 2
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine\n"

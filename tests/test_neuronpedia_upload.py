@@ -96,7 +96,11 @@ def test_upload_sends_every_labelled_feature_in_batches_of_128(neuronpedia_serve
     for feature, record in zip(sent, labelled, strict=True):
         assert feature["index"] == record.feature and feature["density"] == record.activation_frequency
         assert feature["explanations"] == [
-            {"text": record.label, "methodName": "labeler-token-space-gd", "modelName": "minilm"}
+            {
+                "text": record.label,
+                "methodName": "labeler-token-space-gd",
+                "modelName": "sentence-transformers/all-MiniLM-L6-v2",
+            }
         ]
         own = sorted((e for e in exemplars if e["feature"] == record.feature), key=lambda e: -e["activation"])[:2]
         assert len(feature["activations"]) == 2
@@ -130,3 +134,23 @@ def test_an_exemplar_becomes_tokens_with_the_activation_on_its_target(
 ) -> None:
     activation = top_activation(context, target, 2.5)
     assert (activation.tokens, activation.values) == (tokens, values)
+
+
+def test_upload_names_the_discriminator_by_its_name_never_its_folder(
+    neuronpedia_server: Recorder, tmp_path: Path
+) -> None:
+    """A run labelled with hf:FOLDER: the upload asks for the model's name before sending anything, then sends
+    that name as the explainer model."""
+    folder = str(tmp_path / "models" / "llama")
+    write_run(str(tmp_path / "run"), "run-a", n=5, discriminator=f"hf:{folder}")
+    flags = ["--model-id", "gpt2-small", "--source", "6-res-jb"]
+    refused = upload(tmp_path / "run", *flags)
+    assert refused.returncode == 2 and f"--model-name hf:{folder}=NAME" in refused.stderr, refused.stderr
+    assert neuronpedia_server.requests == []
+    sent = upload(tmp_path / "run", *flags, "--model-name", f"hf:{folder}=meta-llama/Llama-3.2-1B")
+    assert sent.returncode == 0, sent.stderr
+    explanations = [
+        e for _, _, body in neuronpedia_server.requests for f in body["features"] for e in f["explanations"]
+    ]
+    assert explanations and {e["modelName"] for e in explanations} == {"meta-llama/Llama-3.2-1B"}
+    assert folder not in json.dumps([body for _, _, body in neuronpedia_server.requests])

@@ -17,14 +17,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import ray
-from label_runs import run_info
-from servers import RayCluster, exemplar_parts, tiny_model
-from test_ray_service import _cmdline, _driver, _features
+from label_runs import assert_each_feature_once, run_info
+from servers import RayCluster, labelling_data
+from test_ray_service import _cmdline, _driver
 
 from labeler.discriminators.causal_lm import CausalLMConfig
 from labeler.optimise.labelling import LabelConfig
-from labeler.ray_pool import GangPool, WorkersConfig, WorkerStartError
-from labeler.run.config import SourceConfig
+from labeler.ray_pool import GangPool, WorkerStartError
+from labeler.run.config import SourceConfig, WorkersConfig
 from labeler.run.sink import PartSink, SinkConfig
 from labeler.run.worker import LabellerSpec
 
@@ -37,8 +37,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("gang-data")
-    return {"model": tiny_model(folder / "model"), "exemplars": exemplar_parts(folder / "exemplars", N_FEATURES)}
+    return labelling_data(tmp_path_factory.mktemp("gang-data"), N_FEATURES)
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +65,7 @@ def _config(data: dict[str, Path], out: Path, steps: int) -> Path:
 
 
 def _assert_exactly_once(sink: PartSink) -> None:
-    found = _features(sink)
-    assert sorted(found) == list(range(N_FEATURES)), f"missing: {sorted(set(range(N_FEATURES)) - set(found))[:10]}"
-    assert set(found.values()) == {1}, f"duplicated: {[f for f, n in found.items() if n > 1][:10]}"
+    assert_each_feature_once(sink, N_FEATURES)
 
 
 def _gang_pids(cluster: RayCluster, method: str) -> list[int]:

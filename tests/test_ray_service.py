@@ -8,10 +8,12 @@ feature appears exactly once in the committed output.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,8 +28,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import yaml
-from label_runs import run_info
-from servers import BIN, MotoS3, RayCluster, exemplar_parts, tiny_model
+from label_runs import assert_each_feature_once, run_info
+from servers import BIN, MOTO_CREDENTIALS, MotoS3, RayCluster, labelling_data
 
 from labeler.discriminators.embedding import EmbeddingConfig
 from labeler.optimise.labelling import LabelConfig
@@ -40,7 +42,6 @@ from labeler.run.worker import LabellerSpec, give_up_chunk
 
 ROOT = Path(__file__).resolve().parent.parent
 N_FEATURES = 240
-RAY_WORKER_PORTS = (10002, 19999)  # `ray start`'s default --min-worker-port and --max-worker-port
 pytestmark = pytest.mark.slow
 
 
@@ -61,8 +62,7 @@ def _stop_leftover_processes() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("service-data")
-    return {"model": tiny_model(folder / "model"), "exemplars": exemplar_parts(folder / "exemplars", N_FEATURES)}
+    return labelling_data(tmp_path_factory.mktemp("service-data"), N_FEATURES)
 
 
 @pytest.fixture(scope="module")
@@ -103,17 +103,8 @@ def _driver(cluster: RayCluster, *args: str) -> subprocess.Popen[str]:
     return process
 
 
-def _features(sink: PartSink) -> Counter[int]:
-    found: Counter[int] = Counter()
-    for index in sink.committed():
-        found.update(sink.read_part(index).column("feature").to_pylist())
-    return found
-
-
 def _assert_exactly_once(sink: PartSink) -> None:
-    found = _features(sink)
-    assert sorted(found) == list(range(N_FEATURES)), f"missing: {sorted(set(range(N_FEATURES)) - set(found))[:10]}"
-    assert set(found.values()) == {1}, f"duplicated: {[f for f, n in found.items() if n > 1][:10]}"
+    assert_each_feature_once(sink, N_FEATURES)
 
 
 def _wait_for_parts(sink: PartSink, n: int, process: subprocess.Popen[str], timeout: float = 300) -> None:
@@ -266,24 +257,72 @@ def test_a_killed_worker_is_restarted_and_its_chunk_retried(
     assert set(pq.read_table(out / "labels").column("status").to_pylist()) == {"labelled"}
 
 
-def _listening(pids: list[int]) -> dict[int, set[tuple[str, int]]]:
-    """The (address, port) of every listening TCP socket of each process."""
+def _tree(pids: list[int]) -> list[int]:
+    """The processes and every descendant of them."""
     import psutil
 
-    found: dict[int, set[tuple[str, int]]] = {}
+    found = set(pids)
     for pid in pids:
         with contextlib.suppress(psutil.Error):
-            sockets = psutil.Process(pid).net_connections(kind="tcp")
-            found[pid] = {(c.laddr.ip, c.laddr.port) for c in sockets if c.status == psutil.CONN_LISTEN}
+            found |= {child.pid for child in psutil.Process(pid).children(recursive=True)}
+    return sorted(found)
+
+
+def _cluster_pids(cluster: RayCluster) -> list[int]:
+    """Every process of the test cluster: those `ray start` left running (named by its temp folder) and theirs."""
+    out = subprocess.run(["pgrep", "-f", str(cluster.folder)], capture_output=True, text=True).stdout
+    return _tree([int(pid) for pid in out.split()])
+
+
+def _listening(pids: list[int]) -> dict[int, tuple[str, set[tuple[str, int]]]]:
+    """Per process, its name and the (address, port) of every socket others can reach: listening TCP sockets and
+    bound, unconnected UDP ones."""
+    import psutil
+
+    found: dict[int, tuple[str, set[tuple[str, int]]]] = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            sockets = process.net_connections(kind="inet")
+            reachable = {
+                (c.laddr.ip, c.laddr.port)
+                for c in sockets
+                if c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and not c.raddr)
+            }
+            command = process.cmdline() or [process.name()]
+            found[pid] = (" ".join([os.path.basename(command[0]), *command[1:3]])[:100], reachable)
     return found
 
 
-def test_every_listening_socket_of_the_driver_and_the_workers_is_on_loopback(
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1, as Ray's gRPC servers report it
+    return (mapped or ip).is_loopback
+
+
+def _off_loopback(listening: dict[int, tuple[str, set[tuple[str, int]]]]) -> list[str]:
+    return [
+        f"{name} (pid {pid}) on {ip}:{port}"
+        for pid, (name, sockets) in sorted(listening.items())
+        for ip, port in sorted(sockets)
+        if not _is_loopback(ip)
+    ]
+
+
+RAY_PROCESSES = ("gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::LabelActor")
+"""Ray's own processes a run has, each with a listening socket: the socket tests must have seen every one."""
+
+
+def _names_seen(listening: dict[int, tuple[str, set[tuple[str, int]]]]) -> set[str]:
+    return {kind for name, sockets in listening.values() if sockets for kind in RAY_PROCESSES if kind in name}
+
+
+def test_every_listening_socket_of_the_cluster_the_driver_and_the_workers_is_on_loopback(
     cluster: RayCluster, data: dict[str, Path], tmp_path: Path
 ) -> None:
-    """No host configured: the driver's and each worker's metrics servers, and anything else those processes
-    listen on, are bound to 127.0.0.1 and the targets file names those addresses. (Ray's own daemons, raylet,
-    GCS and dashboard, are configured by `ray start` and are not labeler's processes.)"""
+    """The test cluster (its GCS, raylet, dashboard and agents, workers) and a driver on it with its metrics
+    server on: every socket any of their processes listens on is on loopback, and the Prometheus targets the
+    driver wrote name those addresses."""
     out = tmp_path / "run"
     driver = _driver(cluster, "--config", str(_config(data, str(out), tmp_path, steps=20, metrics={"port": 0})))
     sink = PartSink(str(out))
@@ -291,23 +330,49 @@ def test_every_listening_socket_of_the_driver_and_the_workers_is_on_loopback(
         _wait_for_parts(sink, 1, driver)
         targets = json.loads((out / "prometheus_targets.json").read_text())[0]["targets"]
         assert len(targets) == 3, targets  # the driver and two workers
-        workers = _label_actor_pids(cluster)
-        assert len(workers) == 2, workers
-        listening = _listening([driver.pid, *workers])
-        assert driver.returncode is None and len(listening) == 3, "the driver or a worker ended early"
-        bound = {f"{ip}:{port}" for sockets in listening.values() for ip, port in sockets}
+        listening = _listening(sorted({*_cluster_pids(cluster), *_tree([driver.pid])}))
+        assert driver.returncode is None, "the driver ended early"
+        assert _names_seen(listening) == set(RAY_PROCESSES), sorted(name for name, _ in listening.values())
+        bound = {f"{ip}:{port}" for _, sockets in listening.values() for ip, port in sockets}
         assert set(targets) <= bound, f"targets {targets} are not all among the listening sockets {bound}"
-        # Each Ray process (the driver too) also serves Ray's core-worker gRPC on one port of `ray start`'s
-        # worker range, on every interface: Ray's, set by the cluster's own options. Nothing else is off loopback.
-        for pid, sockets in listening.items():
-            elsewhere = [(ip, port) for ip, port in sockets if ip != "127.0.0.1"]
-            assert len(elsewhere) <= 1 and all(RAY_WORKER_PORTS[0] <= p <= RAY_WORKER_PORTS[1] for _, p in elsewhere), (
-                f"process {pid} listens off loopback: {sorted(sockets)}"
-            )
+        assert _off_loopback(listening) == []
     finally:
         driver.kill()
         output = driver.communicate(timeout=60)[0]
     assert "(bound to 127.0.0.1), workers" in output and "workers ['127.0.0.1:" in output, output[-3000:]
+
+
+def test_a_local_run_listens_on_loopback_only(data: dict[str, Path], tmp_path: Path) -> None:
+    """`labeler run` without an address starts its own Ray: every socket of the driver's whole process tree (the
+    GCS, raylet, agents and workers Ray starts under it) is on loopback, with nothing in the environment asking
+    for it."""
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("RAY_ENABLE_")}
+    config = _config(data, str(out), tmp_path, steps=20, metrics={"port": 0})
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "labeler.cli", "run", "--no-progress", "--config", str(config)],
+        env={**env, **MOTO_CREDENTIALS, "RAY_AUTH_MODE": "disabled"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _STARTED.append(driver)
+    sink = PartSink(str(out))
+    tree: list[int] = []
+    try:
+        _wait_for_parts(sink, 1, driver)
+        tree = _tree([driver.pid])
+        listening = _listening(tree)
+        assert driver.poll() is None, "the driver ended early"
+        assert _names_seen(listening) == set(RAY_PROCESSES), sorted(name for name, _ in listening.values())
+        assert _off_loopback(listening) == []
+    finally:
+        driver.send_signal(signal.SIGINT)  # drains and shuts its Ray down
+        output = driver.communicate(timeout=300)[0]
+        for pid in tree:  # anything of its Ray still running
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert driver.returncode == 130, output[-3000:]
 
 
 def _cmdline(pid: int) -> list[str]:

@@ -191,3 +191,24 @@ def test_cli_harvest_sae_format(tmp_path: Path, subject: Path, corpus: Path) -> 
     assert cli.main([*common, "--out", str(tmp_path / "a"), "--sae-format", "sparsify", "--context-len", "16"]) == 0
     assert pq.read_table(tmp_path / "a" / "features.parquet").num_rows == D_SAE
     assert cli.main([*common, "--out", str(tmp_path / "b"), "--sae-format", "gemma-scope"]) == 2
+
+
+def test_a_gemma_scope_npz_holding_a_pickled_array_is_named_and_nothing_is_written(
+    tmp_path: Path, subject: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """numpy refuses to unpickle an object array; `labeler harvest` names the file and the array and says how to
+    save it as numbers, exit 2, before any output is written."""
+    from labeler import cli
+
+    folder = tmp_path / "gemma-scope-2b-pt-res" / "layer_0" / "width_16k" / "average_l0_5"
+    folder.mkdir(parents=True)
+    weights = np.empty((32, D_SAE), dtype=object)
+    weights[:] = 0.5
+    np.savez(folder / "params.npz", W_enc=weights, b_enc=np.zeros(D_SAE), threshold=np.zeros(D_SAE))
+    out = tmp_path / "out"
+    argv = ["harvest", "--sae", str(folder), "--model", str(subject), "--corpus", str(corpus), "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 'params.npz'}: array 'W_enc' is a pickled object array, not numbers" in err, err
+    assert "labeler never unpickles a file" in err and "np.savez(" in err
+    assert not out.exists()

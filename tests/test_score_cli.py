@@ -24,12 +24,13 @@ pytestmark = pytest.mark.skipif(
 HOOK = "blocks.6.hook_resid_pre"
 
 
-def _run(tmp_path: Path) -> Path:
+def _run(tmp_path: Path, heldout_fraction: float | None = None) -> Path:
     """A run whose feature 7 fires on "cat" and got the junk label "mortgage refinancing"; feature 8 is the same
-    feature labelled "cat"."""
+    feature labelled "cat". With `heldout_fraction`, the run held out that fraction, and its manifest says so."""
     run = tmp_path / "run"
     feature = _one_token_feature()
-    n_heldout = len(split_examples(feature, LabelConfig())[2])
+    label_config = LabelConfig() if heldout_fraction is None else LabelConfig(heldout_fraction=heldout_fraction)
+    n_heldout = len(split_examples(feature, label_config)[2])
     rows = {"feature": [], "context": [], "target": [], "activation": []}
     records = []
     for fid, label in ((7, "mortgage refinancing"), (8, "cat")):
@@ -41,7 +42,10 @@ def _run(tmp_path: Path) -> Path:
     (tmp_path / "exemplars").mkdir()
     pq.write_table(pa.table(rows), tmp_path / "exemplars" / "part-00000.parquet")
     sink = PartSink(str(run))
-    assert sink.write_manifest({"run_id": "r1", "exemplars": str(tmp_path / "exemplars")})
+    manifest: dict[str, object] = {"run_id": "r1", "exemplars": str(tmp_path / "exemplars")}
+    if heldout_fraction is not None:
+        manifest["config"] = {"label": {"heldout_fraction": heldout_fraction}}
+    assert sink.write_manifest(manifest)
     assert sink.commit(0, to_table(records, run_info("r1", discriminator="hf:/elsewhere", hook_point=HOOK)))
     return run
 
@@ -75,6 +79,17 @@ def test_score_refuses_the_discriminator_that_chose_the_labels(tmp_path: Path, c
     run = _run(tmp_path)
     assert main(["score", str(run), "--judge", "hf:/elsewhere", "--out", str(tmp_path / "s")]) == 2
     assert "chose these labels" in capsys.readouterr().err
+
+
+def test_score_reads_the_held_out_fraction_from_the_runs_manifest(tmp_path: Path) -> None:
+    """A run that held out 40% of each feature's examples: `labeler score` judges on those, asking for no flag."""
+    run = _run(tmp_path, heldout_fraction=0.4)
+    argv = ["score", str(run), "--judge", "minilm", "--scorers", "embedding", "--out", str(tmp_path / "s.parquet")]
+    assert main([*argv, "--device", "cpu"]) == 0
+    scores = pq.read_table(tmp_path / "s.parquet").to_pylist()
+    n_heldout = len(split_examples(_one_token_feature(), LabelConfig(heldout_fraction=0.4))[2])
+    assert n_heldout != len(split_examples(_one_token_feature(), LabelConfig())[2])  # the default would not do
+    assert {s["n_examples"] for s in scores if s["label_kind"] == "label"} == {n_heldout}
 
 
 def test_delphi_result_analysis_reads_our_scores(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -17,15 +16,6 @@ from labeler.run.sink import PartSink, SinkConfig
 
 def _table(index: int, note: str = "") -> pa.Table:
     return pa.table({"feature": [index * 10 + i for i in range(10)], "note": [note] * 10})
-
-
-@pytest.fixture
-def moto(tmp_path: Path) -> Iterator[MotoS3]:
-    server = MotoS3(tmp_path)
-    server.start()
-    server.make_bucket("runs")
-    yield server
-    server.stop()
 
 
 def test_local_commit_is_create_only_and_readers_see_only_parts(tmp_path: Path) -> None:

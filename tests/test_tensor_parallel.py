@@ -160,9 +160,17 @@ def test_row_parallel_adds_its_bias_once_after_the_sum(tmp_path: Path) -> None:
 
 def test_a_gangs_store_listens_on_the_port_it_names() -> None:
     """CI once stopped a run with EADDRINUSE: rank 0 chose a free port, released it, and another process took it
-    before the process group's store bound it. The store now binds a port of the OS's choice and names that one."""
+    before the process group's store bound it. The store now binds a port of the OS's choice and names that one,
+    on the node's address only."""
     rank0 = GangRank(None, "", None, 0, "127.0.0.1")  # type: ignore[arg-type]  # only the rendezvous is used
     host, port = rank0.rendezvous(2)
     rank0.store.set("ready", "yes")
     follower = dist.TCPStore(host, port, 2, is_master=False, timeout=timedelta(seconds=10))
     assert follower.get("ready") == b"yes"
+    # ... and on the node's address alone, not on every interface (a local Ray's node address is 127.0.0.1).
+    import psutil
+
+    listening = {
+        c.laddr.ip for c in psutil.Process().net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"
+    }
+    assert listening == {rank0.listener.getsockname()[0]} and not listening & {"0.0.0.0", "::"}

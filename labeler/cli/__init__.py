@@ -1,7 +1,8 @@
 """The `labeler` command line: the only place that parses arguments and prints progress.
 
-One module per command group: labelling.py (`label`, `run`), harvest.py, store.py (`query`, `export`,
-`report`), demo.py, testbed.py; options.py generates the config flags, progress.py the progress bars.
+One module per command group: labelling.py (`label`, `run`: the only place that starts Ray), harvest.py,
+importing.py, store.py (`query`, `export`, `report`), score.py, upload.py, plan.py, demo.py, testbed.py, wordnet.py;
+options.py generates the config flags, progress.py the progress bars, errors.py and storage_errors.py the messages.
 """
 
 from __future__ import annotations

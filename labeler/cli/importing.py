@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from labeler.harvest.exemplar_parts import ImportManifest
@@ -75,15 +76,26 @@ def run_delphi(args: argparse.Namespace) -> int:
         min_active_tokens=args.min_active_tokens,
         seed=args.seed,
     )
-    return _report(import_delphi_cache(config), args.out)
+    return _report(_cleanly(lambda: import_delphi_cache(config), args.out), args.out)
 
 
 def run_neuronpedia(args: argparse.Namespace) -> int:
     from labeler.harvest.neuronpedia_cache import NeuronpediaImportConfig, import_neuronpedia
 
-    return _report(
-        import_neuronpedia(NeuronpediaImportConfig(export=args.export, out=args.out, seed=args.seed)), args.out
-    )
+    config = NeuronpediaImportConfig(export=args.export, out=args.out, seed=args.seed)
+    return _report(_cleanly(lambda: import_neuronpedia(config), args.out), args.out)
+
+
+def _cleanly(run: Callable[[], ImportManifest], out: str) -> ImportManifest:
+    """The import, or, where it fails (or is interrupted), its error with what it wrote into `out` removed."""
+    from labeler.harvest.exemplar_parts import discard, names_in
+
+    before = names_in(out)
+    try:
+        return run()
+    except BaseException:
+        discard(out, before)
+        raise
 
 
 def _report(manifest: ImportManifest, out: str) -> int:

@@ -26,8 +26,10 @@ from labeler.discriminators.config import SPEC_HELP
 from labeler.discriminators.prompt import PromptTemplate
 from labeler.run import service
 from labeler.run.config import RunConfig, describe, load_config, parse_override, to_dict
+from labeler.run.lease import LeaseLost, RunLease
 from labeler.run.scheduler import Pool, Progress
 from labeler.run.service import PreparedRun, resume_config
+from labeler.run.sink import PartSink, StorageFullError
 
 PATH_FLAGS = (
     ("exemplars", "source.exemplars"),
@@ -145,11 +147,22 @@ def run_on_ray(args: argparse.Namespace) -> int:
 
 
 def execute(config: RunConfig, args: argparse.Namespace, resume: bool, on_ray: bool) -> int:
-    """Harvest where needed, prepare, label every feature on the pool, and print where the labels are."""
+    """Harvest where needed, take the run's lease, prepare, label every feature on the pool, and print where the
+    labels are."""
+    if on_ray and _starts_local_ray(args):
+        _check_local_gpus(config.workers.num_gpus)
     if not resume and config.source.exemplars is None:  # harvested first: show its progress
         with harvest_bar(None, disable=args.no_progress) as on_tokens:
             config = service.harvest_stage(config, on_tokens, log=lambda line: print(line, file=sys.stderr))
-    prepared = service.prepare(config, resume=resume)
+    lease = RunLease(PartSink(config.out, config.sink), config.sink.lease_expiry_seconds)
+    try:
+        return _label(config, args, resume, on_ray, lease)
+    finally:
+        lease.release()
+
+
+def _label(config: RunConfig, args: argparse.Namespace, resume: bool, on_ray: bool, lease: RunLease) -> int:
+    prepared = service.prepare(config, resume=resume, lease=lease)
     print(
         f"run {config.out}: {prepared.plan.n_features} features in {prepared.plan.n_chunks} chunks, "
         f"{len(prepared.committed)} chunks already committed; discriminator {prepared.manifest['discriminator']}",
@@ -167,6 +180,12 @@ def execute(config: RunConfig, args: argparse.Namespace, resume: bool, on_ray: b
             progress = _on_ray(prepared, args, bar, on_step, resume)
         else:
             progress = _in_process(prepared, args, bar, on_step, resume)
+    except (StorageFullError, LeaseLost) as err:
+        bar.close()
+        print(f"labeler: error: {err}", file=sys.stderr)
+        if isinstance(err, StorageFullError):
+            print(f"once there is space, continue with: labeler run --resume {config.out}", file=sys.stderr)
+        return 1
     finally:
         bar.close()
     return _summary(prepared, progress)
@@ -203,20 +222,22 @@ def _on_ray(
 ) -> Progress:
     import socket
 
+    config = prepared.config
+    started_here = _starts_local_ray(args)
+    if started_here:
+        _init_local_ray()  # before anything imports ray here
     import ray
 
-    from labeler.ray_pool import GangPool, RayPool, WorkerStartError
+    from labeler.ray_pool import WorkerStartError, make_pool
     from labeler.run import metrics
 
-    config = prepared.config
-    started_here = not (args.address or os.environ.get("RAY_ADDRESS"))
-    ray.init(address=args.address, log_to_driver=True, include_dashboard=False if started_here else None)
+    if not started_here:
+        ray.init(address=args.address, log_to_driver=True)
     try:
         driver_port = (
             metrics.serve(config.metrics.port, config.metrics.host) if config.metrics.port is not None else None
         )
         node = ray.util.get_node_ip_address() or socket.gethostname()
-        make_pool = GangPool if config.workers.tensor_parallel > 1 else RayPool
         pool = make_pool(config.workers, prepared.spec(), config.out, config.sink)
         try:
             endpoints = pool.ready()
@@ -246,6 +267,61 @@ def _on_ray(
     finally:
         if started_here:
             ray.shutdown()
+
+
+LOOPBACK_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+"""The environment that keeps a local Ray on loopback: with it Ray takes 127.0.0.1 as the node's address (as it
+does on macOS and Windows, where it is the default) and every process it starts binds that address alone: the GCS,
+the raylet, the dashboard and runtime-env agents, each worker's and the driver's core-worker gRPC server. Ray reads
+it when it is imported, here and in each process it starts (they inherit this environment); such a Ray takes no
+other node."""
+
+
+def _starts_local_ray(args: argparse.Namespace) -> bool:
+    """Whether `labeler run` starts its own Ray (no --address, no RAY_ADDRESS), which then listens on loopback
+    only; a cluster named by address is as its own settings make it."""
+    return not (args.address or os.environ.get("RAY_ADDRESS"))
+
+
+def _init_local_ray() -> None:
+    """Start a Ray for this run in this process, every one of its servers bound to 127.0.0.1."""
+    import ipaddress
+
+    saved = {name: os.environ.get(name) for name in LOOPBACK_RAY_ENV}
+    os.environ.update(LOOPBACK_RAY_ENV)
+    try:
+        import ray
+
+        ray.init(_node_ip_address="127.0.0.1", log_to_driver=True, include_dashboard=False)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
+    address = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(address).is_loopback:  # Ray was imported before the environment was set
+        ray.shutdown()
+        raise RuntimeError(
+            f"the local Ray took {address} as its address, not loopback: Ray was imported in this process before "
+            f"labeler could set {', '.join(f'{k}={v}' for k, v in LOOPBACK_RAY_ENV.items())}; set it before "
+            "importing ray, or start Ray yourself and pass --address"
+        )
+
+
+def _check_local_gpus(num_gpus: float) -> None:
+    """Refuse, before Ray starts and before the run folder is written, GPU workers on a machine without GPUs."""
+    if num_gpus <= 0:
+        return
+    import torch
+
+    found = torch.cuda.device_count()
+    if found == 0:
+        raise UsageError(
+            f"--num-gpus {num_gpus:g} (workers.num_gpus) asks for a GPU per worker, but this machine has none that "
+            "torch can use (torch.cuda.device_count() is 0), and without --address the run starts a local Ray "
+            "here; give --num-gpus 0 for CPU workers, or --address of a Ray cluster with GPUs"
+        )
 
 
 def _drive(prepared: PreparedRun, pool: Pool, bar: Any, every_poll: Callable[[], None]) -> Progress:

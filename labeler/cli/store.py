@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from labeler.cli.errors import UsageError
+from labeler.cli.upload import add_model_name_flag, model_names_from
 
 
 def add_parser(commands: Any) -> None:
@@ -42,6 +43,7 @@ def add_parser(commands: Any) -> None:
     export.add_argument("--model-id", default=None, help="Neuronpedia modelId (default: the run's model)")
     export.add_argument("--source-id", default=None, help="Neuronpedia source id, e.g. 6-res-jb (default: sae_id)")
     export.add_argument("--author-id", default="labeler", help="Neuronpedia authorId of the explanations")
+    add_model_name_flag(export)
     export.set_defaults(run=run_export)
 
     report = commands.add_parser(
@@ -82,8 +84,9 @@ def run_export(args: argparse.Namespace) -> int:
     if args.format == "jsonl":
         print(f"wrote {labels.num_rows} rows to {write_jsonl(labels, args.out)}", file=sys.stderr)
         return 0
-    rows = neuronpedia_explanations(labels, args.author_id, args.model_id, args.source_id)
-    scores = neuronpedia_scores(labels, args.author_id, args.model_id, args.source_id)
+    names = model_names_from(args)
+    rows = neuronpedia_explanations(labels, args.author_id, args.model_id, args.source_id, names)
+    scores = neuronpedia_scores(labels, args.author_id, args.model_id, args.source_id, names)
     paths = write_neuronpedia(rows, args.out)
     score_paths = write_neuronpedia(scores, args.out, "explanation-scores")
     print(

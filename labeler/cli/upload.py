@@ -8,6 +8,8 @@ import argparse
 import sys
 from typing import Any
 
+from labeler.cli.errors import UsageError
+
 
 def add_parser(commands: Any) -> None:
     upload = commands.add_parser("upload", help="upload a run's labels to another service (Neuronpedia)")
@@ -26,7 +28,32 @@ def add_parser(commands: Any) -> None:
     neuronpedia.add_argument(
         "--top-activations", type=int, default=20, help="top exemplars uploaded per feature as its activations"
     )
+    add_model_name_flag(neuronpedia)
     neuronpedia.set_defaults(run=run_neuronpedia)
+
+
+def add_model_name_flag(parser: argparse.ArgumentParser) -> None:
+    """--model-name SPEC=NAME: the published name of a model the run names by a folder (export and upload)."""
+    parser.add_argument(
+        "--model-name",
+        action="append",
+        default=[],
+        metavar="SPEC=NAME",
+        help="the published name of a model the run names by a folder of this machine (its discriminator, a judge), "
+        "e.g. hf:/models/gemma=google/gemma-2-2b; repeatable. Services get names, never local paths (minilm and "
+        "folders of the Hugging Face cache are named without it)",
+    )
+
+
+def model_names_from(args: argparse.Namespace) -> dict[str, str]:
+    """{SPEC: NAME} of the --model-name flags."""
+    names = {}
+    for item in args.model_name:
+        spec, sep, name = item.rpartition("=")
+        if not sep or not spec or not name.strip():
+            raise UsageError(f"--model-name takes SPEC=NAME, e.g. hf:/models/gemma=google/gemma-2-2b; got {item!r}")
+        names[spec] = name.strip()
+    return names
 
 
 def run_neuronpedia(args: argparse.Namespace) -> int:
@@ -34,7 +61,7 @@ def run_neuronpedia(args: argparse.Namespace) -> int:
     from labeler.store.neuronpedia_upload import api_key_from_environment, feature_uploads, upload_features
 
     api_key = api_key_from_environment()  # before reading the run: a missing key fails at once
-    features = feature_uploads(read_runs([args.run_url]), args.top_activations)
+    features = feature_uploads(read_runs([args.run_url]), args.top_activations, model_names_from(args))
 
     def progress(sent: int, total: int) -> None:
         print(f"batch {sent}/{total} uploaded", file=sys.stderr)

@@ -64,13 +64,38 @@ class ImportManifest:
     schema_version: int = HARVEST_SCHEMA_VERSION
 
 
+IMPORT_OUTPUTS = ("exemplars", "features.parquet", "manifest.json")
+"""What an import writes into its out folder."""
+
+
+def names_in(out: str, storage_options: dict[str, Any] | None = None) -> set[str] | None:
+    """The names an out folder holds now, or None where it does not exist (before an import: see `discard`)."""
+    fs, root = fsspec.core.url_to_fs(out, **dict(storage_options or {}))
+    if not fs.isdir(root):
+        return None
+    return {str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)}
+
+
+def discard(out: str, before: set[str] | None, storage_options: dict[str, Any] | None = None) -> None:
+    """Remove what a failed import wrote: its outputs that `out` did not hold `before` (names_in's answer then),
+    and the folder itself where the import created it and nothing else is in it; so the same command can run again."""
+    fs, root = fsspec.core.url_to_fs(out, **dict(storage_options or {}))
+    for name in IMPORT_OUTPUTS:
+        if name not in (before or set()) and fs.exists(f"{root}/{name}"):
+            fs.rm(f"{root}/{name}", recursive=True)
+    if before is None and fs.isdir(root) and not fs.ls(root, detail=False):
+        fs.rmdir(root)
+
+
 class PartWriter:
     """Writes OUT/exemplars/part-NNNNN.parquet one part at a time, then OUT/features.parquet and manifest.json."""
 
     def __init__(self, out: str, storage_options: dict[str, Any] | None = None) -> None:
         self.out = out
         self.fs, self.root = fsspec.core.url_to_fs(out, **dict(storage_options or {}))
-        if self.fs.exists(f"{self.root}/manifest.json") or self.fs.exists(f"{self.root}/exemplars"):
+        exemplars = f"{self.root}/exemplars"
+        holds = self.fs.isdir(exemplars) and self.fs.ls(exemplars, detail=False)  # an empty folder holds none
+        if self.fs.exists(f"{self.root}/manifest.json") or holds or self.fs.isfile(exemplars):
             raise ImportSourceError(f"{out} already holds exemplars; choose a new --out or remove it")
         self.fs.makedirs(f"{self.root}/exemplars", exist_ok=True)
         self.parts = 0

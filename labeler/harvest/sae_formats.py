@@ -292,7 +292,17 @@ def _load_gemma_scope(path: Path, device: torch.device) -> JumpReLUEncoder:
         raise SAEFormatError(f"{file} lacks {missing} (found {params.files}); Gemma Scope's keys are W_enc, b_enc, ...")
 
     def tensor(key: str) -> Tensor:
-        return torch.as_tensor(np.asarray(params[key], dtype=np.float32), device=device)
+        try:
+            array = np.asarray(params[key], dtype=np.float32)
+        except ValueError as err:  # a pickled (object) array: numpy refuses it, and so does labeler
+            if "allow_pickle" not in str(err):
+                raise SAEFormatError(f"{file}: array {key!r} cannot be read as numbers: {err}") from err
+            raise SAEFormatError(
+                f"{file}: array {key!r} is a pickled object array, not numbers; labeler never unpickles a file (that "
+                "runs code the file holds). Gemma Scope's params.npz holds plain float arrays: save them as such, "
+                "e.g. np.savez(path, **{name: np.asarray(value, dtype=np.float32) for name, value in params.items()})"
+            ) from None
+        return torch.as_tensor(array, device=device)
 
     W_enc = tensor("W_enc")
     if W_enc.ndim != 2 or tensor("b_enc").shape != (W_enc.shape[1],) or tensor("threshold").shape != (W_enc.shape[1],):

@@ -8,6 +8,7 @@ knows nothing about models.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -63,11 +64,16 @@ def read_exemplars(path: str | Path) -> pa.Table:
             raise ExemplarError(f"unknown exemplar format {path.suffix!r} for {path}; use .jsonl or .parquet")
     except (pa.ArrowInvalid, OSError) as err:
         raise ExemplarError(f"cannot read exemplars from {path}: {err}") from err
+    if path.suffix in JSONL_SUFFIXES:
+        return validate_exemplars(table, source=str(path), where=lambda row: f"line {_jsonl_line(path, row)}")
     return validate_exemplars(table, source=str(path))
 
 
-def validate_exemplars(table: pa.Table, source: str = "exemplars") -> pa.Table:
-    """Check the contract and cast the required columns to their declared types."""
+def validate_exemplars(
+    table: pa.Table, source: str = "exemplars", where: Callable[[int], str] = lambda row: f"row {row}"
+) -> pa.Table:
+    """Check the contract and cast the required columns to their declared types. `where` names a row for the
+    messages (a JSON lines file's: by its line, as its type errors are; a table's: by its index)."""
     columns = _cast_columns(table, source)
     if table.num_rows == 0:
         raise ExemplarError(f"{source}: no rows")
@@ -79,7 +85,7 @@ def validate_exemplars(table: pa.Table, source: str = "exemplars") -> pa.Table:
     if bad:
         first = pc.index(pc.is_finite(activation), False).as_py()
         raise ExemplarError(
-            f"{source}: column 'activation' has {bad} NaN or infinite value(s) (first at row {first}); "
+            f"{source}: column 'activation' has {bad} NaN or infinite value(s) (first at {where(first)}); "
             "every activation must be a finite number"
         )
     negative = pc.sum(pc.less(columns["feature"], 0)).as_py()
@@ -88,10 +94,10 @@ def validate_exemplars(table: pa.Table, source: str = "exemplars") -> pa.Table:
     empty = _empty_targets(columns["target"])
     if empty.any():
         raise ExemplarError(
-            f"{source}: column 'target' has {int(empty.sum())} empty value(s) (first at row {int(empty.argmax())}); "
+            f"{source}: column 'target' has {int(empty.sum())} empty value(s) (first at {where(int(empty.argmax()))}); "
             "every target must be the word or token of its context whose activation the row gives"
         )
-    warn_absent_targets(columns["context"], columns["target"], source)
+    warn_absent_targets(columns["context"], columns["target"], source, where)
     return _with_extra_columns(columns, table)
 
 
@@ -100,7 +106,12 @@ def _empty_targets(target: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(pc.fill_null(pc.equal(pc.utf8_length(target), 0), False).to_numpy(zero_copy_only=False))
 
 
-def warn_absent_targets(context: pa.ChunkedArray, target: pa.ChunkedArray, source: str) -> int:
+def warn_absent_targets(
+    context: pa.ChunkedArray,
+    target: pa.ChunkedArray,
+    source: str,
+    where: Callable[[int], str] = lambda row: f"row {row}",
+) -> int:
     """Log one warning counting the rows whose target does not occur in their context, and return that count.
 
     A warning, not an error: a producer may legitimately hold a target its context lacks (a byte-level token
@@ -110,10 +121,10 @@ def warn_absent_targets(context: pa.ChunkedArray, target: pa.ChunkedArray, sourc
     absent = [row for row, (text, word) in enumerate(pairs) if text is not None and word and word not in text]
     if absent:
         log.warning(
-            "%s: %d row(s) whose target does not occur in its context (first at row %d); they are kept as given",
+            "%s: %d row(s) whose target does not occur in its context (first at %s); they are kept as given",
             source,
             len(absent),
-            absent[0],
+            where(absent[0]),
         )
     return len(absent)
 
@@ -264,6 +275,13 @@ def _read_jsonl(path: Path) -> pa.Table:
     if not all(_CONTRACT_TYPES[name](table.schema.field(name).type) for name in present):
         _raise_first_bad_line(path)
     return table
+
+
+def _jsonl_line(path: Path, row: int) -> int:
+    """The line number (from 1) of row `row` (from 0) of a JSON lines file: Arrow skips blank lines."""
+    with path.open("rb") as lines:
+        rows = (number for number, line in enumerate(lines, start=1) if line.strip())
+        return next(itertools.islice(rows, row, None))
 
 
 def _raise_first_bad_line(path: Path) -> None:

@@ -4,6 +4,7 @@
   RUN/labels/part-NNNNNNNN.parquet   label records of chunk N (records/labels.py), each committed whole
   RUN/harvest/                       exemplars harvested by the run itself, when it made them
   RUN/prometheus_targets.json        the metrics endpoints of a run in progress
+  RUN/lease/NNNNNNNN.json            the driver writing the run now, and its heartbeat (run/lease.py)
 The run/ modules write this layout and store/ reads it; both take the names from here.
 """
 
@@ -15,6 +16,7 @@ MANIFEST = "manifest.json"
 LABELS = "labels"
 HARVEST = "harvest"
 TARGETS = "prometheus_targets.json"
+LEASE = "lease"
 PART_NAME = re.compile(r"^part-(\d+)\.parquet$")
 """A committed part's file name; the digits are its chunk index (eight of them, zero-padded, when written)."""
 

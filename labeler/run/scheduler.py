@@ -3,7 +3,7 @@
 The scheduler decides which chunk goes next, keeps at most `max_in_flight_per_worker` chunks in flight
 per worker, retries a failed chunk up to `max_attempts` times and then gives its features up as failed,
 and tracks every feature's state. It knows nothing about Ray, models or storage: workers are reached
-through the small `Pool` protocol (labeler/ray_pool.py implements it on Ray, run/local.py in this process),
+through the small `Pool` protocol (labeler/ray_pool/ implements it on Ray, run/local.py in this process),
 and a chunk that is given up is handed to a callback that records its features (the driver writes them to
 the sink).
 

@@ -24,11 +24,12 @@ from labeler import __version__
 from labeler.discriminators.config import spec_of, templates_of
 from labeler.records.exemplars import unlabelable_reason
 from labeler.records.labels import RunInfo, config_hash
-from labeler.records.layout import HARVEST, MANIFEST
+from labeler.records.layout import HARVEST, LEASE, MANIFEST
 from labeler.run.config import ConfigError, RunConfig, SourceConfig, build, to_dict
 from labeler.run.fingerprint import FINGERPRINT, describe_changes, input_fingerprint
-from labeler.run.scheduler import Plan, Pool, Progress, Scheduler, drive, make_plan
-from labeler.run.sink import PartSink, SinkConfig
+from labeler.run.lease import LeaseLost, RunLease
+from labeler.run.scheduler import Chunk, ChunkOutcome, Completion, Plan, Pool, Progress, Scheduler, drive, make_plan
+from labeler.run.sink import PartSink, SinkConfig, StorageFullError
 from labeler.run.worker import LabellerSpec, give_up_chunk, plan_features, read_chunk_exemplars
 
 
@@ -41,6 +42,8 @@ class PreparedRun:
     sink: PartSink
     manifest: dict[str, Any]
     committed: frozenset[int]
+    lease: RunLease | None = None
+    """The lease this driver holds on the run folder, where it took one (the CLI does)."""
 
     def spec(self) -> LabellerSpec:
         c = self.config
@@ -125,8 +128,11 @@ def _harvest_provenance(source: SourceConfig) -> dict[str, Any]:
     return {"sae": harvest.get("sae"), "subject_model": harvest.get("model"), "hook_point": harvest.get("hook")}
 
 
-def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
-    """Check the input and the run folder, plan the chunks, and write (or, resuming, check) the manifest."""
+def prepare(config: RunConfig, resume: bool = False, lease: RunLease | None = None) -> PreparedRun:
+    """Check the input and the run folder, plan the chunks, and write (or, resuming, check) the manifest.
+
+    With a `lease`, it is acquired once the input is checked and before anything is written or the committed
+    parts are listed (LeaseHeld while another driver writes the run); the caller releases it."""
     if config.source.exemplars is None:
         raise ConfigError("no exemplars: set source.exemplars (or --exemplars), or run harvest_stage first")
     # Local input paths are named absolutely (in the manifest too), so workers, readers and a resume find them
@@ -191,6 +197,8 @@ def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
                 "labels its remaining features as the first ones were, so leave these as they were, or start a new "
                 "run with a new out"
             )
+        if lease is not None:
+            lease.acquire()
         manifest = existing
     else:
         started = datetime.datetime.now(datetime.UTC)
@@ -210,9 +218,11 @@ def prepare(config: RunConfig, resume: bool = False) -> PreparedRun:
         } | _harvest_provenance(config.source)
         given = {"sae": named.sae_id, "subject_model": named.model, "hook_point": named.hook_point}
         manifest |= {key: value for key, value in given.items() if value is not None}
+        if lease is not None:
+            lease.acquire()
         if not sink.write_manifest(manifest):
             raise ConfigError(f"another driver started a run at {config.out} at the same time")
-    return PreparedRun(config, plan, sink, manifest, frozenset(sink.committed()))
+    return PreparedRun(config, plan, sink, manifest, frozenset(sink.committed()), lease)
 
 
 LABEL_SETTINGS = ("discriminator", "label", "score")
@@ -270,8 +280,9 @@ def plan_digest(plan: Plan) -> str:
     return digest.hexdigest()
 
 
-RUN_OWN = {HARVEST}
-"""What a new run folder may hold before the run writes its manifest: the harvest the run made itself."""
+RUN_OWN = {HARVEST, LEASE}
+"""What a new run folder may hold before the run writes its manifest: the harvest the run made itself, and the
+lease of a driver that stopped before writing it."""
 
 
 def check_new_out(url: str, sink: SinkConfig) -> None:
@@ -343,12 +354,61 @@ def execute(
     on_progress: Callable[[Progress], None] = lambda progress: None,
     stopping: Callable[[], bool] = lambda: False,
 ) -> Progress:
-    """Drive the run on `pool` until every feature is committed, or until `stopping()` and a drain."""
+    """Drive the run on `pool` until every feature is committed, or until `stopping()` and a drain.
+
+    Two more things stop the run with a drain, and are raised once the chunks in flight have finished: the run
+    folder's device filling up (StorageFullError; a chunk that failed for it is never recorded as failed, so a
+    resume labels it), and another driver taking the run's lease over (LeaseLost)."""
     scheduler = Scheduler(run.plan, run.config.scheduler, committed=run.committed)
     info = run.run_info()
-    return drive(
-        scheduler, pool, lambda chunk, error: give_up_chunk(run.sink, info, chunk, error), on_progress, stopping
-    )
+    watched = _StorageWatch(pool)
+
+    def give_up(chunk: Chunk, error: str) -> ChunkOutcome:
+        if watched.full is not None:
+            raise StorageFullError(watched.full)
+        return give_up_chunk(run.sink, info, chunk, error)
+
+    def lost() -> bool:
+        return run.lease is not None and run.lease.lost is not None
+
+    progress = drive(scheduler, watched, give_up, on_progress, lambda: stopping() or watched.full is not None or lost())
+    if watched.full is not None:
+        raise StorageFullError(watched.full)
+    if run.lease is not None and run.lease.lost is not None:
+        raise LeaseLost(
+            f"another {run.lease.lost.describe(datetime.datetime.now(datetime.UTC))} took {run.config.out} over: "
+            f"this driver's heartbeat had not been written for longer than the lease's {run.lease.expiry:g} s (it "
+            "stalled, or lost its storage), so it stopped sending chunks; the parts it committed are kept"
+        )
+    return progress
+
+
+class _StorageWatch:
+    """The pool, with each completion's error read for a full run folder (the first such message is kept)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.full: str | None = None
+
+    def size(self) -> int:
+        return self.pool.size()
+
+    def alive(self) -> int:
+        return self.pool.alive()
+
+    def available(self, worker: int) -> bool:
+        return self.pool.available(worker)
+
+    def submit(self, worker: int, chunk: Chunk) -> None:
+        self.pool.submit(worker, chunk)
+
+    def poll(self, timeout: float) -> list[Completion]:
+        done = self.pool.poll(timeout)
+        kind = f"{StorageFullError.__name__}: "
+        for completion in done:
+            if self.full is None and (completion.error or "").startswith(kind):
+                self.full = str(completion.error)[len(kind) :]
+        return done
 
 
 def resume_config(url: str, sink: SinkConfig) -> RunConfig:

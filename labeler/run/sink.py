@@ -14,6 +14,7 @@ commits Arrow tables.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -48,6 +49,15 @@ class ManifestError(ValueError):
     """A run folder's manifest.json that cannot be read as one."""
 
 
+class StorageFullError(OSError):
+    """The run folder's device (or quota) is full: not retried, since waiting frees nothing; the run stops, and
+    the message names the folder and says how to continue."""
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
+"""The errors of a full device or an exhausted quota."""
+
+
 @dataclass(frozen=True)
 class SinkConfig:
     """Where parts go and how storage errors are retried."""
@@ -60,8 +70,14 @@ class SinkConfig:
     """Wait after the first failed attempt; doubled after each further one."""
     max_backoff_seconds: float = 10.0
     """Longest wait between two attempts."""
+    lease_expiry_seconds: float = 120.0
+    """How long the lease of the driver writing the run folder holds after its last heartbeat (beats come every
+    quarter of this): another driver takes the run over from one that stopped beating for longer
+    (labeler/run/lease.py). Longer than any storage outage a run should ride out, and than clocks may differ."""
 
     def __post_init__(self) -> None:
+        if self.lease_expiry_seconds <= 0:
+            raise ValueError(f"sink.lease_expiry_seconds must be positive, got {self.lease_expiry_seconds}")
         if self.retries < 1:
             raise ValueError(f"sink.retries must be at least 1, got {self.retries}")
         if self.backoff_seconds < 0 or self.max_backoff_seconds < self.backoff_seconds:
@@ -142,8 +158,41 @@ class PartSink:
         self._retry(lambda: self.fs.rm_file(f"{self.root}/{MANIFEST}"), "remove the manifest")
 
     def write_file(self, name: str, data: bytes) -> None:
-        """Overwrite a small side file of the run folder (e.g. the Prometheus targets list)."""
-        self._retry(lambda: self.fs.pipe_file(f"{self.root}/{name}", data), f"write {name}")
+        """Overwrite a small side file of the run folder (e.g. the Prometheus targets list); a reader sees the old
+        bytes or the new, never a mix (a local file is replaced by a rename, an object by one PUT)."""
+        path = f"{self.root}/{name}"
+        write = (lambda: _replace_local(path, data)) if self._local else (lambda: self.fs.pipe_file(path, data))
+        self._retry(write, f"write {name}")
+
+    def create_file(self, name: str, data: bytes) -> bool:
+        """Write a small side file of the run folder unless it exists; True when this call created it (the same
+        create-only write as a part's commit)."""
+        return self._retry(lambda: self._create(f"{self.root}/{name}", data), f"create {name}")
+
+    def read_file(self, name: str) -> bytes | None:
+        """A side file's bytes; None where there is none."""
+
+        def read() -> bytes | None:
+            try:
+                with self.fs.open(f"{self.root}/{name}", "rb") as f:
+                    return bytes(f.read())
+            except FileNotFoundError:
+                return None
+
+        return self._retry(read, f"read {name}")
+
+    def list_files(self, folder: str) -> list[str]:
+        """The names of the files in a folder of the run folder (none where it does not exist)."""
+
+        def listing() -> list[str]:
+            self.fs.invalidate_cache(f"{self.root}/{folder}")
+            try:
+                found = self.fs.ls(f"{self.root}/{folder}", detail=False)
+            except FileNotFoundError:
+                return []
+            return [str(p).rstrip("/").rsplit("/", 1)[-1] for p in found]
+
+        return self._retry(listing, f"list {folder}")
 
     def _create(self, path: str, data: bytes) -> bool:
         if self._local:
@@ -167,6 +216,11 @@ class PartSink:
             except FileExistsError:
                 raise
             except transient as err:
+                if isinstance(err, OSError) and err.errno in FULL:  # waiting frees nothing: stop the run
+                    raise StorageFullError(
+                        f"no space left in {self.url} ({what}: {err.strerror or err}); nothing partial was kept: "
+                        "free space there (or raise the quota), then continue the run with --resume"
+                    ) from err
                 if attempt == self.config.retries:
                     raise OSError(f"{what} at {self.url} failed {attempt} times; last error: {err!r}") from err
                 time.sleep(wait)
@@ -179,14 +233,35 @@ def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
-def _create_local(path: str, data: bytes) -> bool:
+def _replace_local(path: str, data: bytes) -> None:
+    partial = _write_partial(path, data)
+    try:
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+
+
+def _write_partial(path: str, data: bytes) -> str:
+    """Write `data` to a new hidden file beside `path`, synced; its path. Nothing is left where it fails (e.g. the
+    device is full)."""
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
     partial = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.partial")
-    with open(partial, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(partial, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        if os.path.exists(partial):
+            os.unlink(partial)
+        raise
+    return partial
+
+
+def _create_local(path: str, data: bytes) -> bool:
+    partial = _write_partial(path, data)
     try:
         os.link(partial, path)
     except FileExistsError:

@@ -4,7 +4,7 @@ Also the driver's side of the same data: which features a run has (planned from 
 from all exemplar rows) and the part written for a chunk that was given up. The exemplars are read from
 any fsspec URL (a folder of Parquet parts, e.g. a harvest's `exemplars/`, a Parquet file, or a local
 JSONL file); a worker reads only its chunk's rows, with a filter on `feature`. This module knows nothing
-about Ray: the Ray adapter (labeler/ray_pool.py) holds a `ChunkWorker` per actor, the local pool (local.py) one
+about Ray: the Ray adapter (labeler/ray_pool/) holds a `ChunkWorker` per actor, the local pool (local.py) one
 in this process.
 """
 

@@ -60,7 +60,7 @@ def read_runs(urls: Sequence[str], storage_options: Mapping[str, Any] | None = N
         read.append(url)
         run_labels = _read_labels(fs, root, url)
         labels.append(run_labels)
-        found = _read_exemplars(fs, root, url, _run_ids(run_labels, fs, root), storage_options)
+        found = _read_exemplars(fs, root, url, _run_ids(run_labels, fs, root, url), storage_options)
         if found is not None:
             exemplars.append(found)
     return Dataset(
@@ -68,6 +68,12 @@ def read_runs(urls: Sequence[str], storage_options: Mapping[str, Any] | None = N
         exemplars=pa.concat_tables(exemplars) if exemplars else None,
         runs=tuple(read),
     )
+
+
+def read_manifest(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The run's manifest.json ({} where it has none); DatasetError naming it where it is not a JSON object."""
+    fs, root = _filesystem(url, storage_options)
+    return _manifest(fs, root, url)
 
 
 def committed_parts(url: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
@@ -112,12 +118,12 @@ def _read_labels(fs: Any, root: str, url: str) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def _run_ids(labels: pa.Table, fs: Any, root: str) -> list[str]:
+def _run_ids(labels: pa.Table, fs: Any, root: str, url: str) -> list[str]:
     """The run ids in the labels, or the manifest's when no part is committed yet."""
     found = sorted(set(labels.column("run_id").to_pylist()))
     if found:
         return found
-    run_id = _manifest(fs, root).get("run_id")
+    run_id = _manifest(fs, root, url).get("run_id")
     return [run_id] if isinstance(run_id, str) else []
 
 
@@ -125,7 +131,7 @@ def _read_exemplars(
     fs: Any, root: str, url: str, run_ids: list[str], storage_options: Mapping[str, Any] | None
 ) -> pa.Table | None:
     """The exemplars the run read: the input named by manifest.json's "exemplars"."""
-    pointer = _manifest(fs, root).get("exemplars")
+    pointer = _manifest(fs, root, url).get("exemplars")
     tables = _read_pointer(url, pointer, storage_options) if isinstance(pointer, str) else []
     if not tables:
         return None
@@ -185,9 +191,19 @@ def _read_parquet(fs: Any, paths: Sequence[str]) -> list[tuple[str, pa.Table]]:
     return tables
 
 
-def _manifest(fs: Any, root: str) -> dict[str, Any]:
+def _manifest(fs: Any, root: str, url: str) -> dict[str, Any]:
+    """The run's manifest.json ({} where it has none); DatasetError naming it where it is not a JSON object."""
     path = posixpath.join(root, MANIFEST)
     if not fs.exists(path):
         return {}
-    loaded = json.loads(fs.cat_file(path))
-    return loaded if isinstance(loaded, dict) else {}
+    damaged = (
+        "a run writes its manifest once and never changes it, so it was damaged since: restore it from a copy of "
+        "the run folder (its labels/ parts are intact)"
+    )
+    try:
+        loaded = json.loads(fs.cat_file(path))
+    except ValueError as err:  # not JSON, or not UTF-8
+        raise DatasetError(f"{url}/{MANIFEST} is not valid JSON ({err}); {damaged}") from None
+    if not isinstance(loaded, dict):
+        raise DatasetError(f"{url}/{MANIFEST} holds a JSON {type(loaded).__name__}, not an object; {damaged}")
+    return loaded

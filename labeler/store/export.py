@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +52,66 @@ class ExportError(ValueError):
     """Labels that cannot be exported as asked; the message names the missing setting."""
 
 
+PACKAGED_MODELS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+"""The published names of the models labeler ships, by the short spec a run records."""
+_HUB_CACHE = re.compile(r"models--([^/]+)--([^/]+)/snapshots/[^/]+/?$")
+"""A folder of the Hugging Face hub's cache, which keeps the model's name: .../models--ORG--NAME/snapshots/SHA."""
+
+
+def model_names(specs: Iterable[str], given: Mapping[str, str]) -> dict[str, str]:
+    """{spec: published name} for the models a run names by spec (its discriminator, its judges: hf:DIR,
+    embedding:DIR, minilm), so that an export or upload names a model, never a folder of this machine.
+
+    A name comes from `given` (--model-name SPEC=NAME), from PACKAGED_MODELS, or from a folder of the hub's
+    cache; for any other spec (a model in a local folder: the run does not record its name) ExportError asks for
+    --model-name, listing every such spec."""
+    names, unknown = {}, []
+    for spec in dict.fromkeys(specs):
+        folder = spec.partition(":")[2]
+        cached = _HUB_CACHE.search(folder)
+        if spec in given:
+            names[spec] = given[spec]
+        elif spec in PACKAGED_MODELS:
+            names[spec] = PACKAGED_MODELS[spec]
+        elif cached is not None:
+            names[spec] = f"{cached[1]}/{cached[2]}"
+        else:
+            unknown.append(spec)
+    if unknown:
+        flags = " ".join(f"--model-name {spec}=NAME" for spec in unknown)
+        raise ExportError(
+            f"the run names model(s) {unknown} by a folder of this machine, and an export names a model by its "
+            f"published name (e.g. google/gemma-2-2b), which the run does not record: give it, {flags}"
+        )
+    for spec, name in names.items():
+        if not _model_name(name):
+            raise ExportError(
+                f"--model-name {spec}={name}: {name!r} is not a model's name but looks like a path; give the name "
+                "it is published under, e.g. google/gemma-2-2b"
+            )
+    return names
+
+
+def _model_name(name: str) -> bool:
+    """A published model name (gpt-4o-mini, google/gemma-2-2b), not a path: no leading / . ~, no backslash."""
+    return bool(name.strip()) and not name.startswith(("/", ".", "~")) and "\\" not in name and "//" not in name
+
+
 def neuronpedia_explanations(
-    labels: pa.Table, author_id: str, model_id: str | None = None, source_id: str | None = None
+    labels: pa.Table,
+    author_id: str,
+    model_id: str | None = None,
+    source_id: str | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Neuronpedia explanation rows for the labelled features of `labels`, in (modelId, layer, index) order.
 
     modelId is `model_id` or the run's `model` column; layer (Neuronpedia's source id, e.g. 6-res-jb) is
-    `source_id` or the run's `sae_id`; description is the label; explanationModelName the discriminator.
-    Features not labelled (skipped, dead, failed) have no explanation and are left out.
+    `source_id` or the run's `sae_id`; description is the label; explanationModelName the discriminator's
+    published name (model_names, with `names` given by the user). Features not labelled (skipped, dead, failed)
+    have no explanation and are left out.
     """
+    named = model_names(_labelled_column(labels, "discriminator"), names or {})
     rows = [
         {
             "id": _explanation_id(record, model, layer),
@@ -72,7 +123,7 @@ def neuronpedia_explanations(
             "description": record["label"],
             "embedding": None,
             "typeName": NEURONPEDIA_TYPE_NAME,
-            "explanationModelName": record["discriminator"],
+            "explanationModelName": named[record["discriminator"]],
             "umap_x": None,
             "umap_y": None,
             "umap_cluster": None,
@@ -84,17 +135,25 @@ def neuronpedia_explanations(
 
 
 def neuronpedia_scores(
-    labels: pa.Table, author_id: str, model_id: str | None = None, source_id: str | None = None
+    labels: pa.Table,
+    author_id: str,
+    model_id: str | None = None,
+    source_id: str | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows in the layout of Neuronpedia's ExplanationScore for the explanations `neuronpedia_explanations`
     gives: per label its self-score (held-out AUROC under the discriminator that chose it) and, where the run's
     score stage judged it, its independent score (value, score type, scorer model), with the details in
-    jsonDetails. Each row's explanationId is its explanation's id."""
+    jsonDetails. Each row's explanationId is its explanation's id; scorer models by their published names."""
+    judged = labels.filter(pc.is_valid(labels.column("independent_score")))
+    named = model_names(
+        [*_labelled_column(labels, "discriminator"), *_labelled_column(judged, "independent_judge")], names or {}
+    )
     rows = []
     for record, model, layer in _labelled(labels, model_id, source_id):
         explanation = _explanation_id(record, model, layer)
         scores: list[tuple[str, str, float | None, dict[str, Any]]] = [
-            ("labeler-heldout-auroc", record["discriminator"], record["heldout_auroc"], {})
+            ("labeler-heldout-auroc", named[record["discriminator"]], record["heldout_auroc"], {})
         ]
         if record.get("independent_score") is not None:
             details = {
@@ -104,7 +163,7 @@ def neuronpedia_scores(
             scores.append(
                 (
                     f"labeler-{record['independent_scorer']}",
-                    record["independent_judge"],
+                    named[record["independent_judge"]],
                     record["independent_score"],
                     details,
                 )
@@ -128,6 +187,12 @@ def neuronpedia_scores(
                 }
             )
     return sorted(rows, key=lambda r: (r["modelId"], r["layer"], int(r["index"]), r["explanationScoreTypeName"]))
+
+
+def _labelled_column(labels: pa.Table, name: str) -> list[str]:
+    """The distinct values of a column over the labelled features."""
+    labelled = labels.filter(pc.equal(labels.column("status"), "labelled"))
+    return sorted({str(value) for value in labelled.column(name).to_pylist() if value is not None})
 
 
 def _labelled(

@@ -1,7 +1,8 @@
 """A run's labels uploaded to Neuronpedia through Neuronpedia's own Python client (PyPI `neuronpedia`).
 
 One `Feature` per labelled feature: its index, its density (the run's `activation_frequency`), the label
-as an `Explanation` (method `labeler-token-space-gd`, explainer model the discriminator) and its top
+as an `Explanation` (method `labeler-token-space-gd`, explainer model the discriminator's published name, as
+export.model_names gives it: never a folder of this machine) and its top
 activations from the run's exemplars, sent with `Source.upload_batch`, 128 features per batch (the
 client's limit). Neuronpedia shows an activation as tokens with a value each; an exemplar holds the
 decoded context, the target and one activation, so an activation is the context cut around the target
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from labeler.store.dataset import Dataset
-from labeler.store.export import NEURONPEDIA_TYPE_NAME
+from labeler.store.export import NEURONPEDIA_TYPE_NAME, model_names
 
 API_KEY_VARIABLE = "NEURONPEDIA_API_KEY"
 FEATURES_PER_BATCH = 128
@@ -52,7 +53,8 @@ class FeatureUpload:
     index: int
     density: float | None
     label: str
-    discriminator: str
+    explainer_model: str
+    """The published name of the discriminator that chose the label."""
     activations: tuple[TopActivation, ...]
 
 
@@ -76,14 +78,18 @@ def top_activation(context: str, target: str, activation: float) -> TopActivatio
     return TopActivation(tuple(t for t, _ in kept), tuple(v for _, v in kept))
 
 
-def feature_uploads(data: Dataset, top_k: int = TOP_ACTIVATIONS) -> list[FeatureUpload]:
-    """The labelled features of `data`, in feature order, each with its `top_k` strongest active exemplars."""
+def feature_uploads(
+    data: Dataset, top_k: int = TOP_ACTIVATIONS, names: Mapping[str, str] | None = None
+) -> list[FeatureUpload]:
+    """The labelled features of `data`, in feature order, each with its `top_k` strongest active exemplars and its
+    discriminator's published name (`names`: the user's --model-name SPEC=NAME)."""
     if top_k < 0:
         raise UploadError(f"the number of top activations must be 0 or more, got {top_k}")
     labels = data.labels.filter(pc.equal(data.labels.column("status"), "labelled"))
     features = labels.column("feature").to_pylist()
     if len(set(features)) != len(features):
         raise UploadError(f"{data.runs} label some features more than once (several runs); upload one run at a time")
+    named = model_names(set(labels.column("discriminator").to_pylist()), names or {})
     by_feature = _top_exemplars(data.exemplars, set(features), top_k)
     return sorted(
         (
@@ -91,7 +97,7 @@ def feature_uploads(data: Dataset, top_k: int = TOP_ACTIVATIONS) -> list[Feature
                 index=row["feature"],
                 density=row["activation_frequency"],
                 label=row["label"],
-                discriminator=row["discriminator"],
+                explainer_model=named[row["discriminator"]],
                 activations=tuple(by_feature.get(row["feature"], ())),
             )
             for row in labels.select(["feature", "activation_frequency", "label", "discriminator"]).to_pylist()
@@ -129,7 +135,7 @@ def upload_features(
             index=f.index,
             text=f.label,
             method=NEURONPEDIA_TYPE_NAME,
-            explainer_model=f.discriminator,
+            explainer_model=f.explainer_model,
         )
         activations = [
             Activation(modelId=model_id, source=source, index=f.index, tokens=list(a.tokens), values=list(a.values))
