@@ -16,8 +16,8 @@ error, and the shares flagged low.
 from __future__ import annotations
 
 import argparse
-import itertools
 import datetime
+import itertools
 import json
 import shlex
 import sys
