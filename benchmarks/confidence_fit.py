@@ -7,7 +7,8 @@ SIGNALS files hold one JSON object per labelled feature, as benchmarks/eye_test.
 benchmarks/label_quality.py (`--signals-out`) write them: the label's held-out AUROC, its held-out examples, its
 coverage, margin and stability, its kind (`label_kind`) and whether it is right (`named`). The model is a logistic
 regression on the standardised signals (labeler/optimise/confidence.py's SIGNALS) with an L2 penalty; its low flag's
-threshold is the score under which at most 20% of the right labels of the fitted features fall. `--into` writes it as
+threshold is the one that flags the most wrong labels of the fitted features beyond the right ones it flags, among
+those that flag at most 20% of the right ones. `--into` writes it as
 the kind's entry of a calibration file (the shipped one by default). `--report` files are scored with it, never fitted
 on: the table gives their reliability (mean score against the share right, by score bin), the expected calibration
 error, and the shares flagged low.
@@ -78,9 +79,22 @@ def fit(rows: list[dict[str, Any]], fitted_on: str) -> Calibration:
         if np.abs(step).max() < 1e-10:
             break
     model = Calibration(tuple(mean), tuple(scale), tuple(w[1:]), float(w[0]), 0.5, fitted_on)
-    right = sorted(model.score(signals_of(r))[0] for r, ok in zip(rows, y, strict=True) if ok)
-    threshold = right[int(RIGHT_FLAGGED * len(right))] if right else 0.5
-    return Calibration(model.mean, model.scale, model.weights, model.bias, round(threshold, 4), fitted_on)
+    scores = np.array([model.score(signals_of(r))[0] for r in rows])
+    return Calibration(model.mean, model.scale, model.weights, model.bias, threshold(scores, y == 1), fitted_on)
+
+
+def threshold(scores: np.ndarray, right: np.ndarray) -> float:
+    """Where to flag low: of the cuts between the scores that flag at most RIGHT_FLAGGED of the right labels, the one
+    flagging the largest share of wrong labels minus the share of right ones it flags."""
+    cuts = np.unique(np.concatenate([[0.0], (np.sort(scores)[1:] + np.sort(scores)[:-1]) / 2]))
+    best, best_gain = 0.0, -np.inf
+    for cut in cuts:
+        flagged = scores < cut
+        right_share = flagged[right].mean() if right.any() else 0.0
+        wrong_share = flagged[~right].mean() if (~right).any() else 0.0
+        if right_share <= RIGHT_FLAGGED and wrong_share - right_share > best_gain:
+            best, best_gain = float(cut), wrong_share - right_share
+    return round(best, 4)
 
 
 def check(model: Calibration, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -39,7 +39,8 @@ def run_info(run_id: str, **overrides: object) -> RunInfo:
 
 
 def records(n: int, seed: int) -> list[LabelRecord]:
-    """n features: every 7th dead, every 11th failed, the rest labelled with a word and a seeded AUROC."""
+    """n features: every 7th dead, every 11th failed, the rest labelled with a word and a seeded AUROC, whose confidence
+    score is that AUROC (low under 0.7)."""
     rng = np.random.default_rng(seed)
     out = []
     for feature in range(n):
@@ -50,17 +51,25 @@ def records(n: int, seed: int) -> list[LabelRecord]:
             out.append(LabelRecord(feature, "failed", error="RuntimeError: out of memory", device_seconds=0.5))
         else:
             word = WORDS[(feature + seed) % len(WORDS)]
+            auroc = float(rng.uniform(0.5, 1.0))
             out.append(
                 LabelRecord(
                     feature,
                     "labelled",
                     label=word,
+                    label_kind="concept",
+                    search_label=word,
                     label_ids=(100 + WORDS.index(word),),
                     top_tokens=((TopToken(word, 100 + WORDS.index(word), 0.9), TopToken("thing", 7, 0.05)),),
-                    heldout_auroc=float(rng.uniform(0.5, 1.0)),
+                    heldout_auroc=auroc,
                     heldout_balanced_accuracy=float(rng.uniform(0.5, 1.0)),
                     heldout_f1=float(rng.uniform(0.3, 1.0)),
                     restart_aurocs=(0.7, 0.8),
+                    confidence_score=auroc,
+                    confidence="low" if auroc < 0.7 else "ok",
+                    confidence_reason=f"confidence {auroc:.2f} under 0.70: held-out AUROC {auroc:.2f}"
+                    if auroc < 0.7
+                    else None,
                     activation_frequency=frequency,
                     steps=40,
                     restarts=4,

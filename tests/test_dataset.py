@@ -44,23 +44,6 @@ def test_only_committed_parts_are_read(tmp_path: Path) -> None:
     assert features == [*range(0, 10), *range(20, 30)]
 
 
-def test_a_run_folder_written_by_the_last_release_is_read(tmp_path: Path) -> None:
-    """tests/data/run-v2: `labeler run` of labeler 0.1.0 at 678468f (3 features of a toy JSONL, minilm, 1 restart,
-    2 steps, 2 features per chunk), as it wrote it; its exemplars named by the manifest are not on this machine."""
-    folder = Path(__file__).parent / "data" / "run-v2"
-    with pytest.warns(UserWarning) as caught:
-        data = read_runs([str(folder)])
-    said = [str(w.message) for w in caught]
-    assert any("which is not found" in m for m in said)  # /tmp/v2fix/exemplars.jsonl, removed after it was made
-    assert any("schema version 2: it lacks the independent scores and confidence" in m for m in said)
-    rows = data.labels.sort_by("feature").to_pylist()
-    assert [r["feature"] for r in rows] == [0, 1, 2] and {r["status"] for r in rows} == {"labelled"}
-    assert {r["schema_version"] for r in rows} == {2} and all(r["label"] for r in rows)
-    assert {r["confidence"] for r in rows} == {None} and {r["independent_score"] for r in rows} == {None}
-    stored = pq.read_table(folder / "labels" / "part-00000000.parquet").to_pylist()
-    assert [{k: r[k] for k in stored[0]} for r in rows[:2]] == sorted(stored, key=lambda r: r["feature"])
-
-
 def test_not_a_run(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"is not a labeler run: it has no labels/ folder and no manifest\.json"):
         read_runs([str(tmp_path)])
@@ -75,13 +58,13 @@ def write_version(folder: Path, version: int) -> None:
     pq.write_table(pa.table(columns), folder / "labels" / "part-00000.parquet")
 
 
-@pytest.mark.parametrize(("version", "says"), [(1, "written by an older labeler"), (4, "written by a newer labeler")])
+@pytest.mark.parametrize(("version", "says"), [(3, "written by an older labeler"), (5, "written by a newer labeler")])
 def test_other_schema_versions_are_refused_with_a_clear_message(
     tmp_path: Path, version: int, says: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     write_version(tmp_path / "run", version)
     with pytest.raises(
-        SchemaVersionError, match=f"schema version {version}, but this labeler reads only versions 2, 3"
+        SchemaVersionError, match=f"schema version {version}, but this labeler reads only version 4"
     ):
         read_runs([str(tmp_path / "run")])
     code = main(["query", "--data", str(tmp_path / "run"), "SELECT count(*) FROM labels"])
@@ -99,7 +82,7 @@ def test_old_version_through_the_command_line_has_no_traceback(tmp_path: Path) -
         timeout=120,
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "label schema version 1, but this labeler reads only versions 2, 3" in done.stderr
+    assert "label schema version 1, but this labeler reads only version 4" in done.stderr
     assert not (tmp_path / "r.html").exists()
 
 
@@ -138,12 +121,12 @@ def test_reading_a_part_starts_no_arrow_thread_that_could_outlive_the_process(tm
     assert new_threads("read_parquet", exits={0}) == 0
 
 
-def test_a_version_3_part_with_wrong_columns_is_named(tmp_path: Path) -> None:
+def test_a_part_with_wrong_columns_is_named(tmp_path: Path) -> None:
     (tmp_path / "labels").mkdir()
     table = to_table(records(3, 0), run_info("r")).drop_columns(["heldout_f1", "confidence"])
     pq.write_table(table, tmp_path / "labels" / "part-00000.parquet")
     with pytest.raises(
-        SchemaVersionError, match=r"part-00000.parquet claims schema version 3.*missing \['heldout_f1', 'confidence'\]"
+        SchemaVersionError, match=r"part-00000.parquet claims schema version 4.*missing \['heldout_f1', 'confidence'\]"
     ):
         read_runs([str(tmp_path)])
 

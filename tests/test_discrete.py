@@ -290,6 +290,7 @@ def test_successive_halving_keeps_the_best_restart(
     for f, record in enumerate(halved):
         survivors = [k for k, x in enumerate(record.restart_aurocs) if not math.isnan(x)]
         assert record.status == "labelled" and record.steps == 12
+        assert record.steps_total == 4 * 5 + 2 * 5 + 1 * 2  # every restart's steps, those dropped at 5 and 10 too
         assert survivors == [int(first_kept[f, int(last_kept[f, 0])])]
 
 

@@ -181,3 +181,4 @@ def test_progress_is_reported_after_every_step_with_the_features_still_optimisin
     records = label_chunk(disc, features, config, on_step=lambda step, live: seen.append((step, live)))
     assert [r.status for r in records] == ["labelled", "labelled"]
     assert seen == [(1, 2), (2, 2), (3, 2)]
+    assert [(r.steps, r.steps_total) for r in records] == [(3, 3 * 4)] * 2  # 4 restarts, none stopped early

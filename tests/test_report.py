@@ -28,10 +28,11 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def test_best_and_worst_features_with_their_examples() -> None:
+def test_the_most_confident_labels_and_apart_the_low_ones_with_their_examples_and_reasons() -> None:
     recs = records(40, 0)
     labels = to_table(recs, run_info("r"))
-    labelled = sorted((r for r in recs if r.status == "labelled"), key=lambda r: -(r.heldout_auroc or 0))
+    labelled = sorted((r for r in recs if r.status == "labelled"), key=lambda r: -(r.confidence_score or 0))
+    trusted, low = [r for r in labelled if r.confidence == "ok"], [r for r in labelled if r.confidence == "low"]
     best = labelled[0].feature
     exemplars = pa.table(
         {
@@ -45,7 +46,10 @@ def test_best_and_worst_features_with_their_examples() -> None:
     )
     page = render_report(labels, exemplars, title="t <run>", top_n=5)
     shown = [int(f) for f in re.findall(r'class="feature-card" data-feature="(\d+)"', page)]
-    assert shown == [r.feature for r in labelled[:5]] + [r.feature for r in labelled[::-1][:5]]
+    assert shown == [r.feature for r in trusted[:5]] + [r.feature for r in low[::-1][:5]]
+    assert f"Low-confidence labels: {len(low)} of {len(labelled)}, the 5 least confident" in page
+    least = page[page.index(f'data-feature="{low[-1].feature}"') :].split("</article>")[0]
+    assert f'<div class="reason">{low[-1].confidence_reason}</div>' in least
     assert '<span id="feature-count">40</span>' in page and "<title>t &lt;run&gt;</title>" in page
     assert page.count("<svg") == 2
     # The best feature's examples: the active context once, both targets shaded by activation, HTML escaped.
@@ -187,7 +191,7 @@ def test_scored_labels_are_ranked_by_the_independent_score_and_unsure_ones_marke
     assert len(unsure) == 2 and page.count('class="unsure-mark"') == 2
     assert set(int(f) for f in re.findall(r'data-feature="(\d+)" data-confidence="low"', page)) == unsure
     assert page.count('<circle class="dot') == 6 and page.count('class="dot unsure"') == 2
-    assert "independent (embedding by minilm): 0.950" in page and "unsure labels</dt><dd>2" in page
+    assert "independent (embedding by minilm): 0.950" in page and "low-confidence labels</dt><dd>2" in page
     if CHROMIUM is None:
         return
     (tmp_path / "scored.html").write_text(page)

@@ -1,4 +1,4 @@
-"""The score stage: confidence rules, a chunk's labels scored on their held-out rows, and a killed run resumed."""
+"""The score stage: a judge's disagreement, a chunk's labels scored on their held-out rows, and a killed run resumed."""
 
 from __future__ import annotations
 
@@ -59,8 +59,8 @@ def test_the_word_scorer_refuses_the_discriminator_as_judge() -> None:
 def test_a_junk_label_gets_confidence_low_and_the_token_ok() -> None:
     feature, config = _one_token_feature(), LabelConfig()
     n_heldout = len(split_examples(feature, config)[2])
-    junk = LabelRecord(7, "labelled", label="mortgage refinancing", n_heldout=n_heldout)
-    token = LabelRecord(8, "labelled", label="cat", n_heldout=n_heldout)
+    junk = LabelRecord(7, "labelled", label="mortgage refinancing", label_kind="concept", n_heldout=n_heldout)
+    token = LabelRecord(8, "labelled", label="cat", label_kind="concept", confidence="ok", n_heldout=n_heldout)
     dead = LabelRecord(9, "dead", error="dead")
     same = FeatureExemplars(8, feature.contexts, feature.targets, feature.activations)
     scorer = ChunkScorer(ScoreConfig(enabled=True, device="cpu"), "hf:/elsewhere")
@@ -68,6 +68,7 @@ def test_a_junk_label_gets_confidence_low_and_the_token_ok() -> None:
     low, ok, untouched = out
     assert untouched == dead
     assert low.status == "labelled" and low.confidence == "low" and low.independent_score < 0.75
+    assert low.confidence_reason is not None and "under the score stage's threshold" in low.confidence_reason
     assert ok.confidence == "ok" and ok.independent_score > 0.9
     assert low.baseline_token == ok.baseline_token == "cat" and low.baseline_token_score > 0.9
     assert ok.baseline_token_score == ok.independent_score  # the label is the token: scored alike
@@ -122,7 +123,8 @@ def test_a_killed_run_resumed_has_the_scores_of_an_uninterrupted_one(
     assert len(whole) == len(WORDS) and all(row["confidence"] in ("low", "ok") for row in whole)
     low = sum(row["confidence"] == "low" for row in whole)
     assert metrics.LOW_CONFIDENCE._value.get() - before == low
-    assert f"{low} low-confidence label(s)" in summary and "median independent score (embedding by minilm)" in summary
+    assert f"confidence: {low} of {len(WORDS)} labels low" in summary
+    assert "median independent score (embedding by minilm)" in summary
     assert "median self-score (heldout_auroc)" in summary
 
     out = tmp_path / "killed"

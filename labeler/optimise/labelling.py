@@ -45,7 +45,7 @@ class LabelConfig:
     token_share: float | None = 0.6
     """A feature whose active training examples hold at least this share of their activation on at most 3 target
     strings gets a token label (`tokens: "a" / "an"`) instead of its searched label, unless that label is one of the
-    strings (None: never)."""
+    strings or they are all words a label could be that fit the held-out examples worse (None: never)."""
     calibration: str | None = None
     """A confidence calibration file (benchmarks/confidence_fit.py writes one, for features whose right labels you
     know) used instead of the one shipped for the discriminator's kind."""
@@ -176,8 +176,16 @@ def _assess(
         return None
     share = config.token_share if config.token_share is not None else math.inf
     token = token_label(targets, activations, task.train_active, task.heldout, task.heldout_active, min(share, 1.0))
-    searched = token_key(disc.decode(label.label_ids))
-    is_token = token.share >= share and searched not in {token_key(s) for s in token.strings}
+    # A token label where the feature fires on a few strings and the searched label is none of them: always where a
+    # label cannot say those strings (punctuation, word pieces), else only where they fit the held-out examples at
+    # least as well as the searched label.
+    keys = {token_key(s) for s in token.strings}
+    sayable = keys <= {token_key(word) for word in _allowed_words(disc)}
+    is_token = (
+        token.share >= share
+        and token_key(disc.decode(label.label_ids)) not in keys
+        and (not sayable or token.heldout_auroc >= label.heldout_auroc)
+    )
     positions = _positions(disc)
     label_ids = tuple(positions[i] for i in label.label_ids)
     rivals = tuple((t,) for t in task.target_ids) if len(label_ids) == 1 else ()

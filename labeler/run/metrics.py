@@ -4,8 +4,7 @@ Every process of a run (the driver and each worker) holds these in its own regis
 over HTTP for Prometheus to scrape; `deploy/` scrapes them and its Grafana dashboard may query only
 the series that `exported_series()` lists (a test checks that). Who updates what:
 - the driver: features finished (by final status and reason), queue depth, chunks in flight, workers;
-- each worker: restarts and optimisation steps run, chunk latency, device memory, low-confidence labels (score
-  stage on).
+- each worker: restarts and optimisation steps run, chunk latency, device memory, low-confidence labels.
 This module knows nothing about labelling; callers record what happened after each step of work.
 """
 
@@ -28,8 +27,8 @@ STEPS = Counter(
 )
 LOW_CONFIDENCE = Counter(
     "labeler_low_confidence_labels",
-    "Labels the score stage found unsure (confidence low: independent score under the threshold or not above the "
-    "token baseline's); counted by the worker that scored them",
+    "Labels flagged low confidence (their confidence score under the calibration's threshold, or the score stage's "
+    "judge disagreed); counted by the worker that labelled them",
     registry=REGISTRY,
 )
 CHUNK_SECONDS = Histogram(

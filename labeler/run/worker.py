@@ -214,7 +214,7 @@ class EngineLabeller:
                     metrics.STEPS.inc(record.steps_total)
         if self.scorer is not None:
             records, _ = self.scorer.score(records, exemplars, self.spec.label)
-            metrics.LOW_CONFIDENCE.inc(sum(record.confidence == "low" for record in records))
+        metrics.LOW_CONFIDENCE.inc(sum(record.confidence == "low" for record in records))
         records = with_activation_frequency(records, read_harvest_column(self.spec.source, features, "frequency"))
         return sorted(records, key=lambda record: record.feature)
 
