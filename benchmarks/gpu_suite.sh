@@ -22,7 +22,7 @@
 #
 # Writes into OUT_DIR: suite.json (rewritten after every shape: the environment, and per shape its status, exit
 # code, seconds, budget and JSON lines), env.json (interpreter, packages, what is missing, what the engine path
-# imported), gpu_engine-SHAPE.jsonl (the JSON lines), profile-SHAPE.txt (the profiler's tables), SHAPE.stderr.
+# imported, whether the project's transformers and tokenizers pins admit the machine's), gpu_engine-SHAPE.jsonl (the JSON lines), profile-SHAPE.txt (the profiler's tables), SHAPE.stderr.
 #
 # Environment: PYTHON (default python3); GPU_SUITE_SHAPES (default "gemma-2-2b llama-3-8b"; "tiny" tests this
 # script on a CPU); GPU_SUITE_ARGS (gpu_engine.py arguments, default "--steps 3 --max-features 16 --loop-features
@@ -68,6 +68,14 @@ try:
     env |= {"torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
             "cuda": torch.cuda.is_available(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "imported_forbidden": sorted({m.split(".")[0] for m in sys.modules} & {"ray", "pyarrow", "duckdb", "s3fs", "sae_lens"})}
+    # Whether the project's own pins (pyproject.toml) admit this transformers and tokenizers (torch's pin names the
+    # CPU wheel of the development machines, not a GPU image's).
+    import tomllib
+    from packaging.requirements import Requirement
+    with open("pyproject.toml", "rb") as f:
+        pins = [Requirement(r) for r in tomllib.load(f)["project"]["dependencies"]]
+    env["project_pins"] = {r.name: {"pin": str(r.specifier), "installed": env[r.name], "met": r.specifier.contains(env[r.name])}
+                           for r in pins if r.name in ("transformers", "tokenizers")}
 except Exception as err:
     env["import_error"] = f"{type(err).__name__}: {err}"
 json.dump(env, open(out, "w"), indent=1)

@@ -222,6 +222,8 @@ def test_gpu_suite_measures_the_default_beside_the_papers_method(tmp_path: Path)
     assert done.returncode == 0, done.stderr[-3000:]
     machine = json.loads((out / "env.json").read_text())
     assert machine["missing"] == [] and machine["imported_forbidden"] == [], machine
+    assert set(machine["project_pins"]) == {"transformers", "tokenizers"}
+    assert all(pin["met"] for pin in machine["project_pins"].values()), machine
     lines = [json.loads(line) for line in (out / "gpu_engine-tiny.jsonl").read_text().splitlines()]
     assert [line["measurement"] for line in lines] == [
         "setup", "matmul_peak", "method", "method", "method", "comparison", "profile",
