@@ -236,6 +236,31 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) 
     return 2 * n**3 / best
 
 
+Count = int | float | torch.Tensor
+"""A count: a number, or a 0-d tensor on the model's device (what the inputs' masks give, read without a sync)."""
+
+
+class Tally:
+    """A sum of counts, numbers added at once and device tensors kept until it is read (one sync then), so counting
+    does not stall the device between the kernels being timed."""
+
+    def __init__(self) -> None:
+        self.number = 0.0
+        self.pending: list[torch.Tensor] = []
+
+    def add(self, count: Count) -> None:
+        if isinstance(count, torch.Tensor):
+            self.pending.append(count.double())
+        else:
+            self.number += count
+
+    def value(self) -> float:
+        if self.pending:
+            self.number += float(torch.stack(self.pending).sum())
+            self.pending = []
+        return self.number
+
+
 class ModelWork:
     """What every forward of a model computes, counted from its inputs: tokens (with grad and in all) and FLOPs by
     the formula of the module docstring (label products are added by the caller, `add`). It knows nothing about
@@ -250,16 +275,26 @@ class ModelWork:
         head_dim = int(getattr(config, "head_dim", None) or self.hidden // heads)
         self.attention = int(config.num_hidden_layers) * 4 * heads * head_dim
         """FLOPs of one (query, key) pair over all layers and heads, forward: QK^T and the weighted sum of V."""
-        self.tokens = 0
-        self.grad_tokens = 0
-        self.flops = 0.0
+        self._tokens, self._grad_tokens, self._flops = Tally(), Tally(), Tally()
         model.register_forward_pre_hook(self._count, with_kwargs=True)
 
+    @property
+    def tokens(self) -> int:
+        return round(self._tokens.value())
+
+    @property
+    def grad_tokens(self) -> int:
+        return round(self._grad_tokens.value())
+
+    @property
+    def flops(self) -> float:
+        return self._flops.value()
+
     def reset(self) -> None:
-        self.tokens, self.grad_tokens, self.flops = 0, 0, 0.0
+        self._tokens, self._grad_tokens, self._flops = Tally(), Tally(), Tally()
 
     def add(self, flops: float) -> None:
-        self.flops += flops
+        self._flops.add(flops)
 
     def _count(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         inputs = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))
@@ -271,23 +306,26 @@ class ModelWork:
         kept = rows * (len(keep) if isinstance(keep, torch.Tensor) else int(keep) or width)
         grad = torch.is_grad_enabled()
         linear, attention = (4, 3) if grad else (2, 1)
-        self.flops += linear * (self.params * tokens + self.hidden * self.vocab * kept)
-        self.flops += attention * self.attention * context
-        self.tokens += tokens
-        self.grad_tokens += tokens if grad else 0
+        self._flops.add(linear * self.params * tokens)
+        self._flops.add(linear * self.hidden * self.vocab * kept)
+        self._flops.add(attention * self.attention * context)
+        self._tokens.add(tokens)
+        if grad:
+            self._grad_tokens.add(tokens)
 
 
-def call_tokens(rows: int, width: int, prefix: SharedPrefix | None, mask: torch.Tensor | None) -> tuple[int, float]:
+def call_tokens(rows: int, width: int, prefix: SharedPrefix | None, mask: torch.Tensor | None) -> tuple[Count, Count]:
     """(real tokens run, the sum over them of the keys each attends to) of one forward of `rows` x `width` inputs:
     after a shared prefix (each row attends to its group's real prefix tokens and its own earlier tokens), over a
-    left-padded batch (only its real tokens), or plain."""
+    left-padded batch (only its real tokens), or plain. Counts read from a mask stay on its device."""
+    own = rows * width * (width + 1) / 2  # each token's own row up to it
     if prefix is not None:
-        lengths = prefix.prefix_valid.sum(1).double().repeat_interleave(prefix.group_size)  # [rows]
-        return rows * width, float(width * lengths.sum()) + rows * width * (width + 1) / 2
+        prefix_tokens = prefix.prefix_valid.sum(dtype=torch.float64) * prefix.group_size  # over the batch's rows
+        return rows * width, width * prefix_tokens + own
     if mask is not None:
-        real = mask.sum(1).double()
-        return int(real.sum()), float((real * (real + 1) / 2).sum())
-    return rows * width, rows * width * (width + 1) / 2
+        real = mask.sum(1, dtype=torch.float64)
+        return real.sum(), (real * (real + 1) / 2).sum()
+    return rows * width, own
 
 
 def non_embedding_params(model: torch.nn.Module) -> int:
