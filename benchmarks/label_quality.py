@@ -1,29 +1,38 @@
 """Label quality and cost by search method, on features whose right names are known.
 
 Testbeds:
-* a taxonomy testbed folder (`python -m labeler.toys.taxonomy build --scale small|bench --out DIR`): its causal
-  LM (DIR/lm) as the discriminator, its exemplars, and DIR/truth.json's acceptable names (the category's lemmas);
-* the paper's six features with all-MiniLM-L6-v2 (`minilm`), named by CONCEPT_WORDS (labeler/toys/paper_datasets.py).
+* the taxonomy testbed (labeler/toys/taxonomy.py): by default built, in a temporary folder, from the LM that ships
+  with the package (`--scale`, default bench) with the features of `--categories` (default: the scale's sample); or a
+  testbed folder built before (`--taxonomy DIR`, e.g. `labeler testbed build --scale small --retrain --out DIR`).
+  Its causal LM is the discriminator, DIR/truth.json gives each feature's kind and acceptable names;
+* the paper's six features with all-MiniLM-L6-v2 (`minilm`), named by CONCEPT_WORDS (labeler/toys/paper_datasets.py),
+  with `--paper DIR` (then the taxonomy testbed runs only if `--scale` or `--taxonomy` is given).
 
 Methods: the soft label as in the paper, straight-through, and discrete (GCG-style) search, each at the given
 label lengths, every other setting at the product's defaults for that discriminator kind. The baseline, in the
 same run: the exhaustive single-token optimum on each feature's own training examples.
 
-    python benchmarks/label_quality.py [--taxonomy DIR] [--paper ../shared/paper-datasets] [--label-tokens 1 2]
+    python benchmarks/label_quality.py [--scale small|bench] [--categories FILE] [--taxonomy DIR]
+        [--paper ../shared/paper-datasets] [--label-tokens 1 2]
         [--methods soft soft+rescore straight-through discrete discrete+rescore discrete+prior soft+pick discrete+pick]
         [--multi-token-methods soft straight-through discrete] [--features N] [--optimum-cache FILE]
         [--out benchmarks/results/label_quality-DATE-cpu.md]
 
 The paper's six run first (minutes), then the taxonomy testbed (hours at bench scale on a CPU). The baseline takes
-most of that (about 100 s per bench feature here); `--optimum-cache FILE` keeps each feature's optimum there, keyed
-by a digest of the discriminator's weights and the feature's training examples, so a later run on the same features
-re-uses it instead of searching again (the table says how many baselines came from the cache).
+most of that; its optima are kept by a digest of the discriminator's weights and the feature's training examples, and
+read from the shipped ones (benchmarks/data/optima-*.json, always read; an entry serves only the same weights and
+examples) and from `--optimum-cache FILE` (read, and written with each optimum searched), so that a run on features
+whose optima are known searches none (the table says how many baselines came from a cache). To ship the optima of a
+feature set on a shipped LM, run it once with `--optimum-cache benchmarks/data/optima-<scale>-<set>-shipped.json` and
+commit that file.
 
-Prints one JSON line per (testbed, method, L) and writes the Markdown table (with the command, the machine and
-the time it took) to --out, rewritten after every row and marked UNFINISHED until the last. Columns: share of
-features whose label is an acceptable name (exactly; or, for L > 1, with one of its words one), the share whose
-exhaustive optimum is one, the share whose training AUROC reaches 0.99 of the exhaustive optimum, the mean of that
-ratio, the mean held-out AUROC, and the discriminator's forward tokens per feature while the optimiser runs
+Prints one JSON line per (testbed, method, L, feature kind) and writes the Markdown table (with the command, the
+machine and the time it took) to --out, rewritten after every row and marked UNFINISHED until the last. One row per
+feature kind (truth.json's: concept, mixture, graded, none; the paper's are concepts). Columns: share of features
+whose label is an acceptable name (exactly; or, for L > 1, with one of its words one; for a mixture, a name of either
+category; for a no-concept feature, where no name is right, the share labelled with ANY category's name instead), the
+share whose exhaustive optimum is one, the share whose training AUROC reaches 0.99 of the exhaustive optimum, the
+mean of that ratio, the mean held-out AUROC, and the discriminator's forward tokens per feature while the optimiser runs
 (encoding the examples is the same for every method and is not counted; "grad" counts those of passes that also run
 backward, about twice a forward's cost again).
 """
@@ -37,8 +46,9 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -57,7 +67,13 @@ from labeler.optimise.labelling import LabelConfig, prepare_tasks, with_target_i
 from labeler.optimise.scoring import auroc
 from labeler.optimise.task import FeatureTask
 from labeler.records.exemplars import FeatureExemplars, group_by_feature, read_exemplars
+from labeler.toys import taxonomy
 from labeler.toys.paper_datasets import CONCEPT_WORDS, PAPER_FEATURES, paper_exemplars
+
+SHIPPED_OPTIMA = Path(__file__).resolve().parent / "data"
+"""Where the shipped optimum caches lie (optima-*.json), read by every run."""
+KINDS = ("concept", "mixture", "graded", "none")
+"""truth.json's feature kinds, in the table's order."""
 
 SOFT = {"search": "gradient", "straight_through": False, "c_entropy": OptimiserConfig.c_entropy}
 PLAIN: dict[str, Any] = {"rescore_top_k": 0, "rescore_prior": 0, "rescore_neighbours": 0, "prior_candidates": 0}
@@ -105,24 +121,56 @@ class Testbed:
     """A kind whose network (`.model`) the TokenCounter can count."""
     features: list[FeatureExemplars]
     names: list[set[str]]
-    """Per feature (in order), its acceptable names, lower case."""
+    """Per feature (in order), its acceptable names, lower case (none for a no-concept feature)."""
+    kinds: list[str]
+    """Per feature, its kind (one of KINDS)."""
+    shown: list[list[str]]
+    """Per feature, the names the table shows as its truth (a mixture's: one per category)."""
+    any_names: set[str]
+    """Every category name of the world, lower case: what a no-concept feature's label is checked against."""
     base: OptimiserConfig
     """The product's defaults for this discriminator kind."""
     model_digest: str
     """sha256 of the discriminator's weights (or its name, for the packaged minilm): the optimum cache's key part."""
+
+    def first(self, n: int) -> None:
+        """Keep only the first `n` features."""
+        self.features, self.names, self.kinds, self.shown = (
+            self.features[:n],
+            self.names[:n],
+            self.kinds[:n],
+            self.shown[:n],
+        )
+
+
+def lower(names: list[str]) -> set[str]:
+    """Names as a label is compared with them: lower case, WordNet's underscores as spaces."""
+    return {name.replace("_", " ").lower() for name in names}
 
 
 def taxonomy_testbed(folder: Path) -> Testbed:
     disc = CausalLMDiscriminator.from_config(CausalLMConfig(model=str(folder / "lm")))
     truth = json.loads((folder / "truth.json").read_text(encoding="utf-8"))
     features = list(group_by_feature(read_exemplars(folder / "exemplars.jsonl")))
-    names = [{name.replace("_", " ").lower() for name in truth[str(f.feature)]["names"]} for f in features]
+    entries = [truth[str(f.feature)] for f in features]
+    kinds = [entry["kind"] for entry in entries]
+    scale = json.loads((folder / "accuracy.json").read_text(encoding="utf-8"))["scale"]
+    lemmas = taxonomy.load_taxonomy(taxonomy.SCALES[scale]).lemmas
+    shown = [
+        [names[0] for names in entry["names_by_category"].values()]
+        if entry["kind"] == "mixture"
+        else sorted(lower(entry["names"]))[:3]
+        for entry in entries
+    ]
     digest = hashlib.sha256((folder / "lm" / "model.safetensors").read_bytes()).hexdigest()
     return Testbed(
         f"taxonomy {folder.name}",
         disc,
         features,
-        names,
+        [lower(entry["names"]) for entry in entries],
+        kinds,
+        shown,
+        lower([name for names in lemmas.values() for name in names]),
         default_optimiser("hf"),
         digest,
     )
@@ -137,6 +185,9 @@ def paper_testbed(root: Path) -> Testbed:
         disc,
         features,
         names,
+        ["concept"] * len(features),
+        [sorted(n)[:3] for n in names],
+        set().union(*names),
         default_optimiser("minilm"),
         "all-MiniLM-L6-v2",
     )
@@ -161,19 +212,24 @@ def named_where_optimum_named(named: list[bool], optimum_named: list[bool]) -> f
 
 
 class OptimumCache:
-    """Exhaustive optima by (discriminator weights, training examples) digest, in a JSON file (None: no file)."""
+    """Exhaustive optima by (discriminator weights, training examples) digest: those of the shipped files (read only)
+    and those of a JSON file (None: no file) that every optimum searched is written to."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, shipped: Sequence[Path] = ()) -> None:
         self.path = path
-        self.entries: dict[str, dict[str, Any]] = {}
-        if path is not None and path.exists():
-            try:
-                self.entries = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as error:
-                raise SystemExit(
-                    f"{path} is not an optimum cache this script wrote ({error}); name another file"
-                ) from None
+        self.shipped: dict[str, dict[str, Any]] = {}
+        for file in shipped:
+            self.shipped |= self.read(file)
+        self.entries = self.read(path) if path is not None and path.exists() else {}
         self.hits = 0
+
+    @staticmethod
+    def read(path: Path) -> dict[str, dict[str, Any]]:
+        try:
+            entries: dict[str, dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"{path} is not an optimum cache this script wrote ({error}); name another file") from None
+        return entries
 
     @staticmethod
     def key(model_digest: str, task: FeatureTask, contexts: list[str], targets: list[str]) -> str:
@@ -184,9 +240,9 @@ class OptimumCache:
 
     def best(self, testbed: Testbed, encoded: EncodedExamples, task: FeatureTask, key: str) -> SearchResult:
         """The cached optimum under `key`, else `best_token`'s (then stored, the file rewritten at once)."""
-        if key in self.entries:
+        entry = self.entries.get(key) or self.shipped.get(key)
+        if entry is not None:
             self.hits += 1
-            entry = self.entries[key]
             return SearchResult(entry["feature"], tuple(entry["token_ids"]), tuple(entry["aurocs"]))
         result = best_token(testbed.disc, encoded, task)
         self.entries[key] = {"feature": result.feature, "token_ids": result.token_ids, "aurocs": result.aurocs}
@@ -196,7 +252,10 @@ class OptimumCache:
 
 
 def measure(testbed: Testbed, pairs: list[tuple[int, str]], seed: int, cache: OptimumCache) -> Iterator[dict[str, Any]]:
-    """One row per (L, method) in `pairs` on `testbed`, each as soon as it is measured."""
+    """Rows per (L, method) in `pairs` on `testbed`, one per feature kind present, each as soon as it is measured.
+
+    The features of every kind are labelled in one batch: the forward tokens and seconds per feature are the batch's
+    mean, the same in each kind's row."""
     disc, counter = testbed.disc, TokenCounter(testbed.disc.model)
     config = LabelConfig(optimiser=replace(testbed.base, seed=seed))
     contexts, targets, tasks = prepare_tasks(testbed.features, config)
@@ -209,7 +268,11 @@ def measure(testbed: Testbed, pairs: list[tuple[int, str]], seed: int, cache: Op
     exhaustive_seconds = (time.perf_counter() - started) / max(len(tasks) - cached, 1)
     tasks = [with_target_ids(disc, task, targets, config.optimiser.target_candidates) for task in tasks]
     best_words = [disc.decode(best.token_ids[:1]).strip().lower() for best in optimum]
-    optimum_named = [word in names for word, names in zip(best_words, testbed.names, strict=True)]
+    # What counts as named: an acceptable name; for a no-concept feature, which has none, any category's name.
+    accepted = [
+        testbed.any_names if kind == "none" else names for kind, names in zip(testbed.kinds, testbed.names, strict=True)
+    ]
+    optimum_named = [word in names for word, names in zip(best_words, accepted, strict=True)]
     for n_slot, method in pairs:
         optimiser = replace(config.optimiser, label_tokens=n_slot, **METHODS[method])
         counter.forward = counter.grad = 0
@@ -217,47 +280,60 @@ def measure(testbed: Testbed, pairs: list[tuple[int, str]], seed: int, cache: Op
         labels = optimise(disc, encoded, tasks, optimiser)
         seconds = time.perf_counter() - started
         words = [disc.decode(label.label_ids).strip().lower() for label in labels]
-        named = [word in names for word, names in zip(words, testbed.names, strict=True)]
+        named = [word in names for word, names in zip(words, accepted, strict=True)]
+        contains = [bool(set(w.split()) & names) or w in names for w, names in zip(words, accepted, strict=True)]
         reached = [
             train_auroc(disc, encoded, task, label.label_ids) / best.aurocs[0]
             for task, label, best in zip(tasks, labels, optimum, strict=True)
         ]
-        n = len(tasks)
-        row = {
-            "testbed": testbed.name,
-            "method": method,
-            "label_tokens": n_slot,
-            "features": n,
-            "named_exact": sum(named) / n,
-            "named_contains": sum(
-                bool(set(w.split()) & names) or w in names for w, names in zip(words, testbed.names, strict=True)
-            )
-            / n,
-            "optimum_named": sum(optimum_named) / n,
-            "named_where_optimum_named": named_where_optimum_named(named, optimum_named),
-            "reach_0.99_of_optimum": sum(x >= 0.99 for x in reached) / n,
-            "mean_train_auroc_over_optimum": float(np.mean(reached)),
-            "mean_heldout_auroc": float(np.nanmean([label.heldout_auroc for label in labels])),
-            "forward_tokens_per_feature": counter.forward / n,
-            "grad_tokens_per_feature": counter.grad / n,
-            "mean_steps": float(np.mean([label.steps for label in labels])),
-            "converged": sum(label.converged for label in labels) / n,
-            "seconds_per_feature": seconds / n,
-            "exhaustive_seconds_per_feature": exhaustive_seconds,
-            "optima_from_cache": cached,
-            "train_auroc_over_optimum": [round(x, 4) for x in reached],
-            "labels": words,
-            "optimum_labels": best_words,
-            "truth": [sorted(names)[:3] for names in testbed.names],
-        }
-        print(json.dumps(row, ensure_ascii=False), flush=True)
-        yield row
+        for kind in (kind for kind in KINDS if kind in testbed.kinds):
+            mine = [i for i, k in enumerate(testbed.kinds) if k == kind]
+            n = len(mine)
+            row = {
+                "testbed": testbed.name,
+                "method": method,
+                "label_tokens": n_slot,
+                "kind": kind,
+                "features": n,
+                "testbed_features": len(tasks),
+                "named_exact": sum(named[i] for i in mine) / n,
+                "named_contains": sum(contains[i] for i in mine) / n,
+                "optimum_named": sum(optimum_named[i] for i in mine) / n,
+                "named_where_optimum_named": named_where_optimum_named(
+                    [named[i] for i in mine], [optimum_named[i] for i in mine]
+                ),
+                "reach_0.99_of_optimum": sum(reached[i] >= 0.99 for i in mine) / n,
+                "mean_train_auroc_over_optimum": float(np.mean([reached[i] for i in mine])),
+                "mean_heldout_auroc": float(np.nanmean([labels[i].heldout_auroc for i in mine])),
+                "forward_tokens_per_feature": counter.forward / len(tasks),
+                "grad_tokens_per_feature": counter.grad / len(tasks),
+                "mean_steps": float(np.mean([labels[i].steps for i in mine])),
+                "converged": sum(labels[i].converged for i in mine) / n,
+                "seconds_per_feature": seconds / len(tasks),
+                "exhaustive_seconds_per_feature": exhaustive_seconds,
+                "optima_from_cache": cached,
+                "train_auroc_over_optimum": [round(reached[i], 4) for i in mine],
+                "labels": [words[i] for i in mine],
+                "optimum_labels": [best_words[i] for i in mine],
+                "truth": [testbed.shown[i] for i in mine],
+            }
+            print(json.dumps(row, ensure_ascii=False), flush=True)
+            yield row
+
+
+def truth_text(kind: str, shown: list[str]) -> str:
+    """A feature's truth as the table shows it."""
+    if kind == "none":
+        return "no concept"
+    if kind == "mixture":
+        return " or ".join(shown)
+    return shown[0] if shown else "?"
 
 
 def markdown(rows: list[dict[str, Any]], command: str, seconds: float, finished: bool) -> str:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     baselines = {
-        r["testbed"]: (r["exhaustive_seconds_per_feature"], r["optima_from_cache"], r["features"]) for r in rows
+        r["testbed"]: (r["exhaustive_seconds_per_feature"], r["optima_from_cache"], r["testbed_features"]) for r in rows
     }
     lines = [
         f"# Label quality by search method ({when})",
@@ -278,16 +354,21 @@ def markdown(rows: list[dict[str, Any]], command: str, seconds: float, finished:
         "acceptable name, the ceiling of a search that finds it at L = 1; 'named where optimum named': the share "
         "named among those features); 'reach' is the share of "
         "features whose label's training AUROC is at least 0.99 of it. Tokens: the discriminator's forward tokens "
-        "per feature while the optimiser runs (grad: those of passes with backward).",
+        "per feature while the optimiser runs (grad: those of passes with backward), the mean over the testbed's "
+        "features (labelled in one batch, every kind together). Kinds: concept (a category), mixture (two unrelated "
+        "categories; naming either counts), graded (a category, activations growing with typicality, a few false "
+        "positives and misses), none (no concept: for these 'named' and 'optimum named' are the share labelled with "
+        "ANY category's name, where no name is right: lower is better).",
         "",
-        "| testbed | method | L | features | named | named (a word) | optimum named | named where optimum named "
+        "| testbed | method | L | kind | features | named | named (a word) | optimum named | named where optimum named "
         "| reach 0.99 | train / optimum | held-out AUROC | forward tokens | grad tokens | steps | converged "
         "| s / feature |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['testbed']} | {r['method']} | {r['label_tokens']} | {r['features']} | {r['named_exact']:.0%} | "
+            f"| {r['testbed']} | {r['method']} | {r['label_tokens']} | {r['kind']} | {r['features']} | "
+            f"{r['named_exact']:.0%} | "
             f"{r['named_contains']:.0%} | {r['optimum_named']:.0%} | {r['named_where_optimum_named']:.0%} | "
             f"{r['reach_0.99_of_optimum']:.0%} | "
             f"{r['mean_train_auroc_over_optimum']:.3f} | "
@@ -298,16 +379,44 @@ def markdown(rows: list[dict[str, Any]], command: str, seconds: float, finished:
     lines += ["", "## Labels per feature", ""]
     for r in rows:
         pairs = ", ".join(
-            f"{label} ({truth[0] if truth else '?'}; optimum {best})"
+            f"{label} ({truth_text(r['kind'], truth)}; optimum {best})"
             for label, truth, best in zip(r["labels"], r["truth"], r["optimum_labels"], strict=True)
         )
-        lines.append(f"- {r['testbed']}, {r['method']}, L = {r['label_tokens']}: {pairs}")
+        lines.append(f"- {r['testbed']}, {r['method']}, L = {r['label_tokens']}, {r['kind']}: {pairs}")
     return "\n".join(lines) + "\n"
+
+
+def check_taxonomy_folder(folder: Path) -> str | None:
+    """Why `folder` cannot be measured as a taxonomy testbed (None: it can)."""
+    if not (folder / "truth.json").is_file():
+        return (
+            f"{folder} is not a taxonomy testbed (no truth.json); build one with "
+            "`labeler testbed build --scale small --out DIR`"
+        )
+    truth = json.loads((folder / "truth.json").read_text(encoding="utf-8"))
+    if any("kind" not in entry for entry in truth.values()):
+        return (
+            f"{folder}/truth.json gives no feature kinds (an older build); build the testbed again with "
+            "`labeler testbed build` (seconds from the shipped LM)"
+        )
+    return None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--taxonomy", type=Path, help="a folder written by `python -m labeler.toys.taxonomy build`")
+    parser.add_argument(
+        "--scale",
+        choices=sorted(taxonomy.SCALES),
+        help="measure the taxonomy testbed built from the LM shipped for this scale (the default, bench, when "
+        "neither --taxonomy nor --paper is given)",
+    )
+    parser.add_argument(
+        "--categories",
+        type=Path,
+        help="the features of the testbed built from the shipped LM (default: the scale's sample; the file format "
+        "is `labeler testbed build --help`'s)",
+    )
+    parser.add_argument("--taxonomy", type=Path, help="a testbed folder written by `labeler testbed build`")
     parser.add_argument("--paper", type=Path, help="the paper's datasets folder (../shared/paper-datasets)")
     parser.add_argument("--label-tokens", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="at L = 1")
@@ -318,40 +427,65 @@ def main() -> None:
         help="the methods at L > 1 (default: the same as --methods)",
     )
     parser.add_argument("--features", type=int, help="only each testbed's first N features (a quick look)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the optimiser's seed (the testbed's is 0, the shipped one)"
+    )
     parser.add_argument(
         "--optimum-cache",
         type=Path,
-        help="a JSON file of exhaustive optima: read where it has a feature's, written with the ones searched",
+        help="a JSON file of exhaustive optima: read where it has a feature's, written with the ones searched (the "
+        "shipped ones, benchmarks/data/optima-*.json, are read in any case)",
     )
     parser.add_argument("--out", type=Path, help="write the Markdown table here (refused if it exists)")
     args = parser.parse_args()
-    if args.taxonomy is None and args.paper is None:
-        parser.error("give --taxonomy DIR, --paper DIR or both")
-    if args.taxonomy is not None and not (args.taxonomy / "truth.json").is_file():
-        parser.error(f"{args.taxonomy} is not a taxonomy testbed (no truth.json); build one with "
-                     "`python -m labeler.toys.taxonomy build --scale small --out DIR`")  # fmt: skip
+    if args.taxonomy is not None and (args.scale is not None or args.categories is not None):
+        parser.error("--taxonomy names a built testbed, --scale and --categories build one: give one or the other")
+    scale = args.scale or ("bench" if args.taxonomy is None and args.paper is None else None)
+    if args.categories is not None and scale is None:
+        parser.error("--categories needs --scale (the shipped LM to build the testbed from)")
+    if args.taxonomy is not None and (problem := check_taxonomy_folder(args.taxonomy)) is not None:
+        parser.error(problem)
     if args.out is not None and args.out.exists():
         parser.error(f"{args.out} exists; name a new file")
-    cache = OptimumCache(args.optimum_cache)  # a bad file is refused before the models load
+    # A bad file is refused before the models load.
+    cache = OptimumCache(args.optimum_cache, sorted(SHIPPED_OPTIMA.glob("optima-*.json")))
+    with tempfile.TemporaryDirectory(prefix="label_quality-") as scratch:
+        folder = args.taxonomy
+        if scale is not None:
+            folder = Path(scratch) / scale
+            try:
+                taxonomy.build(
+                    scale,
+                    folder,
+                    categories_file=args.categories,
+                    seed=0,
+                    log=lambda line: print(line, file=sys.stderr),
+                )
+            except taxonomy.TaxonomyError as err:
+                parser.error(f"{err} (or measure a testbed built before: --taxonomy DIR)")
+        run(args, folder, cache)
+
+
+def run(args: argparse.Namespace, folder: Path | None, cache: OptimumCache) -> None:
+    """Measure the testbeds (the paper's with --paper, the taxonomy testbed in `folder`) and write the table."""
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     testbeds = [  # the paper's six first: minutes, where the taxonomy testbed takes hours
         *([paper_testbed(args.paper)] if args.paper is not None else []),
-        *([taxonomy_testbed(args.taxonomy)] if args.taxonomy is not None else []),
+        *([taxonomy_testbed(folder)] if folder is not None else []),
     ]
     pairs = runs(args.methods, args.multi_token_methods or args.methods, args.label_tokens)
     command = "python benchmarks/label_quality.py " + " ".join(sys.argv[1:])
     rows: list[dict[str, Any]] = []
-    for i, testbed in enumerate(testbeds):
+    for testbed in testbeds:
         if args.features is not None:
-            testbed.features, testbed.names = testbed.features[: args.features], testbed.names[: args.features]
-        for j, row in enumerate(measure(testbed, pairs, args.seed, cache)):
+            testbed.first(args.features)
+        for row in measure(testbed, pairs, args.seed, cache):
             rows.append(row)
-            last = i == len(testbeds) - 1 and j == len(pairs) - 1
             if args.out is not None:  # after every row: a long run cut short keeps what it measured
-                table = markdown(rows, command, time.perf_counter() - started, finished=last)
-                args.out.write_text(table, encoding="utf-8")
+                args.out.write_text(markdown(rows, command, time.perf_counter() - started, False), encoding="utf-8")
+    if args.out is not None:
+        args.out.write_text(markdown(rows, command, time.perf_counter() - started, True), encoding="utf-8")
 
 
 if __name__ == "__main__":

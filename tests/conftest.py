@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -20,7 +21,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
 from labeler.discriminators.prompt import PromptTemplate
+from labeler.records.exemplars import FeatureExemplars, group_by_feature, validate_exemplars
+from labeler.toys.synthetic import default_world, feature_exemplars
 
 WORDS = [
     "animal",
@@ -95,36 +99,31 @@ def tiny_gpt2(vocab_size: int, dtype: torch.dtype = torch.float32) -> GPT2LMHead
     return GPT2LMHeadModel(config).to(dtype).eval()
 
 
+TINY_DIMS = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+"""The dimensions of the tiny Llama and Gemma-2 (four query heads sharing two kv heads)."""
+
+
 def tiny_llama(vocab_size: int, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(config).to(dtype).eval()
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, **TINY_DIMS)).to(dtype).eval()
 
 
 def tiny_gemma2(vocab_size: int, dtype: torch.dtype = torch.float32) -> Gemma2ForCausalLM:
     """Gemma-2's attention: grouped kv heads, logit soft-capping, a sliding window on alternate layers."""
-    config = Gemma2Config(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    gemma = dict(
         head_dim=8,
         query_pre_attn_scalar=8,
         attn_logit_softcapping=5.0,
         final_logit_softcapping=30.0,
         sliding_window=128,
-        max_position_embeddings=256,
     )
-    return Gemma2ForCausalLM(config).to(dtype).eval()
+    return Gemma2ForCausalLM(Gemma2Config(vocab_size=vocab_size, **TINY_DIMS, **gemma)).to(dtype).eval()
 
 
 @pytest.fixture(scope="session")
@@ -138,3 +137,16 @@ def trained_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from labeler.toys.synthetic import default_world, train_tiny_lm
 
     return train_tiny_lm(default_world(), tmp_path_factory.mktemp("trained-lm"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def disc(trained_lm: Path) -> CausalLMDiscriminator:
+    """The synthetic world's trained LM as a causal-LM discriminator, loaded once per session."""
+    return CausalLMDiscriminator.from_config(CausalLMConfig(model=str(trained_lm)))
+
+
+@pytest.fixture(scope="session")
+def features() -> list[FeatureExemplars]:
+    """The synthetic world's concept features, 60 examples a side each (seed 3)."""
+    table = validate_exemplars(pa.Table.from_pylist(feature_exemplars(default_world(), 60, seed=3)))
+    return list(group_by_feature(table))

@@ -371,8 +371,8 @@ def test_label_quality_rows_obey_what_their_columns_mean(tmp_path: Path) -> None
         assert row["named_where_optimum_named"] != row["named_where_optimum_named"]  # NaN: no such feature
     assert row["forward_tokens_per_feature"] >= row["grad_tokens_per_feature"] > 0
     table = out.read_text()
-    assert "| paper six, minilm | discrete | 1 | 1 |" in table and row["labels"][0] in table
-    assert "| paper six, minilm | soft | 2 | 1 |" in table and multi["labels"][0] in table
+    assert "| paper six, minilm | discrete | 1 | concept | 1 |" in table and row["labels"][0] in table
+    assert "| paper six, minilm | soft | 2 | concept | 1 |" in table and multi["labels"][0] in table
     assert "UNFINISHED" not in table  # rewritten after its last row
     searched = f"(`best_token`): paper six, minilm {row['exhaustive_seconds_per_feature']:.1f} s per feature searched."
     assert searched in table and row["optima_from_cache"] == 0
@@ -399,7 +399,89 @@ def test_label_quality_refuses_a_folder_that_is_not_a_taxonomy_testbed(tmp_path:
     )
     assert done.returncode == 2
     assert f"{tmp_path} is not a taxonomy testbed (no truth.json)" in done.stderr
-    assert "python -m labeler.toys.taxonomy build" in done.stderr
+    assert "labeler testbed build" in done.stderr
+
+
+def test_label_quality_refuses_conflicting_or_bad_testbed_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--taxonomy (a built testbed) with --scale or --categories (one built from the shipped LM), --categories with
+    only --paper, a bad categories file, and a testbed written before the feature kinds: exit 2, nothing written."""
+    bad = tmp_path / "bad.txt"
+    bad.write_text("carnivore\nunicorn\n")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "truth.json").write_text(json.dumps({"0": {"category": "dog", "names": ["dog"]}}))
+    out = tmp_path / "table.md"
+    cases = [
+        (["--taxonomy", str(old), "--scale", "small"], "give one or the other"),
+        (["--paper", str(PAPER_ROOT), "--categories", str(bad)], "--categories needs --scale"),
+        (["--scale", "small", "--categories", str(bad)], f"{bad}, line 2: 'unicorn' is not a category"),
+        (["--taxonomy", str(old)], "gives no feature kinds (an older build)"),
+    ]
+    label_quality = load_benchmark("label_quality", monkeypatch)
+    for args, message in cases:
+        monkeypatch.setattr(sys, "argv", ["label_quality.py", *args, "--out", str(out)])
+        with pytest.raises(SystemExit) as exit_info:
+            label_quality.main()
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_label_quality_reads_the_shipped_optima_and_writes_only_its_own_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An optimum in a shipped file (benchmarks/data/optima-*.json) is used as one of --optimum-cache's, and the
+    shipped file is never written; an optimum cache that is not JSON is refused."""
+    label_quality = load_benchmark("label_quality", monkeypatch)
+    shipped = tmp_path / "optima-shipped.json"
+    shipped.write_text(json.dumps({"k1": {"feature": 3, "token_ids": [7], "aurocs": [0.9]}}))
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps({"k2": {"feature": 4, "token_ids": [8], "aurocs": [0.8]}}))
+    cache = label_quality.OptimumCache(own, [shipped])
+    assert cache.best(None, None, None, "k1").token_ids == (7,)
+    assert cache.best(None, None, None, "k2").aurocs == (0.8,)
+    assert cache.hits == 2 and "k1" not in json.loads(own.read_text())
+    shipped_files = sorted(label_quality.SHIPPED_OPTIMA.glob("optima-*.json"))
+    assert shipped_files and all(path.parent == ROOT / "benchmarks" / "data" for path in shipped_files)
+    shipped.write_text("not json")
+    with pytest.raises(SystemExit, match="is not an optimum cache"):
+        label_quality.OptimumCache(None, [shipped])
+
+
+@pytest.mark.slow
+def test_label_quality_reports_one_row_per_feature_kind_on_the_shipped_lm(tmp_path: Path) -> None:
+    """On a testbed built from the shipped small LM (no --taxonomy), one feature of each kind: one row per kind, each
+    'named' as its kind means it (a no-concept feature: labelled with any category's name)."""
+    from labeler.toys.taxonomy import SCALES, load_taxonomy
+
+    features = tmp_path / "kinds.txt"
+    features.write_text("carnivore\nmix:insect+rodent\ngraded:dog\nnone:2\n")
+    out = tmp_path / "table.md"
+    rows = run_script(
+        "label_quality.py", "--scale", "small", "--categories", str(features), "--methods", "discrete",
+        "--label-tokens", "1", "--out", str(out),
+    )  # fmt: skip
+    assert [(row["kind"], row["features"], row["testbed_features"]) for row in rows] == [
+        ("concept", 1, 4), ("mixture", 1, 4), ("graded", 1, 4), ("none", 1, 4),
+    ]  # fmt: skip
+    world = load_taxonomy(SCALES["small"])
+    every_name = {name.replace("_", " ") for names in world.lemmas.values() for name in names}
+    accepted = {
+        "concept": set(world.lemmas["carnivore"]),
+        "mixture": set(world.lemmas["insect"]) | set(world.lemmas["rodent"]),
+        "graded": set(world.lemmas["dog"]),
+        "none": every_name,
+    }
+    for row in rows:
+        (label,) = row["labels"]
+        assert row["named_exact"] == float(label in accepted[row["kind"]]), row
+        assert row["optimum_named"] == float(row["optimum_labels"][0] in accepted[row["kind"]]), row
+        assert row["mean_train_auroc_over_optimum"] <= 1 + 1e-9
+    table = out.read_text()
+    for kind in accepted:
+        assert f"| taxonomy small | discrete | 1 | {kind} | 1 |" in table
+    assert "insect or rodent" in table and "no concept" in table and "UNFINISHED" not in table
 
 
 def test_label_quality_refuses_an_optimum_cache_it_did_not_write(tmp_path: Path) -> None:
@@ -426,3 +508,59 @@ def test_label_quality_refuses_an_unknown_multi_token_method(tmp_path: Path) -> 
     assert done.returncode == 2
     assert "--multi-token-methods: invalid choice: 'gcg'" in done.stderr
     assert not out.exists()
+
+
+def test_the_quality_guard_file_names_known_categories_and_the_shipped_lm() -> None:
+    """benchmarks/data/quality-guard.json: per scale a sample of categories the scale knows (bench's from the held-out
+    set), and a recorded figure only with the sha256 of the LM it was measured on, which is the shipped one."""
+    from labeler.toys.taxonomy import SCALES, load_taxonomy, shipped_manifest
+
+    guard = json.loads((ROOT / "benchmarks" / "data" / "quality-guard.json").read_text())
+    heldout = (ROOT / "benchmarks" / "data" / "taxonomy-bench-heldout.txt").read_text().split("\n")
+    assert set(guard["bench"]["categories"]) <= set(heldout) and len(guard["bench"]["categories"]) == 12
+    for scale in ("small", "bench"):
+        entry = guard[scale]
+        assert set(entry["categories"]) <= set(load_taxonomy(SCALES[scale]).members)
+        if entry["named"] is not None:
+            manifest = shipped_manifest(scale)
+            assert manifest is not None and entry["lm_sha256"] == manifest["files"]["lm/model.safetensors"]
+            assert 0 < entry["named"] <= len(entry["categories"])
+    assert guard["small"]["named"] is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", ["small", "bench"])
+def test_the_quality_guard_the_default_names_no_fewer_than_recorded(
+    scale: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI's label-quality guard: the default method (as `labeler label` runs it) labels the guard's 12 categories on
+    the shipped LM of the scale and must name at least as many as recorded. It buys a check, on real vocabulary, that
+    a change did not make the default's labels worse; about a minute per scale on two cores. A scale whose figure is
+    not recorded yet is skipped, saying how to record it."""
+    guard = load_benchmark("quality_guard", monkeypatch)
+    entry = guard.recorded(scale)
+    if entry["named"] is None:
+        pytest.skip(
+            f"no {scale} figure recorded: ship the {scale} LM, then run "
+            f"`python benchmarks/quality_guard.py --scale {scale} --record`, and commit "
+            "benchmarks/data/quality-guard.json"
+        )
+    result = guard.measure(scale, tmp_path)
+    assert result["features"] == len(entry["categories"])
+    problem = guard.shortfall(result, entry)
+    assert problem is None, problem
+
+
+@pytest.mark.slow
+def test_the_quality_guard_fails_on_a_broken_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard can fail: with a causal-LM default of one search step and no pick beyond its own restarts, the small
+    sample is named less often than recorded, and the guard says which categories it missed (about 30 s)."""
+    from labeler.discriminators.causal_lm import CausalLMConfig
+
+    guard = load_benchmark("quality_guard", monkeypatch)
+    broken = {"max_steps": 1, "rescore_prior": 0, "rescore_neighbours": 0, "prior_candidates": 0}
+    monkeypatch.setattr(CausalLMConfig, "optimiser_defaults", {**CausalLMConfig.optimiser_defaults, **broken})
+    result = guard.measure("small", tmp_path)
+    problem = guard.shortfall(result, guard.recorded("small"))
+    assert problem is not None and "fewer than the" in problem and result["not_named"][0] in problem
+    assert guard.shortfall({**result, "lm_sha256": "0" * 64}, guard.recorded("small")) is not None  # another LM

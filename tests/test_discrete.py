@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,21 +23,9 @@ from labeler.optimise.loss import loss_terms, objective
 from labeler.optimise.pick import _neighbours, _train_prior
 from labeler.optimise.scoring import _midranks, auroc
 from labeler.optimise.task import Restarts
-from labeler.records.exemplars import FeatureExemplars, group_by_feature, validate_exemplars
-from labeler.toys.synthetic import default_world, feature_exemplars
+from labeler.records.exemplars import FeatureExemplars
 
 DISCRETE = LabelConfig(optimiser=OptimiserConfig(search="discrete", seed=1))
-
-
-@pytest.fixture(scope="session")
-def disc(trained_lm: Path) -> CausalLMDiscriminator:
-    return CausalLMDiscriminator.from_config(CausalLMConfig(model=str(trained_lm)))
-
-
-@pytest.fixture(scope="session")
-def features() -> list[FeatureExemplars]:
-    table = validate_exemplars(pa.Table.from_pylist(feature_exemplars(default_world(), 60, seed=3)))
-    return list(group_by_feature(table))
 
 
 def train_auroc(disc: CausalLMDiscriminator, encoded: object, task: object, label_ids: tuple[int, ...]) -> float:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
@@ -18,23 +16,11 @@ from labeler.discriminators.vocab import VocabFilter
 from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.exhaustive import exhaustive_search
 from labeler.optimise.labelling import LabelConfig, label_chunk, prepare_tasks
-from labeler.records.exemplars import FeatureExemplars, group_by_feature, validate_exemplars
-from labeler.toys.synthetic import default_world, feature_exemplars
+from labeler.records.exemplars import FeatureExemplars
 
 # The product defaults (4 restarts, up to 100 steps): with 3 restarts and 60 steps one feature of five stopped
 # at a local optimum ("event", AUROC 0.97, against "tool", 1.0).
 CONFIG = LabelConfig(optimiser=OptimiserConfig(seed=1))
-
-
-@pytest.fixture(scope="session")
-def disc(trained_lm: Path) -> CausalLMDiscriminator:
-    return CausalLMDiscriminator.from_config(CausalLMConfig(model=str(trained_lm)))
-
-
-@pytest.fixture(scope="session")
-def features() -> list[FeatureExemplars]:
-    table = validate_exemplars(pa.Table.from_pylist(feature_exemplars(default_world(), 60, seed=3)))
-    return list(group_by_feature(table))
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from labeler.optimise.scoring import auroc, balanced_accuracy, f1, rank_labels
+from labeler.optimise.scoring import auroc, aurocs, balanced_accuracy, f1, rank_labels
 
 
 def brute_auroc(scores: np.ndarray, active: np.ndarray) -> float:
@@ -53,3 +53,12 @@ def test_f1_against_counts() -> None:
     assert f1(scores, np.zeros(6)) != f1(scores, np.zeros(6))  # NaN without positives
     assert f1(-np.ones(3), np.array([1, 0, 1])) == 0.0
     assert f1(np.array([1.0, -1.0]), np.array([1, 0])) == 1.0
+
+
+def test_aurocs_of_many_rows_equal_auroc_row_by_row_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, size=(50, 40)).astype(float)  # small integers: many ties
+    scores[3] = rng.normal(size=40)
+    active = rng.random(40) < 0.4
+    assert np.allclose(aurocs(scores, active), [auroc(row, active) for row in scores])
+    assert np.isnan(aurocs(scores, np.zeros(40, bool))).all()

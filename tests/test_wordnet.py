@@ -41,3 +41,19 @@ def test_packaged_list_holds_categories_not_members() -> None:
     assert {"animal", "mammal", "number", "language"} <= words
     assert not {"harpsichord", "palindrome", "numbers"} & words  # few kinds below it, or not a lemma
     assert 5000 < len(words) < 10000
+
+
+def test_the_wordnet_command_builds_a_file_and_refuses_a_folder_without_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from labeler.cli import main
+
+    (tmp_path / "wn").mkdir()
+    (tmp_path / "wn" / "data.noun").write_text(DATA_NOUN, encoding="latin-1")
+    assert main(["wordnet", "category-nouns", str(tmp_path / "wn"), str(tmp_path / "nouns.txt")]) == 0
+    assert [line.split("\t")[0] for line in (tmp_path / "nouns.txt").read_text().splitlines() if line[0] != "#"] == [
+        "animal",
+        "beast",
+    ]
+    assert main(["wordnet", "taxonomy", str(tmp_path / "none"), str(tmp_path / "t.gz")]) == 2
+    assert "has no data.noun" in capsys.readouterr().err and not (tmp_path / "t.gz").exists()

@@ -1,7 +1,7 @@
 """The `labeler` command line: the only place that parses arguments and prints progress.
 
 One module per command group: labelling.py (`label`, `run`), harvest.py, store.py (`query`, `export`,
-`report`), demo.py; options.py generates the config flags, progress.py the progress bars.
+`report`), demo.py, testbed.py; options.py generates the config flags, progress.py the progress bars.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from labeler import __version__
-from labeler.cli import demo, harvest, importing, labelling, plan, score, store, upload
+from labeler.cli import demo, harvest, importing, labelling, plan, score, store, testbed, upload, wordnet
 from labeler.cli.errors import UsageError
 from labeler.cli.storage_errors import storage_error_message
 from labeler.records.exemplars import ExemplarError
@@ -54,4 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     importing.add_parser(commands)
     score.add_parser(commands)
     plan.add_parser(commands)
+    testbed.add_parser(commands)
+    wordnet.add_parser(commands)
     return parser

@@ -5,15 +5,15 @@ usually name a category ("animal", "number"), not one of its members. WordNet sa
 noun is: the number of synsets below it in the hypernym tree (its kinds and instances).
 `category_nouns` reads `data.noun` and keeps single words with at least `min_kinds` of them; the
 packaged list `labeler/data/category_nouns.txt` was built with
-`python -m labeler.discriminators.wordnet category-nouns /usr/share/wordnet labeler/data/category_nouns.txt`.
+`labeler wordnet category-nouns /usr/share/wordnet labeler/data/category_nouns.txt`.
 
 Glosses: the demo corpus `labeler/data/wordnet_glosses.txt.gz` (40,000 random synsets, one per line:
 its words, definition and examples), built with
-`python -m labeler.discriminators.wordnet glosses /usr/share/wordnet labeler/data/wordnet_glosses.txt.gz`.
+`labeler wordnet glosses /usr/share/wordnet labeler/data/wordnet_glosses.txt.gz`.
 
 Taxonomy: `labeler/data/taxonomy.tsv.gz`, the noun hierarchy under animal, plant, food and artifact as
 categories with their member words (the testbed of labeler/toys/taxonomy.py), built with
-`python -m labeler.discriminators.wordnet taxonomy /usr/share/wordnet labeler/data/taxonomy.tsv.gz`.
+`labeler wordnet taxonomy /usr/share/wordnet labeler/data/taxonomy.tsv.gz`.
 
 All three are committed with WordNet's license (labeler/data/WORDNET_LICENSE), so nothing needs apt at run
 time. This module knows nothing about tokenizers; labeler/discriminators/vocab.py turns a word list into allowed tokens.
@@ -24,8 +24,8 @@ from __future__ import annotations
 import gzip
 import random
 import re
-import sys
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -39,23 +39,47 @@ GLOSS_SYNSETS = 40_000
 
 def category_nouns(data_noun: Path, min_kinds: int = 5) -> dict[str, int]:
     """Single-word nouns (lower case, letters only) mapped to the most kinds any of their senses has."""
-    hyponyms: dict[str, list[str]] = defaultdict(list)
     synset_words: dict[str, list[str]] = {}
+    hyponyms: dict[str, list[str]] = defaultdict(list)
+    for offset, words, pointers in _noun_synsets(data_noun):
+        synset_words[offset] = words
+        hyponyms[offset] = [target for symbol, target in pointers if symbol in _HYPONYM_POINTERS]
+    descendants = _descendants(hyponyms)
+    kinds: dict[str, int] = {}
+    for offset, words in synset_words.items():
+        count = len(descendants(offset))
+        for word in words:
+            word = word.split("(", 1)[0].lower()  # drop adjective markers like "(a)"
+            if word.isalpha() and count >= min_kinds:
+                kinds[word] = max(kinds.get(word, 0), count)
+    return kinds
+
+
+def _noun_synsets(data_noun: Path) -> Iterator[tuple[str, list[str], list[tuple[str, str]]]]:
+    """Each synset of WordNet's data.noun: its offset, its words as written, and its (pointer symbol, target offset)
+    pairs to other nouns. ValueError when the file holds none."""
+    found = False
     with open(data_noun, encoding="latin-1") as lines:
         for line in lines:
             if line.startswith("  "):  # the license header
                 continue
             fields = line.split("|", 1)[0].split()
             offset, word_count = fields[0], int(fields[3], 16)
-            synset_words[offset] = [fields[4 + 2 * i] for i in range(word_count)]
+            words = [fields[4 + 2 * i] for i in range(word_count)]
             at = 4 + 2 * word_count
+            pointers = []
             for i in range(int(fields[at])):
                 symbol, target, pos = fields[at + 1 + 4 * i : at + 4 + 4 * i]
-                if symbol in _HYPONYM_POINTERS and pos == "n":
-                    hyponyms[offset].append(target)
-    if not synset_words:
+                if pos == "n":
+                    pointers.append((symbol, target))
+            found = True
+            yield offset, words, pointers
+    if not found:
         raise ValueError(f"{data_noun} holds no WordNet noun synsets; pass wordnet-base's data.noun")
 
+
+def _descendants(hyponyms: dict[str, list[str]]) -> Callable[[str], frozenset[str]]:
+    """A function giving every synset below an offset, memoised across calls."""
     below: dict[str, frozenset[str]] = {}
 
     def descendants(offset: str) -> frozenset[str]:
@@ -71,14 +95,7 @@ def category_nouns(data_noun: Path, min_kinds: int = 5) -> dict[str, int]:
             below[node] = frozenset(hyponyms[node]).union(*(below[child] for child in hyponyms[node]))
         return below[offset]
 
-    kinds: dict[str, int] = {}
-    for offset, words in synset_words.items():
-        count = len(descendants(offset))
-        for word in words:
-            word = word.split("(", 1)[0].lower()  # drop adjective markers like "(a)"
-            if word.isalpha() and count >= min_kinds:
-                kinds[word] = max(kinds.get(word, 0), count)
-    return kinds
+    return descendants
 
 
 def packaged_category_nouns() -> frozenset[str]:
@@ -113,7 +130,7 @@ def write_category_nouns(wordnet_dir: Path, out: Path) -> int:
     kinds = category_nouns(wordnet_dir / "data.noun")
     header = (
         "# Single-word WordNet 3.0 nouns with at least 5 kinds (synsets below them), and that count.\n"
-        "# Built by `python -m labeler.discriminators.wordnet category-nouns` from Debian's wordnet-base.\n"
+        "# Built by `labeler wordnet category-nouns` from Debian's wordnet-base.\n"
         "# WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved. Licensed under the\n"
         "# WordNet License (https://wordnet.princeton.edu/license-and-commercial-use), which permits\n"
         "# use, copying and distribution with this notice.\n"
@@ -135,20 +152,11 @@ def _noun_graph(data_noun: Path) -> tuple[dict[str, list[str]], dict[str, list[s
     """(offset -> its plain lemmas: lower-case letters only, at least 3; offset -> its hyponyms, not instances)."""
     lemmas: dict[str, list[str]] = {}
     hyponyms: dict[str, list[str]] = defaultdict(list)
-    with open(data_noun, encoding="latin-1") as lines:
-        for line in lines:
-            if line.startswith("  "):
-                continue
-            fields = line.split("|", 1)[0].split()
-            offset, word_count = fields[0], int(fields[3], 16)
-            # A capitalised lemma is a proper name, an underscored one a phrase: neither is a plain word.
-            words = [fields[4 + 2 * i].split("(", 1)[0] for i in range(word_count)]
-            lemmas[offset] = list(dict.fromkeys(w for w in words if _PLAIN_WORD.match(w)))
-            at = 4 + 2 * word_count
-            for i in range(int(fields[at])):
-                symbol, target, pos = fields[at + 1 + 4 * i : at + 4 + 4 * i]
-                if symbol == "~" and pos == "n":
-                    hyponyms[offset].append(target)
+    for offset, words, pointers in _noun_synsets(data_noun):
+        # A capitalised lemma is a proper name, an underscored one a phrase: neither is a plain word.
+        plain = (w.split("(", 1)[0] for w in words)
+        lemmas[offset] = list(dict.fromkeys(w for w in plain if _PLAIN_WORD.match(w)))
+        hyponyms[offset] = [target for symbol, target in pointers if symbol == "~"]
     return lemmas, hyponyms
 
 
@@ -162,22 +170,7 @@ def taxonomy_rows(data_noun: Path) -> tuple[list[tuple[str, list[str], str, list
     categories. The parent is the smallest other category that holds its name and all its members ("-": none).
     """
     lemmas, hyponyms = _noun_graph(data_noun)
-    if not lemmas:
-        raise ValueError(f"{data_noun} holds no WordNet noun synsets; pass wordnet-base's data.noun")
-    below: dict[str, frozenset[str]] = {}
-
-    def descendants(offset: str) -> frozenset[str]:
-        stack = [offset]
-        while stack:
-            node = stack[-1]
-            pending = [child for child in hyponyms[node] if child not in below]
-            if pending:
-                stack.extend(pending)
-                continue
-            stack.pop()
-            below[node] = frozenset(hyponyms[node]).union(*(below[child] for child in hyponyms[node]))
-        return below[offset]
-
+    descendants = _descendants(hyponyms)
     found: list[tuple[str, list[str], list[str]]] = []
     taken: set[str] = set()
     in_roots: set[str] = set()
@@ -218,7 +211,7 @@ def write_taxonomy(wordnet_dir: Path, out: Path) -> int:
         "# The WordNet 3.0 noun hierarchy under animal, plant, food and artifact, one category a line:\n"
         "# category <tab> its lemmas (comma-separated) <tab> parent category or - <tab> member words\n"
         "# (space-separated); the last line, starting with *, lists other nouns. Built by\n"
-        "# `python -m labeler.discriminators.wordnet taxonomy` from Debian's wordnet-base.\n"
+        "# `labeler wordnet taxonomy` from Debian's wordnet-base.\n"
         "# WordNet 3.0 Copyright 2006 by Princeton University. All rights\n"
         "# reserved. Licensed under the WordNet License (labeler/data/WORDNET_LICENSE), which permits use, copying\n"
         "# and distribution with this notice.\n"
@@ -227,17 +220,3 @@ def write_taxonomy(wordnet_dir: Path, out: Path) -> int:
     with gzip.open(out, "wt", encoding="utf-8", compresslevel=9) as f:
         f.write(header + "".join(lines) + f"*\t-\t-\t{' '.join(others)}\n")
     return len(rows)
-
-
-def main(argv: list[str]) -> None:
-    builders = {"category-nouns": write_category_nouns, "glosses": write_glosses, "taxonomy": write_taxonomy}
-    if len(argv) != 3 or argv[0] not in builders:
-        raise SystemExit(
-            "usage: python -m labeler.discriminators.wordnet {category-nouns|glosses|taxonomy} WORDNET_DIR OUT"
-        )
-    count = builders[argv[0]](Path(argv[1]), Path(argv[2]))
-    print(f"{count} lines -> {argv[2]}")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def auroc(scores: np.ndarray, active: np.ndarray) -> float:
@@ -20,6 +21,23 @@ def auroc(scores: np.ndarray, active: np.ndarray) -> float:
         return float("nan")
     ranks = _midranks(np.asarray(scores, dtype=np.float64))
     return float((ranks[active].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def aurocs(scores: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """`auroc` of every row of `scores` (Float[C N]) at once, ties counting one half, for thousands of candidates.
+
+    For each active example, the inactive ones below it (and half those equal) are counted by a binary search in the
+    row's sorted inactive scores."""
+    active = np.asarray(active, dtype=bool)
+    grid = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    n_pos, n_neg = int(active.sum()), int((~active).sum())
+    if n_pos == 0 or n_neg == 0:
+        return np.full(grid.shape[0], np.nan)
+    mask = torch.from_numpy(active)
+    pos, neg = grid[:, mask].contiguous(), torch.sort(grid[:, ~mask], dim=1).values
+    below = torch.searchsorted(neg, pos, right=False).double()
+    up_to = torch.searchsorted(neg, pos, right=True).double()
+    return ((below + up_to).sum(1) / (2 * n_pos * n_neg)).numpy()
 
 
 def balanced_accuracy(scores: np.ndarray, active: np.ndarray, threshold: float = 0.0) -> float:

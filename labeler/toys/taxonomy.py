@@ -4,37 +4,55 @@ The synthetic world (labeler/toys/synthetic.py) has five categories; a label sea
 told there from one that does not. This module builds a bigger world from the packaged taxonomy
 (`labeler/data/taxonomy.tsv.gz`, made by `python -m labeler.discriminators.wordnet taxonomy`): nested
 categories (dog within canine within carnivore within ... within animal) with their member words, and
-other nouns that belong to none. It trains a tiny Llama (synthetic.py's trainer and tokenizer) on the
-paper's question about those words in short sentences, and writes SAE-style features whose right label is
-known: feature k fires on the members of category k, and its acceptable names are that category's lemmas.
+other nouns that belong to none. A tiny Llama (synthetic.py's trainer and tokenizer) learned the paper's
+question about those words in short sentences; this module writes SAE-style features whose right label is known.
 
-    python -m labeler.toys.taxonomy build --scale small|bench --out DIR [--categories FILE] [--seed N]
+`build(scale, out)` (the command line: `labeler testbed build`) writes OUT/lm (a Hugging Face folder),
+OUT/exemplars.jsonl (the exemplar contract), OUT/truth.json, OUT/categories.txt (every category the LM knows) and
+OUT/accuracy.json (the LM's answer accuracy on held-out questions). Two scales: `small` (about 50 categories, 500
+member words; for CI) and `bench` (every category with at least 20 members, 4,000 member words, more than 5,000
+label candidates).
 
-writes DIR/lm (a Hugging Face folder), DIR/exemplars.jsonl (the exemplar contract), DIR/truth.json
-(`{"<feature>": {"category": ..., "names": [...]}}`), DIR/categories.txt (every category the LM knows)
-and DIR/accuracy.json (the LM's answer accuracy on held-out sentences). Two scales: `small` (about 50
-categories, 500 member words; for CI) and `bench` (every category with at least 20 members, 4,000 member
-words, more than 5,000 label candidates; trained once and cached under ~/.cache/labeler/taxonomy-bench). Measured
-on this project's 2-core CPU machine (2026-12-02): small trains in 80 s and answers 91.6% of 2,000 held-out
-questions right; bench in 62 min, 99.1%.
+The LMs ship with the package: labeler/data/testbed/<scale>/ holds lm/, accuracy.json and manifest.json (the
+sha256 of each file and the `cache_key` the LM was trained under). `build` copies the shipped LM, and checks its
+checksums, when its cache_key is the one this code would train under; `build(..., retrain=True)` trains one instead
+(minutes at small scale, more than an hour at bench scale on two CPU cores), whose figures differ from the shipped
+LM's. `ship(testbed, scale, into)` writes a built testbed's LM as the shipped one.
+
+The features are listed in a categories file, one a line (blank lines and `#` comments are skipped):
+
+    dog                 concept: fires (1.0) on dog's members, not (0.0) on other words
+    mix:dog+tableware   mixture of two unrelated categories (no shared category below a top one, no shared
+                        member): fires on the members of either; naming either is right
+    graded:hawk         graded: fires on hawk's members with an activation that grows with the word's typicality
+                        (`typicality`: a fixed draw in [0, 1) per word), 0.2 + 0.8 * typicality; plus
+                        `GRADED_NOISE` false positives (words just outside hawk at 0.02 to 0.12) and as many misses
+                        (members at 0.0)
+    none:7              no concept: fires on `NONE_WORDS` member words drawn at random with seed 7 from all
+                        categories, and not on other member words drawn the same way; no category name is right
+
+truth.json maps each feature to `{"kind": "concept"|"mixture"|"graded"|"none", "categories": [...],
+"names": [...]}`: its categories (none for a no-concept feature) and its acceptable names (their lemmas; empty for
+a no-concept feature). A mixture also has "names_by_category" (each category's lemmas), a graded feature
+"false_positives" and "misses" (their counts), a no-concept feature "seed" and "words" (its active words).
 This module knows nothing about the optimiser; it only makes a discriminator and its exemplars.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gzip
 import hashlib
 import json
 import pathlib
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
+from importlib.resources.abc import Traversable
+from typing import Literal
 
 import numpy as np
 import transformers
@@ -43,16 +61,24 @@ from labeler.discriminators.prompt import PromptTemplate
 from labeler.toys.synthetic import NO, YES, answers_yes, model_config, train_prompt_lm, word_level_tokenizer
 
 TAXONOMY_RESOURCE = "data/taxonomy.tsv.gz"
+SHIPPED_RESOURCE = "data/testbed"
+"""Where the shipped LMs lie in the package: SHIPPED_RESOURCE/<scale>/{lm/, accuracy.json, manifest.json}."""
+MANIFEST = "manifest.json"
 FILLERS = (
     "the", "a", "we", "they", "found", "near", "with", "today", "and", "on",
     "under", "by", "there", "was", "big", "old", "small", "new", "again", "here",
 )  # fmt: skip
 """Neutral words that pad out sentences (the same as the synthetic world's)."""
-BENCH_CACHE = pathlib.Path("~/.cache/labeler/taxonomy-bench")
 TRAINING_RECIPE = 2
-"""How the LM is trained (its questions, their sentences, the trainer). Raise it with any change to them: a cached LM
-is kept under a key of this, the scale, the packaged taxonomy and the seed (`cache_key`), so that one trained another
-way is never reused."""
+"""How the LM is trained (its questions, their sentences, the trainer). Raise it with any change to them: the shipped
+LM is used only under a key of this, the scale, the packaged taxonomy and the seed (`cache_key`), so that one trained
+another way is never taken for what this code trains."""
+NONE_WORDS = 25
+"""Distinct active words of a no-concept feature."""
+GRADED_NOISE = 5
+"""False positives, and misses, of a graded feature (of its 100 active and 100 inactive rows)."""
+TESTBED_FILES = ("lm", "exemplars.jsonl", "truth.json", "categories.txt", "accuracy.json")
+"""What `build` writes into its out folder."""
 
 
 class TaxonomyError(ValueError):
@@ -313,26 +339,122 @@ def held_out_accuracy(
     return sum(y == q[3] for y, q in zip(says, questions, strict=True)) / n
 
 
-def read_categories(path: pathlib.Path, known: Sequence[str]) -> list[str]:
-    """The categories listed in `path` (one per line, # comments), each one of `known`."""
+Kind = Literal["concept", "mixture", "graded", "none"]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One feature of a testbed: its kind, its categories (none for a no-concept feature) and, for a no-concept
+    feature, the seed that draws its words. `text` is its line in a categories file."""
+
+    kind: Kind
+    categories: tuple[str, ...]
+    seed: int | None = None
+
+    @property
+    def text(self) -> str:
+        if self.kind == "concept":
+            return self.categories[0]
+        if self.kind == "mixture":
+            return "mix:" + "+".join(self.categories)
+        if self.kind == "graded":
+            return f"graded:{self.categories[0]}"
+        return f"none:{self.seed}"
+
+
+def concept(category: str) -> FeatureSpec:
+    """The concept feature of `category`: fires on its members."""
+    return FeatureSpec("concept", (category,))
+
+
+def roots(world: Taxonomy) -> frozenset[str]:
+    """The top categories (no parent among the kept ones)."""
+    return frozenset(c for c, parent in world.parent.items() if parent == "-")
+
+
+def ancestors(world: Taxonomy, category: str) -> tuple[str, ...]:
+    """`category` and every kept category above it, innermost first."""
+    chain = [category]
+    while world.parent[chain[-1]] != "-":
+        chain.append(world.parent[chain[-1]])
+    return tuple(chain)
+
+
+def unrelated_problem(world: Taxonomy, a: str, b: str) -> str | None:
+    """Why `a` and `b` are not unrelated (None if they are): a shared category below the top ones, or a shared
+    member word."""
+    shared = [c for c in ancestors(world, a) if c in ancestors(world, b) and c not in roots(world)]
+    if shared:
+        return f"both are {shared[0]}s (a category below the top ones: {sorted(roots(world))})"
+    common = world.members[a] & world.members[b]
+    if common:
+        return f"they share member words ({sorted(common)[:3]})"
+    return None
+
+
+def parse_feature(text: str, world: Taxonomy) -> FeatureSpec:
+    """One line of a categories file (see the module docstring); TaxonomyError says what is wrong with it."""
+    kind, sep, rest = text.partition(":")
+    if not sep:
+        kind, rest = "concept", text
+    known = world.members
+
+    def category(name: str) -> str:
+        if name not in known:
+            raise TaxonomyError(
+                f"{name!r} is not a category the testbed knows; pick from categories.txt (written by build, or "
+                "`labeler testbed categories --scale ...`)"
+            )
+        return name
+
+    if kind == "concept":
+        return concept(category(rest))
+    if kind == "graded":
+        return FeatureSpec("graded", (category(rest),))
+    if kind == "mix":
+        a, plus, b = rest.partition("+")
+        if not plus or not a or not b or "+" in b:
+            raise TaxonomyError(f"{text!r}: a mixture names two categories, as mix:<category>+<category>")
+        if a == b:
+            raise TaxonomyError(f"{text!r}: a mixture needs two different categories")
+        problem = unrelated_problem(world, category(a), category(b))
+        if problem is not None:
+            raise TaxonomyError(f"{text!r}: a mixture needs two unrelated categories, but {problem}")
+        return FeatureSpec("mixture", (a, b))
+    if kind == "none":
+        if not rest.isdigit():
+            raise TaxonomyError(f"{text!r}: a no-concept feature is none:<seed>, the seed a whole number (none:7)")
+        return FeatureSpec("none", (), int(rest))
+    raise TaxonomyError(
+        f"{text!r}: unknown feature kind {kind!r}; a line is a category, mix:<a>+<b>, graded:<category> or none:<seed>"
+    )
+
+
+def read_features(path: pathlib.Path, world: Taxonomy) -> list[FeatureSpec]:
+    """The features listed in the categories file `path` (one a line, # comments; see the module docstring)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise TaxonomyError(f"cannot read the categories file {path}: {err}") from err
-    chosen = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not chosen:
-        raise TaxonomyError(f"the categories file {path} lists no category; write one per line from categories.txt")
-    unknown = [c for c in chosen if c not in set(known)]
-    if unknown:
-        raise TaxonomyError(
-            f"the categories file {path} names {len(unknown)} categor{'y' if len(unknown) == 1 else 'ies'} the "
-            f"testbed does not know: {unknown[:5]}; pick from categories.txt (written by build, or "
-            "`python -m labeler.toys.taxonomy categories --scale ...`)"
-        )
-    duplicated = sorted({c for c in chosen if chosen.count(c) > 1})
-    if duplicated:
-        raise TaxonomyError(f"the categories file {path} lists {duplicated[:5]} more than once; list each once")
-    return chosen
+    features: list[FeatureSpec] = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text in seen:
+            raise TaxonomyError(
+                f"{path}, line {number}: {text!r} is listed already (line {seen[text]}); list each once"
+            )
+        seen[text] = number
+        try:
+            features.append(parse_feature(text, world))
+        except TaxonomyError as err:
+            raise TaxonomyError(f"{path}, line {number}: {err}") from None
+    if not features:
+        raise TaxonomyError(f"the categories file {path} lists no feature; write one category per line from "
+                            "categories.txt")  # fmt: skip
+    return features
 
 
 def default_features(world: Taxonomy, count: int) -> list[str]:
@@ -341,34 +463,276 @@ def default_features(world: Taxonomy, count: int) -> list[str]:
     return sorted(np.random.default_rng(1).choice(pool, size=min(count, len(pool)), replace=False).tolist())
 
 
-def feature_exemplars(world: Taxonomy, categories: Sequence[str], seed: int, per_side: int = 100) -> list[dict]:
-    """Exemplar rows: feature k fires (1.0) on members of categories[k], not (0.0) on other words.
+def typicality(word: str) -> float:
+    """How typical `word` is of its categories, for graded features: a fixed draw in [0, 1) per word (the first four
+    bytes of its sha256), the same in every category and every build."""
+    return int.from_bytes(hashlib.sha256(word.encode("utf-8")).digest()[:4], "big") / 2**32
 
-    Each feature gets `per_side` distinct active and inactive rows, one word per sentence: a category with
-    fewer members gets several sentences per word, one with more a sample of them (so that no feature costs
-    more to label, or to search exhaustively, than another: "artifact" has 2,439 members). Half the inactive
-    words are words just outside it (`Taxonomy.just_outside`: its parent's other members), the rest come from the
-    whole vocabulary.
+
+def none_words(world: Taxonomy, seed: int, per_side: int = 100) -> tuple[list[str], list[str]]:
+    """A no-concept feature's (active, inactive) words: `NONE_WORDS`, then `per_side` others, all distinct, drawn
+    uniformly from the member words (of every category alike, so no category is more frequent among the active words
+    than among the inactive, but by chance)."""
+    pool = world.member_words
+    drawn = np.random.default_rng(seed).choice(len(pool), size=NONE_WORDS + per_side, replace=False)
+    words = [pool[int(i)] for i in drawn]
+    return words[:NONE_WORDS], words[NONE_WORDS:]
+
+
+def _sentences(
+    world: Taxonomy, words: Sequence[str], rng: np.random.Generator, taken: frozenset[tuple[str, str]] = frozenset()
+) -> list[str]:
+    """One sentence per entry of `words`, all different (a word listed twice gets two), and no (sentence, word) pair
+    of `taken` (the other side's rows: a pair is never both active and inactive)."""
+    seen: set[str] = set()
+    out = []
+    for word in words:
+        context = sentence(word, world, rng)
+        while context in seen or (context, word) in taken:
+            context = sentence(word, world, rng)
+        seen.add(context)
+        out.append(context)
+    return out
+
+
+def _sample_members(world: Taxonomy, category: str, n: int, rng: np.random.Generator) -> list[str]:
+    """`n` member words of `category`: each of them in turn if it has at most `n`, else a sample of `n`."""
+    members = sorted(world.members[category])
+    if len(members) > n:
+        members = sorted(str(w) for w in rng.choice(members, size=n, replace=False))
+    return [members[i % len(members)] for i in range(n)]
+
+
+def _inactive(world: Taxonomy, categories: Sequence[str], n: int, rng: np.random.Generator) -> list[str]:
+    """`n` words in none of `categories`: every other one just outside one of them (`Taxonomy.just_outside`), the
+    rest from the whole vocabulary."""
+    inside = frozenset[str]().union(*(world.members[c] for c in categories))
+    if len(categories) == 1:
+        near: Sequence[str] = world.just_outside[categories[0]]
+    else:
+        near = sorted({w for c in categories for w in world.just_outside[c]} - inside)
+    outside = [w for w in world.every if w not in inside]
+    return [_pick(rng, near if near and i % 2 == 0 else outside) for i in range(n)]
+
+
+def feature_rows(
+    world: Taxonomy, k: int, feature: FeatureSpec, seed: int, rng: np.random.Generator, per_side: int = 100
+) -> list[dict]:
+    """Exemplar rows of feature `k`: `per_side` active and `per_side` inactive ones, one word per sentence.
+
+    A concept feature draws from `rng` (shared by the concept features, in order); the other kinds from a generator
+    of their own (seeded by `seed` and `k`), so that adding one changes no concept feature's rows.
+    """
+    if feature.kind == "concept":
+        (category,) = feature.categories
+        active = _sample_members(world, category, per_side, rng)
+        inactive = _inactive(world, [category], per_side, rng)
+        levels = [1.0] * per_side
+    else:
+        rng = np.random.default_rng([seed, k])
+        if feature.kind == "mixture":
+            a, b = feature.categories
+            active = _sample_members(world, a, per_side // 2, rng) + _sample_members(
+                world, b, per_side - per_side // 2, rng
+            )
+            inactive = _inactive(world, [a, b], per_side, rng)
+            levels = [1.0] * per_side
+        elif feature.kind == "graded":
+            (category,) = feature.categories
+            members = _sample_members(world, category, per_side - GRADED_NOISE, rng)
+            near = world.just_outside[category] or tuple(w for w in world.every if w not in world.members[category])
+            false_positives = [_pick(rng, near) for _ in range(GRADED_NOISE)]
+            misses = [_pick(rng, world.sorted_members[category]) for _ in range(GRADED_NOISE)]
+            active = members + false_positives
+            levels = [0.2 + 0.8 * typicality(w) for w in members] + [
+                0.02 + 0.1 * typicality(w) for w in false_positives
+            ]
+            inactive = _inactive(world, [category], per_side - GRADED_NOISE, rng) + misses
+        else:
+            assert feature.seed is not None
+            words, others = none_words(world, feature.seed, per_side)
+            active = [words[i % len(words)] for i in range(per_side)]
+            inactive = others
+            levels = [1.0] * per_side
+    contexts = _sentences(world, active, rng)
+    rows = [
+        {"feature": k, "context": context, "target": word, "activation": activation}
+        for context, word, activation in zip(contexts, active, levels, strict=True)
+    ]
+    taken = frozenset(zip(contexts, active, strict=True))
+    rows += [
+        {"feature": k, "context": context, "target": word, "activation": 0.0}
+        for context, word in zip(_sentences(world, inactive, rng, taken), inactive, strict=True)
+    ]
+    return rows
+
+
+def feature_exemplars(world: Taxonomy, features: Sequence[FeatureSpec], seed: int, per_side: int = 100) -> list[dict]:
+    """Exemplar rows of every feature, feature k being features[k] (`feature_rows`).
+
+    Each feature gets `per_side` active and inactive rows, distinct per side: a category with fewer members gets
+    several sentences per word, one with more a sample of them (so that no feature costs more to label, or to search
+    exhaustively, than another: "artifact" has 2,439 members). Half the inactive words are words just outside its
+    categories (`Taxonomy.just_outside`: its parent's other members), the rest come from the whole vocabulary.
     """
     rng = np.random.default_rng(seed)
-    rows = []
-    for k, category in enumerate(categories):
-        members = sorted(world.members[category])
-        near = world.just_outside[category]
-        outside = [w for w in world.every if w not in world.members[category]]
-        if len(members) > per_side:
-            members = sorted(str(w) for w in rng.choice(members, size=per_side, replace=False))
-        active = [members[i % len(members)] for i in range(per_side)]
-        inactive = [_pick(rng, near if near and i % 2 == 0 else outside) for i in range(per_side)]
-        for words, activation in ((active, 1.0), (inactive, 0.0)):
-            seen: set[str] = set()
-            for word in words:
-                context = sentence(word, world, rng)
-                while context in seen:
-                    context = sentence(word, world, rng)
-                seen.add(context)
-                rows.append({"feature": k, "context": context, "target": word, "activation": activation})
-    return rows
+    return [row for k, feature in enumerate(features) for row in feature_rows(world, k, feature, seed, rng, per_side)]
+
+
+def truth_of(world: Taxonomy, feature: FeatureSpec, per_side: int = 100) -> dict:
+    """What truth.json says of `feature` (see the module docstring)."""
+    names = [name for c in feature.categories for name in world.lemmas[c]]
+    entry: dict = {"kind": feature.kind, "categories": list(feature.categories), "names": names}
+    if feature.kind == "mixture":
+        entry["names_by_category"] = {c: list(world.lemmas[c]) for c in feature.categories}
+    elif feature.kind == "graded":
+        entry |= {"false_positives": GRADED_NOISE, "misses": GRADED_NOISE}
+    elif feature.kind == "none":
+        assert feature.seed is not None
+        entry |= {"seed": feature.seed, "words": none_words(world, feature.seed, per_side)[0]}
+    return entry
+
+
+def sha256_file(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shipped_root() -> Traversable:
+    """The package's folder of shipped LMs (a source checkout's or an installed package's)."""
+    return resources.files("labeler").joinpath(SHIPPED_RESOURCE)
+
+
+def shipped_manifest(scale_name: str, root: Traversable | None = None) -> dict | None:
+    """The manifest of the LM shipped for `scale_name` (None if none ships)."""
+    path = (root or shipped_root()).joinpath(scale_name, MANIFEST)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _check_shipped(scale_name: str, seed: int, root: Traversable) -> dict:
+    """The shipped LM's manifest if it is what this code trains for `scale_name` and `seed`; else TaxonomyError."""
+    manifest = shipped_manifest(scale_name, root)
+    where = f"labeler/{SHIPPED_RESOURCE}/{scale_name}"
+    if manifest is None:
+        raise TaxonomyError(
+            f"no {scale_name} LM ships with this copy of labeler ({where}/{MANIFEST} is missing); train one with "
+            "--retrain"
+        )
+    expected = cache_key(SCALES[scale_name], seed)
+    if manifest["cache_key"] != expected:
+        if manifest["cache_key"] == cache_key(SCALES[scale_name], manifest["seed"]):
+            reason = f"it was trained with seed {manifest['seed']}, not {seed}"
+        else:
+            reason = "its training recipe, scale settings or packaged taxonomy differ from this code's"
+        raise TaxonomyError(
+            f"the shipped {scale_name} LM ({where}, cache key {manifest['cache_key']}) is stale for this build "
+            f"(which trains under {expected}): {reason}; train one with --retrain"
+        )
+    return manifest
+
+
+def _copy_shipped(scale_name: str, manifest: dict, root: Traversable, out: pathlib.Path) -> None:
+    """Copy the shipped LM and its accuracy report into `out`, then check every copy against the manifest's sha256;
+    on a mismatch remove the copies and raise TaxonomyError."""
+    source = root.joinpath(scale_name)
+    for name in manifest["files"]:
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.write_bytes(source.joinpath(*name.split("/")).read_bytes())
+        except FileNotFoundError:
+            target.write_bytes(b"")  # a missing file is reported with the mismatches below
+    bad = [name for name, digest in manifest["files"].items() if sha256_file(out / name) != digest]
+    if bad:
+        shutil.rmtree(out / "lm", ignore_errors=True)
+        (out / "accuracy.json").unlink(missing_ok=True)
+        raise TaxonomyError(
+            f"the shipped {scale_name} LM's {bad} are missing or do not match their sha256 in labeler/"
+            f"{SHIPPED_RESOURCE}/{scale_name}/{MANIFEST}: the package was damaged or edited; reinstall labeler, or "
+            "train one with --retrain"
+        )
+
+
+def ship(testbed: pathlib.Path, scale_name: str, into: pathlib.Path) -> pathlib.Path:
+    """Make the LM of a built testbed folder (`testbed`/lm and accuracy.json) the shipped one of `scale_name`:
+    replace `into`/<scale>/ with a copy and its manifest (each file's sha256, the cache key). Ship only an LM that
+    this code trained (`build(..., retrain=True)`): the key recorded is the one this code trains under."""
+    if scale_name not in SCALES:
+        raise TaxonomyError(f"unknown scale {scale_name!r}; use one of {sorted(SCALES)}")
+    try:
+        report = json.loads((testbed / "accuracy.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise TaxonomyError(f"{testbed} is not a built testbed (accuracy.json: {err})") from None
+    if report.get("scale") != scale_name:
+        raise TaxonomyError(f"{testbed} holds a {report.get('scale')} testbed, not a {scale_name} one")
+    key = cache_key(SCALES[scale_name], report["seed"])
+    if report.get("cache_key", key) != key:
+        raise TaxonomyError(
+            f"{testbed}'s LM was trained under cache key {report['cache_key']}, and this code trains under {key}: "
+            "retrain it with this code first"
+        )
+    lm_files = sorted(p for p in (testbed / "lm").iterdir() if p.is_file())
+    if not any(p.name == "model.safetensors" for p in lm_files):
+        raise TaxonomyError(f"{testbed}/lm holds no model.safetensors; build the testbed with --retrain")
+    folder = into / scale_name
+    if folder.exists():
+        shutil.rmtree(folder)
+    (folder / "lm").mkdir(parents=True)
+    for path in lm_files:
+        shutil.copyfile(path, folder / "lm" / path.name)
+    shutil.copyfile(testbed / "accuracy.json", folder / "accuracy.json")
+    names = ["accuracy.json", *(f"lm/{p.name}" for p in lm_files)]
+    manifest = {
+        "scale": scale_name,
+        "seed": report["seed"],
+        "training_recipe": TRAINING_RECIPE,
+        "cache_key": key,
+        "files": {name: sha256_file(folder / name) for name in names},
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def check_out(out: pathlib.Path) -> None:
+    """Refuse an out folder that is not new or empty (TaxonomyError), so that a build overwrites nothing."""
+    if out.exists() and not out.is_dir():
+        raise TaxonomyError(f"--out {out} is a file; name a new folder")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held:
+        what = "a testbed" if set(held) & set(TESTBED_FILES) else "other files"
+        raise TaxonomyError(f"{out} already holds {what} ({', '.join(held[:5])}); name a new or empty folder")
+
+
+def train(scale_name: str, lm: pathlib.Path, seed: int, log: Callable[[str], None]) -> dict:
+    """Train the LM of `scale_name` into `lm` as the current recipe does; returns its accuracy report."""
+    scale, template = SCALES[scale_name], PromptTemplate()
+    world = load_taxonomy(scale)
+    tokenizer = word_level_tokenizer(world.words, template)
+    config = model_config(tokenizer, hidden_size=scale.hidden_size, num_hidden_layers=scale.num_hidden_layers)
+    started = time.perf_counter()
+    train_prompt_lm(
+        tokenizer, config, lambda n, rng: training_prompts(world, template, n, rng), lm,
+        template=template, steps=scale.steps, batch_size=scale.batch_size, lr=scale.lr, all_tokens=False, seed=seed,
+        log=log,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    log("measuring the LM's accuracy on 2,000 held-out questions")
+    model = transformers.AutoModelForCausalLM.from_pretrained(lm)
+    accuracy = held_out_accuracy(model, tokenizer, world, template, n=2000, seed=seed)
+    return {
+        "scale": scale_name,
+        "seed": seed,
+        "cache_key": cache_key(scale, seed),
+        "held_out_accuracy": accuracy,
+        "held_out_questions": 2000,
+        "train_seconds": round(seconds, 1),
+        "categories": len(world.members),
+        "member_words": len(world.member_words),
+        "vocabulary": len(tokenizer),
+    }
 
 
 def build(
@@ -377,84 +741,44 @@ def build(
     *,
     categories_file: pathlib.Path | None = None,
     seed: int = 0,
-    cache: pathlib.Path | None = None,
+    retrain: bool = False,
+    shipped: Traversable | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Write the testbed to `out` (see the module docstring); returns what accuracy.json holds.
+    """Write the testbed to `out` (a new or empty folder; see the module docstring); returns what accuracy.json holds.
 
-    The LM is trained unless `cache` holds one of the same `cache_key` (same recipe, scale, taxonomy and seed); it is
-    then copied.
+    The LM is the shipped one (`shipped`: the package's, by default) when that was trained under this code's
+    `cache_key` for the scale and seed, else TaxonomyError says to retrain; `retrain` trains one instead. Bad input
+    (scale, categories file, out, a stale shipped LM) is refused before anything is written.
     """
     if scale_name not in SCALES:
         raise TaxonomyError(f"unknown scale {scale_name!r}; use one of {sorted(SCALES)}")
-    scale, template = SCALES[scale_name], PromptTemplate()
-    world = load_taxonomy(scale)
-    known = list(world.members)
-    features = read_categories(categories_file, known) if categories_file else default_features(world, scale.features)
-    out.mkdir(parents=True, exist_ok=True)
-    lm = out / "lm"
-    cached = cache / cache_key(scale, seed) if cache is not None else None
-    if cached is not None and (cached / "accuracy.json").exists():
-        shutil.copytree(cached / "lm", lm, dirs_exist_ok=True)
-        report = json.loads((cached / "accuracy.json").read_text())
+    world = load_taxonomy(SCALES[scale_name])
+    if categories_file is not None:
+        features = read_features(categories_file, world)
     else:
-        tokenizer = word_level_tokenizer(world.words, template)
-        config = model_config(tokenizer, hidden_size=scale.hidden_size, num_hidden_layers=scale.num_hidden_layers)
-        started = time.perf_counter()
-        train_prompt_lm(
-            tokenizer, config, lambda n, rng: training_prompts(world, template, n, rng), lm,
-            template=template, steps=scale.steps, batch_size=scale.batch_size, lr=scale.lr, all_tokens=False, seed=seed,
-            log=log,
-        )  # fmt: skip
-        seconds = time.perf_counter() - started
-        model = transformers.AutoModelForCausalLM.from_pretrained(lm)
-        accuracy = held_out_accuracy(model, tokenizer, world, template, n=2000, seed=seed)
-        report = {
-            "scale": scale_name,
-            "seed": seed,
-            "held_out_accuracy": accuracy,
-            "held_out_questions": 2000,
-            "train_seconds": round(seconds, 1),
-            "categories": len(world.members),
-            "member_words": len(world.member_words),
-            "vocabulary": len(tokenizer),
-        }
-        if cached is not None:
-            cached.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(lm, cached / "lm", dirs_exist_ok=True)
-            (cached / "accuracy.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "accuracy.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "categories.txt").write_text("".join(f"{c}\n" for c in known), encoding="utf-8")
-    truth = {str(k): {"category": c, "names": list(world.lemmas[c])} for k, c in enumerate(features)}
+        features = [concept(c) for c in default_features(world, SCALES[scale_name].features)]
+    check_out(out)
+    root = shipped or shipped_root()
+    manifest = None if retrain else _check_shipped(scale_name, seed, root)
+    out.mkdir(parents=True, exist_ok=True)
+    if manifest is not None:
+        log(f"copying the shipped {scale_name} LM (cache key {manifest['cache_key']}) and checking its checksums")
+        _copy_shipped(scale_name, manifest, root, out)
+        report = json.loads((out / "accuracy.json").read_text(encoding="utf-8"))
+    else:
+        log(
+            f"training a new {scale_name} LM (--retrain, {SCALES[scale_name].steps} steps): label-quality figures "
+            f"measured on it will differ from those measured on the shipped LM (labeler/{SHIPPED_RESOURCE}/"
+            f"{scale_name})"
+        )
+        report = train(scale_name, out / "lm", seed, log)
+        (out / "accuracy.json").write_text(json.dumps(report, indent=2) + "\n")
+    log(f"writing {len(features)} features' exemplars and truth")
+    (out / "categories.txt").write_text("".join(f"{c}\n" for c in world.members), encoding="utf-8")
+    truth = {str(k): truth_of(world, feature) for k, feature in enumerate(features)}
     (out / "truth.json").write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
     with open(out / "exemplars.jsonl", "w", encoding="utf-8") as f:
         for row in feature_exemplars(world, features, seed):
             f.write(json.dumps(row) + "\n")
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labeler.toys.taxonomy", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    make = commands.add_parser("build", help="train (or reuse) the LM and write the testbed folder")
-    make.add_argument("--scale", choices=sorted(SCALES), required=True)
-    make.add_argument("--out", type=pathlib.Path, required=True)
-    make.add_argument("--categories", type=pathlib.Path, help="features: categories from categories.txt, one a line")
-    make.add_argument("--seed", type=int, default=0)
-    listing = commands.add_parser("categories", help="print every category of a scale, one a line")
-    listing.add_argument("--scale", choices=sorted(SCALES), required=True)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "categories":
-            print("\n".join(load_taxonomy(SCALES[args.scale]).members))
-            return 0
-        cache = BENCH_CACHE.expanduser() if args.scale == "bench" else None
-        report = build(args.scale, args.out, categories_file=args.categories, seed=args.seed, cache=cache)
-    except TaxonomyError as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
-    print(json.dumps(report))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
