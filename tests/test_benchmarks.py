@@ -304,16 +304,15 @@ def test_each_kinds_default_optimiser_is_one_value_in_the_manifest_gpu_engine_an
 ) -> None:
     """`default_optimiser(kind)` is what a run's manifest records (the service's own `prepare`, every kind), what
     gpu_engine measures as the default (hf; its recorded line is checked in the suite's test) and what label_quality's
-    testbeds start from (hf, minilm). The testbeds' model and exemplar loading is replaced: only their optimiser is
-    looked at."""
+    testbeds start from (hf: the taxonomy testbed of the shipped small LM; minilm: the paper's, whose model and
+    datasets are replaced here, as only its optimiser is looked at)."""
     import pyarrow as pa
     from servers import exemplar_parts
 
     from labeler.discriminators.config import KINDS, default_optimiser
-    from labeler.records.exemplars import validate_exemplars
     from labeler.run.config import load_config, to_dict
     from labeler.run.service import prepare
-    from labeler.toys.synthetic import default_world, feature_exemplars
+    from labeler.toys import taxonomy
 
     exemplars = exemplar_parts(tmp_path / "exemplars", 6)
     for kind, spec in zip(KINDS, ["hf:/models/lm", "embedding:/models/encoder", "minilm"], strict=True):
@@ -330,15 +329,10 @@ def test_each_kinds_default_optimiser_is_one_value_in_the_manifest_gpu_engine_an
     assert measured["default"] == default_optimiser("hf")
 
     label_quality = load_benchmark("label_quality", monkeypatch)
-    monkeypatch.setattr(label_quality, "CausalLMDiscriminator", type("Loader", (), {"from_config": staticmethod(str)}))
-    monkeypatch.setattr(label_quality, "EmbeddingDiscriminator", type("Loader", (), {"minilm": staticmethod(str)}))
     folder = tmp_path / "taxonomy"
-    (folder / "lm").mkdir(parents=True)
-    (folder / "lm" / "model.safetensors").write_bytes(b"weights")
-    rows = validate_exemplars(pa.Table.from_pylist(feature_exemplars(default_world(), 12, seed=0))).to_pylist()
-    (folder / "exemplars.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    (folder / "truth.json").write_text(json.dumps({str(row["feature"]): {"names": ["x"]} for row in rows}))
+    taxonomy.build("small", folder, log=lambda message: None)  # from the shipped small LM: seconds
     assert label_quality.taxonomy_testbed(folder).base == default_optimiser("hf")
+    monkeypatch.setattr(label_quality, "EmbeddingDiscriminator", type("Loader", (), {"minilm": staticmethod(str)}))
     monkeypatch.setattr(label_quality, "paper_exemplars", lambda root: pa.table({"feature": pa.array([], pa.int64())}))
     monkeypatch.setattr(label_quality, "group_by_feature", lambda table: [])
     assert label_quality.paper_testbed(tmp_path).base == default_optimiser("minilm")
