@@ -1,46 +1,56 @@
-"""Labelling throughput at a real model's shape: the batched engine, its FLOP rate against the chip's, the paper loop.
+"""Labelling throughput at a real model's shape: the shipping default beside the paper's method, in one run.
 
 Random-weight models built from transformers' config classes with the published shapes (no download; speed
 does not depend on the weights), a word-level tokenizer built here with as many tokens as the model has
 embedding rows (the special tokens of the model's chat template included), and synthetic exemplars: texts of
-64 words, the paper's prompt in the model's chat template. The engine (labeler.optimise.engine.optimise with
-the causal-LM discriminator) labels F features x R restarts per step; the paper-style loop labels one feature
-with one restart at a time, its prefixes encoded once per feature. Both run every step (early stopping off),
-so the ratio measures batching alone; the batched rate is the floor at full steps.
+64 words, the paper's prompt in the model's chat template. Three methods label the same features:
 
-FLOPs are counted, not measured: per optimisation step, with rows = live features x R x N and S suffix
-tokens per row (the L label slots and the rest of the prompt),
+    default     the causal-LM kind's default optimiser, `default_optimiser("hf")` (what an `hf:` run uses):
+                discrete search and its pick, batched by the engine (labeler.optimise.engine.optimise)
+    paper       the paper's soft label, `OptimiserConfig()`, batched by the same engine
+    paper_loop  the paper's soft label one feature and one restart at a time, its prefixes encoded once per
+                feature (the paper's loop)
 
-    4 * rows * (P * S + d * V_model * K)                  linear layers and the LM head on K kept positions
-  + 3 * rows * layers * 4 * heads * head_dim * sum(ctx)   attention over the prefix and the earlier suffix
-  + 4 * F * R * L * V_allowed * d                         the soft label p @ E
+Every restart runs every step (early stopping off: converge_prob 1, converge_patience above the steps), so a
+step's work does not depend on the weights. `--steps` below the optimiser's max_steps times fewer steps; the
+rate at max_steps scales the step phase: features / (seconds - step_seconds + step_seconds * max_steps / steps).
+That rate (`features_per_s_full`) is what `labeler plan` reads, for the optimiser recorded on its line.
 
-where P is the non-embedding parameter count and ctx the keys a suffix token attends to. The factor 4 is
-2 for the forward's multiply-adds and 2 for the backward with respect to the inputs only (frozen weights:
-no weight gradients); attention's backward also forms dQ, dK and dV of the suffix, hence 3 x its forward.
-MFU = counted FLOPs per second of optimisation steps / the bf16 matmul rate measured in the same run
-(an 8192^3 product on a GPU; 1024^3 on a CPU).
+Forward tokens and FLOPs are counted, not measured: for every forward of the model, with T real tokens run
+(rows x positions; a left-padded prefix counts its real tokens), K positions whose logits are kept and ctx the
+keys a token attends to (its prefix's real tokens and the earlier tokens of its own row),
 
-    python benchmarks/gpu_engine.py --shape gemma-2-2b --device cuda [--profile OUT.txt]
+    c * (P * T + d * V_model * K) + a * layers * 4 * heads * head_dim * sum(ctx)
+
+with c = 2, a = 1 without grad and c = 4, a = 3 with grad (the backward with respect to the inputs only: frozen
+weights, no weight gradients; attention's backward also forms dQ, dK and dV); P is the non-embedding parameter
+count. Each optimisation step adds 4 * F * R * L * V_allowed * d for the label's product with the label
+embedding table (p @ E, or the one-hot's in discrete search). MFU = counted FLOPs per second / the matmul rate
+measured in the same run (an 8192^3 product on a GPU; 1024^3 on a CPU). Peak memory is per method: the CUDA
+allocator's peak, or on a CPU the process's peak resident set since the method started (Linux's VmHWM, reset).
+
+    python benchmarks/gpu_engine.py --shape gemma-2-2b --device cuda [--steps 5] [--profile OUT.txt]
     python benchmarks/gpu_engine.py --shape tiny            # seconds on a CPU (the CI test)
 
-Prints one JSON line per measurement: the setup, the matmul peak, the batched engine, the paper loop and
-their ratio. It imports only torch, transformers, tokenizers, numpy and the engine's modules (no Ray,
-no pyarrow, no sae-lens), so it runs from a source tree on a machine without the project installed.
+Prints one JSON line per measurement (setup, matmul peak, one per method, the comparison, the profile) and,
+on stderr, its progress and the methods side by side. It imports only torch, transformers, tokenizers, numpy
+and the engine's modules (no Ray, no pyarrow, no sae-lens), so it runs from a source tree on a machine without
+the project installed.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import platform
 import re
 import resource
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,6 +66,8 @@ from transformers import (
 )
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
+from labeler.discriminators.config import default_optimiser
+from labeler.discriminators.prefix_attention import SharedPrefix
 from labeler.discriminators.prompt import PromptTemplate
 from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.engine import optimise
@@ -224,22 +236,96 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) 
     return 2 * n**3 / best
 
 
-def step_flops(model: PreTrainedModel, disc: CausalLMDiscriminator, prefix_len: float, rows: int, fr: int) -> float:
-    """The counted FLOPs of one optimisation step over `rows` (feature, restart, example) rows, `fr` of
-    (feature, restart) (the formula in the module docstring)."""
-    config = model.config
-    d, layers = config.hidden_size, config.num_hidden_layers
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or d // heads
-    slots = 1  # OptimiserConfig.label_tokens at its default (the script does not change it)
-    suffix = slots + len(disc.suffix_ids)
-    kept = slots  # logits at the slots before the last (for q) and at the answer
-    params = non_embedding_params(model)
-    linear = 4 * rows * (params * suffix + d * config.vocab_size * kept)
-    context = sum(prefix_len + s + 1 for s in range(suffix))
-    attention = 3 * rows * layers * 4 * heads * head_dim * context
-    soft_label = 4 * fr * slots * len(disc.allowed_ids) * d
-    return float(linear + attention + soft_label)
+Count = int | float | torch.Tensor
+"""A count: a number, or a 0-d tensor on the model's device (what the inputs' masks give, read without a sync)."""
+
+
+class Tally:
+    """A sum of counts, numbers added at once and device tensors kept until it is read (one sync then), so counting
+    does not stall the device between the kernels being timed."""
+
+    def __init__(self) -> None:
+        self.number = 0.0
+        self.pending: list[torch.Tensor] = []
+
+    def add(self, count: Count) -> None:
+        if isinstance(count, torch.Tensor):
+            self.pending.append(count.double())
+        else:
+            self.number += count
+
+    def value(self) -> float:
+        if self.pending:
+            self.number += float(torch.stack(self.pending).sum())
+            self.pending = []
+        return self.number
+
+
+class ModelWork:
+    """What every forward of a model computes, counted from its inputs: tokens (with grad and in all) and FLOPs by
+    the formula of the module docstring (label products are added by the caller, `add`). It knows nothing about
+    timing; `reset` starts a new count."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        config = model.config.get_text_config()
+        self.params = non_embedding_params(model)
+        self.hidden = int(config.hidden_size)
+        self.vocab = int(config.vocab_size)
+        heads = int(config.num_attention_heads)
+        head_dim = int(getattr(config, "head_dim", None) or self.hidden // heads)
+        self.attention = int(config.num_hidden_layers) * 4 * heads * head_dim
+        """FLOPs of one (query, key) pair over all layers and heads, forward: QK^T and the weighted sum of V."""
+        self._tokens, self._grad_tokens, self._flops = Tally(), Tally(), Tally()
+        model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    @property
+    def tokens(self) -> int:
+        return round(self._tokens.value())
+
+    @property
+    def grad_tokens(self) -> int:
+        return round(self._grad_tokens.value())
+
+    @property
+    def flops(self) -> float:
+        return self._flops.value()
+
+    def reset(self) -> None:
+        self._tokens, self._grad_tokens, self._flops = Tally(), Tally(), Tally()
+
+    def add(self, flops: float) -> None:
+        self._flops.add(flops)
+
+    def _count(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        inputs = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))
+        if inputs is None:
+            raise TypeError(f"{type(module).__name__} was called with neither input_ids nor inputs_embeds")
+        rows, width = int(inputs.shape[0]), int(inputs.shape[1])
+        tokens, context = call_tokens(rows, width, kwargs.get("shared_prefix"), kwargs.get("attention_mask"))
+        keep = kwargs.get("logits_to_keep", 0)
+        kept = rows * (len(keep) if isinstance(keep, torch.Tensor) else int(keep) or width)
+        grad = torch.is_grad_enabled()
+        linear, attention = (4, 3) if grad else (2, 1)
+        self._flops.add(linear * self.params * tokens)
+        self._flops.add(linear * self.hidden * self.vocab * kept)
+        self._flops.add(attention * self.attention * context)
+        self._tokens.add(tokens)
+        if grad:
+            self._grad_tokens.add(tokens)
+
+
+def call_tokens(rows: int, width: int, prefix: SharedPrefix | None, mask: torch.Tensor | None) -> tuple[Count, Count]:
+    """(real tokens run, the sum over them of the keys each attends to) of one forward of `rows` x `width` inputs:
+    after a shared prefix (each row attends to its group's real prefix tokens and its own earlier tokens), over a
+    left-padded batch (only its real tokens), or plain. Counts read from a mask stay on its device."""
+    own = rows * width * (width + 1) / 2  # each token's own row up to it
+    if prefix is not None:
+        prefix_tokens = prefix.prefix_valid.sum(dtype=torch.float64) * prefix.group_size  # over the batch's rows
+        return rows * width, width * prefix_tokens + own
+    if mask is not None:
+        real = mask.sum(1, dtype=torch.float64)
+        return real.sum(), (real * (real + 1) / 2).sum()
+    return rows * width, own
 
 
 def non_embedding_params(model: torch.nn.Module) -> int:
@@ -248,11 +334,31 @@ def non_embedding_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
 
 
-def peak_memory(device: torch.device) -> dict[str, Any]:
+def label_product_flops(disc: CausalLMDiscriminator, fr: int, slots: int) -> float:
+    """FLOPs of one step's label products, forward and backward: `fr` (feature, restart) pairs of `slots` slots,
+    each a distribution over the allowed tokens times their embeddings."""
+    return float(4 * fr * slots * len(disc.allowed_ids) * disc.label_embeddings.shape[1])
+
+
+@contextmanager
+def peak_memory(device: torch.device, into: dict[str, Any]) -> Iterator[None]:
+    """Fill `into` with the peak memory of what runs inside: the CUDA allocator's peak, or on a CPU the process's
+    peak resident set (Linux's VmHWM, reset at entry; where it cannot be reset, the process's lifetime peak)."""
     if device.type == "cuda":
-        return {"peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2), "memory_kind": "cuda"}
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
-    return {"peak_memory_gib": round(kib / 2**20, 2), "memory_kind": "process max RSS (CPU)"}
+        torch.cuda.reset_peak_memory_stats(device)
+        yield
+        into |= {"peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3), "memory_kind": "cuda"}
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        kind = "process peak resident set since the method started (CPU)"
+    except OSError:
+        kind = "process max RSS since it started (CPU)"
+    yield
+    status = Path("/proc/self/status")
+    found = re.search(r"VmHWM:\s+(\d+) kB", status.read_text()) if status.exists() else None
+    kib = int(found.group(1)) if found else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    into |= {"peak_memory_gib": round(kib / 2**20, 3), "memory_kind": kind}
 
 
 def fitting_features(
@@ -264,8 +370,9 @@ def fitting_features(
     limit: int,
 ) -> int:
     """On a GPU, the most features (at most `limit`) whose prefix cache and step fit in 85% of the device's
-    memory, from what encoding 2 features and one step over them take; elsewhere `limit`. `tasks[:2]` must
-    index the first rows of `contexts`."""
+    memory, from what encoding 2 features and one gradient step over them take (discrete search's scoring passes
+    run without grad, in batches of at most swap_batch rows); elsewhere `limit`. `tasks[:2]` must index the
+    first rows of `contexts`."""
     if disc.device.type != "cuda":
         return limit
     probe = min(2, len(tasks))
@@ -282,13 +389,13 @@ def fitting_features(
     del encoded
     total = torch.cuda.get_device_properties(disc.device).total_memory
     fits = int((0.85 * total - base) / per_feature)
-    print(f"memory probe: {(cached - base) / probe / 2**30:.2f} GiB cache and {per_feature / 2**30:.2f} GiB in all "
-          f"per feature; {fits} features fit", file=sys.stderr)  # fmt: skip
+    progress(f"memory probe: {(cached - base) / probe / 2**30:.2f} GiB cache and {per_feature / 2**30:.2f} GiB in "
+             f"all per feature; {fits} features fit")  # fmt: skip
     return max(1, min(limit, fits))
 
 
 def one_step(disc: CausalLMDiscriminator, encoded: Any, tasks: list[FeatureTask], config: OptimiserConfig) -> None:
-    """The step's forward and backward (what the engine runs each step, without its AdamW update)."""
+    """The soft label's forward and backward (what the engine runs each step, without its AdamW update)."""
     n = config.examples_per_step
     # n / 2 of each class, repeated cyclically where a feature has fewer (as the engine draws with replacement)
     rows = [np.concatenate([np.resize(t.train_active, n // 2), np.resize(t.train_inactive, n // 2)]) for t in tasks]
@@ -302,30 +409,53 @@ def one_step(disc: CausalLMDiscriminator, encoded: Any, tasks: list[FeatureTask]
     sync(disc.device)
 
 
-def timed(
-    disc: CausalLMDiscriminator,
-    contexts: list[str],
-    targets: list[str],
-    tasks: list[FeatureTask],
-    config: OptimiserConfig,
-) -> tuple[float, list[tuple[float, int]], int]:
-    """Seconds to encode and label `tasks`; each step's end time and live feature count; failed features."""
-    device = disc.device
-    marks: list[tuple[float, int]] = []
+def progress(message: str) -> None:
+    print(f"gpu_engine: {message}", file=sys.stderr, flush=True)
 
-    def on_step(step: int, live: int) -> None:
+
+@dataclass
+class Clock:
+    """The timed work of one method: its optimise calls' step phases, their step counts and failed features."""
+
+    disc: CausalLMDiscriminator
+    work: ModelWork
+    name: str
+    step_seconds: float = 0.0
+    steps: list[int] = field(default_factory=list)
+    """Steps each optimise call ran."""
+    failed: int = 0
+    _said: float = field(default_factory=time.perf_counter)
+
+    def optimise(self, encoded: Any, tasks: list[FeatureTask], config: OptimiserConfig) -> None:
+        """Label `tasks`: the step phase (from the call to its last step) is timed, each step's label products
+        counted, and progress said at most every 10 seconds."""
+        device = self.disc.device
+        marks: list[float] = []
+
+        def on_step(step: int, live: int) -> None:
+            self.work.add(label_product_flops(self.disc, live * config.restarts, config.label_tokens))
+            sync(device)
+            marks.append(time.perf_counter())
+            if marks[-1] - self._said > 10:
+                self._said = marks[-1]
+                progress(f"{self.name}: step {step} of {config.max_steps}, {live} features")
+
         sync(device)
-        marks.append((time.perf_counter(), live))
+        begun = time.perf_counter()
+        labels = optimise(self.disc, encoded, tasks, config, on_step)
+        self.step_seconds += (marks[-1] if marks else begun) - begun
+        self.steps.append(len(marks))
+        self.failed += sum(label.status != "labelled" for label in labels)
 
-    sync(device)
-    start = time.perf_counter()
+
+def encode_for(
+    disc: CausalLMDiscriminator, contexts: list[str], targets: list[str], tasks: list[FeatureTask]
+) -> tuple[Any, list[FeatureTask]]:
+    """The prefixes the tasks use, encoded, and the tasks renumbered to their rows."""
     used = sorted({int(r) for t in tasks for r in (*t.train_active, *t.train_inactive, *t.heldout)})
     local = {row: i for i, row in enumerate(used)}
     encoded = disc.encode([contexts[r] for r in used], [targets[r] for r in used])
-    renumbered = [_renumber(task, local) for task in tasks]
-    labels = optimise(disc, encoded, renumbered, config, on_step)
-    sync(device)
-    return time.perf_counter() - start, [(start, 0), *marks], sum(label.status != "labelled" for label in labels)
+    return encoded, [_renumber(task, local) for task in tasks]
 
 
 def _renumber(task: FeatureTask, local: dict[int, int]) -> FeatureTask:
@@ -337,39 +467,158 @@ def _renumber(task: FeatureTask, local: dict[int, int]) -> FeatureTask:
     )
 
 
-def paper_loop(
+def batched(
+    clock: Clock, contexts: list[str], targets: list[str], tasks: list[FeatureTask], config: OptimiserConfig
+) -> None:
+    """Encode every task's prefixes, then label them all in the engine's batch."""
+    encoded, renumbered = encode_for(clock.disc, contexts, targets, tasks)
+    clock.optimise(encoded, renumbered, config)
+
+
+def loop(
+    clock: Clock, contexts: list[str], targets: list[str], tasks: list[FeatureTask], config: OptimiserConfig
+) -> None:
+    """The paper's loop: one feature at a time (its prefixes encoded once), one restart at a time."""
+    for task in tasks:
+        encoded, (renumbered,) = encode_for(clock.disc, contexts, targets, [task])
+        for restart in range(config.restarts):
+            clock.optimise(encoded, [renumbered], replace(config, restarts=1, seed=config.seed + restart))
+
+
+@dataclass(frozen=True)
+class Method:
+    """One measured method: its name, its optimiser (the one whose rate is measured) and how it runs."""
+
+    name: str
+    optimiser: OptimiserConfig
+    runner: Callable[[Clock, list[str], list[str], list[FeatureTask], OptimiserConfig], None]
+    batched: bool
+
+
+def methods(restarts: int | None, examples_per_step: int | None) -> list[Method]:
+    """The default first (the figure `labeler plan` needs, should time run out), then the paper's two; a given
+    restarts or examples_per_step applies to all three (and so makes each another optimiser than its default)."""
+    given: dict[str, Any] = {
+        key: value
+        for key, value in (("restarts", restarts), ("examples_per_step", examples_per_step))
+        if value is not None
+    }
+    paper = replace(OptimiserConfig(), **given)
+    return [
+        Method("default", replace(default_optimiser("hf"), **given), batched, True),
+        Method("paper", paper, batched, True),
+        Method("paper_loop", paper, loop, False),
+    ]
+
+
+def run_config(optimiser: OptimiserConfig, steps: int, seed: int) -> OptimiserConfig:
+    """The optimiser as timed: `steps` steps for every restart (no early stopping) and the run's seed."""
+    return replace(optimiser, max_steps=steps, converge_prob=1.0, converge_patience=steps + 1, seed=seed)
+
+
+def over_paper(optimiser: OptimiserConfig) -> dict[str, Any]:
+    """The settings in which `optimiser` differs from the paper's soft label (`OptimiserConfig()`)."""
+    paper = asdict(OptimiserConfig())
+    return {key: value for key, value in asdict(optimiser).items() if paper[key] != value}
+
+
+def measure(
+    method: Method,
+    clock: Clock,
+    contexts: list[str],
+    targets: list[str],
+    tasks: list[FeatureTask],
+    steps: int,
+    seed: int,
+    peak: float,
+) -> dict[str, Any]:
+    """Run one method on `tasks` and return its line: time, rates, tokens, FLOPs, MFU and peak memory."""
+    config = run_config(method.optimiser, steps, seed)
+    device = clock.disc.device
+    clock.work.reset()
+    memory: dict[str, Any] = {}
+    progress(f"{method.name}: {len(tasks)} features, {config.restarts} restarts x {steps} steps")
+    with peak_memory(device, memory):
+        sync(device)
+        begun = time.perf_counter()
+        method.runner(clock, contexts, targets, tasks, config)
+        sync(device)
+        seconds = time.perf_counter() - begun
+    if any(count != steps for count in clock.steps):
+        raise RuntimeError(f"{method.name}: an optimise call ran {clock.steps} steps, not {steps}: early stopping")
+    full = seconds - clock.step_seconds + clock.step_seconds * method.optimiser.max_steps / steps
+    achieved = clock.work.flops / seconds
+    line = {
+        "measurement": "method",
+        "method": method.name,
+        "batched": method.batched,
+        "optimiser": asdict(method.optimiser),
+        "over_paper": over_paper(method.optimiser),
+        "features": len(tasks),
+        "steps": steps,
+        "max_steps": method.optimiser.max_steps,
+        "seconds": seconds,
+        "step_seconds": clock.step_seconds,
+        "features_per_s": len(tasks) / seconds,
+        "features_per_s_full": len(tasks) / full,
+        "failed_features": clock.failed,
+        "forward_tokens": clock.work.tokens,
+        "grad_tokens": clock.work.grad_tokens,
+        "flops": clock.work.flops,
+        "achieved_flops_per_s": achieved,
+        "mfu": achieved / peak,
+        **memory,
+    }
+    progress(f"{method.name}: {seconds:.1f} s, {line['features_per_s_full']:.4g} features/s at {config.max_steps} "
+             f"of {method.optimiser.max_steps} steps scaled to all, MFU {line['mfu']:.2%}")  # fmt: skip
+    return line
+
+
+def side_by_side(lines: list[dict[str, Any]]) -> str:
+    """The methods' figures as a Markdown table, one row each (the optimiser as its settings over the paper's)."""
+    rows = [
+        "| method | optimiser (settings over the paper's) | features/s at max_steps | forward tokens / feature "
+        "| FLOPs / feature | MFU | peak memory GiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for line in lines:
+        settings = ", ".join(f"{k}={v}" for k, v in line["over_paper"].items()) or "the paper's soft label"
+        rows.append(
+            f"| {line['method']} | {settings} | {line['features_per_s_full']:.4g} "
+            f"| {line['forward_tokens'] / line['features']:.4g} | {line['flops'] / line['features']:.4g} "
+            f"| {line['mfu']:.3%} | {line['peak_memory_gib']} |"
+        )
+    return "\n".join(rows)
+
+
+def profile(
     disc: CausalLMDiscriminator,
     contexts: list[str],
     targets: list[str],
     tasks: list[FeatureTask],
-    config: OptimiserConfig,
-) -> float:
-    """Seconds to label the features one at a time, one restart at a time (each feature's prefixes cached once)."""
-    sync(disc.device)
-    start = time.perf_counter()
-    for task in tasks:
-        used = sorted({int(r) for r in (*task.train_active, *task.train_inactive, *task.heldout)})
-        local = {row: i for i, row in enumerate(used)}
-        encoded = disc.encode([contexts[r] for r in used], [targets[r] for r in used])
-        for restart in range(config.restarts):
-            single = replace(config, restarts=1, seed=config.seed + restart)
-            optimise(disc, encoded, [_renumber(task, local)], single)
-    sync(disc.device)
-    return time.perf_counter() - start
-
-
-def profile_step(
-    disc: CausalLMDiscriminator, encoded: Any, tasks: list[FeatureTask], config: OptimiserConfig, rows: int
+    default: OptimiserConfig,
+    paper: OptimiserConfig,
+    rows: int,
 ) -> str:
-    """torch.profiler's table (by total device time, else CPU time) of one optimisation step's forward and
-    backward over the batch."""
+    """torch.profiler's tables (by total device time, else CPU time): the default optimiser's first step and its
+    pick on at most 8 features, and one step of the paper's soft label (forward and backward) over all of them."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if disc.device.type == "cuda" else [])
-    with profile(activities=activities, record_shapes=True) as prof:
-        one_step(disc, encoded, tasks, config)
     key = "cuda_time_total" if disc.device.type == "cuda" else "cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=rows)
+    encoded, renumbered = encode_for(disc, contexts, targets, tasks)
+    few = renumbered[:8]
+    with profile(activities=activities, record_shapes=True) as default_run:
+        optimise(disc, encoded, few, replace(default, max_steps=1))
+        sync(disc.device)
+    with profile(activities=activities, record_shapes=True) as paper_step:
+        one_step(disc, encoded, renumbered, paper)
+    return (
+        f"## default: one step and the pick, {len(few)} features\n"
+        f"{default_run.key_averages().table(sort_by=key, row_limit=rows)}\n\n"
+        f"## paper: one step's forward and backward, {len(renumbered)} features\n"
+        f"{paper_step.key_averages().table(sort_by=key, row_limit=rows)}\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -380,19 +629,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--features",
         default="auto",
-        help="F, features per batch; auto: the engine's default (64), fewer where one step would not fit in "
-        "85%% of the GPU's memory",
+        help="F, features per batch; auto: --max-features, fewer where one step would not fit in 85%% of the GPU's "
+        "memory",
     )
-    parser.add_argument("--steps", type=int, default=OptimiserConfig().max_steps, help="steps every restart runs")
-    parser.add_argument("--restarts", type=int, default=OptimiserConfig().restarts)
-    parser.add_argument("--examples-per-step", type=int, default=OptimiserConfig().examples_per_step)
+    parser.add_argument("--max-features", type=int, default=64, help="F at most with --features auto")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps every restart runs (default: each optimiser's max_steps); fewer are scaled to max_steps",
+    )
+    parser.add_argument("--restarts", type=int, default=None, help="restarts (default: each optimiser's own)")
+    parser.add_argument("--examples-per-step", type=int, default=None, help="default: each optimiser's own")
     parser.add_argument("--examples", type=int, default=48, help="examples per feature")
     parser.add_argument("--text-words", type=int, default=64, help="words (= tokens) per example text")
     parser.add_argument("--loop-features", type=int, default=2, help="features the paper loop labels")
     parser.add_argument("--matmul", type=int, default=0, help="n of the n^3 peak product (0: 8192 GPU, 1024 CPU)")
-    parser.add_argument("--profile", default=None, help="write torch.profiler's table of one step to this file")
+    parser.add_argument("--profile", default=None, help="write torch.profiler's tables to this file")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
+    if args.features != "auto" and not (args.features.isdigit() and int(args.features) >= 1):
+        parser.error(f"--features takes auto or a positive number, got {args.features!r}")
+    if args.max_features < 1:
+        parser.error(f"--max-features must be at least 1, got {args.max_features}")
 
     shape = SHAPES[args.shape]
     # On a CPU, glibc's default of unmapping freed activations makes each step page-fault them anew (runtime.py).
@@ -400,6 +661,7 @@ def main(argv: list[str] | None = None) -> None:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
     begun = time.perf_counter()
+    progress(f"{args.shape}: building the tokenizer and a random-weight model on {device}")
     tokenizer = build_tokenizer(shape)
     model = build_model(shape, device, dtype)
     disc = CausalLMDiscriminator(
@@ -407,25 +669,19 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer,
         CausalLMConfig(model=f"random:{args.shape}", dtype=args.dtype, device=str(device)),
     )
+    work = ModelWork(model)
     built = time.perf_counter() - begun
-    # converge_prob above every reachable probability: every restart runs all its steps in both methods.
-    config = OptimiserConfig(
-        restarts=args.restarts,
-        max_steps=args.steps,
-        examples_per_step=args.examples_per_step,
-        converge_prob=1.0,
-        seed=args.seed,
-    )
-    limit = 64 if args.features == "auto" else int(args.features)
+    measured = methods(args.restarts, args.examples_per_step)
+    limit = args.max_features if args.features == "auto" else int(args.features)
     contexts, targets, tasks = synthetic_tasks(tokenizer, limit, args.examples, args.text_words, args.seed)
     prefix_lens = [len(disc.prompt_ids(c, t)[0]) for c, t in zip(contexts[:64], targets[:64], strict=True)]
-    warm = replace(config, max_steps=2)
-    timed(disc, contexts, targets, tasks[:2], warm)  # warm-up: lazy initialisation, kernels, allocator
+    progress(f"{args.shape}: built in {built:.1f} s; warming up")
+    for method in measured[:2]:  # lazy initialisation, kernels, allocator; both searches' code paths
+        warm = Clock(disc, work, f"warm-up {method.name}")
+        batched(warm, contexts, targets, tasks[:2], run_config(method.optimiser, 2, args.seed))
     if args.features == "auto":
-        limit = fitting_features(disc, contexts, targets, tasks, config, limit)
+        limit = fitting_features(disc, contexts, targets, tasks, run_config(measured[1].optimiser, 1, 0), limit)
     tasks = tasks[:limit]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
     cfg = model.config
     common = {
@@ -437,14 +693,13 @@ def main(argv: list[str] | None = None) -> None:
         "num_attention_heads": cfg.num_attention_heads,
         "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
         "vocab_size": cfg.vocab_size,
-        "non_embedding_params": non_embedding_params(model),
+        "non_embedding_params": work.params,
         "allowed_tokens": len(disc.allowed_ids),
         "prefix_tokens_mean": round(float(np.mean(prefix_lens)), 1),
         "suffix_tokens": 1 + len(disc.suffix_ids),
-        "features": limit,
-        "restarts": args.restarts,
-        "steps": args.steps,
-        "examples_per_step": args.examples_per_step,
+        "examples": args.examples,
+        "text_words": args.text_words,
+        "seed": args.seed,
         "dtype": args.dtype,
         "device": str(device),
         "processor": torch.cuda.get_device_name(device)
@@ -457,53 +712,36 @@ def main(argv: list[str] | None = None) -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     emit: Callable[[dict[str, Any]], None] = lambda line: print(json.dumps({**line, **common}), flush=True)  # noqa: E731
-    emit({"measurement": "setup", "build_seconds": round(built, 2)})
+    emit({"measurement": "setup", "build_seconds": round(built, 2), "batch_features": limit})
 
     n = args.matmul or (8192 if device.type == "cuda" else 1024)
     peak = matmul_peak(device, dtype, n, repeats=10 if device.type == "cuda" else 3)
     emit({"measurement": "matmul_peak", "n": n, "flops_per_s": peak})
 
-    seconds, marks, failed = timed(disc, contexts, targets, tasks, config)
-    prefix_len = float(np.mean(prefix_lens))
-    step_times = [b[0] - a[0] for a, b in itertools.pairwise(marks[1:])]  # step 1 also encodes
-    counted = [step_flops(model, disc, prefix_len, live * args.restarts * args.examples_per_step, live * args.restarts)
-               for _, live in marks[2:]]  # fmt: skip
-    achieved = sum(counted) / sum(step_times) if step_times else float("nan")
-    rate = limit / seconds
+    lines = []
+    for method in measured:
+        subset = tasks if method.batched else tasks[: args.loop_features]
+        steps = args.steps or method.optimiser.max_steps
+        line = measure(method, Clock(disc, work, method.name), contexts, targets, subset, steps, args.seed, peak)
+        emit(line)
+        lines.append(line)
+    rate = {line["method"]: line["features_per_s_full"] for line in lines}
     emit(
         {
-            "measurement": "batched_engine",
-            "seconds": seconds,
-            "features_per_s": rate,
-            "failed_features": failed,
-            "step_seconds_median": float(np.median(step_times)) if step_times else None,
-            "step_flops": counted[0] if counted else None,
-            "achieved_flops_per_s": achieved,
-            "mfu": achieved / peak,
-            **peak_memory(device),
+            "measurement": "comparison",
+            **{f"{name}_features_per_s_full": value for name, value in rate.items()},
+            "default_over_paper": rate["default"] / rate["paper"],
+            "paper_over_loop": rate["paper"] / rate["paper_loop"],
+            "default_over_loop": rate["default"] / rate["paper_loop"],
         }
     )
-    loop_tasks = tasks[: args.loop_features]
-    loop_seconds = paper_loop(disc, contexts, targets, loop_tasks, config)
-    loop_rate = len(loop_tasks) / loop_seconds
-    emit(
-        {
-            "measurement": "paper_loop",
-            "seconds": loop_seconds,
-            "features_per_s": loop_rate,
-            "loop_features": len(loop_tasks),
-        }
-    )
-    emit({"measurement": "ratio", "batched_features_per_s": rate, "loop_features_per_s": loop_rate,
-          "ratio": rate / loop_rate})  # fmt: skip
+    print(f"{args.shape} on {common['processor']}, {limit} features per batch:\n{side_by_side(lines)}", file=sys.stderr)
     if args.profile:
-        used = sorted({int(r) for t in tasks for r in (*t.train_active, *t.train_inactive, *t.heldout)})
-        local = {row: i for i, row in enumerate(used)}
-        encoded = disc.encode([contexts[r] for r in used], [targets[r] for r in used])
-        table = profile_step(disc, encoded, [_renumber(t, local) for t in tasks], config, rows=40)
+        progress(f"{args.shape}: profiling")
+        steps_default = run_config(measured[0].optimiser, 1, args.seed)
+        table = profile(disc, contexts, targets, tasks, steps_default, run_config(measured[1].optimiser, 1, 0), 40)
         with open(args.profile, "w", encoding="utf-8") as out:
-            out.write(f"# one optimisation step (forward + backward w.r.t. inputs), {args.shape}, F={limit}\n")
-            out.write(table)
+            out.write(f"# torch.profiler, {args.shape}, {common['processor']}, F={limit}\n\n{table}")
         emit({"measurement": "profile", "written": args.profile})
 
 

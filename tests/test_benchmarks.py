@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
 
@@ -153,51 +154,61 @@ def test_paper_table_scores_a_label_on_the_training_examples(monkeypatch: pytest
     assert paper_table.training_auroc(disc, encoded, task, (best,)) != pytest.approx(on_heldout.aurocs[0], abs=1e-6)
 
 
-# float32: a CPU multiplies bfloat16 far below its float32 rate (0.85 GFLOP/s against 80-150 here, 2026-12-02),
-# and a bfloat16 matmul peak that low let the tiny engine's MFU come out above 1 in CI (1.31, 1.44).
+# float32: a CPU multiplies bfloat16 far below its float32 rate, and a bfloat16 matmul peak that low let the tiny
+# engine's MFU come out above 1 in CI. Each method runs its optimiser's own restarts and examples per step.
 GPU_ENGINE_TINY = (
-    "--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--features", "2", "--restarts", "2", "--steps", "2",
-    "--examples", "12", "--examples-per-step", "4", "--text-words", "16", "--loop-features", "1", "--matmul", "512",
+    "--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--features", "2", "--steps", "2",
+    "--examples", "12", "--text-words", "16", "--loop-features", "1", "--matmul", "512",
 )  # fmt: skip
 
 
-@pytest.mark.slow
-def test_gpu_engine_counts_flops_by_its_formula_and_compares_with_the_loop(tmp_path: Path) -> None:
-    profile = tmp_path / "profile.txt"
-    lines = run_script("gpu_engine.py", *GPU_ENGINE_TINY, "--profile", str(profile))
-    by_name = {line["measurement"]: line for line in lines}
-    assert list(by_name) == ["setup", "matmul_peak", "batched_engine", "paper_loop", "ratio", "profile"]
-    batched, loop, ratio = by_name["batched_engine"], by_name["paper_loop"], by_name["ratio"]
-    assert batched["features"] == 2 and batched["restarts"] == 2 and batched["steps"] == 2
-    assert batched["failed_features"] == 0
-    assert batched["features_per_s"] == pytest.approx(2 / batched["seconds"], rel=1e-3)
-    assert loop["features_per_s"] == pytest.approx(1 / loop["seconds"], rel=1e-3)
-    assert ratio["ratio"] == pytest.approx(batched["features_per_s"] / loop["features_per_s"], rel=1e-9)
-    assert batched["mfu"] == pytest.approx(batched["achieved_flops_per_s"] / by_name["matmul_peak"]["flops_per_s"])
-    assert 0 < batched["mfu"] < 1 and batched["peak_memory_gib"] > 0
+def as_json(value: object) -> object:
+    """What a value reads back as from a JSON line (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def test_gpu_engine_counts_tokens_and_flops_by_its_formula(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny shape's encoding and one soft-label step, counted from the model's inputs, against hand arithmetic."""
+    import torch
+
+    from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
+    from labeler.optimise.config import OptimiserConfig
+
+    gpu_engine = load_benchmark("gpu_engine", monkeypatch)
+    shape = gpu_engine.SHAPES["tiny"]
+    tokenizer = gpu_engine.build_tokenizer(shape)
+    model = gpu_engine.build_model(shape, torch.device("cpu"), torch.float32)
+    disc = CausalLMDiscriminator(model, tokenizer, CausalLMConfig(model="random:tiny"))
+    work = gpu_engine.ModelWork(model)
+    contexts, targets, tasks = gpu_engine.synthetic_tasks(tokenizer, 2, 12, 16, seed=0)
+    encoded, renumbered = gpu_engine.encode_for(disc, contexts, targets, tasks)
     # The tiny Gemma-2 shape by hand: per layer q and o 64x64, k and v 64x32, the MLP 3 x 64x256, four norms;
     # then the final norm. The embedding table is not counted.
-    d, layers = 64, 2
+    d, layers, vocab, pair = 64, 2, 1024, 2 * 4 * 4 * 16  # pair: 4 heads of 16 dims, QK^T and AV, 2 layers
     params = layers * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 256 + 4 * d) + d
-    assert batched["non_embedding_params"] == params
-    # The formula of the module docstring, from what the line reports (every prefix has the same length here:
-    # 16 one-token words, a one-token target word, the fixed prompt).
-    rows, suffix, prefix = 2 * 2 * 4, batched["suffix_tokens"], batched["prefix_tokens_mean"]
-    assert prefix > 16 and suffix >= 2
-    context = sum(prefix + s + 1 for s in range(suffix))
-    expected = (
-        4 * rows * (params * suffix + d * 1024 * 1)
-        + 3 * rows * layers * 4 * 4 * 16 * context
-        + 4 * 2 * 2 * 1 * batched["allowed_tokens"] * d
-    )
-    assert batched["step_flops"] == pytest.approx(expected, rel=1e-6)
-    assert 0 < batched["allowed_tokens"] <= batched["vocab_size"] == 1024
-    table = profile.read_text()
-    assert "aten::mm" in table and "Self CPU" in table
+    assert work.params == params
+    # Encoding: 24 distinct texts of 16 one-token words and a one-token target: prefixes of one length n; the
+    # logits of the last position only; no grad.
+    n = len(disc.prompt_ids(contexts[0], targets[0])[0])
+    assert {len(disc.prompt_ids(c, t)[0]) for c, t in zip(contexts, targets, strict=True)} == {n}
+    assert work.tokens == 24 * n and work.grad_tokens == 0
+    assert work.flops == pytest.approx(2 * (params * 24 * n + d * vocab * 24) + pair * 24 * n * (n + 1) / 2)
+    # One soft-label step: F x R x N rows of S suffix tokens after their prefix, with grad, logits at the answer.
+    work.reset()
+    gpu_engine.one_step(disc, encoded, renumbered, OptimiserConfig(restarts=2, examples_per_step=4))
+    rows, suffix = 2 * 2 * 4, 1 + len(disc.suffix_ids)
+    context = sum(n + s + 1 for s in range(suffix))
+    assert work.tokens == work.grad_tokens == rows * suffix
+    assert work.flops == pytest.approx(4 * rows * (params * suffix + d * vocab) + 3 * rows * pair * context)
 
 
 @pytest.mark.slow
-def test_gpu_suite_writes_lines_profile_and_an_environment_free_of_ray_and_pyarrow(tmp_path: Path) -> None:
+def test_gpu_suite_measures_the_default_beside_the_papers_method(tmp_path: Path) -> None:
+    """The suite's tiny shape on the CPU, as the GPU machine runs it: gpu_engine's lines (the kind's default, the
+    paper's soft label batched and in its loop), their relations, the side-by-side table, the profile, suite.json."""
+    from labeler.discriminators.config import default_optimiser
+    from labeler.optimise.config import OptimiserConfig
+
     out = tmp_path / "suite"
     env = {
         **os.environ,
@@ -211,12 +222,120 @@ def test_gpu_suite_writes_lines_profile_and_an_environment_free_of_ray_and_pyarr
     assert done.returncode == 0, done.stderr[-3000:]
     machine = json.loads((out / "env.json").read_text())
     assert machine["missing"] == [] and machine["imported_forbidden"] == [], machine
+    assert set(machine["project_pins"]) == {"transformers", "tokenizers"}
+    assert all(pin["met"] for pin in machine["project_pins"].values()), machine
     lines = [json.loads(line) for line in (out / "gpu_engine-tiny.jsonl").read_text().splitlines()]
     assert [line["measurement"] for line in lines] == [
-        "setup", "matmul_peak", "batched_engine", "paper_loop", "ratio", "profile",
+        "setup", "matmul_peak", "method", "method", "method", "comparison", "profile",
     ]  # fmt: skip
+    peak = lines[1]["flops_per_s"]
+    by_method = {line["method"]: line for line in lines[2:5]}
+    assert list(by_method) == ["default", "paper", "paper_loop"]
+    default, paper, loop = by_method.values()
+    assert default["optimiser"] == as_json(asdict(default_optimiser("hf")))
+    assert paper["optimiser"] == loop["optimiser"] == as_json(asdict(OptimiserConfig()))
+    assert default["over_paper"] == {"search": "discrete", "prior_candidates": 8, "rescore_prior": 64,
+                                     "rescore_neighbours": 64}  # fmt: skip
+    assert paper["over_paper"] == loop["over_paper"] == {}
+    assert [line["features"] for line in by_method.values()] == [2, 2, 1]
+    for line in by_method.values():
+        assert line["failed_features"] == 0 and line["steps"] == 2 and line["max_steps"] == 100
+        assert line["features_per_s"] == pytest.approx(line["features"] / line["seconds"], rel=1e-9)
+        # Every step costs the same: the step phase scaled from 2 steps to the optimiser's 100.
+        full = line["seconds"] + line["step_seconds"] * (100 / 2 - 1)
+        assert 0 < line["step_seconds"] < line["seconds"]
+        assert line["features_per_s_full"] == pytest.approx(line["features"] / full, rel=1e-9)
+        assert line["achieved_flops_per_s"] == pytest.approx(line["flops"] / line["seconds"], rel=1e-9)
+        assert line["mfu"] == pytest.approx(line["achieved_flops_per_s"] / peak, rel=1e-9)
+        assert 0 < line["mfu"] < 1 and line["peak_memory_gib"] > 0
+        assert 0 < line["grad_tokens"] < line["forward_tokens"]
+    # The paper's soft label: 2 steps of F x R x N rows of S suffix tokens with grad; its loop: half the features.
+    assert paper["grad_tokens"] == 2 * 2 * 4 * 32 * paper["suffix_tokens"] == 2 * loop["grad_tokens"]
+    # Discrete search scores its swap candidates and the pick's without grad: more tokens than the soft label.
+    assert default["forward_tokens"] > 2 * paper["forward_tokens"]
+    comparison = lines[5]
+    assert comparison["default_over_paper"] == pytest.approx(
+        default["features_per_s_full"] / paper["features_per_s_full"], rel=1e-9
+    )
+    assert comparison["paper_over_loop"] == pytest.approx(
+        paper["features_per_s_full"] / loop["features_per_s_full"], rel=1e-9
+    )
+    stderr = (out / "tiny.stderr").read_text()
+    table = stderr[stderr.index("| method |") :]
+    assert "| default | rescore_prior=64, rescore_neighbours=64, search=discrete, prior_candidates=8 |" in table
+    assert "| paper | the paper's soft label |" in table and "| paper_loop |" in table
+    profile = (out / "profile-tiny.txt").read_text()
     assert lines[-1]["written"] == str(out / "profile-tiny.txt")
-    assert "aten::mm" in (out / "profile-tiny.txt").read_text()
+    assert "## default: one step and the pick" in profile and "## paper: one step" in profile
+    assert profile.count("aten::mm") >= 2 and "Self CPU" in profile
+    summary = json.loads((out / "suite.json").read_text())
+    assert summary["env"] == machine and summary["budget_s"] == 480
+    (shape,) = summary["shapes"]
+    assert shape["shape"] == "tiny" and shape["status"] == "ok" and shape["exit"] == 0
+    assert shape["lines"] == lines
+
+
+def test_gpu_suite_records_a_failed_shape_and_one_out_of_time(tmp_path: Path) -> None:
+    """A shape gpu_engine refuses, then a shape cut at its time budget: each is recorded in suite.json with what it
+    printed, the suite goes on after the first and exits 1."""
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_SUITE_ARGS": " ".join(GPU_ENGINE_TINY[2:])}
+    suite = ["bash", str(ROOT / "benchmarks" / "gpu_suite.sh")]
+    failing = subprocess.run(
+        [*suite, str(tmp_path / "a")], capture_output=True, text=True, env={**env, "GPU_SUITE_SHAPES": "nosuch tiny",
+                                                                              "GPU_SUITE_BUDGET": "2"}
+    )  # fmt: skip
+    assert failing.returncode == 1, failing.stderr[-3000:]
+    assert "gpu_suite: [1/2] nosuch: at most 1 s" in failing.stderr
+    first, second = json.loads((tmp_path / "a" / "suite.json").read_text())["shapes"]
+    assert first["shape"] == "nosuch" and first["status"] in ("failed", "out of time")
+    assert second["shape"] == "tiny" and second["status"] == "out of time" and second["exit"] == 124
+    assert second["lines"] == [] and second["seconds"] <= second["budget_s"] + 11  # INT, then KILL after 10 s
+    refused = subprocess.run(
+        [*suite, str(tmp_path / "b")], capture_output=True, text=True, env={**env, "GPU_SUITE_SHAPES": "nosuch"}
+    )
+    assert refused.returncode == 1
+    (shape,) = json.loads((tmp_path / "b" / "suite.json").read_text())["shapes"]
+    assert shape["status"] == "failed" and shape["exit"] == 2 and shape["lines"] == []
+    assert any("invalid choice: 'nosuch'" in line for line in shape["stderr_tail"])
+
+
+def test_each_kinds_default_optimiser_is_one_value_in_the_manifest_gpu_engine_and_label_quality(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`default_optimiser(kind)` is what a run's manifest records (the service's own `prepare`, every kind), what
+    gpu_engine measures as the default (hf; its recorded line is checked in the suite's test) and what label_quality's
+    testbeds start from (hf: the taxonomy testbed of the shipped small LM; minilm: the paper's, whose model and
+    datasets are replaced here, as only its optimiser is looked at)."""
+    import pyarrow as pa
+    from servers import exemplar_parts
+
+    from labeler.discriminators.config import KINDS, default_optimiser
+    from labeler.run.config import load_config, to_dict
+    from labeler.run.service import prepare
+    from labeler.toys import taxonomy
+
+    exemplars = exemplar_parts(tmp_path / "exemplars", 6)
+    for kind, spec in zip(KINDS, ["hf:/models/lm", "embedding:/models/encoder", "minilm"], strict=True):
+        config = load_config(None, {"out": str(tmp_path / kind), "source.exemplars": str(exemplars),
+                                    "discriminator": spec})  # fmt: skip
+        assert config.discriminator.kind == kind
+        manifest = prepare(config).manifest
+        assert manifest["config"]["label"]["optimiser"] == to_dict(default_optimiser(kind)), kind
+        stored = json.loads((tmp_path / kind / "manifest.json").read_text())
+        assert stored["config"]["label"]["optimiser"] == as_json(to_dict(default_optimiser(kind))), kind
+
+    gpu_engine = load_benchmark("gpu_engine", monkeypatch)
+    measured = {method.name: method.optimiser for method in gpu_engine.methods(None, None)}
+    assert measured["default"] == default_optimiser("hf")
+
+    label_quality = load_benchmark("label_quality", monkeypatch)
+    folder = tmp_path / "taxonomy"
+    taxonomy.build("small", folder, log=lambda message: None)  # from the shipped small LM: seconds
+    assert label_quality.taxonomy_testbed(folder).base == default_optimiser("hf")
+    monkeypatch.setattr(label_quality, "EmbeddingDiscriminator", type("Loader", (), {"minilm": staticmethod(str)}))
+    monkeypatch.setattr(label_quality, "paper_exemplars", lambda root: pa.table({"feature": pa.array([], pa.int64())}))
+    monkeypatch.setattr(label_quality, "group_by_feature", lambda table: [])
+    assert label_quality.paper_testbed(tmp_path).base == default_optimiser("minilm")
 
 
 @pytest.mark.slow

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 import torch
 from conftest import WORDS, tiny_gemma2, tiny_gpt2, tiny_llama, word_tokenizer
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.utils import ModelOutput
 
-from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
+from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator, cache_argument, returned_cache
 from labeler.discriminators.vocab import VocabFilter
 from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.loss import objective
@@ -166,3 +169,40 @@ def test_straight_through_scores_the_argmax_word_and_passes_the_soft_gradient(
     _, other_terms, _ = objective(disc, encoded, example, target, others, soft)
     (d_others,) = torch.autograd.grad((0.3 * other_terms[..., 1] + 0.2 * other_terms[..., 2]).sum(), others)
     torch.testing.assert_close(grad, through_softmax + d_others, atol=1e-9, rtol=1e-6)
+
+
+@dataclass
+class _OutputBefore524(ModelOutput):
+    """A model output as transformers before 5.24 returns it: the cache under `past_key_values`."""
+
+    logits: torch.Tensor | None = None  # first, as in real outputs (ModelOutput reads a lone first field as items)
+    past_key_values: Cache | None = None
+
+
+@dataclass
+class _OutputFrom524(ModelOutput):
+    """A model output as transformers 5.24 on returns it: the cache under `cache`."""
+
+    logits: torch.Tensor | None = None
+    cache: Cache | None = None
+
+
+def test_the_returned_cache_is_read_under_either_name_and_a_missing_one_is_named() -> None:
+    cache, logits = DynamicCache(), torch.zeros(1, 1, 4)
+    assert returned_cache(_OutputBefore524(logits=logits, past_key_values=cache)) is cache
+    assert returned_cache(_OutputFrom524(logits=logits, cache=cache)) is cache
+    with pytest.raises(RuntimeError, match=r"_OutputFrom524 returned no key/value cache.*use_cache=True"):
+        returned_cache(_OutputFrom524(logits=logits))
+
+
+@pytest.mark.parametrize("builder", ["gpt2", "llama", "gemma2"])
+def test_a_returned_cache_handed_back_continues_the_sequence(builder: str, tokenizer: PreTrainedTokenizerFast) -> None:
+    """With the installed transformers' own names (the device stack's and this project's pin, make
+    test-device-stack): the prefix's cache, handed back, gives the logits of the whole sequence run at once."""
+    model = BUILDERS[builder](len(tokenizer))
+    ids = torch.tensor([tokenizer("the dog ran near the red cat").input_ids])
+    whole = model(input_ids=ids).logits
+    cache = returned_cache(model(input_ids=ids[:, :3], use_cache=True))
+    assert cache.get_seq_length() == 3
+    rest = model(input_ids=ids[:, 3:], use_cache=True, **cache_argument(model, cache)).logits
+    torch.testing.assert_close(rest, whole[:, 3:], atol=1e-5, rtol=0)

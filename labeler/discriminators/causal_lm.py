@@ -9,6 +9,7 @@ The restarts of an example share its prefix without copying it (see prefix_atten
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import Cache
+from transformers.utils import ModelOutput
 
 from labeler.discriminators.base import (
     EncodedExamples,
@@ -214,12 +217,18 @@ class CausalLMDiscriminator:
                 use_cache=True,
                 logits_to_keep=1,
             )
-            for layer, cached in enumerate(out.cache.layers):
+            for layer, cached in enumerate(returned_cache(out).layers):
+                key, value = getattr(cached, "keys", None), getattr(cached, "values", None)
+                if not isinstance(key, Tensor) or not isinstance(value, Tensor):
+                    raise RuntimeError(
+                        f"layer {layer} of {self.name} caches no keys and values ({type(cached).__name__}): the "
+                        "causal-LM discriminator needs a model whose every layer is attention"
+                    )
                 if start == 0:
                     keys.append([])
                     values.append([])
-                keys[layer].append(cached.keys)
-                values[layer].append(cached.values)
+                keys[layer].append(key)
+                values[layer].append(value)
             first_slot.append(self._reference_logprobs(out.logits[:, -1]))
         return EncodedPrefixes(
             row=torch.tensor(row, device=self.device),
@@ -335,6 +344,27 @@ class CausalLMDiscriminator:
         if len(ids) != 1:
             raise ValueError(f"{what} {text!r} must be exactly one token of this tokenizer; it is {len(ids)}: {ids}")
         return int(ids[0])
+
+
+def returned_cache(output: ModelOutput) -> Cache:
+    """The key/value cache a forward with use_cache=True returned, under either of transformers' names for it: the
+    output's `cache` field (5.24 on) or its `past_key_values` (before; 5.24 on keeps it as a deprecated alias that
+    logs a warning, so the declared field is read). It knows nothing about what the cache holds."""
+    declared = getattr(output, "__dataclass_fields__", {})
+    name = "cache" if "cache" in declared else "past_key_values"
+    cache = getattr(output, name, None)
+    if not isinstance(cache, Cache):
+        raise RuntimeError(
+            f"{type(output).__name__} returned no key/value cache (its {name!r} is {type(cache).__name__}): the "
+            "model must be called with use_cache=True and return a transformers Cache"
+        )
+    return cache
+
+
+def cache_argument(model: torch.nn.Module, cache: Cache) -> dict[str, Cache]:
+    """The keyword argument that hands `cache` to `model`'s forward: `cache` where the forward takes it (transformers
+    5.24 on), else `past_key_values` (before)."""
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
 
 
 def _by_restart(x: Tensor) -> Tensor:

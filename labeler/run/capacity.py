@@ -1,11 +1,13 @@
 """How long labelling a whole SAE takes, and on how many devices, from a measured per-device rate.
 
-Pure arithmetic over a rate in features per second per device. The rate comes from the user or from a
-results file of benchmarks/gpu_engine.py (JSON lines; its `batched_engine` lines), matched to the
-discriminator's model by shape. The plan assumes what the benchmark measured: full steps for every
-restart (no early stopping), and devices that each label their own chunks, so time falls as 1 / devices.
-It leaves out model loading, the harvest and the writing of results. This module reads that one file and
-knows nothing about models, Ray or the CLI.
+Pure arithmetic over a rate in features per second per device. The rate comes from the user or from a file of
+benchmarks/gpu_engine.py lines (JSON lines; its batched `method` lines): the package's own (labeler/data/
+gpu_engine_rates.jsonl, the committed measurements) or one the user names. A rate is matched to the
+discriminator's model by shape and to the optimiser it was measured for: only a rate of the optimiser that runs
+(the caller says which) is used. The plan assumes what the benchmark measured: every restart runs all its steps
+(no early stopping), and devices that each label their own chunks, so time falls as 1 / devices. It leaves out
+model loading, the harvest and the writing of results. This module reads that one file and knows nothing about
+models, optimisers' meanings, Ray or the CLI.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-"""Where a source checkout keeps the committed benchmark results (absent from an installed wheel)."""
-RESULTS_GLOB = "gpu_engine-*.jsonl"
+RATES_RESOURCE = "data/gpu_engine_rates.jsonl"
+"""The package's measured rates (labeler/data/): gpu_engine.py's batched method lines of the committed results."""
 SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
 """What identifies a model's shape: a Hugging Face config with these values runs at the shape's rate."""
 
@@ -29,26 +32,29 @@ class NoMeasuredRate(ValueError):
 
 @dataclass(frozen=True)
 class MeasuredRate:
-    """One measured per-device labelling rate (a `batched_engine` line of benchmarks/gpu_engine.py)."""
+    """One measured per-device labelling rate (a batched `method` line of benchmarks/gpu_engine.py)."""
 
     shape: str
     """The benchmark's shape name, e.g. gemma-2-2b."""
     features_per_s: float
-    """Features labelled per second on one device."""
+    """Features labelled per second on one device, every restart running the optimiser's max_steps."""
     accelerator: str
     """"cuda" or "cpu": the kind of device it was measured on."""
     processor: str
     """The device's name (GPU model, or the CPU's)."""
     date: str
-    steps: int
-    """Steps every restart ran (no early stopping)."""
-    restarts: int
+    method: str
+    """The benchmark's name for what ran (default: the causal-LM kind's default optimiser; paper: the paper's)."""
+    optimiser: Mapping[str, Any]
+    """Every field of the optimiser the rate is of, as JSON reads it back (OptimiserConfig's fields)."""
+    steps_timed: int
+    """Steps every restart ran in the measurement; the rate scales them to the optimiser's max_steps."""
     features: int
     """F, features per batch in the measurement."""
     model: dict[str, object]
     """The shape's SHAPE_KEYS values."""
     source: str
-    """The results file it was read from."""
+    """The file it was read from."""
 
 
 @dataclass(frozen=True)
@@ -99,42 +105,57 @@ def make_plan(
     )
 
 
-def default_results() -> list[Path]:
-    """The committed gpu_engine results files of this checkout, oldest first (by name: they carry the date)."""
-    return sorted(RESULTS_DIR.glob(RESULTS_GLOB)) if RESULTS_DIR.is_dir() else []
+def packaged_rates() -> Path:
+    """The package's rates file (labeler/data/gpu_engine_rates.jsonl), wherever the package is installed."""
+    return Path(str(resources.files("labeler").joinpath(RATES_RESOURCE)))
 
 
 def read_rates(path: Path) -> list[MeasuredRate]:
-    """Every `batched_engine` line of a gpu_engine results file (JSON lines; other lines are skipped)."""
+    """Every batched `method` line of a gpu_engine results file (JSON lines; other lines, and lines that do not
+    start with "{", such as comments, are skipped)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as err:
-        raise NoMeasuredRate(f"cannot read the results file {path}: {err}") from err
+        raise NoMeasuredRate(f"cannot read the rates file {path}: {err}") from err
     rates = []
     for number, line in enumerate(lines, 1):
         if not line.startswith("{"):
             continue
         try:
             row = json.loads(line)
-            if row.get("measurement") != "batched_engine":
-                continue
-            rates.append(
-                MeasuredRate(
-                    shape=str(row["shape"]),
-                    features_per_s=float(row["features_per_s"]),
-                    accelerator=str(row["device"]).split(":")[0],
-                    processor=str(row["processor"]),
-                    date=str(row["date"]),
-                    steps=int(row["steps"]),
-                    restarts=int(row["restarts"]),
-                    features=int(row["features"]),
-                    model={key: row[key] for key in SHAPE_KEYS},
-                    source=str(path),
-                )
+        except ValueError as err:
+            raise NoMeasuredRate(f"{path}:{number} is not a JSON line: {err}") from err
+        if row.get("measurement") == "batched_engine":
+            raise NoMeasuredRate(
+                f"{path}:{number} is a line of an older gpu_engine.py, which records no optimiser; measure again "
+                "with benchmarks/gpu_suite.sh"
             )
+        if row.get("measurement") != "method" or row.get("batched") is not True:
+            continue
+        try:
+            rates.append(_rate(row, str(path)))
         except (ValueError, KeyError, TypeError) as err:
-            raise NoMeasuredRate(f"{path}:{number} is not a gpu_engine.py batched_engine line: {err}") from err
+            raise NoMeasuredRate(f"{path}:{number} is not a gpu_engine.py method line: {err!r}") from err
     return rates
+
+
+def _rate(row: Mapping[str, Any], source: str) -> MeasuredRate:
+    optimiser = row["optimiser"]
+    if not isinstance(optimiser, dict):
+        raise TypeError(f"its optimiser is {type(optimiser).__name__}, not a mapping")
+    return MeasuredRate(
+        shape=str(row["shape"]),
+        features_per_s=float(row["features_per_s_full"]),
+        accelerator=str(row["device"]).split(":")[0],
+        processor=str(row["processor"]),
+        date=str(row["date"]),
+        method=str(row["method"]),
+        optimiser=optimiser,
+        steps_timed=int(row["steps"]),
+        features=int(row["features"]),
+        model={key: row[key] for key in SHAPE_KEYS},
+        source=source,
+    )
 
 
 def shape_of(model_config: Mapping[str, object], rates: list[MeasuredRate]) -> str | None:
@@ -147,13 +168,35 @@ def shape_of(model_config: Mapping[str, object], rates: list[MeasuredRate]) -> s
     return None
 
 
-def pick_rate(rates: list[MeasuredRate], shape: str, accelerator: str) -> MeasuredRate:
-    """The latest measurement of `shape` on `accelerator`; raises saying what exists when there is none."""
+def differences(optimiser: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields whose value in `optimiser` differs from `reference`'s (a field either lacks counts), compared as
+    JSON reads them back (a tuple equals its list)."""
+    ours, theirs = json.loads(json.dumps(dict(optimiser))), json.loads(json.dumps(dict(reference)))
+    return {key: ours.get(key) for key in {**theirs, **ours} if ours.get(key) != theirs.get(key)}
+
+
+def pick_rate(
+    rates: list[MeasuredRate], shape: str, accelerator: str, optimiser: Mapping[str, Any], optimiser_name: str
+) -> MeasuredRate:
+    """The latest measurement of `shape` on `accelerator` for exactly `optimiser` (named `optimiser_name` in the
+    errors); raises saying what exists when there is none, or that those there are of another optimiser."""
     fitting = [r for r in rates if r.shape == shape and r.accelerator == accelerator]
-    if fitting:
-        return max(fitting, key=lambda r: r.date)
-    measured = sorted({f"{r.shape} on {r.accelerator}" for r in rates}) or ["nothing"]
+    if not fitting:
+        measured = sorted({f"{r.shape} on {r.accelerator}" for r in rates}) or ["nothing"]
+        raise NoMeasuredRate(
+            f"no measured {accelerator} rate of the {shape} shape (measured: {', '.join(measured)}); "
+            f"pass --per-gpu-rate FEATURES_PER_S, or measure one with benchmarks/gpu_suite.sh"
+        )
+    same = [r for r in fitting if not differences(r.optimiser, optimiser)]
+    if same:
+        return max(same, key=lambda r: r.date)
+    other = max(fitting, key=lambda r: r.date)
+    changed = ", ".join(
+        f"{key}={value!r} (measured {other.optimiser.get(key)!r})"
+        for key, value in sorted(differences(optimiser, other.optimiser).items())
+    )
     raise NoMeasuredRate(
-        f"no measured {accelerator} rate of the {shape} shape is committed (measured: {', '.join(measured)}); "
-        f"pass --per-gpu-rate FEATURES_PER_S, or measure one with benchmarks/gpu_suite.sh"
+        f"the {accelerator} rates of the {shape} shape in {other.source} were measured for another optimiser than "
+        f"{optimiser_name}, which differs in {changed}; measure it with benchmarks/gpu_suite.sh, or pass "
+        "--per-gpu-rate FEATURES_PER_S"
     )

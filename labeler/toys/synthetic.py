@@ -27,6 +27,7 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from labeler.discriminators.causal_lm import cache_argument, returned_cache
 from labeler.discriminators.prompt import PromptTemplate
 
 UNK, PAD, BOS, EOS = "<unk>", "<pad>", "<bos>", "<eos>"
@@ -284,9 +285,11 @@ def _hidden_after_shared_start(
     start = min(start, inputs.shape[1] - 1)
     if start == 0:
         return 0, model.model(input_ids=inputs, attention_mask=mask).last_hidden_state
-    cache = model.model(input_ids=inputs[:1, :start], use_cache=True).cache
+    cache = returned_cache(model.model(input_ids=inputs[:1, :start], use_cache=True))
     cache.batch_repeat_interleave(len(inputs))
-    rest = model.model(input_ids=inputs[:, start:], attention_mask=mask, cache=cache, use_cache=True)
+    rest = model.model(
+        input_ids=inputs[:, start:], attention_mask=mask, use_cache=True, **cache_argument(model.model, cache)
+    )
     return start, rest.last_hidden_state
 
 
