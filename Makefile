@@ -49,8 +49,6 @@ bench: install
 # (torch: the CPU wheel, pinned as above) runs benchmarks/gpu_suite.sh's tiny shape and the discriminator and engine
 # tests, so a transformers version cannot break the suite the day a GPU is lent. Lean: the project without its
 # dependencies, and only what those tests import; the suite's env.json says whether the project's pins admit them.
-# The Gemma 2 case of the two-rank test is left out: transformers 5.17 adds embedding_rowwise to a tied-embedding
-# model's tensor-parallel plan, which labeler/discriminators/tensor_parallel.py refuses by name (a clear error).
 DEVICE_VENV ?= .venv-device
 DEVICE_BIN := $(DEVICE_VENV)/bin
 DEVICE_STACK := "transformers==5.17.0" "tokenizers==0.23.2"
@@ -58,8 +56,7 @@ DEVICE_OUT ?= $(DEVICE_VENV)/gpu-suite
 DEVICE_TESTS := tests/test_causal_lm.py tests/test_prefix_attention.py tests/test_synthetic.py tests/test_engine.py \
 	tests/test_discrete.py tests/test_tensor_parallel.py \
 	tests/test_benchmarks.py::test_gpu_engine_counts_tokens_and_flops_by_its_formula \
-	tests/test_benchmarks.py::test_gpu_suite_records_a_failed_shape_and_one_out_of_time \
-	--deselect "tests/test_tensor_parallel.py::test_two_ranks_score_and_differentiate_like_the_whole_model[gemma2]"
+	tests/test_benchmarks.py::test_gpu_suite_records_a_failed_shape_and_one_out_of_time
 DEVICE_SUITE_ARGS := --device cpu --dtype float32 --features 2 --steps 2 --examples 12 --text-words 16 \
 	--loop-features 1 --matmul 512
 

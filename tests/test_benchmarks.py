@@ -553,7 +553,7 @@ def test_the_quality_guard_fails_on_a_broken_default(tmp_path: Path, monkeypatch
 
     guard = load_benchmark("quality_guard", monkeypatch)
     broken = {"max_steps": 1, "rescore_prior": 0, "rescore_neighbours": 0, "prior_candidates": 0}
-    monkeypatch.setattr(CausalLMConfig, "optimiser_defaults", {**CausalLMConfig.optimiser_defaults, **broken})
+    monkeypatch.setattr(CausalLMConfig, "default_optimiser", replace(CausalLMConfig.default_optimiser, **broken))
     result = guard.measure("small", tmp_path)
     problem = guard.shortfall(result, guard.recorded("small"))
     assert problem is not None and "fewer than the" in problem and result["not_named"][0] in problem

@@ -140,10 +140,12 @@ def tensor_parallel_plan(model: PreTrainedModel) -> dict[str, Style]:
     """The model's plan (full module-name patterns -> style), its own where it has one, else Megatron's.
 
     Only the plain column/row styles are taken; a plan that asks for others (packed, MoE, sequence
-    parallel) is refused rather than half applied.
+    parallel) is refused rather than half applied. The embedding's own entry (`embedding_rowwise`, which some
+    transformers versions add for tied embeddings) is left out: every rank keeps the whole embedding.
     """
     config = model.config.get_text_config()
-    own: dict[str, str] = dict(getattr(config, "base_model_tp_plan", None) or MEGATRON_PLAN)
+    plan = getattr(config, "base_model_tp_plan", None) or MEGATRON_PLAN
+    own: dict[str, str] = {name: style for name, style in plan.items() if style != "embedding_rowwise"}
     unknown = {name: style for name, style in own.items() if style not in ("colwise", "rowwise")}
     if unknown:
         raise TensorParallelError(
