@@ -119,9 +119,10 @@ def markdown(rows: list[dict[str, Any]], total: dict[str, dict[str, Any]], comma
     for r in rows:
         auroc = "" if r["heldout_auroc"] is None else f"{r['heldout_auroc']:.3f}"
         score = "" if r["confidence_score"] is None else f"{r['confidence_score']:.2f} {r['confidence']}"
+        truth = f"{r['truth']} | {' + '.join(r['categories'])}"
         lines.append(
-            f"| {r['set']} | {r['feature']} | {r['truth']} | {' + '.join(r['categories'])} | {r['label'] or r['status']} "
-            f"| {'yes' if r['named'] else 'no'} | {auroc} | {score} |"
+            f"| {r['set']} | {r['feature']} | {truth} | {r['label'] or r['status']} | {'yes' if r['named'] else 'no'} "
+            f"| {auroc} | {score} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -138,7 +139,8 @@ def main() -> None:
     overrides = dict(parse_override(text) for text in args.set)
     if args.calibration:
         overrides["label.calibration"] = args.calibration
-    rows, seconds = [], 0.0
+    rows: list[dict[str, Any]] = []
+    seconds = 0.0
     with tempfile.TemporaryDirectory(prefix="testbed_labels-") as scratch:
         for categories in args.categories:
             try:

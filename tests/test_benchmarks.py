@@ -549,6 +549,8 @@ def test_the_quality_guard_the_default_names_no_fewer_than_recorded(
 def test_the_quality_guard_fails_on_a_broken_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The guard can fail: with a causal-LM default of one search step and no pick beyond its own restarts, the small
     sample is named less often than recorded, and the guard says which categories it missed (about 30 s)."""
+    from dataclasses import replace
+
     from labeler.discriminators.causal_lm import CausalLMConfig
 
     guard = load_benchmark("quality_guard", monkeypatch)

@@ -63,9 +63,7 @@ def test_other_schema_versions_are_refused_with_a_clear_message(
     tmp_path: Path, version: int, says: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     write_version(tmp_path / "run", version)
-    with pytest.raises(
-        SchemaVersionError, match=f"schema version {version}, but this labeler reads only version 4"
-    ):
+    with pytest.raises(SchemaVersionError, match=f"schema version {version}, but this labeler reads only version 4"):
         read_runs([str(tmp_path / "run")])
     code = main(["query", "--data", str(tmp_path / "run"), "SELECT count(*) FROM labels"])
     err = capsys.readouterr().err
