@@ -142,3 +142,51 @@ def test_a_calibration_file_is_checked(tmp_path: Path) -> None:
         read_calibration(str(short))
     with pytest.raises(ValueError, match="cannot read the calibration file"):
         read_calibration(str(tmp_path / "none.json"))
+
+
+def test_a_token_detector_gets_a_token_label_with_its_confidence() -> None:
+    """A feature that fires on "(" (and once on "a"): no label of the vocabulary can say "(", so its label lists the
+    strings, and it still gets a confidence."""
+    from conftest import tiny_gpt2, word_tokenizer
+
+    from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
+    from labeler.optimise.config import OptimiserConfig
+    from labeler.optimise.labelling import LabelConfig, label_chunk
+    from labeler.records.exemplars import FeatureExemplars
+
+    tok = word_tokenizer()
+    disc = CausalLMDiscriminator(tiny_gpt2(len(tok)), tok, CausalLMConfig(model="tiny"))
+    rows = [("the dog ( ran", "(", 2.0), ("a cat ( ate", "(", 2.0), ("a ( cow", "(", 2.0), ("the ( bird", "(", 2.0)]
+    rows += [("a fish", "a", 1.0), ("the dog ran", "dog", 0.0), ("a red apple", "apple", 0.0), ("a cow", "cow", 0.0)]
+    rows *= 2
+    feature = FeatureExemplars(
+        3,
+        tuple(f"{context} {i}" for i, (context, _, _) in enumerate(rows)),
+        tuple(target for _, target, _ in rows),
+        np.array([activation for _, _, activation in rows]),
+    )
+    config = LabelConfig(optimiser=OptimiserConfig(max_steps=2, examples_per_step=4), heldout_fraction=0.4)
+    (record,) = label_chunk(disc, [feature], config)
+    assert record.status == "labelled" and record.label_kind == "token" and record.label == 'token: "("'
+    assert record.token_label == record.label and record.search_label not in (None, record.label)
+    assert record.confidence in ("low", "ok") and 0 <= (record.confidence_score or -1) <= 1
+    assert (record.coverage or 0) >= 0.6 and record.heldout_auroc == record.token_heldout_auroc
+
+
+@pytest.mark.slow
+def test_a_no_concept_feature_is_flagged_low_on_the_testbed(tmp_path: Path) -> None:
+    """On the shipped small testbed LM with the causal-LM default (about 40 s): a feature active on random words of
+    the world gets a low confidence with its reason; a concept feature ("dog") is named."""
+    from labeler.discriminators.config import build_discriminator
+    from labeler.optimise.labelling import label_chunk
+    from labeler.records.exemplars import group_by_feature, read_exemplars
+    from labeler.run.config import load_config
+    from labeler.toys import taxonomy
+
+    (tmp_path / "features.txt").write_text("dog\nnone:3\n")
+    taxonomy.build("small", tmp_path / "t", categories_file=tmp_path / "features.txt", seed=0, log=lambda _: None)
+    config = load_config(None, {"discriminator": f"hf:{tmp_path / 't' / 'lm'}"})
+    features = list(group_by_feature(read_exemplars(tmp_path / "t" / "exemplars.jsonl")))
+    dog, none = label_chunk(build_discriminator(config.discriminator), features, config.label)
+    assert dog.label == "dog" and dog.confidence == "ok"
+    assert none.status == "labelled" and none.confidence == "low" and none.confidence_reason
