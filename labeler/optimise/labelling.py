@@ -136,7 +136,7 @@ def _label_batch(
         labels = optimise(disc, encoded, tasks, config.optimiser, on_step)
         activations = np.concatenate([examples.activations for examples in features])
         assessed = [
-            _assess(disc, encoded, task, label, targets, activations, config)
+            assess(disc, encoded, task, label, targets, activations, config)
             for task, label in zip(tasks, labels, strict=True)
         ]
         baselines = [_baseline(disc, encoded, task, config) for task in tasks]
@@ -152,7 +152,7 @@ def _label_batch(
 
 
 @dataclass(frozen=True)
-class _Assessed:
+class Assessment:
     """A labelled feature's kind of label, its token label and its confidence."""
 
     kind: LabelKind
@@ -161,7 +161,7 @@ class _Assessed:
     confidence: Confidence
 
 
-def _assess(
+def assess(
     disc: Discriminator,
     encoded: EncodedExamples,
     task: FeatureTask,
@@ -169,7 +169,7 @@ def _assess(
     targets: Sequence[str],
     activations: np.ndarray,
     config: LabelConfig,
-) -> _Assessed | None:
+) -> Assessment | None:
     """Which label the feature gets (its searched label, or its token label where it fires on a few strings that the
     searched label is not one of) and how far to trust it; None for a feature the engine failed."""
     if label.status != "labelled":
@@ -202,7 +202,7 @@ def _assess(
         config.optimiser.seed,
     )
     model = read_calibration(config.calibration) if config.calibration else calibration(disc.kind)
-    return _Assessed("token" if is_token else "concept", token, found, judge(found, model))
+    return Assessment("token" if is_token else "concept", token, found, judge(found, model))
 
 
 def _baseline(
@@ -284,7 +284,7 @@ def _allowed_words(disc: Discriminator) -> dict[str, int]:
 def _labelled(
     examples: FeatureExemplars,
     label: FeatureLabel,
-    judged: _Assessed | None,
+    judged: Assessment | None,
     baseline: dict[str, object],
     disc: Discriminator,
     config: LabelConfig,
