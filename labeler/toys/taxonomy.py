@@ -2,7 +2,7 @@
 
 The synthetic world (labeler/toys/synthetic.py) has five categories; a label search that works cannot be
 told there from one that does not. This module builds a bigger world from the packaged taxonomy
-(`labeler/data/taxonomy.tsv.gz`, made by `python -m labeler.discriminators.wordnet taxonomy`): nested
+(`labeler/data/taxonomy.tsv.gz`, made by `labeler wordnet taxonomy`): nested
 categories (dog within canine within carnivore within ... within animal) with their member words, and
 other nouns that belong to none. A tiny Llama (synthetic.py's trainer and tokenizer) learned the paper's
 question about those words in short sentences; this module writes SAE-style features whose right label is known.
@@ -266,10 +266,8 @@ def _question(world: Taxonomy, rng: np.random.Generator) -> tuple[str, str, str,
     """(text, word, concept, answer) with about half the answers yes.
 
     Half the questions start from a category drawn uniformly (`_category_question`), so that each is asked about as
-    often as any other. Drawn from a word alone, the bench's categories were asked about as yes in a median of 585
-    of 1.9 million training questions, a tenth of them in under 210, the largest in 73,000; the LM then told some
-    small ones' members from the words just outside them worse than another category's name did ("platform" fitted
-    a feature of "tableware" better than "tableware").
+    often as any other: drawn from a word alone, a small category is asked about far less often than a large one,
+    and the LM then tells its members from the words just outside it worse than another category's name does.
     The other half start from a word, mostly a member word; the wrong concepts are mostly categories near one of its
     own (siblings, children), else any category, and now and then a word that is no category at all, so that only
     category names earn a "1".
