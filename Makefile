@@ -1,9 +1,10 @@
-# Set-up and the two commands of the README. `make demo` and `make test` install what they need first.
+# Set-up and the commands of the README: `make demo` (the main job), `make test-all` (every test: what CI runs) and
+# `make test` (the fast tests, no test marked slow). Each installs what it needs first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test test-all lint bench
 
 # torch is installed on its own first, pinned: on CPU machines of this project pip finds a local CPU wheel
 # of exactly 2.13.0; letting the resolver pick torch would pull several GB of CUDA packages.
@@ -36,6 +37,9 @@ lint: install
 	$(BIN)/mypy
 
 test: lint
+	$(BIN)/pytest -m "not slow"
+
+test-all: lint
 	$(BIN)/pytest
 
 bench: install
