@@ -47,10 +47,10 @@ def test_neuronpedia_export_matches_the_documented_format_field_by_field(
     code = main(["export", "--data", str(tmp_path / "run"), "--format", "neuronpedia", "--out", str(tmp_path / "np")])
     assert code == 0, capsys.readouterr().err
     written = sorted(p.relative_to(tmp_path / "np").parts[:3] for p in (tmp_path / "np").rglob("*.gz"))
-    # the explanations, and beside them their scores (test_explanation_scores_lie_beside_the_explanations)
+    # the explanations, and beside them their scores, two per label (test_explanation_scores_lie_beside_the_...)
     assert (
         written
-        == [("gpt2-small", "6-res-jb", "explanation-scores")] * 2 + [("gpt2-small", "6-res-jb", "explanations")] * 2
+        == [("gpt2-small", "6-res-jb", "explanation-scores")] * 3 + [("gpt2-small", "6-res-jb", "explanations")] * 2
     )
     batches = read_batches(tmp_path / "np" / "gpt2-small" / "6-res-jb" / "explanations")
     labelled = [r for r in recs if r.status == "labelled"]
@@ -197,7 +197,7 @@ def test_explanation_scores_lie_beside_the_explanations(tmp_path: Path, capsys: 
     explanations = {row["index"]: row["id"] for row in neuronpedia_explanations(labels, "me")}
     scores = neuronpedia_scores(labels, "me")
     labelled = [r for r in recs if r.status == "labelled"]
-    assert len(scores) == len(labelled) + 1
+    assert len(scores) == 2 * len(labelled) + 1  # self-score and confidence of each, one independent score
     assert {s["explanationId"] for s in scores} == set(explanations.values())
     by_kind = {(s["index"], s["explanationScoreTypeName"]): s for s in scores}
     self_score = by_kind[("1", "labeler-heldout-auroc")]
@@ -207,15 +207,22 @@ def test_explanation_scores_lie_beside_the_explanations(tmp_path: Path, capsys: 
     independent = by_kind[("0", "labeler-embedding")]
     assert (independent["value"], independent["explanationScoreModelName"]) == (0.42, minilm)
     assert json.loads(independent["jsonDetails"])["confidence"] == "low"
+    confidence = by_kind[("1", "labeler-confidence")]
+    one = next(r for r in recs if r.feature == 1)
+    assert confidence["value"] == one.confidence_score and confidence["explanationScoreModelName"] == minilm
+    assert json.loads(confidence["jsonDetails"]) == {
+        "confidence": one.confidence,
+        "confidence_reason": one.confidence_reason,
+        "label_kind": "concept",
+    }
 
     assert (
         main(["export", "--data", str(tmp_path / "run"), "--format", "neuronpedia", "--out", str(tmp_path / "np")]) == 0
     )
     assert "explanation scores" in capsys.readouterr().err
     written = read_batches(tmp_path / "np" / "gpt2-small" / "6-res-jb" / "explanation-scores")
-    assert [row["explanationScoreTypeName"] for batch in written for row in batch] == ["labeler-heldout-auroc"] * len(
-        labelled
-    )
+    written_kinds = [row["explanationScoreTypeName"] for batch in written for row in batch]
+    assert sorted(written_kinds) == ["labeler-confidence"] * len(labelled) + ["labeler-heldout-auroc"] * len(labelled)
 
 
 def _gz_rows(folder: Path) -> list[dict[str, object]]:

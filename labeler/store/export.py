@@ -142,7 +142,8 @@ def neuronpedia_scores(
     names: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows in the layout of Neuronpedia's ExplanationScore for the explanations `neuronpedia_explanations`
-    gives: per label its self-score (held-out AUROC under the discriminator that chose it) and, where the run's
+    gives: per label its self-score (held-out AUROC under the discriminator that chose it), its confidence score (the
+    flag, its reason and the label's kind in jsonDetails) and, where the run's
     score stage judged it, its independent score (value, score type, scorer model), with the details in
     jsonDetails. Each row's explanationId is its explanation's id; scorer models by their published names."""
     judged = labels.filter(pc.is_valid(labels.column("independent_score")))
@@ -152,8 +153,10 @@ def neuronpedia_scores(
     rows = []
     for record, model, layer in _labelled(labels, model_id, source_id):
         explanation = _explanation_id(record, model, layer)
+        confidence = {key: record.get(key) for key in ("confidence", "confidence_reason", "label_kind")}
         scores: list[tuple[str, str, float | None, dict[str, Any]]] = [
-            ("labeler-heldout-auroc", named[record["discriminator"]], record["heldout_auroc"], {})
+            ("labeler-heldout-auroc", named[record["discriminator"]], record["heldout_auroc"], {}),
+            ("labeler-confidence", named[record["discriminator"]], record.get("confidence_score"), confidence),
         ]
         if record.get("independent_score") is not None:
             details = {
