@@ -61,15 +61,38 @@ def signals_of(row: dict[str, Any]) -> Signals:
     )
 
 
+MONOTONE = ("heldout_auroc", "coverage", "margin", "stability", "log_heldout")
+"""Signals whose weight may not be negative: more of them can only make a label more likely right."""
+
+
 def fit(rows: list[dict[str, Any]], fitted_on: str) -> Calibration:
-    """The logistic model of `named` on the rows' signals (Newton's method on the penalised log-likelihood)."""
+    """The logistic model of `named` on the rows' signals (Newton's method on the penalised log-likelihood). A
+    monotone signal that gets a negative weight is left out and the rest fitted again (its weight 0), so that no
+    reason for a low flag ever says that a label is too stable or fits too well."""
     x = np.stack([signals_of(r).vector() for r in rows])
     y = np.array([bool(r["named"]) for r in rows], dtype=np.float64)
     mean, scale = x.mean(0), x.std(0)
     scale[scale < 1e-9] = 1.0
-    z = np.hstack([np.ones((len(x), 1)), (x - mean) / scale])
+    z = (x - mean) / scale
+    used = [i for i in range(len(SIGNALS)) if x[:, i].std() > 1e-9]
+    while True:
+        w = _logistic(z[:, used], y)
+        wrong = [i for i, weight in zip(used, w[1:], strict=True) if SIGNALS[i] in MONOTONE and weight < 0]
+        if not wrong:
+            break
+        used = [i for i in used if i not in wrong]
+    weights = np.zeros(len(SIGNALS))
+    weights[used] = w[1:]
+    model = Calibration(tuple(mean), tuple(scale), tuple(weights), float(w[0]), 0.5, fitted_on)
+    scores = np.array([model.score(signals_of(r))[0] for r in rows])
+    return Calibration(model.mean, model.scale, model.weights, model.bias, threshold(scores, y == 1), fitted_on)
+
+
+def _logistic(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """[bias, weights] of the L2-penalised logistic regression of y on the columns of z (bias not penalised)."""
+    z = np.hstack([np.ones((len(z), 1)), z])
     w = np.zeros(z.shape[1])
-    penalty = np.diag([0.0] + [PENALTY] * (z.shape[1] - 1))  # the intercept is not penalised
+    penalty = np.diag([0.0] + [PENALTY] * (z.shape[1] - 1))
     for _ in range(50):
         p = 1 / (1 + np.exp(-z @ w))
         gradient = z.T @ (p - y) + penalty @ w
@@ -78,9 +101,7 @@ def fit(rows: list[dict[str, Any]], fitted_on: str) -> Calibration:
         w -= step
         if np.abs(step).max() < 1e-10:
             break
-    model = Calibration(tuple(mean), tuple(scale), tuple(w[1:]), float(w[0]), 0.5, fitted_on)
-    scores = np.array([model.score(signals_of(r))[0] for r in rows])
-    return Calibration(model.mean, model.scale, model.weights, model.bias, threshold(scores, y == 1), fitted_on)
+    return w
 
 
 def threshold(scores: np.ndarray, right: np.ndarray) -> float:
