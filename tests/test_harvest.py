@@ -619,7 +619,7 @@ def test_run_harvest_stage_writes_and_finds_the_harvest_with_the_run_folders_sto
     import fsspec
     from servers import MOTO_CREDENTIALS, MotoS3
 
-    from labeler.run.config import load_config
+    from labeler.run.loading import load_config
     from labeler.run.service import harvest_stage
 
     for name in (
@@ -662,7 +662,8 @@ def test_run_harvest_stage_writes_and_finds_the_harvest_with_the_run_folders_sto
 def test_run_harvest_stage_harvests_once_and_records_provenance(tmp_path: Path, subject: Path, sae: Path) -> None:
     """`labeler run` without exemplars harvests into OUT/harvest, reuses a finished harvest, and its manifest
     names the SAE, subject model and hook (so every label row does)."""
-    from labeler.run.config import ConfigError, load_config
+    from labeler.run.config import ConfigError
+    from labeler.run.loading import load_config
     from labeler.run.service import harvest_stage, prepare
 
     corpus = write_corpus(tmp_path / "corpus.txt", 40)

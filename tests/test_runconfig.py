@@ -12,7 +12,8 @@ from labeler.discriminators.embedding import EmbeddingConfig
 from labeler.discriminators.prompt import PromptTemplate
 from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.labelling import LabelConfig
-from labeler.run.config import ConfigError, RunConfig, build, describe, load_config, parse_override, to_dict
+from labeler.run.config import ConfigError, RunConfig
+from labeler.run.loading import build, describe, load_config, parse_override, to_dict
 
 
 def test_yaml_and_toml_fill_nested_stages_and_overrides_win(tmp_path: Path) -> None:

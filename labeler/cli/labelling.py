@@ -25,8 +25,9 @@ from labeler.cli.progress import harvest_bar, progress_bar
 from labeler.discriminators.config import SPEC_HELP
 from labeler.discriminators.prompt import PromptTemplate
 from labeler.run import service
-from labeler.run.config import RunConfig, describe, load_config, parse_override, to_dict
+from labeler.run.config import RunConfig
 from labeler.run.lease import LeaseLost, RunLease
+from labeler.run.loading import describe, load_config, parse_override, to_dict
 from labeler.run.scheduler import Pool, Progress
 from labeler.run.service import PreparedRun, resume_config
 from labeler.run.sink import PartSink, StorageFullError

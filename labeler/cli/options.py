@@ -23,7 +23,8 @@ from labeler.discriminators.embedding import EmbeddingConfig
 from labeler.discriminators.vocab import VocabFilter
 from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.labelling import LabelConfig
-from labeler.run.config import ProvenanceConfig, field_docs
+from labeler.run.config import ProvenanceConfig
+from labeler.run.loading import field_docs
 
 
 @dataclass(frozen=True)

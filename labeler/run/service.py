@@ -25,9 +25,10 @@ from labeler.discriminators.config import spec_of, templates_of
 from labeler.records.exemplars import unlabelable_reason
 from labeler.records.labels import RunInfo, config_hash
 from labeler.records.layout import HARVEST, LEASE, MANIFEST
-from labeler.run.config import ConfigError, RunConfig, SourceConfig, build, to_dict
+from labeler.run.config import ConfigError, RunConfig, SourceConfig
 from labeler.run.fingerprint import FINGERPRINT, describe_changes, input_fingerprint
 from labeler.run.lease import LeaseLost, RunLease
+from labeler.run.loading import build, to_dict
 from labeler.run.scheduler import Chunk, ChunkOutcome, Completion, Plan, Pool, Progress, Scheduler, drive, make_plan
 from labeler.run.sink import PartSink, SinkConfig, StorageFullError
 from labeler.run.worker import LabellerSpec, give_up_chunk, plan_features, read_chunk_exemplars
