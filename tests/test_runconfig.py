@@ -76,6 +76,7 @@ def test_a_discriminator_is_a_short_spec_or_its_kind_with_fields() -> None:
     ("overrides", "message"),
     [
         ({"workers.cuont": 2}, r"unknown setting\(s\) \['workers.cuont'\]; workers accepts"),
+        ({"label.restarts": 2}, r"\['label.restarts'\]; label accepts .*; restarts belongs under label.optimiser$"),
         ({"workers.count": "two"}, "workers.count must be int"),
         ({"workers.count": 0}, "workers.count must be at least 1"),
         ({"engine": "fast"}, r"engine must be one of \['optimise', 'noop'\]"),

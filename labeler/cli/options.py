@@ -1,10 +1,13 @@
 """Command-line flags generated from the config dataclasses, and the config overrides they make.
 
-Every field of the optimiser (OptimiserConfig), data (LabelConfig), discriminator (CausalLMConfig,
-EmbeddingConfig and their vocabulary) and provenance configs becomes a flag, `--field-name`, with the
-field's docstring as its help and no default of its own: a flag that is not given leaves the config's
-value (file, --set or the dataclass default) as it is. Flags are the same on `labeler label` and
-`labeler run`. This module knows nothing about what the settings do.
+Each command's sections list the dataclasses whose fields become its flags: for `labeler label` and
+`labeler run` (the same flags on both) the optimiser (OptimiserConfig), data (LabelConfig), discriminator
+(CausalLMConfig, EmbeddingConfig and their vocabulary) and provenance configs; for `labeler harvest`
+HarvestConfig and its SamplingConfig; for `labeler import delphi-cache` DelphiImportConfig and the same
+SamplingConfig. A field becomes `--field-name`, with the field's docstring as its help and no default of its
+own: a flag that is not given leaves the config's value (file, --set or the dataclass default) as it is.
+The few flags a field also answers to are listed in ALIASES. This module knows nothing about what the
+settings do.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from labeler.discriminators.causal_lm import CausalLMConfig
 from labeler.discriminators.config import KINDS, default_optimiser
 from labeler.discriminators.embedding import EmbeddingConfig
 from labeler.discriminators.vocab import VocabFilter
+from labeler.harvest.config import HarvestConfig, SamplingConfig
+from labeler.harvest.delphi_cache import DelphiImportConfig
 from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.labelling import LabelConfig
 from labeler.run.config import ProvenanceConfig
@@ -32,7 +37,7 @@ class Section:
     """One config dataclass whose fields become flags of a group."""
 
     key: str
-    """Where its fields sit in the run config, dotted."""
+    """Where its fields sit in the config the command builds, dotted ("" for the top level)."""
     cls: type
     group: str
     """The help group the flags are listed under."""
@@ -40,6 +45,9 @@ class Section:
     """Put before each field's name in the flag (e.g. vocab- for --vocab-min-chars)."""
     skip: tuple[str, ...] = ()
     """Fields that have no flag (set in other ways)."""
+    optional: tuple[str, ...] = ()
+    """Fields without a default whose flags may still be left out (the command fills them in another way); the
+    flags of the other fields without a default are required."""
     description: str = ""
     """Shown under the group's title."""
 
@@ -75,34 +83,73 @@ SECTIONS = (
     Section("discriminator.vocab", VocabFilter, "discriminator vocabulary", prefix="vocab-"),
     Section("provenance", ProvenanceConfig, "provenance (stored on every label row)"),
 )
-ALIASES = {"label.optimiser.max_steps": ("--steps",)}
-"""Shorter flags some fields also answer to."""
+"""The flags of `labeler label` and `labeler run`: their config is the run config (RunConfig)."""
+_SAMPLING = (
+    "Which examples each feature gets: the same settings on `labeler harvest`, `labeler import delphi-cache` and in "
+    "a run config's harvest.sampling."
+)
+HARVEST_SECTIONS = (
+    Section("harvest", HarvestConfig, "harvest", skip=("sampling",), optional=("sae", "model", "corpus")),
+    Section("harvest.sampling", SamplingConfig, "sampling", description=_SAMPLING),
+)
+"""The flags of `labeler harvest`: its config is a HarvestConfig, keyed as a run config's `harvest:` section."""
+DELPHI_SECTIONS = (
+    Section("", DelphiImportConfig, "import", skip=("cache", "sampling")),
+    Section("sampling", SamplingConfig, "sampling", description=_SAMPLING),
+)
+"""The flags of `labeler import delphi-cache`: its config is a DelphiImportConfig (the cache is its argument)."""
+ALIASES = {
+    "label.optimiser.max_steps": ("--steps",),
+    "harvest.sampling.top_examples": ("--top",),
+    "harvest.sampling.quantile_examples": ("--per-feature",),
+    "harvest.sampling.inactive_examples": ("--inactive",),
+}
+"""The other flags a field also answers to, by the field's key: a shorter name (--steps), and `labeler harvest`'s short
+names of its example counts."""
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """Add a flag for every field of SECTIONS, grouped, each storing into `dest` "cfg:<dotted key>"."""
+def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[Section, ...] = SECTIONS) -> None:
+    """Add a flag for every field of `sections`, grouped, each storing into `dest` "cfg:<dotted key>"."""
     seen: set[str] = set()
-    for section in SECTIONS:
+    for section in sections:
         group = parser.add_argument_group(section.group, section.description or None)
         docs = field_docs(section.cls)
         hints = typing.get_type_hints(section.cls)
         for f in fields(section.cls):
-            key = f"{section.key}.{f.name}"
+            key = f"{section.key}.{f.name}" if section.key else f.name
             if f.name in section.skip or key in seen:
                 continue
             seen.add(key)
             flags = (f"--{section.prefix}{f.name.replace('_', '-')}", *ALIASES.get(key, ()))
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            help_text = f"{docs.get(f.name, '')} ({key}; default: {_shown(default)})"
+            required = default is dataclasses.MISSING
+            said = "required" if required else f"default: {_shown(default)}"
+            help_text = f"{docs.get(f.name, '')} ({key}; {said})"
             kind = _kind(hints[f.name])
             if "action" not in kind and "choices" not in kind:
                 kind.setdefault("metavar", f.name.upper())
+            if required and f.name not in section.optional:
+                kind["required"] = True
             group.add_argument(*flags, dest=f"cfg:{key}", default=argparse.SUPPRESS, help=help_text, **kind)
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     """The config overrides ("a.b.c" -> value) of the generated flags that were given."""
     return {dest[4:]: value for dest, value in vars(args).items() if dest.startswith("cfg:")}
+
+
+def settings_from(args: argparse.Namespace, root: str = "") -> dict[str, Any]:
+    """The generated flags that were given, nested as a config file nests them, from the section `root` down
+    (e.g. "harvest": {"sae": ..., "sampling": {"top_examples": 5}}), for `labeler.run.loading.build`."""
+    settings: dict[str, Any] = {}
+    prefix = f"{root}." if root else ""
+    for key, value in overrides_from(args).items():
+        *parents, leaf = key.removeprefix(prefix).split(".")
+        node = settings
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return settings
 
 
 def _kind(hint: Any) -> dict[str, Any]:
@@ -117,6 +164,8 @@ def _kind(hint: Any) -> dict[str, Any]:
         return {"choices": list(args)}
     if hint is bool:
         return {"action": argparse.BooleanOptionalAction}
+    if origin is tuple and args[1:] == (Ellipsis,) and args[0] is int:
+        return {"type": _int_list, "metavar": "A-B|I,J,..."}
     if origin is tuple:
         return {"type": args[0], "nargs": len(args)}
     if origin is frozenset:
@@ -124,6 +173,17 @@ def _kind(hint: Any) -> dict[str, Any]:
     if hint in (int, float, str):
         return {"type": hint}
     raise TypeError(f"no flag for a field of type {hint}")
+
+
+def _int_list(text: str) -> list[int]:
+    """A range A-B (B excluded) or a list I,J,... of integers."""
+    try:
+        if "-" in text:
+            start, stop = (int(x) for x in text.split("-", 1))
+            return list(range(start, stop))
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a range A-B (B excluded) or a list 1,5,9") from None
 
 
 def _number(text: str) -> int | float:

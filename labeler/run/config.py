@@ -128,8 +128,8 @@ class RunConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     harvest: Mapping[str, Any] | None = None
     """When source.exemplars is not given, the harvest that produces them into OUT/harvest: HarvestConfig's fields
-    (sae, model, corpus, tokens, features, ...; labeler/harvest/pipeline.py), or {demo: true} for the demo SAE.
-    Neither exemplars nor harvest: the demo (service.DEMO_HARVEST)."""
+    (sae, model, corpus, tokens, features, sampling: {top_examples, ...}, ...; labeler/harvest/config.py), with
+    demo: true for the demo SAE. Neither exemplars nor harvest: the demo (service.DEMO_HARVEST)."""
     label: LabelConfig = field(default_factory=LabelConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     """The score stage (off by default): each chunk's labels judged by other models before the chunk is committed."""

@@ -122,8 +122,17 @@ def build(cls: type, raw: Any, where: str) -> Any:
     known = {f.name: f for f in fields(cls) if f.init}
     unknown = sorted(set(raw) - set(known))
     if unknown:
+        nested = {
+            key: _join(where, name)
+            for name in known
+            if is_dataclass(hints[name])
+            for key in (f.name for f in fields(hints[name]))
+            if key in unknown
+        }
+        moved = "".join(f"; {key} belongs under {section}" for key, section in sorted(nested.items()))
         raise ConfigError(
-            f"unknown setting(s) {[_join(where, k) for k in unknown]}; {where or 'the config'} accepts {sorted(known)}"
+            f"unknown setting(s) {[_join(where, k) for k in unknown]}; {where or 'the config'} accepts "
+            f"{sorted(known)}{moved}"
         )
     values = {name: _value(hints[name], raw[name], _join(where, name)) for name in raw}
     try:

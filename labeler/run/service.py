@@ -80,8 +80,10 @@ def harvest_stage(
 ) -> RunConfig:
     """The run with its exemplars: as given, or harvested into OUT/harvest (kept there; a finished harvest is reused).
 
-    `harvest:` holds HarvestConfig's fields (sae, model, corpus, tokens, features, ...; not out), or `demo: true`
-    (or a cache folder) for the demo SAE. With neither exemplars nor harvest, the demo is the default.
+    `harvest:` holds HarvestConfig's fields (sae, model, corpus, tokens, features, ...; not out), nested as the
+    dataclass is (`sampling: {top_examples: 20, ...}`, the SamplingConfig `labeler harvest` and `labeler import` use
+    too), and `demo: true` (or a cache folder) for the demo SAE's sae, model and corpus. With neither exemplars nor
+    harvest, the demo is the default.
     """
     if config.source.exemplars is not None:
         return config
