@@ -24,7 +24,7 @@ from labeler.discriminators.config import build_discriminator
 from labeler.optimise.engine import optimise
 from labeler.optimise.labelling import assess, prepare_tasks, with_target_ids
 from labeler.records.exemplars import group_by_feature, read_exemplars, unlabelable_reason
-from labeler.run.config import load_config, parse_override
+from labeler.run.loading import load_config, parse_override
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ from labeler.discriminators.config import build_discriminator
 from labeler.optimise.labelling import label_chunk
 from labeler.records.exemplars import group_by_feature
 from labeler.records.labels import LabelRecord
-from labeler.run.config import load_config, parse_override
+from labeler.run.loading import load_config, parse_override
 
 TRUTH = Path(__file__).resolve().parent / "data" / "demo-sae-eye-truth.json"
 

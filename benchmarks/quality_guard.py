@@ -28,7 +28,7 @@ import torch
 from labeler.discriminators.config import build_discriminator
 from labeler.optimise.labelling import label_chunk
 from labeler.records.exemplars import group_by_feature, read_exemplars
-from labeler.run.config import load_config
+from labeler.run.loading import load_config
 from labeler.toys import taxonomy
 
 GUARD = Path(__file__).resolve().parent / "data" / "quality-guard.json"

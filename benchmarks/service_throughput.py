@@ -26,7 +26,7 @@ import ray
 
 from labeler.ray_pool import RayPool
 from labeler.records.labels import RunInfo, config_hash, to_table
-from labeler.run.config import load_config
+from labeler.run.loading import load_config
 from labeler.run.scheduler import Chunk
 from labeler.run.service import execute, prepare
 from labeler.run.sink import PartSink

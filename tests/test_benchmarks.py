@@ -310,7 +310,7 @@ def test_each_kinds_default_optimiser_is_one_value_in_the_manifest_gpu_engine_an
     from servers import exemplar_parts
 
     from labeler.discriminators.config import KINDS, default_optimiser
-    from labeler.run.config import load_config, to_dict
+    from labeler.run.loading import load_config, to_dict
     from labeler.run.service import prepare
     from labeler.toys import taxonomy
 

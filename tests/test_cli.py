@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import duckdb
@@ -186,6 +187,38 @@ def test_optimiser_defaults_follow_the_discriminator_kind(exemplars: Path, tmp_p
     chosen = optimiser("--discriminator", "minilm", "--no-straight-through", "--c-entropy", "0.2")
     assert not chosen.straight_through and chosen.c_entropy == 0.2
     assert optimiser("--discriminator", "hf:/m", "--straight-through").straight_through
+
+
+def test_harvest_import_and_a_runs_harvest_share_one_sampling_config() -> None:
+    """One set of sampling defaults (HarvestConfig's), the same fields on `labeler harvest`, `labeler import
+    delphi-cache` and a run config's harvest.sampling; harvest's short flags are aliases, listed in its help."""
+    from labeler.cli.harvest import config_from_args as harvest_config
+    from labeler.cli.importing import delphi_config
+    from labeler.harvest.config import HarvestConfig, SamplingConfig
+    from labeler.run.loading import build, load_config
+
+    parser = build_parser()
+    harvest = ["harvest", "--sae", "s", "--model", "m", "--corpus", "c", "--out", "o"]
+    delphi = ["import", "delphi-cache", "cache", "--model", "m", "--out", "o"]
+    defaults = SamplingConfig()
+    assert (defaults.top_examples, defaults.quantile_examples, defaults.inactive_examples) == (20, 80, 100)
+    assert harvest_config(parser.parse_args(harvest)).sampling == defaults
+    assert delphi_config(parser.parse_args(delphi)).sampling == defaults
+
+    chosen = SamplingConfig(top_examples=3, quantile_examples=4, inactive_examples=5, quantiles=2, seed=7)
+    generated = ["--top-examples", "3", "--quantile-examples", "4", "--inactive-examples", "5", "--quantiles", "2"]
+    short = ["--top", "3", "--per-feature", "4", "--inactive", "5", "--quantiles", "2"]
+    assert harvest_config(parser.parse_args([*harvest, *generated, "--seed", "7"])).sampling == chosen
+    assert harvest_config(parser.parse_args([*harvest, *short, "--seed", "7"])).sampling == chosen
+    assert delphi_config(parser.parse_args([*delphi, *generated, "--seed", "7"])).sampling == chosen
+    run = load_config(None, {"harvest": {"sae": "s", "model": "m", "corpus": "c", "sampling": asdict(chosen)}})
+    assert build(HarvestConfig, {**run.harvest, "out": "o"}, "harvest").sampling == chosen  # as harvest_stage builds
+
+    shown = subprocess.run([sys.executable, "-m", "labeler.cli", "harvest", "--help"], capture_output=True, text=True)
+    said = " ".join(shown.stdout.split())
+    assert "--top-examples TOP_EXAMPLES, --top TOP_EXAMPLES" in said
+    assert "--quantile-examples QUANTILE_EXAMPLES, --per-feature QUANTILE_EXAMPLES" in said
+    assert "--inactive-examples INACTIVE_EXAMPLES, --inactive INACTIVE_EXAMPLES" in said
 
 
 def test_vocab_words_option(exemplars: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -180,7 +180,7 @@ def test_a_no_concept_feature_is_flagged_low_on_the_testbed(tmp_path: Path) -> N
     from labeler.discriminators.config import build_discriminator
     from labeler.optimise.labelling import label_chunk
     from labeler.records.exemplars import group_by_feature, read_exemplars
-    from labeler.run.config import load_config
+    from labeler.run.loading import load_config
     from labeler.toys import taxonomy
 
     (tmp_path / "features.txt").write_text("dog\nnone:3\n")

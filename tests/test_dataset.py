@@ -146,7 +146,7 @@ def test_exemplars_named_by_the_manifest_but_missing_leave_the_labels_readable(
 def test_a_run_that_has_committed_no_part_yet_reads_as_no_labels(tmp_path: Path) -> None:
     from servers import exemplar_parts
 
-    from labeler.run.config import load_config
+    from labeler.run.loading import load_config
     from labeler.run.service import prepare
 
     exemplars = exemplar_parts(tmp_path / "ex", 6, rows=4)

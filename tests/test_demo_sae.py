@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from labeler import cli
-from labeler.harvest.config import HarvestConfig
+from labeler.harvest.config import HarvestConfig, SamplingConfig
 from labeler.harvest.pipeline import harvest
 from labeler.store.dataset import read_runs
 from labeler.toys.demo_sae import DemoSAEConfig, build_demo
@@ -35,8 +35,7 @@ def test_demo_sae_harvested_and_labelled(tmp_path: Path) -> None:
             out=str(out),
             tokens=5000,
             features=tuple(range(8)),
-            quantile_examples=20,
-            inactive_examples=20,
+            sampling=SamplingConfig(quantile_examples=20, inactive_examples=20),
             device="cpu",
         )
     )

@@ -474,7 +474,7 @@ def _quantity(text: str) -> float:
 def test_a_gpu_worker_pod_fits_on_a_gpu_node_and_listens_only_where_labeler_serves() -> None:
     """The worker pod's requests leave the node room for the kubelet and system pods (about 0.5 vCPU and
     3 GiB kept back here), and every metrics port a pod declares is one a labeler process serves."""
-    from labeler.run.config import load_config
+    from labeler.run.loading import load_config
 
     (instance,) = terraform_blocks("variables.tf", "variable", "gpu_instance_types")["default"]
     cpus, memory = GPU_INSTANCES[instance]
@@ -1029,7 +1029,7 @@ def local_ray_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
 
 def test_run_configs_are_valid_labeler_run_configs() -> None:
     """Every run config deploy/ ships loads with `labeler run`'s own loader (unknown keys and wrong types fail)."""
-    from labeler.run.config import load_config
+    from labeler.run.loading import load_config
 
     example = load_config(DEPLOY / "config" / "run.example.yaml")
     assert example.discriminator.kind == "hf" and example.out.startswith("s3://BUCKET/")

@@ -6,6 +6,7 @@ import json
 import math
 import random
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from sae_lens.saes.sae import SAEMetadata
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Model, PreTrainedTokenizerFast
 
-from labeler.harvest.config import HarvestConfig
+from labeler.harvest.config import HarvestConfig, SamplingConfig
 from labeler.harvest.corpus import iter_documents, iter_windows
 from labeler.harvest.pipeline import harvest
 from labeler.harvest.sae_source import SourceError, load_source
@@ -96,7 +97,7 @@ def brute_force(cfg: HarvestConfig) -> tuple[np.ndarray, np.ndarray]:
 
 def test_harvest_matches_brute_force(tmp_path: Path, subject: Path, sae: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus.txt", 60)
-    cfg = config(tmp_path, subject, sae, corpus, top_examples=5, features_per_part=20)
+    cfg = config(tmp_path, subject, sae, corpus, sampling=SamplingConfig(top_examples=5), features_per_part=20)
     manifest = harvest(cfg)
     latents, valid = brute_force(cfg)
     acts = latents[valid]  # Float[token feature]
@@ -139,10 +140,10 @@ def test_harvest_matches_brute_force(tmp_path: Path, subject: Path, sae: Path) -
     assert inactive and all(r["activation"] <= 0 for r in inactive)
     dense_inactive = [r for r in inactive if r["feature"] == DENSE]
     assert rows[DENSE]["frequency"] > 0.6
-    assert len(dense_inactive) == min(cfg.inactive_examples, len(acts) - rows[DENSE]["active_tokens"])
+    assert len(dense_inactive) == min(cfg.sampling.inactive_examples, len(acts) - rows[DENSE]["active_tokens"])
     assert len({(r["window"], r["position"]) for r in dense_inactive}) == len(dense_inactive)
     quantile = [r for r in table if r["sampling"] == "quantile" and r["feature"] == 0]
-    assert len(quantile) == cfg.quantile_examples and all(r["activation"] > 0 for r in quantile)
+    assert len(quantile) == cfg.sampling.quantile_examples and all(r["activation"] > 0 for r in quantile)
     saved = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert saved["hook"] == "blocks.0.hook_resid_post" and saved["tokens"] == manifest.tokens
 
@@ -482,9 +483,16 @@ def test_cli_harvest(tmp_path: Path, subject: Path, sae: Path, capsys: pytest.Ca
 
     corpus = write_corpus(tmp_path / "corpus.txt", 40)
     common = ["harvest", "--sae", str(sae), "--model", str(subject), "--context-len", "16"]
-    assert cli.main([*common, "--corpus", str(corpus), "--out", str(tmp_path / "a"), "--features", "0-8"]) == 0
-    features = pq.read_table(tmp_path / "a" / "features.parquet").column("feature").to_pylist()
-    assert features == list(range(8))
+    counts = ["--top", "2", "--per-feature", "3", "--inactive", "4", "--reservoir", "50", "--min-active-tokens", "2"]
+    assert cli.main([*common, "--corpus", str(corpus), "--out", str(tmp_path / "a"), "--features", "0-8", *counts]) == 0
+    rows = pq.read_table(tmp_path / "a" / "features.parquet").to_pylist()
+    assert [r["feature"] for r in rows] == list(range(8))
+    # The short flags of the example counts set the same SamplingConfig fields as the generated ones.
+    assert [max(r[f"{kind}_examples"] for r in rows) for kind in ("top", "quantile", "inactive")] == [2, 3, 4]
+    sampling = SamplingConfig(
+        top_examples=2, quantile_examples=3, inactive_examples=4, reservoir=50, min_active_tokens=2
+    )
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["settings"]["sampling"] == asdict(sampling)
     err = capsys.readouterr().err
     assert "harvesting" in err and "tok/s" in err and "8 features" in err
     # stderr is not a terminal here: the bar writes whole lines (a start and an end line), no carriage returns.
@@ -494,7 +502,9 @@ def test_cli_harvest(tmp_path: Path, subject: Path, sae: Path, capsys: pytest.Ca
     bad.write_bytes(b"\xff\n")
     assert cli.main([*common, "--corpus", str(bad), "--out", str(tmp_path / "b")]) == 2
     assert "bad.txt, line 1: invalid UTF-8" in capsys.readouterr().err
-    assert cli.main([*common, "--corpus", str(corpus), "--out", str(tmp_path / "c"), "--features", "x"]) == 2
+    with pytest.raises(SystemExit) as refused:  # argparse's own exit: status 2, the flag named
+        cli.main([*common, "--corpus", str(corpus), "--out", str(tmp_path / "c"), "--features", "x"])
+    assert refused.value.code == 2 and "argument --features: 'x': give a range A-B" in capsys.readouterr().err
 
 
 def test_cli_harvest_refuses_too_long_windows_and_a_non_integer_d_in_before_writing(
@@ -619,7 +629,7 @@ def test_run_harvest_stage_writes_and_finds_the_harvest_with_the_run_folders_sto
     import fsspec
     from servers import MOTO_CREDENTIALS, MotoS3
 
-    from labeler.run.config import load_config
+    from labeler.run.loading import load_config
     from labeler.run.service import harvest_stage
 
     for name in (
@@ -662,17 +672,23 @@ def test_run_harvest_stage_writes_and_finds_the_harvest_with_the_run_folders_sto
 def test_run_harvest_stage_harvests_once_and_records_provenance(tmp_path: Path, subject: Path, sae: Path) -> None:
     """`labeler run` without exemplars harvests into OUT/harvest, reuses a finished harvest, and its manifest
     names the SAE, subject model and hook (so every label row does)."""
-    from labeler.run.config import ConfigError, load_config
+    from labeler.run.config import ConfigError
+    from labeler.run.loading import load_config
     from labeler.run.service import harvest_stage, prepare
 
     corpus = write_corpus(tmp_path / "corpus.txt", 40)
     settings = {"sae": str(sae), "model": str(subject), "corpus": str(corpus), "context_len": 16, "tokens": 400}
-    run = load_config(None, {"out": str(tmp_path / "run"), "harvest": settings})
+    sampling = {"top_examples": 3, "inactive_examples": 4}  # nested as in `harvest: {sampling: {...}}`
+    run = load_config(None, {"out": str(tmp_path / "run"), "harvest": {**settings, "sampling": sampling}})
     lines: list[str] = []
     harvested = harvest_stage(run, log=lines.append)
     assert harvested.source.exemplars == f"{run.out}/harvest/exemplars"
     assert harvested.source.features == f"{run.out}/harvest/features.parquet"
     assert read_exemplars(harvested.source.exemplars).num_rows > 0
+    rows = pq.read_table(harvested.source.features).to_pylist()
+    assert [max(r[f"{kind}_examples"] for r in rows) for kind in ("top", "inactive")] == [3, 4]
+    recorded = json.loads((tmp_path / "run" / "harvest" / "manifest.json").read_text())["settings"]["sampling"]
+    assert recorded == asdict(SamplingConfig(**sampling))
     assert harvest_stage(run, log=lines.append) == harvested and lines == [
         f"reusing the finished harvest in {run.out}/harvest"
     ]
@@ -681,6 +697,14 @@ def test_run_harvest_stage_harvests_once_and_records_provenance(tmp_path: Path, 
     assert (info.sae_id, info.model, info.hook_point) == (str(sae), str(subject), "blocks.0.hook_resid_post")
     assert prepared.plan.n_features == D_SAE and set(DEAD) <= set(prepared.plan.dead_ids)  # planned, not dropped
 
-    bad = load_config(None, {"out": str(tmp_path / "bad"), "harvest": {**settings, "top": 3}})
-    with pytest.raises(ConfigError, match=r"harvest\.top"):
-        harvest_stage(bad)
+    for wrong, message in (
+        ({"top": 3}, r"unknown setting\(s\) \['harvest\.top'\]"),
+        ({"top_examples": 3}, r"\['harvest\.top_examples'\].*; top_examples belongs under harvest\.sampling"),
+        ({"sampling": {"top": 3}}, r"\['harvest\.sampling\.top'\]; harvest\.sampling accepts \['inactive_examples'"),
+        ({"sampling": {"quantiles": 0}}, r"harvest\.sampling: quantiles must be at least 1, got 0"),
+        ({"sampling": {"seed": "x"}}, r"harvest\.sampling\.seed must be int, got 'x'"),
+    ):
+        bad = load_config(None, {"out": str(tmp_path / "bad"), "harvest": {**settings, **wrong}})
+        with pytest.raises(ConfigError, match=message):
+            harvest_stage(bad)
+        assert not (tmp_path / "bad").exists()

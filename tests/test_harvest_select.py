@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from labeler.harvest.config import HarvestConfig
+from labeler.harvest.config import SamplingConfig
 from labeler.harvest.select import quantile_picks
 
 
 def test_quantile_picks_match_a_naive_round_robin() -> None:
     """The vectorised pick equals a per-feature loop: candidates are sampled tokens not among the top ones, binned
     with searchsorted over (0, max], taken one per bin per round in the same random order within a bin."""
-    cfg = HarvestConfig(sae="", model="", corpus="", out="", quantile_examples=7, quantiles=4, seed=3)
+    cfg = SamplingConfig(quantile_examples=7, quantiles=4, seed=3)
     rng = np.random.default_rng(0)
     n_features, width = 9, 12
     act = rng.exponential(size=(n_features, width)) ** 3  # skewed: the top bins run short

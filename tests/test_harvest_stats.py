@@ -6,13 +6,13 @@ import math
 
 import torch
 
-from labeler.harvest.config import HarvestConfig
+from labeler.harvest.config import SamplingConfig
 from labeler.harvest.stats import FeatureStats
 
 
 def test_samples_are_the_largest_keys_exactly() -> None:
     """The reservoir samples equal a brute-force pick of the largest random keys (dense features included)."""
-    cfg = HarvestConfig(sae="", model="", corpus="", out="", reservoir=7, inactive_examples=5, top_examples=3)
+    cfg = SamplingConfig(reservoir=7, inactive_examples=5, top_examples=3)
     features, batches, width = 12, 6, 300  # wider than the head of 2k + 64 largest keys; later batches mostly lose
     bias = torch.linspace(-2.5, 2.5, features)  # from rare to active on nearly every token
     acts = [torch.relu(torch.randn(width, features) + bias) for _ in range(batches)]
@@ -37,7 +37,7 @@ def test_samples_are_the_largest_keys_exactly() -> None:
 
 def test_tokens_where_every_latent_is_non_finite_are_left_out() -> None:
     """Such a token (a model-side overflow) is skipped and counted; a lone non-finite entry is only counted."""
-    cfg = HarvestConfig(sae="", model="", corpus="", out="", reservoir=4, inactive_examples=4, top_examples=2)
+    cfg = SamplingConfig(reservoir=4, inactive_examples=4, top_examples=2)
     acts = torch.relu(torch.randn(20, 6))
     acts[3] = math.nan
     acts[5, 2] = math.inf

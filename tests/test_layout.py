@@ -1,5 +1,6 @@
 """The package's layout: Ray only in its adapter and the CLI, no import cycles, nothing imports upwards, and
-every optimiser and data setting has a flag on both labelling commands."""
+every optimiser and data setting has a flag on both labelling commands, as do the run's source, out and
+discriminator."""
 
 from __future__ import annotations
 
@@ -104,3 +105,30 @@ def test_every_optimiser_and_data_setting_has_a_flag_on_both_commands() -> None:
         "label.heldout_fraction": 0.25,
         "label.optimiser.straight_through": False,
     }
+
+
+def test_the_runs_own_settings_are_generated_flags_with_listed_aliases() -> None:
+    """Where the data comes from and goes and what runs it are RunConfig fields too; the short names are ALIASES."""
+    from labeler.cli.options import ALIASES, overrides_from
+
+    parser = build_parser()
+    paths = ["--exemplars", "e.jsonl", "--features", "f.parquet", "--out", "o", "--discriminator", "hf:/m"]
+    args = parser.parse_args(["run", *paths, "--workers", "3", "--num-gpus", "0.5", "--workers-max-restarts", "1"])
+    assert overrides_from(args) == {
+        "source.exemplars": "e.jsonl",
+        "source.features": "f.parquet",
+        "out": "o",
+        "discriminator": "hf:/m",
+        "workers.count": 3,
+        "workers.num_gpus": 0.5,
+        "workers.max_restarts": 1,
+    }
+    assert ALIASES["workers.count"] == ("--workers",) and ALIASES["workers.num_gpus"] == ("--num-gpus",)
+    assert overrides_from(parser.parse_args(["label", *paths])) == {
+        key: value for key, value in overrides_from(args).items() if not key.startswith("workers.")
+    }
+    commands = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[union-attr]
+    required = {a.dest for a in commands["label"]._actions if a.required}
+    assert required == {"cfg:source.exemplars", "cfg:out", "cfg:discriminator"}
+    assert not any(a.required for a in commands["run"]._actions)
+    assert not any(a.dest.startswith("cfg:workers.") for a in commands["label"]._actions)  # one in-process worker

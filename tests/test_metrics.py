@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 
 from labeler.run import metrics
-from labeler.run.config import load_config
+from labeler.run.loading import load_config
 
 
 def _listening_on(port: int) -> set[str]:

@@ -103,7 +103,7 @@ def test_a_run_of_jsonl_exemplars_named_relatively_is_queried_from_anywhere(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`labeler run` on a local JSONL named relative to the working folder; queried from another folder."""
-    from labeler.run.config import load_config
+    from labeler.run.loading import load_config
     from labeler.run.service import prepare
     from labeler.run.worker import ChunkWorker
 

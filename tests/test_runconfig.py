@@ -12,7 +12,8 @@ from labeler.discriminators.embedding import EmbeddingConfig
 from labeler.discriminators.prompt import PromptTemplate
 from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.labelling import LabelConfig
-from labeler.run.config import ConfigError, RunConfig, build, describe, load_config, parse_override, to_dict
+from labeler.run.config import ConfigError, RunConfig
+from labeler.run.loading import build, describe, load_config, parse_override, to_dict
 
 
 def test_yaml_and_toml_fill_nested_stages_and_overrides_win(tmp_path: Path) -> None:
@@ -75,6 +76,7 @@ def test_a_discriminator_is_a_short_spec_or_its_kind_with_fields() -> None:
     ("overrides", "message"),
     [
         ({"workers.cuont": 2}, r"unknown setting\(s\) \['workers.cuont'\]; workers accepts"),
+        ({"label.restarts": 2}, r"\['label.restarts'\]; label accepts .*; restarts belongs under label.optimiser$"),
         ({"workers.count": "two"}, "workers.count must be int"),
         ({"workers.count": 0}, "workers.count must be at least 1"),
         ({"engine": "fast"}, r"engine must be one of \['optimise', 'noop'\]"),

@@ -19,7 +19,7 @@ from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAECon
 from sae_lens.saes.sae import SAEMetadata
 from transformers import GPT2Model
 
-from labeler.harvest.config import HarvestConfig
+from labeler.harvest.config import HarvestConfig, SamplingConfig
 from labeler.harvest.pipeline import harvest
 from labeler.harvest.sae_formats import SAEFormatError, detect_format
 from labeler.harvest.sae_source import SourceError, load_source
@@ -108,7 +108,8 @@ def test_sparsify_sae_from_its_own_save_to_disk(
     coder.save_to_disk(tmp_path / "checkpoint" / hookpoint)
     folder = tmp_path / "checkpoint" / hookpoint
     assert detect_format(str(folder)) == "sparsify"
-    rows = harvested(tmp_path, subject, corpus, folder, "out", top_examples=4, quantile_examples=4)
+    sampling = SamplingConfig(top_examples=4, quantile_examples=4)
+    rows = harvested(tmp_path, subject, corpus, folder, "out", sampling=sampling)
     manifest = (tmp_path / "out" / "manifest.json").read_text()
     assert f'"hook_module": "{hookpoint} (output)"' in manifest
     check_rows(rows, subject, hookpoint, sparsify_dense(coder))

@@ -20,7 +20,8 @@ from labeler.optimise.labelling import LabelConfig, split_examples
 from labeler.records.exemplars import FeatureExemplars
 from labeler.records.labels import LabelRecord
 from labeler.run import metrics
-from labeler.run.config import ConfigError, load_config
+from labeler.run.config import ConfigError
+from labeler.run.loading import load_config
 from labeler.run.sink import PartSink
 
 needs_minilm = pytest.mark.skipif(

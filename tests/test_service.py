@@ -18,7 +18,8 @@ from labeler.cli import main
 from labeler.records.exemplars import ExemplarError
 from labeler.records.labels import LabelRecord, to_table
 from labeler.run import metrics
-from labeler.run.config import ConfigError, RunConfig, SourceConfig, load_config
+from labeler.run.config import ConfigError, RunConfig, SourceConfig
+from labeler.run.loading import load_config
 from labeler.run.scheduler import Chunk, Completion
 from labeler.run.service import execute, prepare, resume_config
 from labeler.run.sink import PartSink, SinkConfig

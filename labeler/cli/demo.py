@@ -43,7 +43,8 @@ def add_parser(commands: Any) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from labeler.cli.errors import UsageError
     from labeler.cli.labelling import execute
-    from labeler.run.config import ConfigError, load_config
+    from labeler.run.config import ConfigError
+    from labeler.run.loading import load_config
     from labeler.run.service import check_new_out
     from labeler.run.sink import SinkConfig
 

@@ -11,7 +11,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from labeler.cli.options import DELPHI_SECTIONS, add_config_flags, settings_from
+from labeler.harvest.delphi_cache import DelphiImportConfig
 from labeler.harvest.exemplar_parts import ImportManifest
+from labeler.run.loading import build
 
 
 def add_parser(commands: Any) -> None:
@@ -31,19 +34,9 @@ def add_parser(commands: Any) -> None:
         description="Import a latent cache written by EleutherAI delphi's LatentCache.save_splits: each latent's "
         "top, quantile and inactive examples chosen as `labeler harvest` chooses them, contexts decoded from the "
         "cached token windows with --model's tokenizer, activations as cached.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     delphi.add_argument("cache", metavar="DIR", help="delphi run folder (holding latents/), latents/ or a hook folder")
-    delphi.add_argument("--model", required=True, help="tokenizer (or model) folder the cache was made with")
-    delphi.add_argument("--out", required=True, help="output folder (must not hold exemplars yet)")
-    delphi.add_argument("--hook", default=None, help="the hook folder under latents/ (when there are several)")
-    delphi.add_argument("--top-examples", type=int, default=10, help="top-activating examples per feature")
-    delphi.add_argument("--quantile-examples", type=int, default=40, help="examples over the activation bins")
-    delphi.add_argument("--quantiles", type=int, default=10, help="activation bins")
-    delphi.add_argument("--reservoir", type=int, default=200, help="sampled active tokens per feature")
-    delphi.add_argument("--inactive-examples", type=int, default=50, help="non-activating examples per feature")
-    delphi.add_argument("--min-active-tokens", type=int, default=10, help="fewer active tokens: ultra_rare")
-    delphi.add_argument("--seed", type=int, default=0, help="seed of the random samples")
+    add_config_flags(delphi, DELPHI_SECTIONS)
     delphi.set_defaults(run=run_delphi)
 
     neuronpedia = sources.add_parser(
@@ -61,22 +54,16 @@ def add_parser(commands: Any) -> None:
 
 
 def run_delphi(args: argparse.Namespace) -> int:
-    from labeler.harvest.delphi_cache import DelphiImportConfig, import_delphi_cache
+    from labeler.harvest.delphi_cache import import_delphi_cache
 
-    config = DelphiImportConfig(
-        cache=args.cache,
-        model=args.model,
-        out=args.out,
-        hook=args.hook,
-        top_examples=args.top_examples,
-        quantile_examples=args.quantile_examples,
-        quantiles=args.quantiles,
-        reservoir=args.reservoir,
-        inactive_examples=args.inactive_examples,
-        min_active_tokens=args.min_active_tokens,
-        seed=args.seed,
-    )
-    return _report(_cleanly(lambda: import_delphi_cache(config), args.out), args.out)
+    config = delphi_config(args)
+    return _report(_cleanly(lambda: import_delphi_cache(config), config.out), config.out)
+
+
+def delphi_config(args: argparse.Namespace) -> DelphiImportConfig:
+    """The DelphiImportConfig of the command line: the cache folder and the generated flags, checked."""
+    config: DelphiImportConfig = build(DelphiImportConfig, {"cache": args.cache, **settings_from(args)}, "")
+    return config
 
 
 def run_neuronpedia(args: argparse.Namespace) -> int:

@@ -20,26 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from labeler.cli.errors import UsageError
-from labeler.cli.options import add_config_flags, overrides_from
+from labeler.cli.options import LABEL_SECTIONS, RUN_SECTIONS, Section, add_config_flags, overrides_from
 from labeler.cli.progress import harvest_bar, progress_bar
-from labeler.discriminators.config import SPEC_HELP
 from labeler.discriminators.prompt import PromptTemplate
 from labeler.run import service
-from labeler.run.config import RunConfig, describe, load_config, parse_override, to_dict
+from labeler.run.config import RunConfig
 from labeler.run.lease import LeaseLost, RunLease
+from labeler.run.loading import describe, load_config, parse_override, to_dict
 from labeler.run.scheduler import Pool, Progress
 from labeler.run.service import PreparedRun, resume_config
 from labeler.run.sink import PartSink, StorageFullError
-
-PATH_FLAGS = (
-    ("exemplars", "source.exemplars"),
-    ("features", "source.features"),
-    ("out", "out"),
-    ("discriminator", "discriminator"),
-    ("workers", "workers.count"),
-    ("num_gpus", "workers.num_gpus"),
-)
-"""Flags of the run's own settings (where data comes from and goes, what runs it) and their config keys."""
 
 
 def add_parsers(commands: Any) -> None:
@@ -51,13 +41,8 @@ def add_parsers(commands: Any) -> None:
         "in this process (no Ray); continue it with `labeler label` or `labeler run --resume OUT`. Exemplars: JSONL "
         "or Parquet with columns feature, context, target, activation (see README).",
     )
-    label.add_argument(
-        "--exemplars", required=True, help="exemplar file (.jsonl or .parquet), a folder of Parquet files, or a URL"
-    )
-    label.add_argument("--discriminator", required=True, help=SPEC_HELP)
-    label.add_argument("--out", required=True, help="the run folder (a local folder or s3://...; must not hold a run)")
     label.add_argument("--resume", action="store_true", help="continue the run in --out (its own settings are kept)")
-    _add_common(label)
+    _add_common(label, LABEL_SECTIONS)
     label.set_defaults(run=run_label)
 
     run = commands.add_parser(
@@ -70,25 +55,14 @@ def add_parsers(commands: Any) -> None:
     )
     run.add_argument("--resume", metavar="RUN_URL", default=None, help="continue the run in this run folder")
     run.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    run.add_argument("--exemplars", default=None, help="overrides source.exemplars: URL of the exemplar rows")
-    run.add_argument("--out", default=None, help="overrides out: the run folder URL")
-    run.add_argument("--discriminator", default=None, help=f"overrides discriminator: {SPEC_HELP}")
-    run.add_argument("--workers", type=int, default=None, help="overrides workers.count")
-    run.add_argument("--num-gpus", type=float, default=None, help="overrides workers.num_gpus (GPUs per worker)")
     run.add_argument("--print-config-help", action="store_true", help="print every setting with its default and exit")
-    _add_common(run)
+    _add_common(run, RUN_SECTIONS)
     run.set_defaults(run=run_on_ray)
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    """What both commands take: the run config, its overrides and the generated flags."""
+def _add_common(parser: argparse.ArgumentParser, sections: tuple[Section, ...]) -> None:
+    """What both commands take: the run config, its overrides and the flags generated from `sections`."""
     parser.add_argument("--config", type=Path, default=None, help="run config file, .yaml/.yml or .toml")
-    parser.add_argument(
-        "--features",
-        default=None,
-        help="overrides source.features: Parquet with a row per feature (feature; optionally status, frequency), "
-        "e.g. a harvest's features.parquet: which features there are, which are dead, their activation frequency",
-    )
     parser.add_argument(
         "--set",
         action="append",
@@ -109,7 +83,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="no progress output, only the start and end lines (without it: a bar on a terminal, else a log line "
         "at most every 30 s)",
     )
-    add_config_flags(parser)
+    add_config_flags(parser, sections)
 
 
 def config_from_args(args: argparse.Namespace, resume: str | None = None) -> RunConfig:
@@ -117,9 +91,6 @@ def config_from_args(args: argparse.Namespace, resume: str | None = None) -> Run
     if resume is not None and args.config is not None:
         raise UsageError("--resume continues a run with the config in its manifest; leave out --config")
     overrides = dict(parse_override(item) for item in args.set)
-    for flag, key in PATH_FLAGS:
-        if getattr(args, flag, None) is not None:
-            overrides[key] = getattr(args, flag)
     if args.template is not None:
         overrides["discriminator.template"] = asdict(_read_template(args.template))
     overrides |= overrides_from(args)
@@ -133,7 +104,7 @@ def config_from_args(args: argparse.Namespace, resume: str | None = None) -> Run
 
 def run_label(args: argparse.Namespace) -> int:
     """`labeler label`: the run on one worker in this process."""
-    config = config_from_args(args, args.out if args.resume else None)
+    config = config_from_args(args, overrides_from(args)["out"] if args.resume else None)
     return execute(config, args, resume=args.resume, on_ray=False)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from labeler.harvest.config import HarvestConfig
+from labeler.harvest.config import SamplingConfig
 from labeler.harvest.exemplar_parts import ImportManifest, ImportSourceError, PartWriter
 from labeler.harvest.pipeline import exemplar_table
 from labeler.harvest.select import quantile_picks
@@ -43,7 +43,7 @@ _CHUNK_ENTRIES = 1 << 22
 
 @dataclass(frozen=True)
 class DelphiImportConfig:
-    """What to import, and how many examples per feature (the harvest's settings, same meaning)."""
+    """What to import, and which examples each feature gets (the harvest's sampling settings)."""
 
     cache: str
     """The delphi run folder holding latents/<hook>/, the latents folder, or one hook's folder."""
@@ -53,41 +53,13 @@ class DelphiImportConfig:
     """Output folder or fsspec URL; must not hold exemplars yet."""
     hook: str | None = None
     """Which hook's folder under latents/ (needed only when there are several)."""
-    top_examples: int = HarvestConfig.top_examples
-    """Exact top-activating examples per feature."""
-    quantile_examples: int = HarvestConfig.quantile_examples
-    """Further active examples per feature, spread over the activation quantile bins."""
-    quantiles: int = HarvestConfig.quantiles
-    """Equal-width bins of (0, max activation] the quantile examples are spread over."""
-    reservoir: int = HarvestConfig.reservoir
-    """Uniformly sampled active tokens kept per feature to draw the quantile examples from."""
-    inactive_examples: int = HarvestConfig.inactive_examples
-    """Random non-activating examples per feature."""
-    min_active_tokens: int = HarvestConfig.min_active_tokens
-    """A feature active on fewer cached tokens is reported as ultra_rare (on none: dead)."""
-    seed: int = 0
-    """Seed of the random samples."""
-
-    def sampling(self) -> HarvestConfig:
-        """The harvest's config holding these sampling settings (its state and picks read them from there)."""
-        return HarvestConfig(
-            sae=self.cache,
-            model=self.model,
-            corpus=self.cache,
-            out=self.out,
-            top_examples=self.top_examples,
-            quantile_examples=self.quantile_examples,
-            quantiles=self.quantiles,
-            reservoir=self.reservoir,
-            inactive_examples=self.inactive_examples,
-            min_active_tokens=self.min_active_tokens,
-            seed=self.seed,
-        )
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Which examples each latent gets, as `labeler harvest` chooses them (a latent active on fewer than
+    min_active_tokens cached tokens is ultra_rare)."""
 
 
 def import_delphi_cache(config: DelphiImportConfig, storage_options: dict[str, Any] | None = None) -> ImportManifest:
     """Write OUT/exemplars/part-NNNNN.parquet (one per cache file), OUT/features.parquet and OUT/manifest.json."""
-    sampling = config.sampling()  # validates the settings before anything is read
     hook, files = hook_files(Path(config.cache), config.hook)
     tokenizer = _tokenizer(config.model)
     writer = PartWriter(config.out, storage_options)
@@ -104,7 +76,7 @@ def import_delphi_cache(config: DelphiImportConfig, storage_options: dict[str, A
                 f"{path}: its tokens differ from those of {files[0][0].name}; the files of one hook must come from "
                 "one delphi cache run"
             )
-        exemplars, features, n_unresolved = _import_split(sampling, tokenizer, arrays, start, end)
+        exemplars, features, n_unresolved = _import_split(config.sampling, tokenizer, arrays, start, end)
         writer.write_part(exemplars, features)
         unresolved += n_unresolved
     assert first_tokens is not None
@@ -203,7 +175,7 @@ def _read_split(path: Path, start: int, end: int) -> dict[str, np.ndarray]:
 
 
 def _import_split(
-    sampling: HarvestConfig, tokenizer: Any, arrays: dict[str, np.ndarray], start: int, end: int
+    sampling: SamplingConfig, tokenizer: Any, arrays: dict[str, np.ndarray], start: int, end: int
 ) -> tuple[pa.Table, pa.Table, int]:
     """One file's exemplar rows and feature rows, and its rows' unresolved targets."""
     locations, activations, tokens = arrays["locations"], arrays["activations"], arrays["tokens"]
@@ -241,7 +213,7 @@ def _import_split(
 
 
 def _picks(
-    sampling: HarvestConfig, features: np.ndarray, stats: FeatureStats
+    sampling: SamplingConfig, features: np.ndarray, stats: FeatureStats
 ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray, str]], dict[str, np.ndarray]]:
     """The harvest's choice of rows from its state: (index into features, token, activation, kind) per kind."""
     count, non_finite = stats.count.numpy(), stats.non_finite.numpy()
@@ -259,7 +231,7 @@ def _picks(
 
 
 def _feature_rows(
-    sampling: HarvestConfig, features: np.ndarray, stats: FeatureStats, chosen: dict[str, np.ndarray], n_tokens: int
+    sampling: SamplingConfig, features: np.ndarray, stats: FeatureStats, chosen: dict[str, np.ndarray], n_tokens: int
 ) -> pa.Table:
     count, non_finite = stats.count.numpy(), stats.non_finite.numpy()
     sums = stats.sum.numpy()

@@ -173,7 +173,7 @@ def _stream(
     """The one pass over the corpus: returns the state, the corpus tokens seen and the windows written (their
     ids to `window_file`, their valid masks to `valid_file`, packed 8 tokens a byte)."""
     device = source.device
-    stats = FeatureStats(len(features), config, device)
+    stats = FeatureStats(len(features), config.sampling, device)
     select = None if len(features) == source.d_sae else torch.as_tensor(features, device=device)
     tokens = windows = 0
     read = [0]  # characters handed to the tokenizer so far, for the progress estimate
@@ -231,7 +231,7 @@ def _write(
         writes = (count[at] > 0) & (non_finite[at] == 0)  # dead and failed features get no rows
         chosen = {
             "top": (top[0][at] > -math.inf) & writes[:, None],
-            "quantile": quantile_picks(config, features[at], maxima[at], top[1][at], [x[at] for x in sample])
+            "quantile": quantile_picks(config.sampling, features[at], maxima[at], top[1][at], [x[at] for x in sample])
             & writes[:, None],
             "inactive": (inactive[0][at] > -math.inf) & writes[:, None],
         }
@@ -249,7 +249,7 @@ def _write(
             for n in non_finite[at]
         ]
         status = np.select(
-            [non_finite[at] > 0, count[at] == 0, count[at] < config.min_active_tokens],
+            [non_finite[at] > 0, count[at] == 0, count[at] < config.sampling.min_active_tokens],
             ["failed", "dead", "ultra_rare"],
             "alive",
         )

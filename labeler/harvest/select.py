@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from labeler.harvest.config import HarvestConfig
+from labeler.harvest.config import HarvestConfig, SamplingConfig
 
 
 def selected_features(config: HarvestConfig, d_sae: int) -> np.ndarray:
@@ -23,7 +23,7 @@ def selected_features(config: HarvestConfig, d_sae: int) -> np.ndarray:
 
 
 def quantile_picks(
-    config: HarvestConfig, features: np.ndarray, maxima: np.ndarray, top_token: np.ndarray, sample: list[np.ndarray]
+    config: SamplingConfig, features: np.ndarray, maxima: np.ndarray, top_token: np.ndarray, sample: list[np.ndarray]
 ) -> np.ndarray:
     """Bool[feature slot] over the sample's slots: each feature's examples spread over the activation bins.
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from labeler.harvest.config import HarvestConfig
+from labeler.harvest.config import SamplingConfig
 
 
 class FeatureStats:
@@ -26,7 +26,7 @@ class FeatureStats:
     feature x token matrix is never touched again (the counts, maxima and sums come from the same entries).
     """
 
-    def __init__(self, features: int, config: HarvestConfig, device: torch.device) -> None:
+    def __init__(self, features: int, config: SamplingConfig, device: torch.device) -> None:
         self.count = torch.zeros(features, dtype=torch.int64, device=device)
         self.max = torch.zeros(features, dtype=torch.float32, device=device)
         self.sum = torch.zeros(features, dtype=torch.float64, device=device)

@@ -25,9 +25,10 @@ from labeler.discriminators.config import spec_of, templates_of
 from labeler.records.exemplars import unlabelable_reason
 from labeler.records.labels import RunInfo, config_hash
 from labeler.records.layout import HARVEST, LEASE, MANIFEST
-from labeler.run.config import ConfigError, RunConfig, SourceConfig, build, to_dict
+from labeler.run.config import ConfigError, RunConfig, SourceConfig
 from labeler.run.fingerprint import FINGERPRINT, describe_changes, input_fingerprint
 from labeler.run.lease import LeaseLost, RunLease
+from labeler.run.loading import build, to_dict
 from labeler.run.scheduler import Chunk, ChunkOutcome, Completion, Plan, Pool, Progress, Scheduler, drive, make_plan
 from labeler.run.sink import PartSink, SinkConfig, StorageFullError
 from labeler.run.worker import LabellerSpec, give_up_chunk, plan_features, read_chunk_exemplars
@@ -79,8 +80,10 @@ def harvest_stage(
 ) -> RunConfig:
     """The run with its exemplars: as given, or harvested into OUT/harvest (kept there; a finished harvest is reused).
 
-    `harvest:` holds HarvestConfig's fields (sae, model, corpus, tokens, features, ...; not out), or `demo: true`
-    (or a cache folder) for the demo SAE. With neither exemplars nor harvest, the demo is the default.
+    `harvest:` holds HarvestConfig's fields (sae, model, corpus, tokens, features, ...; not out), nested as the
+    dataclass is (`sampling: {top_examples: 20, ...}`, the SamplingConfig `labeler harvest` and `labeler import` use
+    too), and `demo: true` (or a cache folder) for the demo SAE's sae, model and corpus. With neither exemplars nor
+    harvest, the demo is the default.
     """
     if config.source.exemplars is not None:
         return config
