@@ -126,7 +126,7 @@ def test_a_killed_run_resumed_has_the_scores_of_an_uninterrupted_one(
     assert metrics.LOW_CONFIDENCE._value.get() - before == low
     assert f"confidence: {low} of {len(WORDS)} labels low" in summary
     assert "median independent score (embedding by minilm)" in summary
-    assert "median self-score (heldout_auroc)" in summary
+    assert "median held-out AUROC" in summary
 
     out = tmp_path / "killed"
     sink = PartSink(str(out))
