@@ -217,6 +217,9 @@ def test_two_resumes_of_one_run_the_second_is_refused_at_once(data: dict[str, Pa
     first = _labeler("label", *_flags(data, out), "--resume")
     try:
         _wait(lambda: (out / "lease").is_dir() and any((out / "lease").iterdir()), first, "a lease")
+        first.send_signal(
+            signal.SIGSTOP
+        )  # holds its lease (alive, its heartbeat younger than the expiry) until SIGCONT
         theirs = ("lease/", "labels/", "prometheus_targets.json")  # what the first driver writes as it goes
         before = {k: v for k, v in _snapshot(out).items() if not k.startswith(theirs)}
         parts = set(PartSink(str(out)).committed())
@@ -235,6 +238,7 @@ def test_two_resumes_of_one_run_the_second_is_refused_at_once(data: dict[str, Pa
         assert time.monotonic() - began < 60 and "Ray" not in said  # refused before Ray started
         assert {k: v for k, v in _snapshot(out).items() if not k.startswith(theirs)} == before
         assert parts <= set(PartSink(str(out)).committed())  # the first driver's parts only, none removed
+        first.send_signal(signal.SIGCONT)
         output = first.communicate(timeout=600)[0]
         assert first.returncode == 0, output[-3000:]
     finally:

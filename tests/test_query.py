@@ -185,14 +185,16 @@ def test_statements_that_reach_past_the_tables_are_refused(
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_every_query_of_the_readme_still_works(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The README's `labeler query` lines, run inside the sandbox over two local runs (its s3:// run made local)."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = re.search(r"```bash\n(labeler query --data run1/.*?)```", readme, flags=re.S)
-    assert block is not None, "the README's block of labeler query examples was not found"
-    chunks = re.split(r"^(?=labeler )", block.group(1).replace("\\\n", " "), flags=re.M)
-    commands = [shlex.split(c) for c in chunks if c.startswith("labeler query ")]
-    assert len(commands) >= 3, "the README's labeler query examples were not found"
+def test_every_query_of_the_readme_and_the_docs_still_works(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The `labeler query` lines of the README and docs/commands.md, run over two local runs (the s3:// run made
+    local)."""
+    root = Path(__file__).resolve().parents[1]
+    commands = []
+    for page in (root / "README.md", root / "docs" / "commands.md"):
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S):
+            chunks = re.split(r"^(?=labeler |#)", block.replace("\\\n", " "), flags=re.M)
+            commands += [shlex.split(c, comments=True) for c in chunks if c.startswith("labeler query --data ")]
+    assert len(commands) >= 4, "the README's and docs' labeler query examples were not found"
     write_run(str(tmp_path / "run1"), "run-a", n=8, seed=0)
     write_run(str(tmp_path / "a"), "run-b", n=8, seed=1)
     places = {"run1/": str(tmp_path / "run1"), "s3://bucket/runs/a": str(tmp_path / "a")}
