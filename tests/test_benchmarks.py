@@ -275,6 +275,7 @@ def test_gpu_suite_measures_the_default_beside_the_papers_method(tmp_path: Path)
     assert shape["lines"] == lines
 
 
+@pytest.mark.slow
 def test_gpu_suite_records_a_failed_shape_and_one_out_of_time(tmp_path: Path) -> None:
     """A shape gpu_engine refuses, then a shape cut at its time budget: each is recorded in suite.json with what it
     printed, the suite goes on after the first and exits 1."""
@@ -384,6 +385,7 @@ def test_label_quality_rows_obey_what_their_columns_mean(tmp_path: Path) -> None
     assert done.returncode == 2 and "exists; name a new file" in done.stderr
 
 
+@pytest.mark.slow
 def test_label_quality_refuses_a_folder_that_is_not_a_taxonomy_testbed(tmp_path: Path) -> None:
     (tmp_path / "lm").mkdir()  # a folder with an LM but no truth.json
     done = subprocess.run(
@@ -478,6 +480,7 @@ def test_label_quality_reports_one_row_per_feature_kind_on_the_shipped_lm(tmp_pa
     assert "insect or rodent" in table and "no concept" in table and "UNFINISHED" not in table
 
 
+@pytest.mark.slow
 def test_label_quality_refuses_an_optimum_cache_it_did_not_write(tmp_path: Path) -> None:
     cache = tmp_path / "optima.json"
     cache.write_text("not json")
@@ -491,6 +494,7 @@ def test_label_quality_refuses_an_optimum_cache_it_did_not_write(tmp_path: Path)
     assert f"{cache} is not an optimum cache this script wrote" in done.stderr
 
 
+@pytest.mark.slow
 def test_label_quality_refuses_an_unknown_multi_token_method(tmp_path: Path) -> None:
     out = tmp_path / "table.md"
     done = subprocess.run(

@@ -86,6 +86,7 @@ def test_missing_column_is_an_error_before_work(tmp_path: Path, capsys: pytest.C
     assert code == 2 and "missing column(s) ['target']" in err
 
 
+@pytest.mark.slow
 def test_unlabelable_feature_is_named_or_skipped(
     trained_lm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -158,6 +159,7 @@ def test_unknown_discriminator_and_bad_template(
     assert code == 2 and "label slot {label}" in err
 
 
+@pytest.mark.slow
 def test_help_lists_the_options() -> None:
     out = subprocess.run([sys.executable, "-m", "labeler.cli", "label", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
@@ -189,6 +191,7 @@ def test_optimiser_defaults_follow_the_discriminator_kind(exemplars: Path, tmp_p
     assert optimiser("--discriminator", "hf:/m", "--straight-through").straight_through
 
 
+@pytest.mark.slow
 def test_harvest_import_and_a_runs_harvest_share_one_sampling_config() -> None:
     """One set of sampling defaults (HarvestConfig's), the same fields on `labeler harvest`, `labeler import
     delphi-cache` and a run config's harvest.sampling; harvest's short flags are aliases, listed in its help."""
@@ -229,6 +232,7 @@ def test_vocab_words_option(exemplars: Path, tmp_path: Path, capsys: pytest.Capt
     assert config.discriminator.vocab.words is not None and "animal" in config.discriminator.vocab.words
 
 
+@pytest.mark.slow
 def test_label_records_provenance_frequency_and_baseline(
     trained_lm: Path, exemplars: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -71,6 +71,7 @@ def test_other_schema_versions_are_refused_with_a_clear_message(
     assert err.startswith("labeler: error: ") and says in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_old_version_through_the_command_line_has_no_traceback(tmp_path: Path) -> None:
     write_version(tmp_path / "run", 1)
     done = subprocess.run(

@@ -42,6 +42,7 @@ def cache(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 def test_imported_rows_are_the_caches_own_values_and_the_run_labels_them(cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "imported"
     args = ["import", "delphi-cache", str(cache), "--model", str(cache / "tokenizer"), "--out", str(out)]

@@ -232,6 +232,7 @@ def test_the_picks_neighbours_are_the_nearest_other_tokens_by_cosine() -> None:
     assert _neighbours(embeddings, label_ids, 0).shape == (2, 2, 0)
 
 
+@pytest.mark.slow
 def test_the_priors_and_the_neighbours_tokens_each_better_a_barely_searched_label(
     disc: CausalLMDiscriminator, features: list[FeatureExemplars]
 ) -> None:
@@ -294,6 +295,7 @@ def test_successive_halving_keeps_the_best_restart(
         assert survivors == [int(first_kept[f, int(last_kept[f, 0])])]
 
 
+@pytest.mark.slow
 def test_pruned_search_gives_the_top_of_the_exhaustive_search(
     disc: CausalLMDiscriminator, features: list[FeatureExemplars]
 ) -> None:

@@ -10,6 +10,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import pytest
+
 from labeler.cli import build_parser
 from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.labelling import LabelConfig
@@ -45,6 +47,7 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
     return found
 
 
+@pytest.mark.slow
 def test_only_the_ray_adapter_and_the_cli_import_ray() -> None:
     """Import every other module in a fresh interpreter: `ray` must not be loaded."""
     names = [name for name in modules() if not name.startswith(RAY_ALLOWED) and not name.endswith("__main__")]

@@ -70,6 +70,7 @@ def _holder(sink: PartSink, expiry: float) -> tuple[subprocess.Popen[str], str]:
     return process, line.split()[1]
 
 
+@pytest.mark.slow
 def test_a_second_driver_is_refused_naming_the_holder_and_takes_over_once_it_stops_beating(
     run_folder: PartSink,
 ) -> None:

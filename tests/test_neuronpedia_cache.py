@@ -74,6 +74,7 @@ def export(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_imported_rows_are_the_exports_own_values_and_the_run_labels_them(export: Path, tmp_path: Path) -> None:
     out = tmp_path / "imported"
     assert main(["import", "neuronpedia", str(export), "--out", str(out)]) == 0

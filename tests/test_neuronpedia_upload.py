@@ -76,6 +76,7 @@ def upload(run: Path, *flags: str, key: str | None = KEY) -> subprocess.Complete
     return subprocess.run(command, env=env, cwd=run.parent, capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.slow
 def test_upload_sends_every_labelled_feature_in_batches_of_128(neuronpedia_server: Recorder, tmp_path: Path) -> None:
     recs = write_run(str(tmp_path / "run"), "run-a", n=320, chunk_size=100)
     (tmp_path / ".env").write_text("NEURONPEDIA_API_KEY=from-a-file\n")  # must not be read
@@ -112,6 +113,7 @@ def test_upload_sends_every_labelled_feature_in_batches_of_128(neuronpedia_serve
     assert f"uploaded {len(labelled)} features in {len(requests)} batch(es)" in result.stderr
 
 
+@pytest.mark.slow
 def test_upload_without_the_key_variable_fails_before_sending(neuronpedia_server: Recorder, tmp_path: Path) -> None:
     write_run(str(tmp_path / "run"), "run-a", n=5)
     (tmp_path / ".env").write_text("NEURONPEDIA_API_KEY=from-a-file\n")  # the client would load it; we do not
@@ -136,6 +138,7 @@ def test_an_exemplar_becomes_tokens_with_the_activation_on_its_target(
     assert (activation.tokens, activation.values) == (tokens, values)
 
 
+@pytest.mark.slow
 def test_upload_names_the_discriminator_by_its_name_never_its_folder(
     neuronpedia_server: Recorder, tmp_path: Path
 ) -> None:

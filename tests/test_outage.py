@@ -168,6 +168,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_run_folder_stops_the_run_naming_it_and_the_resume_finishes(
     small_disk: Path, data: dict[str, Path]
 ) -> None:

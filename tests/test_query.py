@@ -285,6 +285,7 @@ def test_query_runs_in_s3_joined_with_a_local_run(
     ]
 
 
+@pytest.mark.slow
 def test_the_command_reads_s3_with_the_usual_aws_variables(s3_env: dict[str, str], tmp_path: Path) -> None:
     """As a user runs it: a separate process, S3 settings from the environment only."""
     import s3fs

@@ -112,6 +112,7 @@ def _rows(out: Path) -> list[dict[str, object]]:
     return [{k: v for k, v in row.items() if k not in varying} for row in rows]
 
 
+@pytest.mark.slow
 @needs_minilm
 def test_a_killed_run_resumed_has_the_scores_of_an_uninterrupted_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -110,6 +110,7 @@ def test_the_words_just_outside_a_category_are_its_nearest_ancestors_other_membe
     assert sum(word in near for word in inactive) >= 50
 
 
+@pytest.mark.slow
 def test_training_asks_about_every_category_and_the_words_just_outside_it() -> None:
     """Half the LM's questions start from a category drawn uniformly, so a small category is asked about about as
     often as a large one (from words alone, a tenth of the bench's categories had under 210 yes-questions of 1.9
