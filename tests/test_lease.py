@@ -201,6 +201,12 @@ def _once(out: Path) -> None:
     assert_each_feature_once(PartSink(str(out)), N_FEATURES)
 
 
+def _holds(out: Path, pid: int) -> bool:
+    """Whether the driver of process `pid` holds the run's lease (the newest generation, not released)."""
+    newest = RunLease(PartSink(str(out)), 60.0).newest()
+    return newest is not None and newest.pid == pid and newest.released is None
+
+
 def _snapshot(out: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(out)): (p.stat().st_ino, p.stat().st_size) for p in out.rglob("*") if p.is_file()}
 
@@ -217,7 +223,7 @@ def test_two_resumes_of_one_run_the_second_is_refused_at_once(data: dict[str, Pa
     assert started.wait(timeout=300) == 130
     first = _labeler("label", *_flags(data, out), "--resume")
     try:
-        _wait(lambda: (out / "lease").is_dir() and any((out / "lease").iterdir()), first, "a lease")
+        _wait(lambda: _holds(out, first.pid), first, "the resuming driver's lease")  # not the interrupted one's
         first.send_signal(
             signal.SIGSTOP
         )  # holds its lease (alive, its heartbeat younger than the expiry) until SIGCONT
