@@ -51,8 +51,9 @@ bench: install
 
 # The GPU machine's stack on a CPU: a second virtual environment with the GPU image's transformers and tokenizers
 # (torch: the CPU wheel, pinned as above) runs benchmarks/gpu_suite.sh's tiny shape and the discriminator and engine
-# tests, so a transformers version cannot break the suite the day a GPU is lent. Lean: the project without its
-# dependencies, and only what those tests import; the suite's env.json says whether the project's pins admit them.
+# tests (not the slow ones: they repeat the fast ones' calls into transformers at more features and steps), so a
+# transformers version cannot break the suite the day a GPU is lent. Lean: the project without its dependencies,
+# and only what those tests import; the suite's env.json says whether the project's pins admit them.
 DEVICE_VENV ?= .venv-device
 DEVICE_BIN := $(DEVICE_VENV)/bin
 DEVICE_STACK := "transformers==5.17.0" "tokenizers==0.23.2"
@@ -79,4 +80,4 @@ test-device-stack: $(DEVICE_VENV)/.installed
 		bash benchmarks/gpu_suite.sh $(DEVICE_OUT)
 	$(DEVICE_BIN)/python -c 'import json, sys; pins = json.load(open("$(DEVICE_OUT)/env.json"))["project_pins"]; \
 		sys.exit(None if all(p["met"] for p in pins.values()) else f"the project pins exclude this stack: {pins}")'
-	$(DEVICE_BIN)/python -m pytest -q $(DEVICE_TESTS)
+	$(DEVICE_BIN)/python -m pytest -q -m "not slow" $(DEVICE_TESTS)

@@ -205,7 +205,8 @@ def test_gpu_engine_counts_tokens_and_flops_by_its_formula(monkeypatch: pytest.M
 @pytest.mark.slow
 def test_gpu_suite_measures_the_default_beside_the_papers_method(tmp_path: Path) -> None:
     """The suite's tiny shape on the CPU, as the GPU machine runs it: gpu_engine's lines (the kind's default, the
-    paper's soft label batched and in its loop), their relations, the side-by-side table, the profile, suite.json."""
+    paper's soft label batched and in its loop), their relations, the side-by-side table, the profile, suite.json.
+    About a minute here: the GPU suite is run nowhere else before a GPU is lent."""
     from labeler.discriminators.config import default_optimiser
     from labeler.optimise.config import OptimiserConfig
 
@@ -343,7 +344,8 @@ def test_each_kinds_default_optimiser_is_one_value_in_the_manifest_gpu_engine_an
 def test_label_quality_rows_obey_what_their_columns_mean(tmp_path: Path) -> None:
     """One paper feature with minilm, discrete search at L = 1 and the soft label at L = 2: the label's training AUROC
     cannot beat the exhaustive single-token optimum on the same examples at L = 1, the shares are shares, and the
-    Markdown table holds the rows."""
+    Markdown table holds the rows. About a minute here (minilm over a real feature's examples, both methods): the
+    check that the quality table's columns mean what its header says."""
     pytest.importorskip(MINILM_PACKAGE)
     if not PAPER_ROOT.is_dir():
         pytest.skip(f"the paper's datasets are not at {PAPER_ROOT}")

@@ -38,7 +38,9 @@ def exemplars(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_label_recovers_the_concepts(trained_lm: Path, exemplars: Path, tmp_path: Path) -> None:
-    """The honest convergence test: each feature fires on one concept's members; the label should name it."""
+    """The honest convergence test: each feature fires on one concept's members; the label should name it. About a
+    minute here with its fixture (a tiny LM trained on the concepts): the one end-to-end check that the command line
+    finds concepts."""
     out = tmp_path / "run"
     status = subprocess.run(
         [

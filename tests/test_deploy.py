@@ -1045,7 +1045,8 @@ def test_local_cluster_runs_the_runbooks_job_on_the_demo(
     local_ray_cluster: tuple[str, dict[str, str]], tmp_path: Path
 ) -> None:
     """The runbook's local path: `ray job submit --address ... --working-dir . -- labeler run --config
-    deploy/config/run.local.yaml` (output moved to tmp) harvests the demo SAE and labels its features."""
+    deploy/config/run.local.yaml` (output moved to tmp) harvests the demo SAE and labels its features. About
+    1.5 minutes here: the one check that the runbook's own commands and config work as written."""
     address, env = local_ray_cluster
     out = tmp_path / "run"
     run = f"labeler run --config deploy/config/run.local.yaml --out {out} --no-progress"

@@ -108,6 +108,8 @@ def test_gangs_land_one_bundle_per_fake_gpu(cluster: RayCluster, data: dict[str,
 def test_two_gangs_label_every_feature_once_and_a_killed_rank_is_rebuilt(
     cluster: RayCluster, data: dict[str, Path], tmp_path: Path
 ) -> None:
+    """Two tensor-parallel gangs label every feature once; a follower rank killed mid-chunk gets its gang rebuilt and
+    the chunk retried. About 1.5 minutes here: the one test of a sharded discriminator losing a rank on Ray."""
     out = tmp_path / "run"
     driver = _driver(cluster, "--config", str(_config(data, out, steps=12)))
     sink = PartSink(str(out))

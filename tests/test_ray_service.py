@@ -144,6 +144,10 @@ def test_fractional_gpus_land_as_configured(tmp_path: Path) -> None:
 def test_job_submit_labels_every_feature_once_and_workers_export_metrics(
     cluster: RayCluster, data: dict[str, Path], tmp_path: Path
 ) -> None:
+    """The production path end to end: `ray job submit` of `labeler run` on a `ray start` cluster labels every
+    feature once, and a worker's /metrics (found through the targets file the driver writes) serves the labelling
+    series while the job runs. About 2-3 minutes here: 30 steps keep the job running long enough to scrape a worker
+    after its first chunk; the one test of the job path and of live worker metrics."""
     out = tmp_path / "run"
     config = _config(data, str(out), tmp_path, steps=30)
     command = [sys.executable, "-m", "labeler.cli", "run", "--no-progress", "--config", str(config)]
@@ -387,6 +391,9 @@ def _cmdline(pid: int) -> list[str]:
 def test_ctrl_c_drains_and_a_killed_driver_resumes_without_rewriting_committed_parts(
     cluster: RayCluster, data: dict[str, Path], tmp_path: Path
 ) -> None:
+    """Ctrl-C drains (chunks in flight committed, exit 130), a SIGKILLed driver's run resumes, and no committed part
+    is rewritten. About 2 minutes here: three drivers over one run, each long enough to be stopped mid-run; the one
+    test of the interrupt path on a real cluster."""
     out = tmp_path / "run"
     sink = PartSink(str(out))
     # Ctrl-C: the chunks in flight finish and are committed, nothing else is sent; exit status 130.
