@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
+from labeler.errors import InputError
 
 Style = Literal["colwise", "rowwise"]
 
@@ -50,7 +51,7 @@ MEGATRON_PLAN: dict[str, Style] = {
 """The plan for a model whose config carries none (module names relative to the base model)."""
 
 
-class TensorParallelError(ValueError):
+class TensorParallelError(InputError):
     """A model that cannot be split over this many ranks, or a plan this module cannot apply."""
 
 

@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 
 from labeler.discriminators.base import Discriminator, EncodedExamples
+from labeler.errors import ConfigError
 from labeler.optimise.confidence import Confidence, Signals, calibration, judge, read_calibration, signals
 from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.engine import optimise
@@ -55,16 +56,16 @@ class LabelConfig:
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.active_threshold):
-            raise ValueError(
+            raise ConfigError(
                 f"active_threshold must be a finite number, got {self.active_threshold}: an activation above it "
                 "counts as active"
             )
         if not 0 < self.heldout_fraction < 1:
-            raise ValueError(f"heldout_fraction must lie strictly between 0 and 1, got {self.heldout_fraction}")
+            raise ConfigError(f"heldout_fraction must lie strictly between 0 and 1, got {self.heldout_fraction}")
         if self.features_per_batch < 1:
-            raise ValueError(f"features_per_batch must be at least 1, got {self.features_per_batch}")
+            raise ConfigError(f"features_per_batch must be at least 1, got {self.features_per_batch}")
         if self.token_share is not None and not 0 < self.token_share <= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"token_share must lie in (0, 1] (a share of the activation) or be null, got {self.token_share}"
             )
 
