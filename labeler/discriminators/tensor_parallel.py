@@ -58,9 +58,9 @@ class TensorParallelError(InputError):
 class RankLostError(Exception):
     """A collective over the gang's process group failed: a peer rank is gone (killed, or its node lost).
 
-    Not a RuntimeError, which is what gloo and NCCL raise: the labelling loop records those as the failure of the
-    features it was labelling, while this one is no feature's fault and reaches the pool, which rebuilds the gang
-    and retries the chunk."""
+    Not a RuntimeError, which is what gloo and NCCL raise (and torch.OutOfMemoryError is, which the labelling loop
+    records as the failure of the features it was labelling): this one is no feature's fault and reaches the pool,
+    which rebuilds the gang and retries the chunk."""
 
 
 @contextlib.contextmanager

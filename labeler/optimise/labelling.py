@@ -1,8 +1,9 @@
 """Label a chunk of features with one discriminator: split, encode, optimise, record.
 
 This is the unit of work that the CLI runs locally and that distributed workers run per chunk. A
-feature that cannot be labelled becomes a record with a status and a reason; it never takes the other
-features of its chunk down with it.
+feature that cannot be labelled (its examples, a FeatureError, or device memory) becomes a record with a status
+and a reason; it never takes the other features of its chunk down with it. Any other exception is a bug and
+propagates.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
+import torch
 
 from labeler.discriminators.base import Discriminator, EncodedExamples
-from labeler.errors import ConfigError
+from labeler.errors import ConfigError, FeatureError
 from labeler.optimise.confidence import Confidence, Signals, calibration, judge, read_calibration, signals
 from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.engine import optimise
@@ -127,7 +129,8 @@ def _label_batch(
     config: LabelConfig,
     on_step: Callable[[int, int], None] | None = None,
 ) -> list[LabelRecord]:
-    """Optimise features together; if the batch breaks, retry each alone so the failure stays with its feature."""
+    """Optimise features together; if the batch breaks on a feature's data (FeatureError) or runs out of device
+    memory, retry each alone so the failure stays with its feature. Any other exception is a bug and propagates."""
     start = time.perf_counter()
     try:
         contexts, targets, tasks = prepare_tasks(features, config)
@@ -141,7 +144,7 @@ def _label_batch(
             for task, label in zip(tasks, labels, strict=True)
         ]
         baselines = [_baseline(disc, encoded, task, config) for task in tasks]
-    except (RuntimeError, ValueError, IndexError) as err:
+    except (FeatureError, torch.OutOfMemoryError) as err:
         if len(features) == 1:
             return [_record(features[0], config, status="failed", error=f"{type(err).__name__}: {err}")]
         return [record for examples in features for record in _label_batch(disc, [examples], config)]
