@@ -54,6 +54,11 @@ def _later_part_lacks_target(folder: Path) -> Path:
     return parts
 
 
+def _not_parquet(folder: Path) -> Path:
+    (folder / "e.parquet").write_text("not Parquet")
+    return folder / "e.parquet"
+
+
 GOOD = _jsonl(ROWS)
 CASES = [
     ("numeric-string feature", _jsonl([*ROWS[:3], {**ROWS[3], "feature": "1"}]), [], r"line 4, column 'feature'"),
@@ -70,6 +75,7 @@ CASES = [
         r"wrong type \(feature: string\)",
     ),
     ("later Parquet part", _later_part_lacks_target, [], r"part-00001.parquet: missing column\(s\) \['target'\]"),
+    ("not Parquet", _not_parquet, [], r"cannot read .*e.parquet: .*Parquet magic bytes not found"),
     ("lr inf", GOOD, ["--lr", "inf"], "lr must be a finite number, got inf"),
     ("lr nan", GOOD, ["--lr", "nan"], "lr must be a finite number, got nan"),
     ("c-kl inf", GOOD, ["--c-kl", "inf"], "c_kl must be a finite number, got inf"),
@@ -107,6 +113,17 @@ def test_label_refuses_bad_input_before_work(
     assert code == 2, err
     assert err.startswith("labeler: error:") and re.search(message, err), err
     assert _snapshot(tmp_path) == before and not out.exists()
+
+
+def test_label_refuses_a_url_of_an_unknown_protocol(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    exemplars = GOOD(tmp_path)
+    for given in (
+        ["--exemplars", "nosuch://bucket/e.parquet", "--out", str(tmp_path / "out")],
+        ["--exemplars", str(exemplars), "--out", "nosuch://bucket/run"],
+    ):
+        assert main(["label", *given, "--discriminator", "hf:/nowhere"]) == 2
+        assert "labeler: error: cannot open nosuch://bucket/" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(

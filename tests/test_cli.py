@@ -287,3 +287,24 @@ def test_an_output_that_cannot_be_written_is_named_without_a_traceback(
     export = ["export", "--data", str(tmp_path / "run"), "--format", "jsonl", "--out", str(blocker / "x.jsonl")]
     code, err = run_cli(export, capsys)
     assert code == 1 and err.startswith("labeler: error:") and str(blocker) in err
+
+
+def test_a_bare_value_error_is_a_bug_and_an_input_error_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """main() prints an InputError (a domain error) and exits 2, but lets a plain ValueError (a bug) propagate."""
+    from labeler.cli import demo
+    from labeler.errors import ConfigError
+
+    def raises(error: Exception) -> None:
+        def run(args: object) -> int:
+            raise error
+
+        monkeypatch.setattr(demo, "run_demo", run)
+
+    raises(ConfigError("workers.count must be at least 1, got 0"))
+    code, err = run_cli(["demo"], capsys)
+    assert code == 2 and err == "labeler: error: workers.count must be at least 1, got 0\n"
+    raises(ValueError("operands could not be broadcast together"))
+    with pytest.raises(ValueError, match="could not be broadcast"):
+        main(["demo"])

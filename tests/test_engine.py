@@ -13,6 +13,7 @@ import torch
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
 from labeler.discriminators.vocab import VocabFilter
+from labeler.errors import FeatureError
 from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.exhaustive import exhaustive_search
 from labeler.optimise.labelling import LabelConfig, label_chunk, prepare_tasks
@@ -49,14 +50,14 @@ def test_optimiser_finds_the_exhaustive_optimum(disc: CausalLMDiscriminator, fea
 
 
 def test_a_feature_that_breaks_fails_alone(tokenizer: object) -> None:
-    """An error inside the batch (here the discriminator refusing one feature's text) fails only that feature; a
-    text longer than the model takes is cut (labeler/discriminators/causal_lm.py) and its feature labelled."""
+    """A FeatureError inside the batch (here the discriminator refusing one feature's text) fails only that feature;
+    a text longer than the model takes is cut (labeler/discriminators/causal_lm.py) and its feature labelled."""
     from conftest import tiny_gpt2, word_tokenizer
 
     class Refusing(CausalLMDiscriminator):
         def encode(self, contexts: Sequence[str], targets: Sequence[str]) -> Any:
             if any("refused" in context for context in contexts):
-                raise RuntimeError("this text is refused")
+                raise FeatureError("this text is refused")
             return super().encode(contexts, targets)
 
     tok = word_tokenizer()
@@ -69,10 +70,30 @@ def test_a_feature_that_breaks_fails_alone(tokenizer: object) -> None:
     records = label_chunk(disc, [good[0], bad, good[1]], config)
     assert [r.feature for r in records] == [0, 1, 2]
     assert [r.status for r in records] == ["labelled", "failed", "labelled"]
-    assert records[1].error and "RuntimeError: this text is refused" in records[1].error
+    assert records[1].error and "FeatureError: this text is refused" in records[1].error
     assert records[1].label is None
     long_text = FeatureExemplars(3, (*texts[:3], " ".join(["the dog"] * 200)), words, np.array([1.0, 1.0, 0.0, 0.0]))
     assert [r.status for r in label_chunk(disc, [good[0], long_text], config)] == ["labelled", "labelled"]
+
+
+def test_a_bug_in_the_labelling_propagates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An IndexError from a bug is raised out of label_chunk (a traceback), not recorded as a failed feature."""
+    from conftest import tiny_gpt2, word_tokenizer
+
+    from labeler.optimise import labelling
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise IndexError("index 9 is out of bounds")
+
+    monkeypatch.setattr(labelling, "optimise", broken)
+    tok = word_tokenizer()
+    disc = CausalLMDiscriminator(tiny_gpt2(len(tok)), tok, CausalLMConfig(model="tiny"))
+    texts = ("the dog ran", "a red apple", "the big hammer", "a cow")
+    features = [
+        FeatureExemplars(f, texts, ("dog", "apple", "hammer", "cow"), np.array([1.0, 1.0, 0.0, 0.0])) for f in (0, 1)
+    ]
+    with pytest.raises(IndexError, match="out of bounds"):
+        label_chunk(disc, features, LabelConfig(heldout_fraction=0.4))
 
 
 def test_rescoring_candidates_are_each_restarts_argmax_and_single_slot_swaps() -> None:

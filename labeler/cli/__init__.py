@@ -14,7 +14,7 @@ from labeler import __version__
 from labeler.cli import demo, harvest, importing, labelling, plan, score, store, testbed, upload, wordnet
 from labeler.cli.errors import UsageError
 from labeler.cli.storage_errors import storage_error_message
-from labeler.records.exemplars import ExemplarError
+from labeler.errors import InputError
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             if message is None:
                 raise
             raise UsageError(message) from err
-    except (UsageError, ExemplarError, ValueError) as err:
+    except (UsageError, InputError) as err:  # a ValueError that is no InputError is a bug: its traceback shows
         print(f"labeler: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a file or folder that cannot be read or written; storage errors were retried already

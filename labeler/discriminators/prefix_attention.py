@@ -27,6 +27,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from labeler.errors import FeatureError
+
 NAME = "labeler_shared_prefix"
 
 
@@ -93,7 +95,7 @@ def shared_prefix_attention(
     # window cuts nothing as long as the longest prefix and one suffix fit in it, however many suffixes are packed.
     window = kwargs.get("sliding_window")
     if window is not None and prefix_len + length > window:
-        raise ValueError(
+        raise FeatureError(
             f"the longest example prefix ({prefix_len} tokens) and the {length}-token suffix (label and end of the "
             f"question) exceed the model's sliding window of {window} tokens: shorten the example texts or the "
             "prompt template, or use fewer label tokens"

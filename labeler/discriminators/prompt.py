@@ -10,6 +10,8 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 
+from labeler.errors import ConfigError
+
 PAPER_SYSTEM = (
     "You assess whether a given word from some text represents a specified concept. "
     'Answer "Rating: 1" if it does and "Rating: 0" if it does not.'
@@ -23,7 +25,7 @@ def template_fields(template: str, setting: str) -> list[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as err:
-        raise ValueError(
+        raise ConfigError(
             f"{setting} is not a valid template ({err}): write a literal brace twice, {{{{ or }}}}; got {template!r}"
         ) from err
     names: list[str] = []
@@ -49,17 +51,17 @@ class PromptTemplate:
     def __post_init__(self) -> None:
         fields = template_fields(self.user, "prompt template")
         if fields.count("label") != 1:
-            raise ValueError(
+            raise ConfigError(
                 f"prompt template must contain the label slot {{label}} exactly once; found it "
                 f"{fields.count('label')} times in: {self.user!r}"
             )
         unknown = sorted(set(fields) - {"text", "word", "label"})
         if unknown:
-            raise ValueError(f"prompt template has unknown fields {unknown}; allowed: {{text}}, {{word}}, {{label}}")
+            raise ConfigError(f"prompt template has unknown fields {unknown}; allowed: {{text}}, {{word}}, {{label}}")
         label_at = fields.index("label")
         for name in ("text", "word"):
             if name in fields[label_at:]:
-                raise ValueError(
+                raise ConfigError(
                     f"prompt template must place {{{name}}} before {{label}}, so that the example's prefix "
                     f"can be cached: {self.user!r}"
                 )

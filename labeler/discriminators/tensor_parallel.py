@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
+from labeler.errors import InputError
 
 Style = Literal["colwise", "rowwise"]
 
@@ -50,16 +51,16 @@ MEGATRON_PLAN: dict[str, Style] = {
 """The plan for a model whose config carries none (module names relative to the base model)."""
 
 
-class TensorParallelError(ValueError):
+class TensorParallelError(InputError):
     """A model that cannot be split over this many ranks, or a plan this module cannot apply."""
 
 
 class RankLostError(Exception):
     """A collective over the gang's process group failed: a peer rank is gone (killed, or its node lost).
 
-    Not a RuntimeError, which is what gloo and NCCL raise: the labelling loop records those as the failure of the
-    features it was labelling, while this one is no feature's fault and reaches the pool, which rebuilds the gang
-    and retries the chunk."""
+    Not a RuntimeError, which is what gloo and NCCL raise (and torch.OutOfMemoryError is, which the labelling loop
+    records as the failure of the features it was labelling): this one is no feature's fault and reaches the pool,
+    which rebuilds the gang and retries the chunk."""
 
 
 @contextlib.contextmanager

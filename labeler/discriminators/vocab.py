@@ -12,6 +12,8 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
+from labeler.errors import ConfigError, InputError
+
 
 @dataclass(frozen=True)
 class VocabFilter:
@@ -31,7 +33,7 @@ class VocabFilter:
 
     def __post_init__(self) -> None:
         if self.min_chars < 1:
-            raise ValueError(f"min_chars must be at least 1, got {self.min_chars}")
+            raise ConfigError(f"min_chars must be at least 1, got {self.min_chars}")
 
     def keeps(self, piece: str) -> bool:
         """Whether a decoded token text passes the filter."""
@@ -56,7 +58,7 @@ def allowed_token_ids(tokenizer: PreTrainedTokenizerBase, vocab_size: int, rule:
     allowed = [i for i, piece in enumerate(pieces) if i not in special and rule.keeps(piece)]
     if not allowed:
         words = "" if rule.words is None else f" with a list of {len(rule.words)} words"
-        raise ValueError(
+        raise ConfigError(
             f"the vocabulary filter (alphabetic={rule.alphabetic}, min_chars={rule.min_chars}, "
             f"leading_space={rule.leading_space}){words} leaves no token of this tokenizer; loosen it"
         )
@@ -74,8 +76,8 @@ def read_word_list(spec: str) -> frozenset[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read the word list {path}: {err}") from err
+        raise InputError(f"cannot read the word list {path}: {err}") from err
     words = frozenset(line.split("\t", 1)[0].strip().lower() for line in lines if line.strip() and line[0] != "#")
     if not words:
-        raise ValueError(f"the word list {path} holds no words")
+        raise InputError(f"the word list {path} holds no words")
     return words

@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
+from labeler.errors import InputError
+
 # Pointer symbols of WordNet's data files (wndb(5WN)): hyponym and instance hyponym.
 _HYPONYM_POINTERS = ("~", "~i")
 CATEGORY_NOUNS_RESOURCE = "data/category_nouns.txt"
@@ -57,7 +59,7 @@ def category_nouns(data_noun: Path, min_kinds: int = 5) -> dict[str, int]:
 
 def _noun_synsets(data_noun: Path) -> Iterator[tuple[str, list[str], list[tuple[str, str]]]]:
     """Each synset of WordNet's data.noun: its offset, its words as written, and its (pointer symbol, target offset)
-    pairs to other nouns. ValueError when the file holds none."""
+    pairs to other nouns. InputError when the file holds none."""
     found = False
     with open(data_noun, encoding="latin-1") as lines:
         for line in lines:
@@ -75,7 +77,7 @@ def _noun_synsets(data_noun: Path) -> Iterator[tuple[str, list[str], list[tuple[
             found = True
             yield offset, words, pointers
     if not found:
-        raise ValueError(f"{data_noun} holds no WordNet noun synsets; pass wordnet-base's data.noun")
+        raise InputError(f"{data_noun} holds no WordNet noun synsets; pass wordnet-base's data.noun")
 
 
 def _descendants(hyponyms: dict[str, list[str]]) -> Callable[[str], frozenset[str]]:

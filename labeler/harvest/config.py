@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from labeler.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -33,10 +35,10 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.quantiles < 1:
-            raise ValueError(f"quantiles must be at least 1, got {self.quantiles}")
+            raise ConfigError(f"quantiles must be at least 1, got {self.quantiles}")
         for name in ("top_examples", "quantile_examples", "reservoir", "inactive_examples", "min_active_tokens"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,10 @@ class HarvestConfig:
     def __post_init__(self) -> None:
         for name in ("context_len", "batch_size", "features_per_part", "max_document_bytes"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.sae_format not in ("auto", "sae-lens", "sparsify", "gemma-scope"):
-            raise ValueError(f"sae_format must be auto, sae-lens, sparsify or gemma-scope, got {self.sae_format!r}")
+            raise ConfigError(f"sae_format must be auto, sae-lens, sparsify or gemma-scope, got {self.sae_format!r}")
         if self.tokens is not None and self.tokens < 1:
-            raise ValueError(f"tokens must be at least 1 (or None for the whole corpus), got {self.tokens}")
+            raise ConfigError(f"tokens must be at least 1 (or None for the whole corpus), got {self.tokens}")
         if self.features is not None and (not self.features or min(self.features) < 0):
-            raise ValueError("features must be a non-empty tuple of feature ids >= 0")
+            raise ConfigError("features must be a non-empty tuple of feature ids >= 0")

@@ -25,14 +25,18 @@ from pathlib import Path
 
 import fsspec
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from transformers import PreTrainedTokenizerBase
+
+from labeler.errors import ConfigError, InputError
+from labeler.records.storage import url_to_fs
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".ndjson", ".parquet")
 COMPRESSIONS = (".gz", ".bz2", ".xz")
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """The corpus cannot be read as documents; the message names the file, the line and what to fix."""
 
 
@@ -52,7 +56,7 @@ class WindowBatch:
 
 def corpus_files(path: str) -> list[str]:
     """The files of a corpus in reading order, or [path] for a saved `datasets` folder."""
-    fs, root = fsspec.core.url_to_fs(path)
+    fs, root = url_to_fs(path)
     if not fs.exists(root):
         raise CorpusError(f"corpus not found: {path}")
     if fs.isdir(root):
@@ -121,7 +125,7 @@ def iter_windows(
     head = window_head(tokenizer)
     body = context_len - len(head)
     if body < 1:
-        raise ValueError(f"context_len must be at least {len(head) + 1}, got {context_len}")
+        raise ConfigError(f"context_len must be at least {len(head) + 1}, got {context_len}")
 
     stream: list[int] = []  # token ids not yet in a window; kept shorter than one batch of windows
     valid_stream: list[bool] = []
@@ -243,7 +247,10 @@ def _json_text(line: str, file: str, number: int, text_column: str) -> str:
 
 def _parquet_documents(file: str, text_column: str) -> Iterator[str]:
     with fsspec.open(file, "rb") as f:
-        parquet = pq.ParquetFile(f)
+        try:
+            parquet = pq.ParquetFile(f)
+        except pa.ArrowInvalid as err:  # a file that is not Parquet
+            raise CorpusError(f"{file}: not a Parquet file ({err})") from err
         if text_column not in parquet.schema_arrow.names:
             raise CorpusError(f"{file}: no column {text_column!r} (columns: {parquet.schema_arrow.names})")
         for batch in parquet.iter_batches(columns=[text_column], batch_size=1024):

@@ -15,13 +15,14 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labeler import __version__
+from labeler.errors import InputError
 from labeler.records.schema import FEATURE_SCHEMA, HARVEST_SCHEMA_VERSION
+from labeler.records.storage import url_to_fs
 
 UNKNOWN_COUNTS = ("active_tokens", "frequency", "mean_active_activation")
 """FEATURE_SCHEMA columns an import may leave null: what the source did not record."""
@@ -31,7 +32,7 @@ IMPORT_FEATURE_SCHEMA = pa.schema(
 )
 
 
-class ImportSourceError(ValueError):
+class ImportSourceError(InputError):
     """The input of an import is missing or not in the expected layout; the message says what to fix."""
 
 
@@ -70,7 +71,7 @@ IMPORT_OUTPUTS = ("exemplars", "features.parquet", "manifest.json")
 
 def names_in(out: str, storage_options: dict[str, Any] | None = None) -> set[str] | None:
     """The names an out folder holds now, or None where it does not exist (before an import: see `discard`)."""
-    fs, root = fsspec.core.url_to_fs(out, **dict(storage_options or {}))
+    fs, root = url_to_fs(out, storage_options)
     if not fs.isdir(root):
         return None
     return {str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)}
@@ -79,7 +80,7 @@ def names_in(out: str, storage_options: dict[str, Any] | None = None) -> set[str
 def discard(out: str, before: set[str] | None, storage_options: dict[str, Any] | None = None) -> None:
     """Remove what a failed import wrote: its outputs that `out` did not hold `before` (names_in's answer then),
     and the folder itself where the import created it and nothing else is in it; so the same command can run again."""
-    fs, root = fsspec.core.url_to_fs(out, **dict(storage_options or {}))
+    fs, root = url_to_fs(out, storage_options)
     for name in IMPORT_OUTPUTS:
         if name not in (before or set()) and fs.exists(f"{root}/{name}"):
             fs.rm(f"{root}/{name}", recursive=True)
@@ -92,7 +93,7 @@ class PartWriter:
 
     def __init__(self, out: str, storage_options: dict[str, Any] | None = None) -> None:
         self.out = out
-        self.fs, self.root = fsspec.core.url_to_fs(out, **dict(storage_options or {}))
+        self.fs, self.root = url_to_fs(out, storage_options)
         exemplars = f"{self.root}/exemplars"
         holds = self.fs.isdir(exemplars) and self.fs.ls(exemplars, detail=False)  # an empty folder holds none
         if self.fs.exists(f"{self.root}/manifest.json") or holds or self.fs.isfile(exemplars):

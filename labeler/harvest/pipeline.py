@@ -30,20 +30,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from labeler import __version__
+from labeler.errors import InputError
 from labeler.harvest.config import HarvestConfig
-from labeler.harvest.corpus import check_corpus, iter_documents, iter_windows, window_head
+from labeler.harvest.corpus import CorpusError, check_corpus, iter_documents, iter_windows, window_head
 from labeler.harvest.sae_source import FeatureSource, SourceError, load_source
 from labeler.harvest.select import quantile_picks, selected_features
 from labeler.harvest.stats import FeatureStats
 from labeler.harvest.texts import Texts
 from labeler.records.schema import EXEMPLAR_ROW_SCHEMA, FEATURE_SCHEMA, HARVEST_SCHEMA_VERSION
+from labeler.records.storage import url_to_fs
 from labeler.run.runtime import keep_freed_memory
 
 Progress = Callable[[int, int], None]
@@ -98,10 +99,10 @@ def harvest(
 
     `storage_options` are fsspec's for `config.out` (e.g. {"endpoint_url": ...} for an S3 that is not AWS's);
     they are not stored in the manifest, as they may hold credentials."""
-    fs, root = fsspec.core.url_to_fs(config.out, **dict(storage_options or {}))
+    fs, root = url_to_fs(config.out, storage_options)
     held = [name for name in ("manifest.json", "exemplars", "features.parquet") if fs.exists(f"{root}/{name}")]
     if held:
-        raise ValueError(
+        raise InputError(
             f"{config.out} already holds {', '.join(held)} (a harvest's or a run's names); a harvest never writes over "
             "them: choose a new --out"
         )
@@ -116,7 +117,7 @@ def harvest(
         window_file, valid_file = Path(scratch) / "windows.int32", Path(scratch) / "valid.bits"
         stats, tokens, windows = _stream(config, source, features, window_file, valid_file, characters, progress)
         if tokens == 0:
-            raise ValueError(f"corpus {config.corpus} yields no tokens")
+            raise CorpusError(f"corpus {config.corpus} yields no tokens")
         if stats.skipped_tokens:
             warnings.warn(
                 f"{stats.skipped_tokens:,} of {tokens:,} tokens were left out: every SAE latent was NaN or infinite "

@@ -29,11 +29,13 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from labeler.errors import InputError
+
 SAEFormat = Literal["auto", "sae-lens", "sparsify", "gemma-scope"]
 FORMATS: tuple[str, ...] = ("auto", "sae-lens", "sparsify", "gemma-scope")
 
 
-class SAEFormatError(ValueError):
+class SAEFormatError(InputError):
     """The SAE's files cannot be read as the format asked for (or as any known one); the message says what to fix."""
 
 

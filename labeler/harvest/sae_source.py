@@ -32,12 +32,13 @@ from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from labeler.discriminators.base import resolve_device
+from labeler.errors import InputError
 from labeler.harvest.sae_formats import Encoder, SAEFormatError, load_encoder
 
 RESID = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """The SAE, the model or the hook cannot be used together; the message says what to fix."""
 
 

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from labeler.errors import ConfigError
 from labeler.harvest.config import HarvestConfig, SamplingConfig
 
 
@@ -18,7 +19,7 @@ def selected_features(config: HarvestConfig, d_sae: int) -> np.ndarray:
         return np.arange(d_sae)
     bad = [f for f in config.features if f >= d_sae]
     if bad:
-        raise ValueError(f"features {bad[:5]} do not exist: the SAE has {d_sae} features (0..{d_sae - 1})")
+        raise ConfigError(f"features {bad[:5]} do not exist: the SAE has {d_sae} features (0..{d_sae - 1})")
     return np.array(sorted(set(config.features)))
 
 

@@ -20,6 +20,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from labeler.discriminators.causal_lm import CausalLMConfig, CausalLMDiscriminator
+from labeler.errors import ConfigError
 from labeler.judge.examples import JudgeExamples
 from labeler.judge.records import LabelKind, Score, score_record
 
@@ -90,9 +91,9 @@ class DetectionConfig:
         try:
             self.question.format(label="", text="")
         except (KeyError, IndexError, ValueError) as err:
-            raise ValueError(f"detection question may use only {{label}} and {{text}}: {err}") from err
+            raise ConfigError(f"detection question may use only {{label}} and {{text}}: {err}") from err
         if self.batch < 1:
-            raise ValueError(f"detection batch must be at least 1, got {self.batch}")
+            raise ConfigError(f"detection batch must be at least 1, got {self.batch}")
 
 
 class DetectionJudge:
@@ -110,7 +111,7 @@ class DetectionJudge:
     def from_spec(cls, spec: str, config: DetectionConfig | None = None, device: str = "auto") -> DetectionJudge:
         """A judge from `hf:DIR`, loaded as a causal-LM discriminator would be."""
         if not spec.startswith("hf:"):
-            raise ValueError(f"the detection scorer needs a causal LM judge hf:MODEL_DIR, got {spec!r}")
+            raise ConfigError(f"the detection scorer needs a causal LM judge hf:MODEL_DIR, got {spec!r}")
         disc = CausalLMDiscriminator.from_config(CausalLMConfig(model=spec[3:], device=device))
         return cls(disc.model, disc.tokenizer, config or DetectionConfig(), disc.name)
 
@@ -166,5 +167,5 @@ class DetectionJudge:
     def _single_token(self, text: str) -> int:
         ids = self.tokenizer(text, add_special_tokens=False).input_ids
         if len(ids) != 1:
-            raise ValueError(f"the detection answer {text!r} must be one token of the judge's tokenizer; it is {ids}")
+            raise ConfigError(f"the detection answer {text!r} must be one token of the judge's tokenizer; it is {ids}")
         return int(ids[0])

@@ -13,6 +13,7 @@ import torch
 
 from labeler.discriminators.config import build_discriminator, parse_spec
 from labeler.discriminators.embedding import EmbeddingConfig, EmbeddingDiscriminator
+from labeler.errors import ConfigError
 from labeler.judge.examples import JudgeExamples
 from labeler.judge.records import LabelKind, Score, score_record
 
@@ -31,7 +32,7 @@ class EmbeddingJudge:
     def from_spec(cls, spec: str, device: str = "auto") -> EmbeddingJudge:
         """A judge from `minilm` or `embedding:DIR`."""
         if not (spec == "minilm" or spec.startswith("embedding:")):
-            raise ValueError(f"the embedding scorer needs a sentence encoder judge (minilm, embedding:DIR): {spec!r}")
+            raise ConfigError(f"the embedding scorer needs a sentence encoder judge (minilm, embedding:DIR): {spec!r}")
         config = EmbeddingConfig(**parse_spec(spec), example_template="{text}", device=device)  # type: ignore[arg-type]
         encoder = build_discriminator(config)
         assert isinstance(encoder, EmbeddingDiscriminator)

@@ -14,13 +14,14 @@ from typing import Literal
 
 import numpy as np
 
+from labeler.errors import InputError
 from labeler.optimise.labelling import LabelConfig, split_examples
 from labeler.records.exemplars import FeatureExemplars
 
 Source = Literal["heldout", "fresh"]
 
 
-class JudgeExamplesError(ValueError):
+class JudgeExamplesError(InputError):
     """No fair examples to judge a label on; the message says what to pass instead."""
 
 

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from labeler.errors import ConfigError
 from labeler.judge.examples import JudgeExamples, JudgeExamplesError, heldout_examples, token_baseline
 from labeler.judge.records import SCORERS, LabelKind, Score
 from labeler.optimise.labelling import LabelConfig
@@ -47,11 +48,11 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.scorers) - set(SCORERS))
         if unknown or not self.scorers:
-            raise ValueError(f"score.scorers: unknown scorer(s) {unknown}; choose among {', '.join(SCORERS)}")
+            raise ConfigError(f"score.scorers: unknown scorer(s) {unknown}; choose among {', '.join(SCORERS)}")
         if not self.judges:
-            raise ValueError("score.judges: give at least one judge (minilm, embedding:DIR or hf:DIR)")
+            raise ConfigError("score.judges: give at least one judge (minilm, embedding:DIR or hf:DIR)")
         if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"score.threshold must lie in [0, 1] (a score is an AUROC or accuracy), not {self.threshold}"
             )
 
@@ -67,7 +68,7 @@ def build_judges(specs: Sequence[str], scorers: Sequence[str], device: str) -> l
         fitting = [s for s in specs if scorer == "word" or s.startswith("hf:") == (scorer == "detection")]
         if not fitting:
             need = "hf:MODEL_DIR" if scorer == "detection" else "minilm or embedding:MODEL_DIR"
-            raise ValueError(f"the {scorer} scorer has no judge: pass --judge {need}, or leave it out of --scorers")
+            raise ConfigError(f"the {scorer} scorer has no judge: pass --judge {need}, or leave it out of --scorers")
         for spec in fitting:
             if scorer == "detection":
                 judges.append(DetectionJudge.from_spec(spec, device=device))
@@ -93,7 +94,7 @@ class ChunkScorer:
 
     def __init__(self, config: ScoreConfig, discriminator: str, judges: Sequence[Judge] | None = None) -> None:
         if discriminator in config.judges and "word" in config.scorers:
-            raise ValueError(
+            raise ConfigError(
                 f"score.judges: {discriminator} is the run's discriminator, which chose the labels; the word scorer "
                 "needs another model as judge"
             )

@@ -13,6 +13,7 @@ import torch
 
 from labeler.discriminators.base import Discriminator
 from labeler.discriminators.config import KINDS, build_discriminator, parse_spec
+from labeler.errors import ConfigError, InputError
 from labeler.judge.examples import JudgeExamples
 from labeler.judge.records import LabelKind, Score, score_record
 
@@ -22,7 +23,9 @@ class WordJudge:
 
     def __init__(self, disc: Discriminator) -> None:
         if not (hasattr(disc, "tokenizer") and hasattr(disc, "embed")):
-            raise ValueError(f"the word scorer needs a discriminator with a tokenizer and embedding layer: {disc.name}")
+            raise ConfigError(
+                f"the word scorer needs a discriminator with a tokenizer and embedding layer: {disc.name}"
+            )
         self.disc, self.name = disc, disc.name
 
     @classmethod
@@ -35,7 +38,7 @@ class WordJudge:
         """Float64[N]: the discriminator's log-odds of "yes" for each example under `label`."""
         ids = self.disc.tokenizer(label, add_special_tokens=False).input_ids
         if not ids:
-            raise ValueError(f"the label {label!r} has no tokens under {self.name}")
+            raise InputError(f"the label {label!r} has no tokens under {self.name}")
         embedded = self.disc.embed(torch.tensor(ids, device=self.disc.device))
         soft = embedded.to(self.disc.label_embeddings.dtype)[None, None]  # [F=1 R=1 L d]
         encoded = self.disc.encode(examples.contexts, examples.targets)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from labeler.discriminators.base import Discriminator, EncodedExamples
+from labeler.errors import InputError
 from labeler.optimise.scoring import aurocs
 from labeler.optimise.task import FeatureTask
 from labeler.optimise.token_label import TokenLabel, token_key
@@ -39,6 +40,10 @@ RESAMPLES = 50
 """Bootstrap resamples of the training examples for stability."""
 SIGNALS = ("heldout_auroc", "coverage", "margin", "stability", "token", "log_heldout")
 """The model's inputs, in order."""
+
+
+class CalibrationError(InputError):
+    """A confidence calibration file cannot be read or does not fit this labeler; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -109,14 +114,16 @@ def _shipped() -> dict[str, Calibration]:
 
 def read_calibration(path: str) -> Calibration:
     """A calibration file's one model (`--calibration FILE`: a file of one kind, as benchmarks/confidence_fit.py
-    writes it); ValueError naming the file and what is wrong."""
+    writes it); CalibrationError naming the file and what is wrong."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read the calibration file {path}: {err}") from err
+        raise CalibrationError(f"cannot read the calibration file {path}: {err}") from err
     kinds = _parse(text, path)
     if len(kinds) != 1:
-        raise ValueError(f"the calibration file {path} holds {len(kinds)} models ({sorted(kinds)}); give a file of one")
+        raise CalibrationError(
+            f"the calibration file {path} holds {len(kinds)} models ({sorted(kinds)}); give a file of one"
+        )
     return next(iter(kinds.values()))
 
 
@@ -125,13 +132,15 @@ def _parse(text: str, where: str) -> dict[str, Calibration]:
     try:
         raw = json.loads(text)
         if tuple(raw["signals"]) != SIGNALS:
-            raise ValueError(f"it was fitted on the signals {raw['signals']}; this labeler computes {list(SIGNALS)}")
+            raise CalibrationError(
+                f"it was fitted on the signals {raw['signals']}; this labeler computes {list(SIGNALS)}"
+            )
         kinds = {kind: Calibration(**entry) for kind, entry in raw["kinds"].items()}
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{where} is not a confidence calibration: {err}") from err
+        raise CalibrationError(f"{where} is not a confidence calibration: {err}") from err
     for kind, model in kinds.items():
         if not len(model.mean) == len(model.scale) == len(model.weights) == len(SIGNALS):
-            raise ValueError(f"{where}: the model of {kind} needs {len(SIGNALS)} means, scales and weights")
+            raise CalibrationError(f"{where}: the model of {kind} needs {len(SIGNALS)} means, scales and weights")
     return kinds
 
 

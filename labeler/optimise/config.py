@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from labeler.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class OptimiserConfig:
@@ -87,10 +89,10 @@ class OptimiserConfig:
 
     def __post_init__(self) -> None:
         if self.search not in ("gradient", "discrete"):
-            raise ValueError(f"search must be 'gradient' or 'discrete', got {self.search!r}")
+            raise ConfigError(f"search must be 'gradient' or 'discrete', got {self.search!r}")
         for name in ("restarts", "max_steps", "label_tokens", "top_k", "converge_patience", "swap_candidates"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         # numpy seeds each feature's split from (seed, feature id), and it takes no negative numbers.
         for name in (
             "seed",
@@ -102,23 +104,23 @@ class OptimiserConfig:
             "halve_every",
         ):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 0, got {getattr(self, name)}")
         if not 0 <= self.target_prior <= 1:  # nan fails both
-            raise ValueError(f"target_prior must lie in [0, 1] (an AUROC difference), got {self.target_prior}")
+            raise ConfigError(f"target_prior must lie in [0, 1] (an AUROC difference), got {self.target_prior}")
         for name in ("lr", "c_kl", "c_entropy", "init_std", "weight_decay"):
             if not math.isfinite(getattr(self, name)):  # nan passes no comparison, inf every one below
-                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)}")
         for name in ("lr", "init_std"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("weight_decay", "c_kl", "c_entropy"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 0, got {getattr(self, name)}")
         if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
-            raise ValueError(f"betas must each lie in [0, 1), got {self.betas}: AdamW's two moment decay rates")
+            raise ConfigError(f"betas must each lie in [0, 1), got {self.betas}: AdamW's two moment decay rates")
         if self.examples_per_step < 2 or self.examples_per_step % 2:
-            raise ValueError(f"examples_per_step must be even and at least 2, got {self.examples_per_step}")
+            raise ConfigError(f"examples_per_step must be even and at least 2, got {self.examples_per_step}")
         if self.swap_batch < 1:
-            raise ValueError(f"swap_batch must be at least 1, got {self.swap_batch}")
+            raise ConfigError(f"swap_batch must be at least 1, got {self.swap_batch}")
         if not 0 < self.converge_prob <= 1:
-            raise ValueError(f"converge_prob must lie in (0, 1], got {self.converge_prob}")
+            raise ConfigError(f"converge_prob must lie in (0, 1], got {self.converge_prob}")

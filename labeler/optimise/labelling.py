@@ -1,8 +1,9 @@
 """Label a chunk of features with one discriminator: split, encode, optimise, record.
 
 This is the unit of work that the CLI runs locally and that distributed workers run per chunk. A
-feature that cannot be labelled becomes a record with a status and a reason; it never takes the other
-features of its chunk down with it.
+feature that cannot be labelled (its examples, a FeatureError, or device memory) becomes a record with a status
+and a reason; it never takes the other features of its chunk down with it. Any other exception is a bug and
+propagates.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
+import torch
 
 from labeler.discriminators.base import Discriminator, EncodedExamples
+from labeler.errors import ConfigError, FeatureError
 from labeler.optimise.confidence import Confidence, Signals, calibration, judge, read_calibration, signals
 from labeler.optimise.config import OptimiserConfig
 from labeler.optimise.engine import optimise
@@ -55,16 +58,16 @@ class LabelConfig:
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.active_threshold):
-            raise ValueError(
+            raise ConfigError(
                 f"active_threshold must be a finite number, got {self.active_threshold}: an activation above it "
                 "counts as active"
             )
         if not 0 < self.heldout_fraction < 1:
-            raise ValueError(f"heldout_fraction must lie strictly between 0 and 1, got {self.heldout_fraction}")
+            raise ConfigError(f"heldout_fraction must lie strictly between 0 and 1, got {self.heldout_fraction}")
         if self.features_per_batch < 1:
-            raise ValueError(f"features_per_batch must be at least 1, got {self.features_per_batch}")
+            raise ConfigError(f"features_per_batch must be at least 1, got {self.features_per_batch}")
         if self.token_share is not None and not 0 < self.token_share <= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"token_share must lie in (0, 1] (a share of the activation) or be null, got {self.token_share}"
             )
 
@@ -126,7 +129,8 @@ def _label_batch(
     config: LabelConfig,
     on_step: Callable[[int, int], None] | None = None,
 ) -> list[LabelRecord]:
-    """Optimise features together; if the batch breaks, retry each alone so the failure stays with its feature."""
+    """Optimise features together; if the batch breaks on a feature's data (FeatureError) or runs out of device
+    memory, retry each alone so the failure stays with its feature. Any other exception is a bug and propagates."""
     start = time.perf_counter()
     try:
         contexts, targets, tasks = prepare_tasks(features, config)
@@ -140,7 +144,7 @@ def _label_batch(
             for task, label in zip(tasks, labels, strict=True)
         ]
         baselines = [_baseline(disc, encoded, task, config) for task in tasks]
-    except (RuntimeError, ValueError, IndexError) as err:
+    except (FeatureError, torch.OutOfMemoryError) as err:
         if len(features) == 1:
             return [_record(features[0], config, status="failed", error=f"{type(err).__name__}: {err}")]
         return [record for examples in features for record in _label_batch(disc, [examples], config)]

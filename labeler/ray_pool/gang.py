@@ -17,6 +17,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayError
 
+from labeler.errors import ConfigError
 from labeler.ray_pool import base
 from labeler.run import metrics
 from labeler.run.config import WorkersConfig
@@ -70,7 +71,7 @@ class GangRank(base.ReportingActor):
         from labeler.run.worker import EngineLabeller
 
         if not isinstance(self.spec.discriminator, CausalLMConfig):
-            raise ValueError(
+            raise ConfigError(
                 f"workers.tensor_parallel={world} shards a causal-LM discriminator (hf:MODEL_DIR); "
                 f"{self.spec.discriminator.kind!r} cannot be sharded: set workers.tensor_parallel to 1"
             )

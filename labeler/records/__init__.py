@@ -1,4 +1,4 @@
 """The records at every boundary: the exemplar contract (exemplars, schema), label records (labels), the run
-folder's layout (layout) and the reading of one Parquet file (parquet). The lowest layer: it imports nothing
-else of labeler.
+folder's layout (layout), the reading of one Parquet file (parquet) and the filesystem of a URL (storage). The
+lowest layer: of labeler it imports only labeler.errors.
 """

@@ -22,6 +22,7 @@ import pyarrow.dataset as ds
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from labeler.errors import InputError
 from labeler.records.schema import EXEMPLAR_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 """File name endings read as JSON lines; anything else is Parquet (a file or a folder of parts)."""
 
 
-class ExemplarError(ValueError):
+class ExemplarError(InputError):
     """The exemplar input breaks the contract; the message says what to fix."""
 
 

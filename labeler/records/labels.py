@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from labeler.errors import InputError
+
 SCHEMA_VERSION = 4
 Confidence = Literal["low", "ok"]
 LabelKind = Literal["concept", "token"]
@@ -95,7 +97,7 @@ RECORD_FIELDS += SCORE_FIELDS
 LABEL_SCHEMA = pa.schema(RECORD_FIELDS + RUN_FIELDS, metadata={b"labeler_schema_version": str(SCHEMA_VERSION).encode()})
 
 
-class SchemaVersionError(ValueError):
+class SchemaVersionError(InputError):
     """A label dataset written with a schema version this labeler does not read."""
 
 
@@ -218,9 +220,9 @@ class RunInfo:
 
     def __post_init__(self) -> None:
         if not self.run_id:
-            raise ValueError("RunInfo.run_id must be a non-empty string naming the run")
+            raise InputError("RunInfo.run_id must be a non-empty string naming the run")
         if _timestamp(self.started_at).tzinfo is None:
-            raise ValueError(f"RunInfo.started_at must carry a time zone (e.g. +00:00), got {self.started_at!r}")
+            raise InputError(f"RunInfo.started_at must carry a time zone (e.g. +00:00), got {self.started_at!r}")
 
 
 def config_hash(*configs: Any) -> str:
@@ -282,6 +284,6 @@ def _timestamp(value: str) -> datetime:
     try:
         return datetime.fromisoformat(value)
     except ValueError as err:
-        raise ValueError(
+        raise InputError(
             f"started_at must be an ISO 8601 time such as 2026-11-21T05:00:00+00:00, not {value!r}"
         ) from err

@@ -20,13 +20,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from labeler.errors import InputError
+
 RATES_RESOURCE = "data/gpu_engine_rates.jsonl"
 """The package's measured rates (labeler/data/): gpu_engine.py's batched method lines of the committed results."""
 SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
 """What identifies a model's shape: a Hugging Face config with these values runs at the shape's rate."""
 
 
-class NoMeasuredRate(ValueError):
+class NoMeasuredRate(InputError):
     """No measured rate fits the request; the message says what to pass instead."""
 
 
@@ -81,17 +83,17 @@ def make_plan(
     """hours = features / (rate x workers) / 3600 with workers = devices / T; devices for the deadline =
     T x ceil(features / (rate x deadline)). With T = 1 the rate is per device, with T > 1 per gang of T devices."""
     if features < 1:
-        raise ValueError(f"the SAE must have at least 1 feature, got {features}")
+        raise InputError(f"the SAE must have at least 1 feature, got {features}")
     if devices < 1:
-        raise ValueError(f"need at least 1 GPU, got {devices}")
+        raise InputError(f"need at least 1 GPU, got {devices}")
     if tensor_parallel < 1 or devices < tensor_parallel or devices % tensor_parallel:
-        raise ValueError(
+        raise InputError(
             f"need a whole number of gangs: {devices} GPU(s) for gangs of --tensor-parallel {tensor_parallel}"
         )
     if not per_device_rate > 0 or not math.isfinite(per_device_rate):
-        raise ValueError(f"the per-GPU rate must be a positive number of features per second, got {per_device_rate}")
+        raise InputError(f"the per-GPU rate must be a positive number of features per second, got {per_device_rate}")
     if not deadline_hours > 0:
-        raise ValueError(f"the deadline must be a positive number of hours, got {deadline_hours}")
+        raise InputError(f"the deadline must be a positive number of hours, got {deadline_hours}")
     worker_seconds = features / per_device_rate
     return Plan(
         features=features,

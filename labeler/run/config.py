@@ -15,16 +15,13 @@ from typing import Any, Literal
 
 from labeler.discriminators.config import DiscriminatorConfig
 from labeler.discriminators.embedding import EmbeddingConfig
+from labeler.errors import ConfigError
 from labeler.judge.stage import ScoreConfig
 from labeler.optimise.labelling import LabelConfig
 from labeler.run.scheduler import SchedulerConfig
 from labeler.run.sink import SinkConfig
 
 Engine = Literal["optimise", "noop"]
-
-
-class ConfigError(ValueError):
-    """The run config is wrong; the message names the key and says what it accepts."""
 
 
 @dataclass(frozen=True)
@@ -78,13 +75,13 @@ class WorkersConfig:
 
     def __post_init__(self) -> None:
         if self.count < 1:
-            raise ValueError(f"workers.count must be at least 1, got {self.count}")
+            raise ConfigError(f"workers.count must be at least 1, got {self.count}")
         if self.num_gpus < 0 or self.num_cpus < 0:
-            raise ValueError("workers.num_cpus and workers.num_gpus must be >= 0")
+            raise ConfigError("workers.num_cpus and workers.num_gpus must be >= 0")
         if self.tensor_parallel < 1:
-            raise ValueError(f"workers.tensor_parallel must be at least 1, got {self.tensor_parallel}")
+            raise ConfigError(f"workers.tensor_parallel must be at least 1, got {self.tensor_parallel}")
         if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
-            raise ValueError(f"workers.num_gpus above 1 must be whole, got {self.num_gpus}")
+            raise ConfigError(f"workers.num_gpus above 1 must be whole, got {self.num_gpus}")
         _check_port("workers.metrics_port", self.metrics_port)
 
 
@@ -107,7 +104,7 @@ class MetricsConfig:
 
 def _check_port(name: str, port: int) -> None:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"{name} must be a TCP port, 0 to 65535 (0: a free one), got {port!r}")
+        raise ConfigError(f"{name} must be a TCP port, 0 to 65535 (0: a free one), got {port!r}")
 
 
 def _minilm() -> DiscriminatorConfig:

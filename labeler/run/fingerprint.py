@@ -11,8 +11,9 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-import fsspec
 import pyarrow.parquet as pq
+
+from labeler.records.storage import url_to_fs
 
 FINGERPRINT = "input_files"
 """The key, in the manifest's "plan", of the input's per-file fingerprint."""
@@ -23,7 +24,7 @@ def input_fingerprint(urls: list[str], storage_options: Mapping[str, Any]) -> di
     `urls` (files whose names start with '.' or '_' are left out, as the Parquet reader leaves them out)."""
     prints: dict[str, dict[str, Any]] = {}
     for url in urls:
-        fs, root = fsspec.core.url_to_fs(url, **dict(storage_options))
+        fs, root = url_to_fs(url, storage_options)
         local = "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol))
         files = sorted(fs.find(root)) if fs.isdir(root) else [root]
         for path in files:

@@ -27,11 +27,12 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from labeler.errors import InputError
 from labeler.records.layout import LEASE
 from labeler.run.sink import PartSink
 
 
-class LeaseHeld(ValueError):
+class LeaseHeld(InputError):
     """Another driver holds the run's lease: the message names it and says when it started and last beat."""
 
 

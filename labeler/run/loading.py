@@ -24,7 +24,8 @@ import yaml
 
 from labeler.discriminators.config import KINDS, default_optimiser, parse_spec
 from labeler.discriminators.vocab import read_word_list
-from labeler.run.config import ConfigError, RunConfig
+from labeler.errors import ConfigError, InputError
+from labeler.run.config import RunConfig
 
 
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] = {}) -> RunConfig:
@@ -67,7 +68,7 @@ def _expand_spec(raw: dict[str, Any]) -> None:
     if isinstance(spec, str):
         try:
             raw["discriminator"] = parse_spec(spec)
-        except ValueError as err:
+        except InputError as err:
             raise ConfigError(f"discriminator: {err}") from err
 
 
@@ -137,7 +138,7 @@ def build(cls: type, raw: Any, where: str) -> Any:
     values = {name: _value(hints[name], raw[name], _join(where, name)) for name in raw}
     try:
         return cls(**values)
-    except (ValueError, TypeError) as err:
+    except (InputError, TypeError) as err:  # TypeError: a required setting left out
         raise ConfigError(f"{where or 'the config'}: {err}") from err
 
 
@@ -171,7 +172,7 @@ def _value(hint: Any, value: Any, where: str) -> Any:
         if isinstance(value, str):
             try:
                 return read_word_list(value)
-            except ValueError as err:
+            except InputError as err:
                 raise ConfigError(f"{where}: {err}") from err
         if not isinstance(value, list | tuple | set | frozenset):
             raise ConfigError(f"{where} must be a word list's name (category-nouns, a file) or a list, got {value!r}")

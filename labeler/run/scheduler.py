@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from labeler.errors import ConfigError, InputError
 from labeler.run import metrics
 
 ChunkKind = Literal["label", "dead"]
@@ -45,10 +46,10 @@ class SchedulerConfig:
 
     def __post_init__(self) -> None:
         if self.stall_seconds <= 0:
-            raise ValueError(f"scheduler.stall_seconds must be positive, got {self.stall_seconds}")
+            raise ConfigError(f"scheduler.stall_seconds must be positive, got {self.stall_seconds}")
         for name in ("features_per_chunk", "max_in_flight_per_worker", "max_attempts"):
             if getattr(self, name) < 1:
-                raise ValueError(f"scheduler.{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"scheduler.{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def make_plan(label_ids: np.ndarray, dead_ids: np.ndarray, features_per_chunk: i
     dead = np.unique(np.asarray(dead_ids, dtype=np.int64))
     both = np.intersect1d(label, dead)
     if len(both):
-        raise ValueError(f"{len(both)} feature(s) are listed both to label and as dead, e.g. {both[:5].tolist()}")
+        raise InputError(f"{len(both)} feature(s) are listed both to label and as dead, e.g. {both[:5].tolist()}")
     return Plan(label, dead, features_per_chunk)
 
 

@@ -25,6 +25,7 @@ from labeler.discriminators.config import spec_of, templates_of
 from labeler.records.exemplars import unlabelable_reason
 from labeler.records.labels import RunInfo, config_hash
 from labeler.records.layout import HARVEST, LEASE, MANIFEST
+from labeler.records.storage import url_to_fs
 from labeler.run.config import ConfigError, RunConfig, SourceConfig
 from labeler.run.fingerprint import FINGERPRINT, describe_changes, input_fingerprint
 from labeler.run.lease import LeaseLost, RunLease
@@ -108,7 +109,7 @@ def harvest_stage(
     harvest_config = build(HarvestConfig, {**settings, "out": out}, "harvest")
     # The harvest lies in the run folder, so it is written and read with the run folder's storage options.
     storage = config.sink.storage_options
-    fs, root = fsspec.core.url_to_fs(out, **dict(storage))
+    fs, root = url_to_fs(out, storage)
     if fs.exists(f"{root}/manifest.json"):
         log(f"reusing the finished harvest in {out}")
     else:
@@ -122,7 +123,7 @@ def _harvest_provenance(source: SourceConfig) -> dict[str, Any]:
     if source.features is None:
         return {}
     folder = source.features.rstrip("/").rsplit("/", 1)[0]
-    fs, root = fsspec.core.url_to_fs(folder, **dict(source.storage_options))
+    fs, root = url_to_fs(folder, source.storage_options)
     try:
         with fs.open(f"{root}/manifest.json", "rb") as f:
             harvest = json.loads(f.read())
@@ -301,7 +302,7 @@ def check_new_out(url: str, sink: SinkConfig) -> None:
             f"{url}/{MANIFEST} is not a labelling run's manifest ({_manifest_kind(existing)}); a run never writes "
             "over it: choose a new, empty out"
         )
-    fs, root = fsspec.core.url_to_fs(url, **dict(sink.storage_options))
+    fs, root = url_to_fs(url, sink.storage_options)
     try:
         names = (
             sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) if fs.isdir(root) else []

@@ -28,8 +28,10 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from labeler.errors import ConfigError, InputError
 from labeler.records.layout import LABELS, MANIFEST, PART_NAME, part_name
 from labeler.records.parquet import read_parquet
+from labeler.records.storage import url_to_fs
 
 T = TypeVar("T")
 
@@ -45,7 +47,7 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     return tuple(kinds)
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A run folder's manifest.json that cannot be read as one."""
 
 
@@ -77,11 +79,11 @@ class SinkConfig:
 
     def __post_init__(self) -> None:
         if self.lease_expiry_seconds <= 0:
-            raise ValueError(f"sink.lease_expiry_seconds must be positive, got {self.lease_expiry_seconds}")
+            raise ConfigError(f"sink.lease_expiry_seconds must be positive, got {self.lease_expiry_seconds}")
         if self.retries < 1:
-            raise ValueError(f"sink.retries must be at least 1, got {self.retries}")
+            raise ConfigError(f"sink.retries must be at least 1, got {self.retries}")
         if self.backoff_seconds < 0 or self.max_backoff_seconds < self.backoff_seconds:
-            raise ValueError("sink.backoff_seconds must be >= 0 and at most sink.max_backoff_seconds")
+            raise ConfigError("sink.backoff_seconds must be >= 0 and at most sink.max_backoff_seconds")
 
 
 class PartSink:
@@ -90,7 +92,7 @@ class PartSink:
     def __init__(self, url: str, config: SinkConfig = SinkConfig()) -> None:
         self.url = url.rstrip("/")
         self.config = config
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **dict(config.storage_options))
+        self.fs, self.root = url_to_fs(self.url, config.storage_options)
         self._local = "file" in _protocols(self.fs)
 
     def part_path(self, index: int) -> str:
@@ -154,7 +156,7 @@ class PartSink:
         """Remove manifest.json of a run that committed nothing (its workers could not start), so the same
         command can start the run again once the cause is fixed."""
         if self.committed():
-            raise ValueError(f"{self.url} has committed parts; resume it instead of discarding its manifest")
+            raise ManifestError(f"{self.url} has committed parts; resume it instead of discarding its manifest")
         self._retry(lambda: self.fs.rm_file(f"{self.root}/{MANIFEST}"), "remove the manifest")
 
     def write_file(self, name: str, data: bytes) -> None:

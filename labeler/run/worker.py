@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,6 +37,7 @@ from labeler.records.exemplars import (
     split_invalid_features,
 )
 from labeler.records.labels import LabelRecord, RunInfo, to_table, with_activation_frequency
+from labeler.records.storage import url_to_fs
 from labeler.run import metrics
 from labeler.run.config import Engine, SourceConfig
 from labeler.run.scheduler import Chunk, ChunkOutcome, outcome_counts
@@ -53,10 +53,13 @@ def _is_jsonl(url: str) -> bool:
 
 
 def _dataset(url: str, storage_options: Mapping[str, Any]) -> ds.Dataset:
-    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options))
+    fs, path = url_to_fs(url, storage_options)
     if not fs.exists(path):
         raise ExemplarError(f"not found: {url}")
-    dataset = ds.dataset(path, filesystem=fs, format="parquet")
+    try:
+        dataset = ds.dataset(path, filesystem=fs, format="parquet")
+    except pa.ArrowInvalid as err:  # a file that is not Parquet
+        raise ExemplarError(f"cannot read {url}: {err}") from err
     if not dataset.files:
         raise ExemplarError(f"{url} holds no Parquet files; give a folder of exemplar parts, or a .parquet/.jsonl file")
     return dataset

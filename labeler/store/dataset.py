@@ -20,6 +20,7 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 
+from labeler.errors import InputError
 from labeler.records.exemplars import JSONL_SUFFIXES, REQUIRED_COLUMNS, ExemplarError, read_exemplars
 from labeler.records.labels import LABEL_SCHEMA, check_schema
 from labeler.records.layout import LABELS, MANIFEST, PART_NAME
@@ -29,7 +30,7 @@ from labeler.records.schema import EXEMPLARS_TABLE_SCHEMA
 PARQUET = ".parquet"
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A run URL that cannot be read as a label dataset; the message says what is missing or wrong."""
 
 

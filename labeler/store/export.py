@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from labeler.errors import InputError
 from labeler.store.query import json_ready
 
 NEURONPEDIA_BATCH = 1024
@@ -48,7 +49,7 @@ NEURONPEDIA_FIELDS: dict[str, tuple[type, ...]] = {
 """Every field of one row of Neuronpedia's explanations export, in its order, and the JSON types allowed."""
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """Labels that cannot be exported as asked; the message names the missing setting."""
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from labeler.errors import InputError
 from labeler.store.dataset import Dataset
 from labeler.store.export import NEURONPEDIA_TYPE_NAME, model_names
 
@@ -34,7 +35,7 @@ FEATURES_PER_BATCH = 128
 TOP_ACTIVATIONS = 20
 
 
-class UploadError(ValueError):
+class UploadError(InputError):
     """A run or setting that cannot be uploaded; the message says what to change."""
 
 

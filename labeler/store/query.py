@@ -19,12 +19,13 @@ from typing import Any, Literal
 import duckdb
 import pyarrow as pa
 
+from labeler.errors import InputError
 from labeler.store.dataset import Dataset
 
 Format = Literal["table", "csv", "json"]
 
 
-class QueryError(ValueError):
+class QueryError(InputError):
     """A SQL statement DuckDB refused (syntax, unknown table or column, ...); the message is DuckDB's."""
 
 

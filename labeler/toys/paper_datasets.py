@@ -20,6 +20,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from labeler.errors import InputError
 from labeler.records.exemplars import EXEMPLAR_SCHEMA, validate_exemplars
 
 SENTENCES_FILE = "sentences.txt"
@@ -72,7 +73,7 @@ CONCEPT_WORDS: dict[str, set[str]] = {
 paper's own label for the mammals feature), to judge labels by; benchmarks print the label beside the verdict."""
 
 
-class PaperDatasetError(ValueError):
+class PaperDatasetError(InputError):
     """A paper dataset folder cannot be converted; the message names the folder and the problem."""
 
 

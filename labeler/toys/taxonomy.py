@@ -58,6 +58,7 @@ import numpy as np
 import transformers
 
 from labeler.discriminators.prompt import PromptTemplate
+from labeler.errors import InputError
 from labeler.toys.synthetic import NO, YES, answers_yes, model_config, train_prompt_lm, word_level_tokenizer
 
 TAXONOMY_RESOURCE = "data/taxonomy.tsv.gz"
@@ -81,7 +82,7 @@ TESTBED_FILES = ("lm", "exemplars.jsonl", "truth.json", "categories.txt", "accur
 """What `build` writes into its out folder."""
 
 
-class TaxonomyError(ValueError):
+class TaxonomyError(InputError):
     """The testbed's input (scale, categories file) is wrong; the message says what to fix."""
 
 
