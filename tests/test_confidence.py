@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from labeler.cli import main
+from labeler.errors import InputError
 from labeler.optimise.confidence import (
     SIGNALS,
     Calibration,
@@ -22,6 +24,7 @@ from labeler.optimise.confidence import (
 )
 from labeler.optimise.task import FeatureTask
 from labeler.optimise.token_label import TokenLabel
+from labeler.run.loading import load_config
 
 # Scores of the four allowed tokens (rows) on the four training rows: 0 and 1 active, 2 and 3 inactive.
 SCORES = np.array(
@@ -190,3 +193,17 @@ def test_a_no_concept_feature_is_flagged_low_on_the_testbed(tmp_path: Path) -> N
     dog, none = label_chunk(build_discriminator(config.discriminator), features, config.label)
     assert dog.label == "dog" and dog.confidence == "ok"
     assert none.status == "labelled" and none.confidence == "low" and none.confidence_reason
+
+
+def test_a_bad_calibration_file_stops_the_run_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`label.calibration` is read when the config is loaded: a file that is not a calibration is refused there, as
+    a user's error (exit 2 from the command line), not in each chunk."""
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(InputError, match=r"bad\.json"):
+        load_config(None, {"label.calibration": str(bad)})
+    argv = ["label", "--exemplars", str(tmp_path / "x.jsonl"), "--discriminator", "minilm", "--out", str(tmp_path)]
+    assert main([*argv, "--set", f"label.calibration={bad}"]) == 2
+    assert f"labeler: error: {bad}" in capsys.readouterr().err

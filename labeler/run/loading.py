@@ -25,6 +25,7 @@ import yaml
 from labeler.discriminators.config import KINDS, default_optimiser, parse_spec
 from labeler.discriminators.vocab import read_word_list
 from labeler.errors import ConfigError, InputError
+from labeler.optimise.confidence import read_calibration
 from labeler.run.config import RunConfig
 
 
@@ -59,7 +60,10 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] = {}) -> R
     if isinstance(raw.get("discriminator"), dict):  # fields set without a kind change the default, minilm
         raw["discriminator"].setdefault("kind", RunConfig().discriminator.kind)
     _kind_optimiser_defaults(raw)
-    return build(RunConfig, raw, "")
+    config: RunConfig = build(RunConfig, raw, "")
+    if config.label.calibration is not None:
+        read_calibration(config.label.calibration)  # a file that is not one stops the run before any work
+    return config
 
 
 def _expand_spec(raw: dict[str, Any]) -> None:
