@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from labeler.optimise.confidence import SIGNALS, Calibration, Signals
+from labeler.records.labels import LabelRecord
 
 SHIPPED = Path(__file__).resolve().parent.parent / "labeler" / "data" / "confidence.json"
 PENALTY = 1.0
@@ -48,6 +49,26 @@ def read_rows(paths: list[Path]) -> list[dict[str, Any]]:
                 except json.JSONDecodeError as err:
                     raise SystemExit(f"{path}:{number}: not JSON: {err}") from err
     return rows
+
+
+def signal_row(record: LabelRecord, named: bool) -> dict[str, Any]:
+    """A labelled feature's row of a SIGNALS file: its label, whether it is right, its signals and its confidence (the
+    benchmark that knows the truth adds its own columns)."""
+    return {
+        "feature": record.feature,
+        "status": record.status,
+        "label": record.label,
+        "label_kind": record.label_kind,
+        "named": named,
+        "heldout_auroc": record.heldout_auroc,
+        "n_heldout": record.n_heldout,
+        "coverage": record.coverage,
+        "margin": record.margin,
+        "stability": record.stability,
+        "confidence_score": record.confidence_score,
+        "confidence": record.confidence,
+        "confidence_reason": record.confidence_reason,
+    }
 
 
 def signals_of(row: dict[str, Any]) -> Signals:

@@ -33,6 +33,7 @@ from typing import Any
 
 import pyarrow.dataset as ds
 import torch
+from confidence_fit import signal_row
 from eye_truth import EyeTruth, is_named, load_truth
 
 from labeler.discriminators.config import build_discriminator
@@ -75,22 +76,7 @@ def verdict(record: LabelRecord, truth: EyeTruth) -> dict[str, Any]:
     """One feature's row: its label, whether it names what the person saw, and its confidence."""
     seen = truth.features[record.feature]
     named = record.status == "labelled" and is_named(record.label or "", record.label_kind or "concept", seen)
-    return {
-        "feature": record.feature,
-        "truth": seen.kind,
-        "status": record.status,
-        "label": record.label,
-        "label_kind": record.label_kind,
-        "named": named,
-        "heldout_auroc": record.heldout_auroc,
-        "n_heldout": record.n_heldout,
-        "coverage": record.coverage,
-        "margin": record.margin,
-        "stability": record.stability,
-        "confidence_score": record.confidence_score,
-        "confidence": record.confidence,
-        "confidence_reason": record.confidence_reason,
-    }
+    return {**signal_row(record, named), "truth": seen.kind}
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from confidence_fit import signal_row
 
 from labeler.discriminators.config import build_discriminator
 from labeler.optimise.labelling import label_chunk
@@ -56,26 +57,9 @@ def label_testbed(scale: str, categories: Path, workdir: Path, overrides: dict[s
         entry = truth[str(record.feature)]
         names = {name.replace("_", " ").lower() for name in entry["names"]}
         label = (record.label or "").strip().lower()
-        rows.append(
-            {
-                "set": categories.name,
-                "feature": record.feature,
-                "truth": entry["kind"],
-                "categories": entry["categories"],
-                "status": record.status,
-                "label": record.label,
-                "label_kind": record.label_kind,
-                "named": entry["kind"] != "none" and record.label_kind == "concept" and label in names,
-                "heldout_auroc": record.heldout_auroc,
-                "n_heldout": record.n_heldout,
-                "coverage": record.coverage,
-                "margin": record.margin,
-                "stability": record.stability,
-                "confidence_score": record.confidence_score,
-                "confidence": record.confidence,
-                "confidence_reason": record.confidence_reason,
-            }
-        )
+        named = entry["kind"] != "none" and record.label_kind == "concept" and label in names
+        row = signal_row(record, named)
+        rows.append({"set": categories.name, **row, "truth": entry["kind"], "categories": entry["categories"]})
     return rows, seconds
 
 
