@@ -8,8 +8,10 @@ that harvest wrote), labels the features of one half of the split with the defau
 `labeler label` does; `--set` changes a setting, e.g. `--set label.token_share=null`), and scores every label
 against the truth (benchmarks/eye_truth.py): the share of features showing a concept or a token pattern that are
 named, the share of wrong labels (and labels of features that show nothing) flagged low, and the share of right
-labels flagged low. Tune on the tuning half (features 0-63); report on the report half (64-127) only what was
-fixed before. Features 256 and above are never read: an independent check uses them.
+labels flagged low. With `--set label.baseline=exhaustive` it also says on how many concept features the best single
+token (exhaustive search on the held-out examples) is a word the person accepts: where it is not, the discriminator
+itself, not the search, is the bound. Tune on the tuning half (features 0-63); report on the report half (64-127)
+only what was fixed before. Features 256 and above are never read: an independent check uses them.
 
 Prints one JSON line per feature and a summary line, writes the Markdown table (with the command, the machine and the
 time) to --out, and the confidence signals of every labelled feature with its truth to --signals-out (the input of
@@ -76,7 +78,11 @@ def verdict(record: LabelRecord, truth: EyeTruth) -> dict[str, Any]:
     """One feature's row: its label, whether it names what the person saw, and its confidence."""
     seen = truth.features[record.feature]
     named = record.status == "labelled" and is_named(record.label or "", record.label_kind or "concept", seen)
-    return {**signal_row(record, named), "truth": seen.kind}
+    row = {**signal_row(record, named), "truth": seen.kind}
+    if record.baseline_label is not None:  # `--set label.baseline=exhaustive`: the best single token, held out
+        row["optimum"] = record.baseline_label
+        row["optimum_named"] = is_named(record.baseline_label, "concept", seen)
+    return row
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -96,6 +102,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "right_flagged_low": sum(r["confidence"] == "low" for r in named),
         "right_flagged_share": sum(r["confidence"] == "low" for r in named) / max(len(named), 1),
         "token_labels": sum(r["label_kind"] == "token" for r in rows),
+        "concept": sum(r["truth"] == "concept" for r in rows),
+        "concept_optimum_named": sum(bool(r.get("optimum_named")) for r in rows if r["truth"] == "concept"),
     }
 
 
@@ -114,6 +122,14 @@ def markdown(rows: list[dict[str, Any]], total: dict[str, Any], command: str, se
         f"- right labels flagged low: **{total['right_flagged_low']} of {total['right']} "
         f"({total['right_flagged_share']:.0%})**",
         f"- token labels: {total['token_labels']}",
+        *(
+            [
+                f"- concept features whose best single token (exhaustive search on the held-out examples) is a word "
+                f"the person accepts: {total['concept_optimum_named']} of {total['concept']}"
+            ]
+            if any("optimum" in r for r in rows)
+            else []
+        ),
         "",
         "| feature | truth | label | named | held-out AUROC | confidence | reason |",
         "|---|---|---|---|---|---|---|",
