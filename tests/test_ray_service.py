@@ -461,7 +461,7 @@ def test_a_discriminator_that_does_not_load_stops_the_run_cleanly_and_leaves_the
     driver = _driver(cluster, "--config", str(_config(data, str(out), tmp_path)), "--discriminator", f"hf:{missing}")
     output = driver.communicate(timeout=300)[0]
     assert driver.returncode == 2, output[-3000:]
-    assert f"a worker could not start: ValueError: discriminator model folder not found: {missing}" in output
+    assert f"a worker could not start: InputError: discriminator model folder not found: {missing}" in output
     assert "run the same command again" in output and "Traceback" not in output.split("labeler: error:")[-1]
     assert not (out / "manifest.json").exists() and not PartSink(str(out)).committed()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -115,9 +116,12 @@ class ActorPool:
 
 
 def first_line(err: BaseException) -> str:
-    """The line of a Ray error that says what went wrong (its last), at most 300 characters."""
+    """The line of a Ray error that says what went wrong (its last), at most 300 characters, its exception's class
+    named without its module (`InputError: ...`, not `labeler.errors.InputError: ...`)."""
     text = str(err).strip()
-    return text.splitlines()[-1][:300] if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", text.splitlines()[-1])[:300]
 
 
 def each_answer(refs: list[Any], timeout: float) -> list[Any]:

@@ -53,7 +53,7 @@ class Holder:
     started: str
     """When this holder took the lease (ISO 8601, UTC)."""
     heartbeat: str
-    """Its last heartbeat (ISO 8601, UTC)."""
+    """Its last heartbeat (ISO 8601, UTC, to the millisecond)."""
     expiry_seconds: float
     """How long after `heartbeat` the lease holds."""
     generation: int
@@ -69,7 +69,7 @@ class Holder:
         return (now - _parse(self.heartbeat)).total_seconds() <= self.expiry_seconds
 
     def describe(self, now: datetime.datetime) -> str:
-        beat = (now - _parse(self.heartbeat)).total_seconds()
+        beat = max(0.0, (now - _parse(self.heartbeat)).total_seconds())  # a beat written after `now` was read
         return (
             f"driver {self.holder} (process {self.pid} on {self.host}), since {self.started}, "
             f"last heartbeat {beat:.0f} s ago"
@@ -104,14 +104,13 @@ class RunLease:
                     "--resume takes the run over"
                 )
             generation = 0 if current is None else current.generation + 1
-            stamp = now.isoformat(timespec="seconds")
             holder = Holder(
                 self.id,
                 socket.gethostname(),
                 os.getpid(),
                 _process_started(os.getpid()),
-                stamp,
-                stamp,
+                now.isoformat(timespec="seconds"),
+                _beat_stamp(now),
                 self.expiry,
                 generation,
             )
@@ -163,7 +162,7 @@ class RunLease:
                 if newest is not None and newest.generation > held.generation:
                     self.lost = newest
                     return
-                beat = Holder(**{**asdict(held), "heartbeat": _now().isoformat(timespec="seconds")})
+                beat = Holder(**{**asdict(held), "heartbeat": _beat_stamp(_now())})
                 self.sink.write_file(_name(held.generation), _encode(beat))
             except (OSError, ValueError):  # storage away for a while: beat again later (the expiry allows for it)
                 continue
@@ -175,6 +174,12 @@ def _name(generation: int) -> str:
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+def _beat_stamp(now: datetime.datetime) -> str:
+    """A heartbeat's time, to the millisecond: a stamp cut to the second would age a beat by up to a second, a
+    large part of a short expiry."""
+    return now.isoformat(timespec="milliseconds")
 
 
 def _parse(stamp: str) -> datetime.datetime:
