@@ -71,6 +71,15 @@ def signal_row(record: LabelRecord, named: bool) -> dict[str, Any]:
     }
 
 
+def emit(rows: list[dict[str, Any]], total: dict[str, Any], seconds: float, signals_out: Path | None) -> None:
+    """Print each feature's row and the summary as JSON lines; write the labelled features' rows to `signals_out`."""
+    for row in rows:
+        print(json.dumps(row))
+    print(json.dumps({"summary": total, "seconds": seconds}))
+    if signals_out:
+        signals_out.write_text("".join(json.dumps(r) + "\n" for r in rows if r["status"] == "labelled"))
+
+
 def signals_of(row: dict[str, Any]) -> Signals:
     return Signals(
         heldout_auroc=float("nan") if row["heldout_auroc"] is None else float(row["heldout_auroc"]),

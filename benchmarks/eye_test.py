@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import shlex
@@ -35,7 +34,7 @@ from typing import Any
 
 import pyarrow.dataset as ds
 import torch
-from confidence_fit import signal_row
+from confidence_fit import emit, signal_row
 from eye_truth import EyeTruth, is_named, load_truth
 
 from labeler.discriminators.config import build_discriminator
@@ -161,12 +160,8 @@ def main() -> None:
         folder = args.harvest or harvest_for(truth, Path(scratch))
         records, seconds = label(folder, truth.split(args.split), overrides)
     rows = [verdict(record, truth) for record in records]
-    for row in rows:
-        print(json.dumps(row))
     total = summary(rows)
-    print(json.dumps({"summary": total, "seconds": seconds}))
-    if args.signals_out:
-        args.signals_out.write_text("".join(json.dumps(r) + "\n" for r in rows if r["status"] == "labelled"))
+    emit(rows, total, seconds, args.signals_out)
     if args.out:
         command = "python " + shlex.join(["benchmarks/eye_test.py", *sys.argv[1:]])
         args.out.write_text(markdown(rows, total, command, seconds, args.split), encoding="utf-8")

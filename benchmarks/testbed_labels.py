@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from confidence_fit import signal_row
+from confidence_fit import emit, signal_row
 
 from labeler.discriminators.config import build_discriminator
 from labeler.optimise.labelling import label_chunk
@@ -132,12 +132,8 @@ def main() -> None:
             except taxonomy.TaxonomyError as err:
                 parser.error(str(err))
             rows, seconds = rows + found, seconds + took
-    for row in rows:
-        print(json.dumps(row))
     total = summary(rows)
-    print(json.dumps({"summary": total, "seconds": seconds}))
-    if args.signals_out:
-        args.signals_out.write_text("".join(json.dumps(r) + "\n" for r in rows if r["status"] == "labelled"))
+    emit(rows, total, seconds, args.signals_out)
     if args.out:
         command = "python " + shlex.join(["benchmarks/testbed_labels.py", *sys.argv[1:]])
         args.out.write_text(markdown(rows, total, command, seconds), encoding="utf-8")
