@@ -112,9 +112,11 @@ def _shipped() -> dict[str, Calibration]:
     return _parse(text, f"labeler/{CALIBRATION_RESOURCE}")
 
 
+@cache
 def read_calibration(path: str) -> Calibration:
     """A calibration file's one model (`--calibration FILE`: a file of one kind, as benchmarks/confidence_fit.py
-    writes it); CalibrationError naming the file and what is wrong."""
+    writes it); CalibrationError naming the file and what is wrong. Read once per process, as the shipped one is:
+    every labelled feature asks for it."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:

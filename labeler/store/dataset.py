@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 
 from labeler.errors import InputError
@@ -26,6 +25,7 @@ from labeler.records.labels import LABEL_SCHEMA, check_schema
 from labeler.records.layout import LABELS, MANIFEST, PART_NAME
 from labeler.records.parquet import read_parquet
 from labeler.records.schema import EXEMPLARS_TABLE_SCHEMA
+from labeler.records.storage import url_to_fs
 
 PARQUET = ".parquet"
 
@@ -84,10 +84,7 @@ def committed_parts(url: str, storage_options: Mapping[str, Any] | None = None) 
 
 
 def _filesystem(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
-    try:
-        fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-    except (ImportError, ValueError) as err:
-        raise DatasetError(f"cannot open {url}: {err}") from err
+    fs, root = url_to_fs(url, storage_options)
     fs.invalidate_cache()  # listings must be fresh: parts are committed while we read
     return fs, root.rstrip("/")
 
